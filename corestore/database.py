@@ -1,0 +1,276 @@
+"""The store's peewee database: every statement through the policy layer, and a registry of
+every thread's connection.
+
+peewee keeps one connection per thread (thread-local). corestore keeps, in addition, a registry
+of all of them, each with its own lock, so ``store.close()`` and ``store.invalidate()`` can close
+idle connections from any thread and have busy ones closed by their owner at the end of their
+transaction. After ``close()`` the database refuses to reconnect: no silent autoconnect.
+
+Statements outside any transaction (autocommit ``execute_sql``, model calls) still pass through
+``before_operation``, classification and ``on_fatal``; peewee's own ``atomic()`` and
+``transaction()`` at the top level become store transactions, and nested ones savepoints.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import peewee
+
+from .errors import StoreClosedError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Store
+
+__all__ = ["ConnectionRecord", "PolicySqliteDatabase", "make_database"]
+
+logger = logging.getLogger(__name__)
+
+# Connections inherited across fork() are kept referenced here forever in the child, never
+# closed: closing them in the child could checkpoint or unlink the parent's -wal.
+_FORGOTTEN: list[Any] = []
+
+_READ_PREFIXES = ("select", "with", "explain", "values")
+
+
+class ConnectionRecord:
+    """One thread's driver connection: its lock (held while a statement or transaction runs),
+    the generation it was opened in, and whether it was closed or doomed from elsewhere."""
+
+    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "__weakref__")
+
+    def __init__(self, conn: Any, generation: int) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.generation = generation
+        self.thread = threading.current_thread()
+        self.closed = False
+        self.doomed = False
+        self.busy = False
+
+
+def _is_read_sql(sql: str) -> bool:
+    head = sql.lstrip()[:8].lower()
+    if head.startswith(_READ_PREFIXES):
+        return True
+    return head.startswith("pragma") and "=" not in sql
+
+
+class _PolicyMixin:
+    """Mixed into peewee's SqliteDatabase / APSWDatabase by :func:`make_database`."""
+
+    _store_ref: "weakref.ref[Store]"
+
+    def _setup_policy(self, store: "Store") -> None:
+        self._store_ref = weakref.ref(store)
+        self._records: set[ConnectionRecord] = set()
+        self._registry_lock = threading.Lock()
+        self.generation = 0
+        self.shut = False
+
+    # -- connections -----------------------------------------------------------------------
+    @property
+    def store(self) -> "Store":
+        store = self._store_ref()
+        if store is None:  # pragma: no cover - the store owns the database
+            raise StoreClosedError("the store of this database was garbage-collected")
+        return store
+
+    def _connect(self) -> Any:
+        if self.shut:
+            raise StoreClosedError(
+                f"{self.database}: the store was closed; open it again with corestore.open()",
+                path=str(self.database),
+            )
+        self._sweep_dead_threads()
+        conn = super()._connect()  # type: ignore[misc]
+        try:
+            self.store._init_connection(conn)
+        except BaseException:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - closing a half-initialised connection
+                logger.debug("closing a refused connection failed", exc_info=True)
+            raise
+        record = ConnectionRecord(conn, self.generation)
+        with self._registry_lock:
+            self._records.add(record)
+        self._state.record = record  # type: ignore[attr-defined]
+        return conn
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        # Errors from opening are classified by the store (outside peewee's wrapper, which would
+        # rename corestore's exceptions).
+        try:
+            return super().connect(reuse_if_open)  # type: ignore[misc]
+        except StoreClosedError:
+            raise
+        except Exception as err:
+            raise self.store._translate_open_error(err) from err
+
+    def _close(self, conn: Any) -> None:
+        record = getattr(self._state, "record", None)
+        if record is not None and record.conn is conn:
+            self._state.record = None  # type: ignore[attr-defined]
+            with self._registry_lock:
+                self._records.discard(record)
+            with record.lock:
+                record.closed = True
+        conn.close()
+
+    def _sweep_dead_threads(self) -> None:
+        with self._registry_lock:
+            dead = [r for r in self._records if not r.thread.is_alive()]
+        for record in dead:
+            self._close_record(record, wait=False)
+
+    def _close_record(self, record: ConnectionRecord, *, wait: bool) -> bool:
+        """Close ``record`` now if idle (True); else doom it so its owner closes it (False)."""
+        if not record.lock.acquire(blocking=wait):
+            record.doomed = True
+            return False
+        try:
+            if record.busy:
+                record.doomed = True
+                return False
+            if not record.closed:
+                record.closed = True
+                try:
+                    record.conn.close()
+                except Exception:
+                    logger.warning("%s: closing a connection failed", self.database, exc_info=True)
+        finally:
+            record.lock.release()
+        with self._registry_lock:
+            self._records.discard(record)
+        return True
+
+    def close_all(self, *, shut: bool) -> int:
+        """Close every idle connection of every thread; doom the busy ones. Returns how many were
+        still busy. With ``shut`` the database never reconnects."""
+        if shut:
+            self.shut = True
+        with self._registry_lock:
+            records = list(self._records)
+        busy = 0
+        for record in records:
+            if not self._close_record(record, wait=False):
+                busy += 1
+        if not self.in_transaction():  # type: ignore[attr-defined]
+            self._state.reset()  # type: ignore[attr-defined]
+            self._state.record = None  # type: ignore[attr-defined]
+        return busy
+
+    def invalidate(self) -> int:
+        """Bump the generation: idle connections close now, busy ones at their transaction's end."""
+        with self._registry_lock:
+            self.generation += 1
+        return self.close_all(shut=False)
+
+    def connection_count(self) -> int:
+        with self._registry_lock:
+            return len(self._records)
+
+    def acquire(self) -> ConnectionRecord:
+        """This thread's connection record, fresh and locked, marked busy (for a transaction or
+        one autocommit statement). Reconnects when it was closed or invalidated elsewhere."""
+        state = self._state  # type: ignore[attr-defined]
+        record = getattr(state, "record", None) if not state.closed else None
+        if record is not None:
+            record.lock.acquire()
+            if not record.closed and not record.doomed and record.generation == self.generation:
+                record.busy = True
+                return record
+            record.lock.release()
+            self._drop_stale(record)
+        self.connect()  # type: ignore[attr-defined]
+        record = state.record
+        record.lock.acquire()
+        record.busy = True
+        return record
+
+    def release(self, record: ConnectionRecord) -> None:
+        record.busy = False
+        stale = record.doomed or record.generation != self.generation or self.shut
+        record.lock.release()
+        if stale:
+            self._drop_stale(record)
+
+    def _drop_stale(self, record: ConnectionRecord) -> None:
+        self._close_record(record, wait=True)
+        state = self._state  # type: ignore[attr-defined]
+        if getattr(state, "record", None) is record and not state.transactions:
+            state.reset()
+            state.record = None
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop every inherited connection without closing it."""
+        with self._registry_lock:
+            _FORGOTTEN.extend(r.conn for r in self._records)
+            self._records = set()
+        self._registry_lock = threading.Lock()
+        state = self._state  # type: ignore[attr-defined]
+        if state.conn is not None:
+            _FORGOTTEN.append(state.conn)
+        state.reset()
+        state.record = None
+
+    # -- the policy layer --------------------------------------------------------------------
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        state = self._state  # type: ignore[attr-defined]
+        if not state.closed:
+            record = getattr(state, "record", None)
+            if record is not None and (record.closed or (record.generation != self.generation and not state.transactions)):
+                self._drop_stale(record)
+        if state.closed and self.shut:
+            raise StoreClosedError(
+                f"{self.database}: the store was closed; open it again with corestore.open()",
+                path=str(self.database),
+            )
+        return super().cursor(*args, **kwargs)  # type: ignore[misc]
+
+    def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if self._state.transactions:  # type: ignore[attr-defined]
+            try:
+                return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+            except Exception as err:
+                raise self.store._translate_in_transaction(err) from err
+        return self.store._autocommit(super().execute_sql, sql, params, _is_read_sql(sql), args, kwargs)
+
+    def atomic(self, *args: Any, **kwargs: Any) -> Any:
+        if self.transaction_depth() == 0:  # type: ignore[attr-defined]
+            lock = args[0] if args else kwargs.get("lock_type")
+            return self.store._transaction_cm("write", lock_type=lock, name="atomic")
+        return super().atomic(*args, **kwargs)  # type: ignore[misc]
+
+    def transaction(self, *args: Any, **kwargs: Any) -> Any:
+        if self.transaction_depth() == 0:  # type: ignore[attr-defined]
+            lock = args[0] if args else kwargs.get("lock_type")
+            return self.store._transaction_cm("write", lock_type=lock, name="transaction")
+        return super().transaction(*args, **kwargs)  # type: ignore[misc]
+
+
+class PolicySqliteDatabase(_PolicyMixin, peewee.SqliteDatabase):
+    """The store's database for the stdlib ``sqlite3`` driver."""
+
+
+_db_classes: dict[str, type] = {"sqlite3": PolicySqliteDatabase}
+
+
+def make_database(store: "Store", driver: str, database: str, **connect_params: Any) -> Any:
+    """Build the policy database for ``driver`` (``"sqlite3"`` or ``"apsw"``)."""
+    cls = _db_classes.get(driver)
+    if cls is None and driver == "apsw":
+        from playhouse.apsw_ext import APSWDatabase
+
+        cls = _db_classes["apsw"] = type("PolicyAPSWDatabase", (_PolicyMixin, APSWDatabase), {
+            "__doc__": "The store's database for the apsw driver.",
+            "__module__": __name__,
+        })
+    assert cls is not None
+    db = cls.__new__(cls)
+    db._setup_policy(store)
+    db.__init__(database, pragmas=None, timeout=None if driver == "apsw" else 0, **connect_params)
+    return db

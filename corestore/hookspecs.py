@@ -1,0 +1,215 @@
+"""The hooks corestore calls, grouped by lifecycle: open, operate, commit, fail, health, close.
+
+A plugin implements any subset with ``@corestore.hookimpl``. Every hook receives the
+:class:`~corestore.Store` it runs for, so one plugin class serves many stores (the core builds one
+instance per store). Hooks with no implementation cost nothing: the core decides at open which
+hooks have implementations and never calls the others.
+
+Implementations of ``on_success``, ``on_health``, ``on_health_changed``,
+``on_persistent_failure`` and ``on_close`` are *isolated*: one that raises is logged and skipped,
+and the others still run. Wrapper implementations (``wrapper=True``/``hookwrapper=True``) are
+refused on those hooks.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import Classification
+    from .health import HealthComponent, HealthReport, HealthStatus
+    from .operation import Operation, Violation
+    from .store import Store
+
+__all__ = [
+    "PROJECT",
+    "hookspec",
+    "hookimpl",
+    "HOOK_NAMES",
+    "ISOLATED_HOOKS",
+    "on_open",
+    "classify_error",
+    "before_operation",
+    "on_success",
+    "on_fatal",
+    "on_commit_invariant",
+    "on_health",
+    "on_health_changed",
+    "on_persistent_failure",
+    "on_close",
+]
+
+PROJECT = "corestore"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------------------------
+# open
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_open(store: "Store", connection: Any) -> None:
+    """Called for each new DB-API connection, after the profile's pragmas, before first use.
+
+    :param store: the store the connection belongs to.
+    :param connection: the driver connection (``sqlite3.Connection`` or ``apsw.Connection``).
+
+    Return None. Raising refuses the connection: the core closes it, classifies the error and
+    raises it to the caller that asked for the connection.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# operate
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def classify_error(store: "Store", error: BaseException, operation: "Operation | None") -> "Classification | None":
+    """Called for any exception raised by the database; decides what it means.
+
+    :param store: the store.
+    :param error: the exception as raised (walk ``.orig``/``__cause__``/``__context__`` for the
+        driver error, or use :func:`corestore.classify.driver_error`).
+    :param operation: the unit of work it happened in (None for statements outside one).
+
+    Return a :class:`~corestore.Classification`, or None to let the next plugin decide.
+    Stops at first non-None result. The core's SQLite code table runs last (``trylast``), so
+    any plugin overrides it.
+    """
+
+
+@hookspec
+def before_operation(store: "Store", operation: "Operation") -> None:
+    """Called before a transaction or unit of work starts, before any connection is touched.
+
+    :param store: the store.
+    :param operation: the unit of work about to start.
+
+    Return None. Raising refuses the operation; the exception reaches the caller as is (e.g.
+    :class:`~corestore.CircuitOpenError`).
+    """
+
+
+@hookspec
+def on_success(store: "Store", operation: "Operation") -> None:
+    """Called after an operation committed (or a read finished) and its invariants ran.
+
+    :param store: the store.
+    :param operation: the finished unit of work.
+
+    Return None. Isolated: an implementation that raises is logged and skipped.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# commit
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_commit_invariant(store: "Store", connection: Any, operation: "Operation") -> "Iterable[Violation] | None":
+    """Called right after a successful COMMIT of a write transaction, on the same connection.
+
+    :param store: the store.
+    :param connection: the driver connection that committed (outside any transaction now).
+    :param operation: the unit of work that committed.
+
+    Return an iterable of :class:`~corestore.Violation` (or None when all is well); the results
+    of all implementations are collected. The data is durable at this point: whatever happens
+    here never surfaces as an ordinary, retryable error.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# fail
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_fatal(store: "Store", error: BaseException, classification: "Classification", operation: "Operation | None") -> None:
+    """Called when an operation failed with a storage fault (not contention, not a caller error).
+
+    :param store: the store.
+    :param error: the exception (the driver error is in its chain).
+    :param classification: the verdict of ``classify_error`` (``kind`` is never BUSY,
+        CONSTRAINT, PROGRAMMING or UNKNOWN here; INVARIANT for a post-commit violation).
+    :param operation: the unit of work (None for a statement outside one).
+
+    Return None. Called once per failed attempt, before the core decides whether to retry.
+    """
+
+
+@hookspec
+def on_persistent_failure(store: "Store", report: "HealthReport") -> None:
+    """Called when a fault episode outlasted a plugin's escalation rule: the application's
+    "restart me" seam (e.g. accounting's ``persistent_after_s``, quarantine's first trip).
+
+    :param store: the store.
+    :param report: the store's health report at that moment.
+
+    Return None. Isolated: an implementation that raises is logged and skipped.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# health
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_health(store: "Store") -> "HealthComponent | list[HealthComponent] | None":
+    """Called by ``store.health()``: report this plugin's state.
+
+    :param store: the store.
+
+    Return a :class:`~corestore.HealthComponent`, a list of them, or None (nothing to report).
+    Report state already held; do no I/O here. Isolated: an implementation that raises becomes
+    an UNKNOWN component carrying the error.
+    """
+
+
+@hookspec
+def on_health_changed(store: "Store", previous: "HealthStatus", current: "HealthStatus") -> None:
+    """Called once when the aggregate status of the store changed.
+
+    :param store: the store.
+    :param previous: the status before.
+    :param current: the status now.
+
+    Return None. Isolated: an implementation that raises is logged and skipped.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# close
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_close(store: "Store") -> None:
+    """Called by ``store.close()`` when the last reference is released, before connections close
+    (so a plugin can drain queued writes).
+
+    :param store: the store.
+
+    Return None. Isolated: an implementation that raises is logged and skipped.
+    """
+
+
+HOOK_NAMES = (
+    "on_open",
+    "classify_error",
+    "before_operation",
+    "on_success",
+    "on_commit_invariant",
+    "on_fatal",
+    "on_persistent_failure",
+    "on_health",
+    "on_health_changed",
+    "on_close",
+)
+ISOLATED_HOOKS = frozenset({"on_success", "on_health", "on_health_changed", "on_persistent_failure", "on_close"})

@@ -1,0 +1,48 @@
+"""Values passed through hooks: the unit of work (:class:`Operation`) and a failed invariant
+(:class:`Violation`)."""
+from __future__ import annotations
+
+import time
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+import attrs
+
+__all__ = ["Operation", "Violation", "OperationKind"]
+
+OperationKind = Literal["read", "write", "open", "batch", "checkpoint"]
+_KINDS = ("read", "write", "open", "batch", "checkpoint")
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class Operation:
+    """One unit of work as plugins see it.
+
+    ``kind`` is ``"read" | "write" | "open" | "batch" | "checkpoint"``; ``name`` an optional label
+    from the caller; ``attempt`` counts from 1 across ``run()`` retries; ``started`` and
+    ``deadline`` are ``time.monotonic()`` values (``deadline`` None when unbounded).
+    """
+
+    kind: str = attrs.field(validator=attrs.validators.in_(_KINDS))
+    name: str | None = None
+    attempt: int = 1
+    started: float = attrs.field(factory=time.monotonic)
+    deadline: float | None = None
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind != "read"
+
+
+def _freeze_evidence(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@attrs.frozen(kw_only=True)
+class Violation:
+    """A post-commit invariant that did not hold: which ``check``, a ``message``, and the
+    ``evidence`` (numbers and modes) that shows it."""
+
+    check: str
+    message: str
+    evidence: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_evidence, eq=False, hash=False)

@@ -1,0 +1,302 @@
+"""Plugin discovery and the typed hook caller.
+
+Plugins are found through entry points in the ``corestore`` group, read with
+``importlib.metadata``; a plugin module is imported only when a profile enables it (never
+pluggy's ``load_setuptools_entrypoints``, which imports the whole group). First-party plugins are
+found the same way as third-party ones.
+
+Each store gets its own ``pluggy.PluginManager`` holding just its profile's plugins, wrapped in a
+:class:`HookCaller`: the only code in corestore that calls hooks. It decides once, at open, which
+hooks have implementations, so a hook nobody implements costs nothing on the hot path.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .classify import CoreClassifier
+from .errors import Classification, ConfigError, PluginError
+from .health import HealthComponent, HealthStatus
+from .operation import Operation, Violation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .health import HealthReport
+    from .profiles import Profile
+    from .store import Store
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ENV_PLUGINS",
+    "discover",
+    "load_plugin_class",
+    "build_settings",
+    "settings_help",
+    "HookCaller",
+    "build_hook_caller",
+]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "corestore"
+ENV_PLUGINS = "CORESTORE_PLUGINS"
+
+_class_cache: dict[str, type] = {}
+_class_lock = threading.Lock()
+
+
+def discover() -> dict[str, importlib.metadata.EntryPoint]:
+    """Every plugin entry point in the ``corestore`` group, by name, without importing any."""
+    found: dict[str, importlib.metadata.EntryPoint] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def env_plugins() -> tuple[str, ...]:
+    """Plugins the ``CORESTORE_PLUGINS`` variable (comma-separated) enables for every store."""
+    raw = os.environ.get(ENV_PLUGINS, "")
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
+def load_plugin_class(name: str, *, where: str = "<profile>") -> type:
+    """Import the plugin called ``name`` (once per process) and return its class.
+
+    Raises :class:`PluginError` naming the plugin, where it was asked for and the plugins that
+    are installed.
+    """
+    with _class_lock:
+        cls = _class_cache.get(name)
+    if cls is not None:
+        return cls
+    eps = discover()
+    ep = eps.get(name)
+    if ep is None:
+        raise PluginError(
+            f"{where}: unknown plugin {name!r}; installed plugins: {', '.join(sorted(eps)) or '(none)'} "
+            f"(a plugin is found through an entry point in the {ENTRY_POINT_GROUP!r} group)"
+        )
+    try:
+        cls = ep.load()
+    except Exception as err:
+        raise PluginError(f"{where}: plugin {name!r} ({ep.value}) failed to import: {type(err).__name__}: {err}") from err
+    if not isinstance(cls, type):
+        raise PluginError(f"{where}: plugin {name!r} ({ep.value}) is not a class")
+    declared = getattr(cls, "name", None)
+    if declared != name:
+        raise PluginError(f"{where}: plugin class {cls.__qualname__} declares name {declared!r}, but its entry point is {name!r}")
+    with _class_lock:
+        _class_cache[name] = cls
+    return cls
+
+
+def build_settings(cls: type, raw: Mapping[str, Any], *, where: str) -> Any:
+    """Convert a raw settings table into ``cls.Settings`` (None when the plugin has none).
+
+    Unknown keys and values its validators refuse are a :class:`ConfigError` naming ``where``,
+    the key and what is allowed.
+    """
+    settings_cls = getattr(cls, "Settings", None)
+    if settings_cls is None:
+        if raw:
+            raise ConfigError(f"{where} settings.{cls.name}: plugin {cls.name!r} takes no settings; got {', '.join(raw)}")
+        return None
+    fields = attrs.fields_dict(settings_cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(
+                f"{where} settings.{cls.name}: unknown key {key!r}; allowed: {', '.join(fields)}"
+            )
+    values = {k: (v.thaw() if hasattr(v, "thaw") else v) for k, v in raw.items()}
+    try:
+        return settings_cls(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{where} settings.{cls.name}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where} settings.{cls.name}: {err}") from None
+
+
+def settings_help(cls: type) -> list[dict[str, str]]:
+    """Rows (name, type, default, help) describing ``cls.Settings``, for the CLI and the docs."""
+    settings_cls = getattr(cls, "Settings", None)
+    if settings_cls is None:
+        return []
+    rows = []
+    for field in attrs.fields(settings_cls):
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()  # type: ignore[union-attr]
+        ftype = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        rows.append({
+            "name": field.name,
+            "type": str(ftype),
+            "default": repr(default),
+            "help": str(field.metadata.get("help", "")),
+        })
+    return rows
+
+
+def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:
+    return impl.function(*[kwargs[name] for name in impl.argnames])
+
+
+class HookCaller:
+    """One method per hook; the only caller of hooks in corestore.
+
+    ``has_<hook>`` booleans, fixed at construction, let the hot path skip hooks nobody
+    implements. Isolated hooks (see :data:`corestore.hookspecs.ISOLATED_HOOKS`) call each
+    implementation on its own, so one that raises is logged and does not stop the others.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._impls: dict[str, tuple[pluggy.HookImpl, ...]] = {}
+        for name in hookspecs.HOOK_NAMES:
+            impls = tuple(reversed(getattr(pm.hook, name).get_hookimpls()))  # pluggy's call order
+            if name in hookspecs.ISOLATED_HOOKS:
+                for impl in impls:
+                    if impl.hookwrapper or impl.wrapper:
+                        raise PluginError(
+                            f"plugin {impl.plugin_name!r}: hook {name} is isolated (each implementation runs on "
+                            "its own) and cannot be implemented as a wrapper"
+                        )
+            self._impls[name] = impls
+        self.has_on_open = bool(self._impls["on_open"])
+        self.has_before_operation = bool(self._impls["before_operation"])
+        self.has_on_success = bool(self._impls["on_success"])
+        self.has_on_commit_invariant = bool(self._impls["on_commit_invariant"])
+        self.has_on_fatal = bool(self._impls["on_fatal"])
+        self.has_operation_hooks = self.has_before_operation or self.has_on_success or self.has_on_commit_invariant
+
+    def implementers(self, hook: str) -> list[str]:
+        """Names of the plugins implementing ``hook``, in call order."""
+        return [impl.plugin_name for impl in self._impls[hook]]
+
+    # -- open ------------------------------------------------------------------------------
+    def on_open(self, store: "Store", connection: Any) -> None:
+        if self.has_on_open:
+            self.pm.hook.on_open(store=store, connection=connection)
+
+    # -- operate ---------------------------------------------------------------------------
+    def classify_error(self, store: "Store", error: BaseException, operation: Operation | None) -> Classification:
+        kwargs = {"store": store, "error": error, "operation": operation}
+        for impl in self._impls["classify_error"]:
+            try:
+                result = _call(impl, kwargs)
+            except Exception:
+                logger.exception("classify_error of plugin %r raised; asking the next one", impl.plugin_name)
+                continue
+            if result is not None:
+                if result.source != impl.plugin_name:
+                    result = attrs.evolve(result, source=impl.plugin_name)
+                return result
+        from .classify import classify_exception  # the core table always answers
+
+        return classify_exception(error)
+
+    def before_operation(self, store: "Store", operation: Operation) -> None:
+        if self.has_before_operation:
+            self.pm.hook.before_operation(store=store, operation=operation)
+
+    def on_success(self, store: "Store", operation: Operation) -> None:
+        if self.has_on_success:
+            self._isolated("on_success", {"store": store, "operation": operation})
+
+    # -- commit ----------------------------------------------------------------------------
+    def on_commit_invariant(self, store: "Store", connection: Any, operation: Operation) -> list[Violation]:
+        """Collect violations from every implementation. One that raises becomes a violation
+        itself (it runs after a durable commit, so it must not surface as a retryable error)."""
+        violations: list[Violation] = []
+        kwargs = {"store": store, "connection": connection, "operation": operation}
+        for impl in self._impls["on_commit_invariant"]:
+            try:
+                result = _call(impl, kwargs)
+            except Exception as err:
+                logger.exception("on_commit_invariant of plugin %r raised after a durable commit", impl.plugin_name)
+                violations.append(Violation(
+                    check=f"{impl.plugin_name}.error",
+                    message=f"invariant check raised {type(err).__name__}: {err}",
+                    evidence={},
+                ))
+                continue
+            if result:
+                violations.extend(result)
+        return violations
+
+    # -- fail ------------------------------------------------------------------------------
+    def on_fatal(self, store: "Store", error: BaseException, classification: Classification, operation: Operation | None) -> None:
+        if self.has_on_fatal:
+            self._isolated("on_fatal", {"store": store, "error": error, "classification": classification, "operation": operation})
+
+    def on_persistent_failure(self, store: "Store", report: "HealthReport") -> None:
+        self._isolated("on_persistent_failure", {"store": store, "report": report})
+
+    # -- health ----------------------------------------------------------------------------
+    def on_health(self, store: "Store") -> list[HealthComponent]:
+        components: list[HealthComponent] = []
+        for impl in self._impls["on_health"]:
+            try:
+                result = _call(impl, {"store": store})
+            except Exception as err:
+                logger.warning("on_health of plugin %r raised %s: %s", impl.plugin_name, type(err).__name__, err)
+                components.append(HealthComponent(
+                    name=impl.plugin_name, status=HealthStatus.UNKNOWN,
+                    summary=f"health check raised {type(err).__name__}: {err}",
+                ))
+                continue
+            if result is None:
+                continue
+            components.extend(result if isinstance(result, (list, tuple)) else [result])
+        return components
+
+    def on_health_changed(self, store: "Store", previous: HealthStatus, current: HealthStatus) -> None:
+        self._isolated("on_health_changed", {"store": store, "previous": previous, "current": current})
+
+    # -- close -----------------------------------------------------------------------------
+    def on_close(self, store: "Store") -> None:
+        self._isolated("on_close", {"store": store})
+
+    def _isolated(self, hook: str, kwargs: Mapping[str, Any]) -> None:
+        for impl in self._impls[hook]:
+            try:
+                _call(impl, kwargs)
+            except Exception:
+                logger.exception("%s of plugin %r raised; the other plugins still run", hook, impl.plugin_name)
+
+
+def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple[HookCaller, dict[str, Any]]:
+    """Import and instantiate the profile's plugins, register them (hooks run in profile order)
+    and return the caller with the instances by name."""
+    where = profile.origin
+    names = list(profile.plugins) + [n for n in extra if n not in profile.plugins]
+    unknown_settings = [k for k in profile.settings if k not in names]
+    installed = discover()
+    for key in unknown_settings:
+        if key not in installed:
+            raise ConfigError(f"{where}: settings.{key}: no installed plugin is called {key!r}; installed: {', '.join(sorted(installed))}")
+    instances: dict[str, Any] = {}
+    for name in names:
+        cls = load_plugin_class(name, where=where)
+        settings = build_settings(cls, profile.settings_for(name), where=where)
+        try:
+            instance = cls(settings) if settings is not None else cls()
+        except (ConfigError, PluginError):
+            raise
+        except Exception as err:
+            raise PluginError(f"{where}: plugin {name!r} failed to start: {type(err).__name__}: {err}") from err
+        instances[name] = instance
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(CoreClassifier(), name="core")
+    for name in reversed(names):  # pluggy calls the last registered first
+        try:
+            pm.register(instances[name], name=name)
+        except (ValueError, pluggy.PluginValidationError) as err:
+            raise PluginError(f"{where}: plugin {name!r} does not fit the corestore hooks: {err}") from err
+    return HookCaller(pm), instances
