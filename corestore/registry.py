@@ -22,7 +22,7 @@ import pluggy
 
 from . import hookspecs
 from .classify import CoreClassifier
-from .errors import Classification, ConfigError, PluginError
+from .errors import Classification, ConfigError, InvariantViolation, PluginError
 from .health import HealthComponent, HealthStatus
 from .operation import Operation, Violation
 
@@ -209,14 +209,25 @@ class HookCaller:
             self._isolated("on_success", {"store": store, "operation": operation})
 
     # -- commit ----------------------------------------------------------------------------
-    def on_commit_invariant(self, store: "Store", connection: Any, operation: Operation) -> list[Violation]:
-        """Collect violations from every implementation. One that raises becomes a violation
-        itself (it runs after a durable commit, so it must not surface as a retryable error)."""
+    def on_commit_invariant(self, store: "Store", connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
+        """Collect violations from every implementation; returns ``(violations, raise_requested)``.
+
+        An implementation asks for the violation to be *raised* to the caller by raising
+        :class:`~corestore.InvariantViolation` (its ``violations`` are collected; the core raises
+        one ``InvariantViolation(committed=True)`` after every check ran). Any other exception
+        becomes a violation itself: it runs after a durable commit, so it must not surface as a
+        retryable error.
+        """
         violations: list[Violation] = []
+        raise_requested = False
         kwargs = {"store": store, "connection": connection, "operation": operation}
         for impl in self._impls["on_commit_invariant"]:
             try:
                 result = _call(impl, kwargs)
+            except InvariantViolation as err:
+                raise_requested = True
+                violations.extend(err.violations or [Violation(check=f"{impl.plugin_name}.raised", message=str(err))])
+                continue
             except Exception as err:
                 logger.exception("on_commit_invariant of plugin %r raised after a durable commit", impl.plugin_name)
                 violations.append(Violation(
@@ -227,7 +238,7 @@ class HookCaller:
                 continue
             if result:
                 violations.extend(result)
-        return violations
+        return violations, raise_requested
 
     # -- fail ------------------------------------------------------------------------------
     def on_fatal(self, store: "Store", error: BaseException, classification: Classification, operation: Operation | None) -> None:

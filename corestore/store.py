@@ -226,6 +226,8 @@ class Store:
         busy = pragmas.pop("busy_timeout", None)
         if busy is not None:
             conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
+        if not self.memory:  # read the header now: a file that is not a database fails at open
+            conn.execute("PRAGMA schema_version").fetchone()
         wanted = pragmas.pop("journal_mode", None)
         for name, value in pragmas.items():
             conn.execute(f"PRAGMA {name} = {value}")
@@ -545,14 +547,15 @@ class Store:
     def _after_commit(self, conn: Any, op: Operation | None) -> None:
         hooks = self.hooks
         if hooks.has_on_commit_invariant:
-            violations = hooks.on_commit_invariant(self, conn, op)
+            violations, raise_requested = hooks.on_commit_invariant(self, conn, op)
             if violations:
-                self._report_violations(violations, op)
+                self._report_violations(violations, op, raise_requested)
         if hooks.has_on_success:
             hooks.on_success(self, op)
 
-    def _report_violations(self, violations: list[Violation], op: Operation | None) -> None:
-        raise_it = any(getattr(v, "_raise", False) for v in violations)
+    def _report_violations(self, violations: list[Violation], op: Operation | None, raise_it: bool) -> None:
+        """Log, count and report (``on_fatal`` with kind INVARIANT) violations found after a
+        durable commit; raise ``InvariantViolation(committed=True)`` only when a check asked."""
         text = "; ".join(f"{v.check}: {v.message}" for v in violations)
         with self._stats_lock:
             self._stats["violations"] += len(violations)

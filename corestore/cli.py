@@ -1,0 +1,322 @@
+"""The ``corestore`` command line: ``demo``, ``plugins``, ``profiles`` (and ``doctor``,
+``health``). ``--json`` everywhere; exit codes 0 UP, 1 DEGRADED, 2 DOWN, 64 usage or config error.
+
+The CLI reads ``--config``, else ``$CORESTORE_CONFIG``, else ``./corestore.toml`` when present
+(the library itself never reads the working directory; a command run by a person may).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import attrs
+
+from . import registry
+from .errors import ConfigError, PluginError, StoreError
+from .health import HealthStatus
+from .profiles import BUILTIN_PROFILES, ENV_CONFIG, load_config, resolve_profile
+
+__all__ = ["main", "EXIT_USAGE", "build_parser", "COMMANDS"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_USAGE = 64
+
+# name -> (help, add_arguments, run); later modules (doctor, health) register here too.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str) -> Callable[[Callable[[argparse.ArgumentParser], None]], Callable[..., Any]]:
+    """Register a subcommand: decorate its ``add_arguments``; its runner is ``add_arguments.run``."""
+
+    def deco(add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[..., Any]:
+        def bind(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+            COMMANDS[name] = (help, add_arguments, run)
+            return run
+
+        add_arguments.run = bind  # type: ignore[attr-defined]
+        return add_arguments
+
+    return deco
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 64, not argparse's 2 (DOWN)
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    """``--config``, else ``$CORESTORE_CONFIG``, else ``./corestore.toml`` if it exists."""
+    if getattr(args, "config", None):
+        return str(args.config)
+    if os.environ.get(ENV_CONFIG):
+        return os.environ[ENV_CONFIG]
+    return "corestore.toml" if os.path.isfile("corestore.toml") else None
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print ``data`` as JSON with ``--json``, else the human ``text``."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        print(text)
+
+
+# -- plugins -------------------------------------------------------------------------------------
+def _plugins_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _profiles_using(cfg: Any) -> dict[str, list[str]]:
+    names = cfg.profile_names() if cfg else sorted(BUILTIN_PROFILES)
+    users: dict[str, list[str]] = {}
+    for pname in names:
+        prof = resolve_profile(pname, config=cfg, path=":memory:")
+        for plugin in prof.plugins:
+            users.setdefault(plugin, []).append(pname)
+    return users
+
+
+def run_plugins(args: argparse.Namespace) -> int:
+    cfg = load_config(config_path(args))
+    users = _profiles_using(cfg)
+    rows = []
+    for name, ep in sorted(registry.discover().items()):
+        dist = getattr(ep, "dist", None)
+        rows.append({
+            "name": name,
+            "target": ep.value,
+            "distribution": f"{dist.name} {dist.version}" if dist else None,
+            "profiles": users.get(name, []),
+        })
+    width = max([len(r["name"]) for r in rows] + [4])
+    lines = [f"{'name':<{width}}  {'enabled by profiles':<28}  target"]
+    for r in rows:
+        lines.append(f"{r['name']:<{width}}  {', '.join(r['profiles']) or '-':<28}  {r['target']}")
+    emit(args, {"plugins": rows}, "\n".join(lines))
+    return 0
+
+
+command("plugins", "list the plugins installed through entry points and the profiles enabling them")(_plugins_args).run(run_plugins)
+
+
+# -- profiles ------------------------------------------------------------------------------------
+def _profiles_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="import every enabled plugin and validate its settings")
+
+
+def run_profiles(args: argparse.Namespace) -> int:
+    cfg = load_config(config_path(args))
+    out = []
+    for pname in cfg.profile_names() if cfg else sorted(BUILTIN_PROFILES):
+        prof = resolve_profile(pname, config=cfg, path=":memory:")
+        entry: dict[str, Any] = {
+            "name": pname,
+            "plugins": list(prof.plugins),
+            "pragmas": dict(prof.pragmas),
+            "settings": {k: dict(v) for k, v in prof.settings.items()},
+            "read_only": prof.read_only,
+            "driver": prof.driver,
+        }
+        if args.check:
+            for plugin in prof.plugins:
+                cls = registry.load_plugin_class(plugin, where=prof.origin)
+                registry.build_settings(cls, prof.settings_for(plugin), where=prof.origin)
+            entry["check"] = "ok"
+        out.append(entry)
+    databases = {}
+    if cfg:
+        for dname, binding in sorted(cfg.databases.items()):
+            prof = resolve_profile(binding.profile, config=cfg, path=binding.path, binding=binding)
+            if args.check:
+                for plugin in prof.plugins:
+                    cls = registry.load_plugin_class(plugin, where=prof.origin)
+                    registry.build_settings(cls, prof.settings_for(plugin), where=prof.origin)
+            databases[dname] = {"path": binding.path, "profile": binding.profile, "plugins": list(prof.plugins)}
+    lines = [f"config: {cfg.source if cfg else '(none: built-in profiles only)'}"]
+    for entry in out:
+        lines.append(f"  {entry['name']:<12} plugins: {', '.join(entry['plugins']) or '-'}"
+                     + ("  [ok]" if args.check else ""))
+    for dname, d in databases.items():
+        lines.append(f"  database {dname}: {d['path']} (profile {d['profile']})")
+    emit(args, {"config": cfg.source if cfg else None, "profiles": out, "databases": databases}, "\n".join(lines))
+    return 0
+
+
+command("profiles", "show the resolved profiles and database bindings (--check validates them)")(_profiles_args).run(run_profiles)
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", help="directory for the demo database (default: a new temporary directory)")
+    p.add_argument("--threads", type=int, default=4, help="writer threads (default 4)")
+    p.add_argument("--seconds", type=float, default=2.0, help="how long to write (default 2)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import peewee
+
+    from .profiles import Profile
+    from .store import open as open_store
+
+    if args.threads < 1 or args.seconds <= 0:
+        raise ConfigError("demo: --threads must be >= 1 and --seconds > 0")
+    directory = args.dir or tempfile.mkdtemp(prefix="corestore-demo-")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "demo.db")
+    base = resolve_profile("default", config=load_config(config_path(args)), path=path)
+    installed = registry.discover()
+    plugins = base.plugins + (("accounting",) if "accounting" in installed and "accounting" not in base.plugins else ())
+    profile: Profile = attrs.evolve(base, plugins=plugins)
+
+    class Event(peewee.Model):
+        thread = peewee.IntegerField()
+        seq = peewee.IntegerField()
+        payload = peewee.TextField()
+
+    class Usage(peewee.Model):
+        thread = peewee.IntegerField()
+        tokens = peewee.IntegerField()
+        ts = peewee.FloatField(null=True)
+
+    def setup(store: Any) -> None:
+        store.bind([Event, Usage])
+        store.database.create_tables([Event, Usage])
+
+    store = open_store(profile, setup=setup)
+    acc = store.plugins.get("accounting")
+    counts = {"writes": 0, "submitted": 0}
+    errors: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = time.monotonic() + args.seconds
+
+    def worker(n: int) -> None:
+        seq = 0
+        while time.monotonic() < stop:
+            seq += 1
+            try:
+                store.run(lambda: Event.create(thread=n, seq=seq, payload="x" * 64), name="demo-write")
+                with lock:
+                    counts["writes"] += 1
+                if acc is not None and acc.submit(Usage, {"thread": n, "tokens": seq % 100}):
+                    with lock:
+                        counts["submitted"] += 1
+            except StoreError as err:
+                with lock:
+                    key = err.kind.name if err.kind else type(err).__name__
+                    errors[key] = errors.get(key, 0) + 1
+
+    threads = [threading.Thread(target=worker, args=(i,), name=f"demo-writer-{i}") for i in range(args.threads)]
+    for t in threads:
+        t.start()
+    tty = sys.stdout.isatty() and not args.json
+    while any(t.is_alive() for t in threads):
+        if tty:
+            with lock:
+                line = f"\r{counts['writes']:>7} writes  {counts['submitted']:>7} accounted  errors: {sum(errors.values())}"
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    if tty:
+        sys.stdout.write("\n")
+    if acc is not None:
+        acc.flush(5.0)
+    report = store.health()
+    acc_stats = acc.stats() if acc is not None else None
+    with store.read():
+        rows = Event.select().count()
+        usage_rows = Usage.select().count() if acc is not None else 0
+    store.close()
+    data = {
+        "database": path,
+        "profile": list(profile.plugins),
+        "threads": args.threads,
+        "seconds": args.seconds,
+        "writes": counts["writes"],
+        "rows": rows,
+        "accounted_rows": usage_rows,
+        "errors": errors,
+        "health": report.to_dict(),
+        "accounting": {k: v for k, v in acc_stats.items() if isinstance(v, (int, float))} if acc_stats else None,
+    }
+    lines = [
+        f"database   {path}",
+        f"plugins    {', '.join(profile.plugins)}",
+        f"writes     {counts['writes']} committed by {args.threads} threads in {args.seconds:g} s ({rows} rows in the table)",
+        f"errors     {', '.join(f'{k}={v}' for k, v in sorted(errors.items())) or 'none'}",
+    ]
+    if acc_stats is not None:
+        lines.append(
+            f"accounting submitted={acc_stats['submitted']} written={acc_stats['written']} "
+            f"dropped={acc_stats['dropped']} rejected={acc_stats['rejected']} dead_lettered={acc_stats['dead_lettered']} "
+            f"pending={acc_stats['pending']} ({usage_rows} rows in the table)"
+        )
+    lines.append(f"health     {report.status.name}")
+    for name, comp in report.components.items():
+        lines.append(f"  {name:<16} {comp.status.name:<9} {comp.summary}")
+    emit(args, data, "\n".join(lines))
+    return report.status.exit_code
+
+
+command("demo", "run a short multi-threaded write workload on an embedded database and report")(_demo_args).run(run_demo)
+
+
+# -- main ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="corestore", description="SQLite storage that survives real failures.")
+    parser.add_argument("--config", help="TOML config (default: $CORESTORE_CONFIG, else ./corestore.toml if present)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _load_optional_commands()
+    for name, (help_text, add_arguments, _run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+        add_arguments(p)
+    return parser
+
+
+def _load_optional_commands() -> None:
+    """Import the modules that register more commands (doctor, health)."""
+    import importlib
+
+    for module in ("corestore.doctor",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _help, _add, run = COMMANDS[args.command]
+    try:
+        return run(args)
+    except (ConfigError, PluginError) as err:
+        print(f"corestore {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as err:
+        print(f"corestore {args.command}: {err}", file=sys.stderr)
+        status = HealthStatus.DOWN if err.classification and err.classification.is_fault else HealthStatus.DEGRADED
+        return status.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

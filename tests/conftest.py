@@ -1,0 +1,99 @@
+"""Shared fixtures: temporary databases, subprocess helpers and test plugins installed through
+real entry points (a ``.dist-info`` directory on ``sys.path``, as pip would leave it)."""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+import corestore
+from corestore import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "app.db")
+
+
+@pytest.fixture(autouse=True)
+def _close_leftover_stores() -> Iterator[None]:
+    """Every test starts and ends with no store open in this process."""
+    yield
+    from corestore.store import open_stores
+
+    for store in open_stores():
+        while not store.closed:
+            store.close()
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a child Python that can import corestore, its plugins and the tests."""
+    env = dict(os.environ)
+    paths = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "contrib"), str(TESTS)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
+               user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (``sys.argv[1:]`` = ``args``)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True, text=True, timeout=timeout, env=env or child_env(), user=user,
+    )
+
+
+@pytest.fixture
+def install_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Install entry points in the ``corestore`` group as a real ``.dist-info`` on ``sys.path``.
+
+    ``install_plugins(name="module:Class", ...)``; modules are looked up on ``sys.path`` (the
+    tests directory is on it, so ``plugin_fixtures:Recorder`` works).
+    """
+    counter = {"n": 0}
+
+    def install(dist: str = "corestore-test-plugins", **entry_points: str) -> Path:
+        counter["n"] += 1
+        site = tmp_path / f"site{counter['n']}"
+        info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        lines = ["[corestore]"] + [f"{name} = {target}" for name, target in entry_points.items()]
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        monkeypatch.syspath_prepend(str(site))
+        importlib.invalidate_caches()
+        for name in entry_points:
+            registry._class_cache.pop(name, None)
+        return site
+
+    yield install
+    for name in list(registry._class_cache):
+        if registry._class_cache[name].__module__ in ("plugin_fixtures",) or name.startswith("t_"):
+            registry._class_cache.pop(name, None)
+
+
+@pytest.fixture
+def minimal(db_path: str) -> Iterator[corestore.Store]:
+    """A store on a fresh file with the ``minimal`` profile (WAL + NORMAL for speed)."""
+    profile = corestore.Profile(path=db_path, name="minimal",
+                                pragmas={"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"})
+    store = corestore.open(profile)
+    yield store
+    while not store.closed:
+        store.close()
+
+
+def root_only() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to drop to another user or mount a tmpfs)")

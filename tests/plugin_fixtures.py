@@ -1,0 +1,167 @@
+"""Test plugins, installed by the ``install_plugins`` fixture through real entry points."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import attrs
+
+from corestore import Classification, ErrorKind, HealthComponent, HealthStatus, Violation, hookimpl
+
+EVENTS: list[tuple[str, ...]] = []
+_lock = threading.Lock()
+
+
+def record(*event: Any) -> None:
+    with _lock:
+        EVENTS.append(tuple(event))
+
+
+class Recorder:
+    """Records every hook call into :data:`EVENTS` as ``(plugin, hook, ...)``."""
+
+    name = "t_recorder"
+
+    @attrs.frozen(kw_only=True)
+    class Settings:
+        label: str = attrs.field(default="rec", validator=attrs.validators.instance_of(str), metadata={"help": "a label"})
+        fail_open: bool = attrs.field(default=False, metadata={"help": "raise in on_open"})
+
+    def __init__(self, settings: "Recorder.Settings") -> None:
+        self.settings = settings
+
+    @hookimpl
+    def on_open(self, store: Any, connection: Any) -> None:
+        record(self.name, "on_open", type(connection).__module__)
+        if self.settings.fail_open:
+            raise RuntimeError("refused by t_recorder")
+
+    @hookimpl
+    def before_operation(self, store: Any, operation: Any) -> None:
+        record(self.name, "before_operation", operation.kind, operation.name)
+
+    @hookimpl
+    def on_success(self, store: Any, operation: Any) -> None:
+        record(self.name, "on_success", operation.kind, operation.name)
+
+    @hookimpl
+    def on_fatal(self, store: Any, error: Any, classification: Classification, operation: Any) -> None:
+        record(self.name, "on_fatal", classification.kind.name, operation.kind if operation else None)
+
+    @hookimpl
+    def on_commit_invariant(self, store: Any, connection: Any, operation: Any) -> None:
+        record(self.name, "on_commit_invariant", operation.kind if operation else None)
+
+    @hookimpl
+    def on_health(self, store: Any) -> HealthComponent:
+        return HealthComponent(name=self.name, status=HealthStatus.UP, summary=self.settings.label)
+
+    @hookimpl
+    def on_health_changed(self, store: Any, previous: HealthStatus, current: HealthStatus) -> None:
+        record(self.name, "on_health_changed", previous.name, current.name)
+
+    @hookimpl
+    def on_persistent_failure(self, store: Any, report: Any) -> None:
+        record(self.name, "on_persistent_failure", report.status.name)
+
+    @hookimpl
+    def on_close(self, store: Any) -> None:
+        record(self.name, "on_close")
+
+
+class Raiser:
+    """Raises in every isolated hook; the next plugin must still run."""
+
+    name = "t_raiser"
+
+    @hookimpl
+    def on_success(self, store: Any, operation: Any) -> None:
+        raise RuntimeError("t_raiser on_success")
+
+    @hookimpl
+    def on_health(self, store: Any) -> None:
+        raise RuntimeError("t_raiser on_health")
+
+    @hookimpl
+    def on_health_changed(self, store: Any, previous: Any, current: Any) -> None:
+        raise RuntimeError("t_raiser on_health_changed")
+
+    @hookimpl
+    def on_persistent_failure(self, store: Any, report: Any) -> None:
+        raise RuntimeError("t_raiser on_persistent_failure")
+
+    @hookimpl
+    def on_close(self, store: Any) -> None:
+        raise RuntimeError("t_raiser on_close")
+
+
+class Toggle:
+    """A health component whose status the test sets; fires persistent failure on demand."""
+
+    name = "t_toggle"
+
+    def __init__(self) -> None:
+        self.status = HealthStatus.UP
+
+    @hookimpl
+    def on_health(self, store: Any) -> HealthComponent:
+        return HealthComponent(name=self.name, status=self.status, summary="toggle")
+
+
+class BusyIsFatal:
+    """Overrides the core table: BUSY becomes FATAL_IO (to show first-non-None-wins)."""
+
+    name = "t_busy_is_fatal"
+
+    @hookimpl
+    def classify_error(self, store: Any, error: BaseException, operation: Any) -> Classification | None:
+        from corestore.classify import classify_exception
+
+        base = classify_exception(error)
+        if base.kind is ErrorKind.BUSY:
+            return attrs.evolve(base, kind=ErrorKind.FATAL_IO, retryable=False, trips_breaker=True)
+        return None
+
+
+class Gate:
+    """Refuses operations named 'forbidden' before they touch a connection."""
+
+    name = "t_gate"
+
+    @hookimpl
+    def before_operation(self, store: Any, operation: Any) -> None:
+        if operation.name == "forbidden":
+            raise PermissionError("t_gate refuses 'forbidden'")
+
+
+class Checker:
+    """Reports a violation after every commit; raises it when asked."""
+
+    name = "t_checker"
+
+    @attrs.frozen(kw_only=True)
+    class Settings:
+        raise_it: bool = attrs.field(default=False, metadata={"help": "raise the violation"})
+
+    def __init__(self, settings: "Checker.Settings") -> None:
+        self.settings = settings
+
+    @hookimpl
+    def on_commit_invariant(self, store: Any, connection: Any, operation: Any) -> list[Violation]:
+        count = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        v = Violation(check="t_checker.tables", message=f"{count} objects", evidence={"objects": count})
+        if self.settings.raise_it:
+            from corestore import InvariantViolation
+
+            raise InvariantViolation("t_checker", violations=(v,))
+        return [v]
+
+
+class Wrapper:
+    """A wrapper implementation on an isolated hook: must be refused."""
+
+    name = "t_wrapper"
+
+    @hookimpl(wrapper=True)
+    def on_close(self, store: Any) -> Any:
+        return (yield)

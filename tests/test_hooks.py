@@ -1,0 +1,264 @@
+"""One test per hook (``test_hook_<name>``): when the core calls it, with what, and what the
+result does. Plugins are installed through real entry points."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import peewee
+import pytest
+
+import corestore
+from corestore import ErrorKind, HealthStatus, InvariantViolation, Profile
+from corestore.hookspecs import HOOK_NAMES
+
+import plugin_fixtures
+from plugin_fixtures import EVENTS
+from conftest import run_python
+
+
+@pytest.fixture(autouse=True)
+def _clear_events() -> None:
+    EVENTS.clear()
+
+
+@pytest.fixture
+def plugins(install_plugins):
+    install_plugins(
+        t_recorder="plugin_fixtures:Recorder", t_raiser="plugin_fixtures:Raiser", t_toggle="plugin_fixtures:Toggle",
+        t_busy_is_fatal="plugin_fixtures:BusyIsFatal", t_gate="plugin_fixtures:Gate", t_checker="plugin_fixtures:Checker",
+    )
+
+
+def open_with(path: Path, *plugins: str, **kw) -> corestore.Store:
+    pragmas = kw.pop("pragmas", {"busy_timeout": 200, "journal_mode": "wal", "synchronous": "normal"})
+    return corestore.open(Profile(path=str(path), plugins=plugins, pragmas=pragmas, **kw))
+
+
+def hooks_of(plugin: str, hook: str) -> list[tuple]:
+    return [e for e in EVENTS if e[0] == plugin and e[1] == hook]
+
+
+def test_every_hookspec_has_a_test_here() -> None:
+    source = Path(__file__).read_text()
+    for name in HOOK_NAMES:
+        assert f"def test_hook_{name}(" in source
+
+
+def test_hook_on_open(tmp_path: Path, plugins) -> None:
+    store = open_with(tmp_path / "a.db", "t_recorder")
+    assert hooks_of("t_recorder", "on_open") == [("t_recorder", "on_open", "sqlite3")]  # the connection open() made
+    import threading
+
+    t = threading.Thread(target=lambda: store.database.execute_sql("select 1"))
+    t.start()
+    t.join()
+    assert len(hooks_of("t_recorder", "on_open")) == 2  # one per new connection
+    store.close()
+    # raising refuses the connection: open() fails and nothing stays open
+    with pytest.raises(RuntimeError, match="refused by t_recorder"):
+        corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("t_recorder",), settings={"t_recorder": {"fail_open": True}}))
+
+
+def test_hook_classify_error(tmp_path: Path, plugins) -> None:
+    """First non-None wins; the core table answers last; the answering plugin is recorded."""
+    path = tmp_path / "a.db"
+    plain = open_with(path, "t_recorder")
+    overriding = open_with(path, "t_busy_is_fatal", "t_recorder")
+    plain.database.execute_sql("create table t(x)")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); "
+         "c.execute('begin immediate'); print('held', flush=True); time.sleep(30)", str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(corestore.BusyError) as busy:
+            with plain.transaction():
+                pass
+        assert busy.value.classification.source == "core" and busy.value.classification.name == "SQLITE_BUSY"
+        with pytest.raises(corestore.FatalError) as fatal:
+            with overriding.transaction():
+                pass
+        c = fatal.value.classification
+        assert c.kind is ErrorKind.FATAL_IO and c.source == "t_busy_is_fatal" and c.code == 5
+    finally:
+        holder.kill()
+        holder.wait()
+    # the override made it a fault: on_fatal heard about it, for the overriding store only
+    assert hooks_of("t_recorder", "on_fatal") == [("t_recorder", "on_fatal", "FATAL_IO", "write")]
+    plain.close()
+    overriding.close()
+
+
+def test_hook_before_operation(tmp_path: Path, plugins) -> None:
+    store = open_with(tmp_path / "a.db", "t_gate", "t_recorder")
+    store.database.execute_sql("create table t(x)")
+    with store.transaction(name="w"):
+        store.database.execute_sql("insert into t values (1)")
+    with store.read(name="r"):
+        store.database.execute_sql("select * from t").fetchall()
+    store.run(lambda: None, name="unit")
+    assert [e[2:] for e in hooks_of("t_recorder", "before_operation")] == [
+        ("write", "statement"), ("write", "w"), ("read", "r"), ("write", "unit")]
+    # raising refuses the operation before any connection is touched
+    opened = store.stats()["connections_opened"]
+    with pytest.raises(PermissionError):
+        with store.transaction(name="forbidden"):
+            raise AssertionError("never entered")
+    assert store.stats()["connections_opened"] == opened
+    assert store.database.execute_sql("select count(*) from t").fetchone()[0] == 1
+    store.close()
+
+
+def test_hook_on_success(tmp_path: Path, plugins, caplog: pytest.LogCaptureFixture) -> None:
+    """Called after commit; isolated: a raising implementation neither breaks the caller's
+    operation nor stops the next plugin."""
+    store = open_with(tmp_path / "a.db", "t_raiser", "t_recorder")
+    with caplog.at_level(logging.ERROR, logger="corestore.registry"):
+        with store.transaction(name="w"):
+            store.database.execute_sql("create table t(x)")
+    assert hooks_of("t_recorder", "on_success") == [("t_recorder", "on_success", "write", "w")]
+    assert "on_success of plugin 't_raiser' raised" in caplog.text
+    with pytest.raises(ZeroDivisionError):
+        with store.transaction(name="fails"):
+            1 / 0
+    assert len(hooks_of("t_recorder", "on_success")) == 1  # not after a rollback
+    store.close()
+
+
+def test_hook_on_fatal(tmp_path: Path, plugins) -> None:
+    """Storage faults only: not contention, not caller errors; once per run(), however many attempts."""
+    path = tmp_path / "a.db"
+    store = open_with(path, "t_recorder")
+    store.database.execute_sql("create table t(x unique)")
+    store.database.execute_sql("insert into t values (1)")
+    with pytest.raises(corestore.ConstraintError):
+        store.database.execute_sql("insert into t values (1)")
+    with pytest.raises(corestore.QueryError):
+        store.database.execute_sql("select * from missing")
+    assert hooks_of("t_recorder", "on_fatal") == []
+    # a real storage fault: the file is replaced by garbage behind SQLite's back -> NOTADB/CORRUPT
+    store.close()
+    store = open_with(path, "t_recorder", pragmas={"busy_timeout": 200})
+    store.close()
+    path.write_bytes(b"this is not a database" * 300)
+    Path(str(path) + "-wal").unlink(missing_ok=True)
+    Path(str(path) + "-shm").unlink(missing_ok=True)
+    with pytest.raises(corestore.CorruptionError, match="not a SQLite database"):
+        open_with(path, "t_recorder", pragmas={"busy_timeout": 200})
+    assert hooks_of("t_recorder", "on_fatal") == []  # NOTADB at first open is not a runtime fault
+
+
+def test_hook_on_fatal_once_per_run(tmp_path: Path, plugins) -> None:
+    path = tmp_path / "a.db"
+    store = open_with(path, "t_busy_is_fatal", "t_recorder", retry={"fatal_attempts": 3, "base_delay_s": 0.001})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); "
+         "c.execute('begin immediate'); print('held', flush=True); time.sleep(30)", str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(corestore.FatalError):
+            store.run(lambda: None, name="unit")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.stats()["retries"] == 2  # three attempts ...
+    assert hooks_of("t_recorder", "on_fatal") == [("t_recorder", "on_fatal", "FATAL_IO", "write")]  # ... one outcome
+    store.close()
+
+
+def test_hook_on_commit_invariant(tmp_path: Path, plugins, caplog: pytest.LogCaptureFixture) -> None:
+    store = open_with(tmp_path / "a.db", "t_checker", "t_recorder")
+    with caplog.at_level(logging.WARNING, logger="corestore.store"):
+        with store.transaction():
+            store.database.execute_sql("create table t(x)")
+    assert "post-commit invariant violated (the data is committed): t_checker.tables: 1 objects" in caplog.text
+    assert hooks_of("t_recorder", "on_fatal") == [("t_recorder", "on_fatal", "INVARIANT", "write")]
+    assert store.stats()["violations"] == 1
+    store.database.execute_sql("insert into t values (1)")  # an autocommit write is a commit too
+    with store.read():
+        store.database.execute_sql("select * from t").fetchall()
+    assert len(hooks_of("t_recorder", "on_commit_invariant")) == 2  # writes only
+    store.close()
+    raising = corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("t_checker",),
+                                     settings={"t_checker": {"raise_it": True}}))
+    raising.database.execute_sql  # noqa: B018
+    with pytest.raises(InvariantViolation) as info:
+        raising.run(lambda: raising.database.execute_sql("create table if not exists u(x)") and "the result")
+    assert info.value.committed is True and info.value.result == "the result"
+    assert raising.stats()["retries"] == 0  # never retried: the data is durable
+    assert "u" in raising.database.get_tables()
+    raising.close()
+
+
+def test_hook_on_health(tmp_path: Path, plugins) -> None:
+    store = open_with(tmp_path / "a.db", "t_raiser", "t_recorder", "t_toggle")
+    report = store.health()
+    assert set(report.components) == {"database", "t_raiser", "t_recorder", "t_toggle"}
+    assert report.components["t_raiser"].status is HealthStatus.UNKNOWN
+    assert "t_raiser on_health" in report.components["t_raiser"].summary
+    assert report.components["t_recorder"].summary == "rec"
+    assert report.status is HealthStatus.UP  # UNKNOWN never outranks UP
+    store.plugin("t_toggle").status = HealthStatus.DEGRADED
+    assert store.health().status is HealthStatus.DEGRADED
+    store.plugin("t_toggle").status = HealthStatus.DOWN
+    assert store.health().to_dict()["status"] == "down"
+    store.close()
+
+
+def test_hook_on_health_changed(tmp_path: Path, plugins) -> None:
+    store = open_with(tmp_path / "a.db", "t_raiser", "t_recorder", "t_toggle")
+    store.health()
+    store.health()
+    toggle = store.plugin("t_toggle")
+    toggle.status = HealthStatus.DOWN
+    store.health()
+    store.health()
+    toggle.status = HealthStatus.UP
+    store.health()
+    assert [e[2:] for e in hooks_of("t_recorder", "on_health_changed")] == [("UP", "DOWN"), ("DOWN", "UP")]
+    store.close()
+
+
+def test_hook_on_health_changed_exactly_once_under_threads(tmp_path: Path, plugins) -> None:
+    import threading
+
+    store = open_with(tmp_path / "a.db", "t_recorder", "t_toggle")
+    store.health()
+    store.plugin("t_toggle").status = HealthStatus.DOWN
+    barrier = threading.Barrier(8)
+
+    def check() -> None:
+        barrier.wait()
+        store.health()
+
+    threads = [threading.Thread(target=check) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [e[2:] for e in hooks_of("t_recorder", "on_health_changed")] == [("UP", "DOWN")]
+    store.close()
+
+
+def test_hook_on_persistent_failure(tmp_path: Path, plugins) -> None:
+    """The core's caller for plugins that escalate: isolated, every implementation runs."""
+    store = open_with(tmp_path / "a.db", "t_raiser", "t_recorder")
+    store.hooks.on_persistent_failure(store, store.health())
+    assert hooks_of("t_recorder", "on_persistent_failure") == [("t_recorder", "on_persistent_failure", "UP")]
+    store.close()
+
+
+def test_hook_on_close(tmp_path: Path, plugins) -> None:
+    store = open_with(tmp_path / "a.db", "t_raiser", "t_recorder")
+    again = open_with(tmp_path / "a.db", "t_raiser", "t_recorder")
+    assert again is store
+    store.close()
+    assert hooks_of("t_recorder", "on_close") == []  # one reference still held
+    again.close()
+    assert hooks_of("t_recorder", "on_close") == [("t_recorder", "on_close")]  # t_raiser raised first; isolated
+    again.close()
+    assert len(hooks_of("t_recorder", "on_close")) == 1
