@@ -46,12 +46,26 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def drop_file_capabilities() -> None:
+    """``preexec_fn``: drop CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from the
+    bounding set, so the exec'd child (still root) obeys file permissions like any user."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_CAPBSET_DROP = 24
+    for cap in (1, 2, 3):  # DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
 def run_python(code: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
-               user: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (``sys.argv[1:]`` = ``args``)."""
+               drop_caps: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (``sys.argv[1:]`` = ``args``); with ``drop_caps``
+    the child runs without the file-permission capabilities (root bypasses permissions)."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True, text=True, timeout=timeout, env=env or child_env(), user=user,
+        capture_output=True, text=True, timeout=timeout, env=env or child_env(),
+        preexec_fn=drop_file_capabilities if drop_caps else None,
     )
 
 
@@ -96,4 +110,4 @@ def minimal(db_path: str) -> Iterator[corestore.Store]:
 
 
 def root_only() -> pytest.MarkDecorator:
-    return pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to drop to another user or mount a tmpfs)")
+    return pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to drop capabilities or mount a tmpfs)")
