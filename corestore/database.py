@@ -220,6 +220,8 @@ class _PolicyMixin:
     # -- the policy layer --------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         state = self._state  # type: ignore[attr-defined]
+        if state.transactions:  # the record was checked when the transaction began
+            return state.conn.cursor()
         if not state.closed:
             record = getattr(state, "record", None)
             if record is not None and (record.closed or (record.generation != self.generation and not state.transactions)):

@@ -185,6 +185,11 @@ class Store:
         self.init_lock_obj = InitLock.for_path(self.path)
         self.hooks, self.plugins = build_hook_caller(profile, extra=env_plugins())
         self.database = self._make_database()
+        self._in_txn: Callable[[Any], bool] = (
+            (lambda conn: not conn.getautocommit()) if profile.driver == "apsw" else (lambda conn: conn.in_transaction)
+        )
+        self._run_callbacks: Callable[[], None] = getattr(self.database, "_run_commit_callbacks", _noop)  # peewee >= 4
+        self._clear_callbacks: Callable[[], None] = getattr(self.database, "_clear_commit_callbacks", _noop)
 
     # -- construction ----------------------------------------------------------------------
     def _make_database(self) -> Any:
@@ -509,7 +514,7 @@ class Store:
                         conn.execute("ROLLBACK")
                     except Exception:  # the real error is `exc`; never mask it
                         logger.debug("%s: ROLLBACK after an error failed", self.path, exc_info=True)
-                _clear_callbacks(db)
+                self._clear_callbacks()
                 with self._stats_lock:
                     self._stats["rollbacks"] += 1
                 if not _is_db_error(exc):
@@ -528,7 +533,7 @@ class Store:
                         conn.execute("ROLLBACK")
                     except Exception:
                         logger.debug("%s: ROLLBACK after a failed COMMIT failed", self.path, exc_info=True)
-                _clear_callbacks(db)
+                self._clear_callbacks()
                 if committed is None:
                     with self._stats_lock:
                         self._stats["uncertain_commits"] += 1
@@ -537,7 +542,7 @@ class Store:
             db.release(record)
         with self._stats_lock:
             self._stats["reads" if txn.kind == "read" else "transactions"] += 1
-        _run_callbacks(db)
+        self._run_callbacks()
         if txn.kind == "write":
             self._after_commit(conn, txn.op)
         elif self.hooks.has_on_success:
@@ -571,7 +576,7 @@ class Store:
     def _commit_inside(self, txn: _Txn, begin: bool) -> None:
         conn = txn.record.conn
         conn.execute("COMMIT")
-        _run_callbacks(self.database)
+        self._run_callbacks()
         if begin:
             conn.execute(f"BEGIN {txn.lock_type}" if txn.lock_type else "BEGIN")
 
@@ -579,15 +584,9 @@ class Store:
         conn = txn.record.conn
         if self._in_txn(conn):
             conn.execute("ROLLBACK")
-        _clear_callbacks(self.database)
+        self._clear_callbacks()
         if begin:
             conn.execute(f"BEGIN {txn.lock_type}" if txn.lock_type else "BEGIN")
-
-    @property
-    def _in_txn(self) -> Callable[[Any], bool]:
-        if self.profile.driver == "apsw":
-            return lambda conn: not conn.getautocommit()
-        return lambda conn: conn.in_transaction
 
     def _with_connection(self, kind: str, fn: Callable[[Any], T], *, name: str | None = None) -> T:
         """Run ``fn(conn)`` on this thread's connection outside any transaction, as an operation."""
@@ -730,16 +729,8 @@ class Store:
         return component
 
 
-def _run_callbacks(db: Any) -> None:
-    run = getattr(db, "_run_commit_callbacks", None)  # peewee >= 4 after_commit()
-    if run is not None:
-        run()
-
-
-def _clear_callbacks(db: Any) -> None:
-    clear = getattr(db, "_clear_commit_callbacks", None)
-    if clear is not None:
-        clear()
+def _noop() -> None:
+    return None
 
 
 # -- open --------------------------------------------------------------------------------------
