@@ -108,7 +108,10 @@ class _PolicyMixin:
         except StoreClosedError:
             raise
         except Exception as err:
-            raise self.store._translate_open_error(err) from err
+            translated = self.store._translate_open_error(err)
+            if translated is err:
+                raise  # already a StoreError (e.g. from on_open): keep its own __cause__
+            raise translated from err
 
     def _close(self, conn: Any) -> None:
         record = getattr(self._state, "record", None)

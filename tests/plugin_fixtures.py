@@ -45,6 +45,10 @@ class Recorder:
         record(self.name, "on_success", operation.kind, operation.name)
 
     @hookimpl
+    def after_operation(self, store: Any, operation: Any) -> None:
+        record(self.name, "after_operation", operation.kind, operation.name, operation.attempt)
+
+    @hookimpl
     def on_fatal(self, store: Any, error: Any, classification: Classification, operation: Any) -> None:
         record(self.name, "on_fatal", classification.kind.name, operation.kind if operation else None)
 

@@ -128,6 +128,28 @@ def test_hook_on_success(tmp_path: Path, plugins, caplog: pytest.LogCaptureFixtu
     store.close()
 
 
+def test_hook_after_operation(tmp_path: Path, plugins) -> None:
+    """Once per operation however it ended (success, caller error, refusal), after the others."""
+    store = open_with(tmp_path / "a.db", "t_gate", "t_recorder")
+    store.database.execute_sql("create table t(x unique)")
+    with store.transaction(name="ok"):
+        store.database.execute_sql("insert into t values (1)")
+    with pytest.raises(corestore.ConstraintError):
+        with store.transaction(name="dup"):
+            store.database.execute_sql("insert into t values (1)")
+    with pytest.raises(PermissionError):
+        with store.transaction(name="forbidden"):
+            pass
+    store.run(lambda: None, name="unit")
+    after = [e[2:] for e in EVENTS if e[1] == "after_operation"]
+    assert after == [("write", "statement", 1), ("write", "ok", 1), ("write", "dup", 1),
+                     ("write", "forbidden", 1), ("write", "unit", 1)]
+    # it comes after on_success for the same operation
+    kinds = [e[1] for e in EVENTS if e[1] in ("on_success", "after_operation") and e[3] == "ok"]
+    assert kinds == ["on_success", "after_operation"]
+    store.close()
+
+
 def test_hook_on_fatal(tmp_path: Path, plugins) -> None:
     """Storage faults only: not contention, not caller errors; once per run(), however many attempts."""
     path = tmp_path / "a.db"
