@@ -1,34 +1,39 @@
 /*
- * corestore failpoint preload shim (Linux, glibc).
+ * corestore failpoint preload shim (Linux, glibc). Shipped as source; corestore_contrib.failpoint
+ * compiles it on first use and loads it with LD_PRELOAD into a child process only.
  *
- * Loaded with LD_PRELOAD into a child process. It wraps the libc calls SQLite's unix VFS makes
- * for file I/O and, for files whose path matches a rule, fails them with a chosen errno (or, for
- * reads, returns a short read) while the control file says so. The parent process arms and
- * heals by rewriting the control file; nothing else is shared.
+ * It wraps the libc calls SQLite's unix VFS makes for file I/O and, for files whose path matches
+ * an armed rule, fails them with a chosen errno (or makes a read come back short). SQLite then
+ * maps the errno to its result code itself, exactly as on a failing disk: pread EIO becomes
+ * SQLITE_IOERR_CORRUPTFS, pwrite ENOSPC SQLITE_FULL, fdatasync EIO SQLITE_IOERR_FSYNC.
  *
- * Which calls: the Debian/Ubuntu libsqlite3 imports open64, pread64, pwrite64, fdatasync and
- * ftruncate64 (`nm -D --undefined-only libsqlite3.so.0`); other builds may use the non-64 names,
- * fsync or openat, so those are wrapped too. close is wrapped only to forget the fd's path.
+ * Which calls: Debian's libsqlite3 imports open64, pread64, pwrite64, fdatasync and ftruncate64
+ * (`nm -D --undefined-only libsqlite3.so.0`); other builds may use the non-64 names, fsync or
+ * openat, so those are wrapped too. close is wrapped only to forget the fd's path. Reads through
+ * mmap (PRAGMA mmap_size > 0) and the -shm mapping bypass these calls and cannot be failed.
  *
- * Control file: the path is in $CORESTORE_FAILPOINT_CONTROL. One rule per line, '#' comments:
+ * Control file: its path is in $CORESTORE_FAILPOINT_CONTROL. One rule per line, '#' comments:
  *
- *     <ops> <errno|short> <after> <count> <glob>
+ *     <id> <ops> <errno|short|eof> <after> <count> <glob>
  *
- *   ops    comma-separated: open, read, write, sync, truncate
- *   errno  a positive errno number (5 = EIO, 28 = ENOSPC, 13 = EACCES), or "short": the read
- *          returns half the bytes asked for (read only)
+ *   id     a number naming the rule: a rule keeps its after/count bookkeeping across re-reads
+ *   ops    comma-separated: open, read, write, sync (fsync+fdatasync), truncate
+ *   errno  a positive errno (5 = EIO, 28 = ENOSPC, 13 = EACCES), or for reads "short" (the
+ *          read returns the first half of the bytes, then end-of-file: SQLite's retry of the
+ *          rest gets 0) or "eof" (0 bytes at once). On any other op these mean EIO.
  *   after  let this many matching calls through first
  *   count  fail this many matching calls, then let them through (-1: until healed)
- *   glob   fnmatch(3) pattern (no flags: '*' matches '/') against the path given to open()
+ *   glob   fnmatch(3) pattern, no flags ('*' matches '/'), against the path given to open()
  *
- * Re-reading: every wrapped call on a tracked file stat()s the control file and re-reads it
- * when its inode, size or mtime changed. The writer always replaces the file by rename(), so
- * every version has a new inode and no change is missed, however fast the writes come. A
- * re-read resets the after/count bookkeeping. No control file (or an empty one) means no faults.
+ * Re-reading: every wrapped call on a file with a recorded path stat()s the control file and
+ * re-reads it when its inode, size or mtime changed. The writer replaces the file by rename()
+ * and stamps each version with an mtime (in ns) strictly later than the previous one, so no
+ * change is missed however fast they come; a stat per I/O call is cheap next to the I/O. No
+ * control file, or an empty one, means no faults.
  *
  * Counters: corestore_fp_seen[op] counts wrapped calls on files matching some rule's glob,
- * corestore_fp_failed[op] the calls this shim failed; ops are indexed open, read, write, sync,
- * truncate. They are exported so the child can read them with ctypes.
+ * corestore_fp_failed[op] the calls this shim failed (or shortened); ops are indexed open, read,
+ * write, sync, truncate. They are exported so the child can read them with ctypes.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -50,13 +55,15 @@ static const char *const op_names[N_OPS] = {"open", "read", "write", "sync", "tr
 #define MAX_RULES 32
 #define MAX_FDS 16384
 #define ERR_SHORT (-1)
+#define ERR_EOF (-2)
 
 struct rule {
+    long id;
     unsigned ops;   /* bit set of (1 << OP_x) */
-    int err;        /* errno to set, or ERR_SHORT */
+    int err;        /* errno to set, ERR_SHORT or ERR_EOF */
     long after;     /* matching calls to let through first */
     long count;     /* failures to inject; -1 = unlimited */
-    long hits;      /* matching calls seen since the rule was read */
+    long hits;      /* matching calls seen since the rule was armed */
     char glob[1024];
 };
 
@@ -64,7 +71,7 @@ long corestore_fp_seen[N_OPS];
 long corestore_fp_failed[N_OPS];
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static struct rule rules[MAX_RULES];
+static struct rule rules[MAX_RULES], previous[MAX_RULES];
 static int n_rules;
 static struct stat control_st;     /* identity of the version last read */
 static int control_known;          /* 0: never read, or absent */
@@ -75,7 +82,7 @@ REAL(open); REAL(open64); REAL(openat); REAL(openat64); REAL(close);
 REAL(pread); REAL(pread64); REAL(pwrite); REAL(pwrite64);
 REAL(fsync); REAL(fdatasync); REAL(ftruncate); REAL(ftruncate64);
 /* Look the next definition up lazily: a wrapper may run before any constructor would. */
-#define RESOLVE(name) \
+#define RESOLVE(name)                                                               \
     do { if (!real_##name) real_##name = (__typeof__(name) *)dlsym(RTLD_NEXT, #name); } while (0)
 
 /* Re-read the control file if it changed. Called with the lock held. */
@@ -93,19 +100,22 @@ static void reload(void) {
     RESOLVE(open);
     RESOLVE(close);
     int fd = real_open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return;  /* replaced between stat and open: the next call reads it */
+    if (fd < 0) return; /* replaced between stat and open: the next call reads it */
     char buf[16384];
     ssize_t len = read(fd, buf, sizeof buf - 1);
     real_close(fd);
     if (len < 0) return;
     buf[len] = '\0';
+    int n_previous = n_rules;
+    memcpy(previous, rules, sizeof rules);
     n_rules = 0;
     char *save = NULL;
     for (char *line = strtok_r(buf, "\n", &save); line && n_rules < MAX_RULES; line = strtok_r(NULL, "\n", &save)) {
         char ops[128], err[32];
         struct rule *r = &rules[n_rules];
         if (line[0] == '#') continue;
-        if (sscanf(line, "%127s %31s %ld %ld %1023[^\n]", ops, err, &r->after, &r->count, r->glob) != 5) continue;
+        if (sscanf(line, "%ld %127s %31s %ld %ld %1023[^\n]", &r->id, ops, err, &r->after, &r->count, r->glob) != 6)
+            continue;
         r->ops = 0;
         for (char *p = ops, *q; p; p = q) {
             q = strchr(p, ',');
@@ -113,15 +123,17 @@ static void reload(void) {
             for (int i = 0; i < N_OPS; i++)
                 if (strcmp(p, op_names[i]) == 0) r->ops |= 1u << i;
         }
-        r->err = strcmp(err, "short") == 0 ? ERR_SHORT : atoi(err);
+        r->err = strcmp(err, "short") == 0 ? ERR_SHORT : strcmp(err, "eof") == 0 ? ERR_EOF : atoi(err);
         r->hits = 0;
+        for (int i = 0; i < n_previous; i++)
+            if (previous[i].id == r->id) r->hits = previous[i].hits;
         n_rules++;
     }
     control_st = st;
     control_known = 1;
 }
 
-/* Decide whether a call fails: 0 = let it through, else an errno or ERR_SHORT. The path is the
+/* Decide whether a call fails: 0 = let it through, else an errno, ERR_SHORT or ERR_EOF. The path is the
  * one given (open) or the one recorded for fd (everything else), looked up under the lock. */
 static int decide(int op, int fd, const char *path) {
     int verdict = 0, seen = 0;
@@ -144,10 +156,10 @@ static int decide(int op, int fd, const char *path) {
     return verdict;
 }
 
-/* The errno a call fails with, or 0 to let it through. A "short" rule only shortens reads. */
+/* The errno a call fails with, or 0 to let it through. "short"/"eof" only shorten reads. */
 static int fail_errno(int op, int fd, const char *path) {
     int verdict = decide(op, fd, path);
-    return verdict == ERR_SHORT ? EIO : verdict;
+    return verdict < 0 ? EIO : verdict;
 }
 
 static void remember(int fd, const char *path) {
@@ -160,21 +172,21 @@ static void remember(int fd, const char *path) {
 }
 
 /* open's mode argument exists only with O_CREAT or O_TMPFILE. */
-#define OPEN_WRAPPER(name, ...)                                                      \
-    {                                                                                \
-        mode_t mode = 0;                                                             \
-        if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {                 \
-            va_list ap;                                                              \
-            va_start(ap, flags);                                                     \
-            mode = va_arg(ap, mode_t);                                               \
-            va_end(ap);                                                              \
-        }                                                                            \
-        int err = fail_errno(OP_OPEN, -1, path);                                         \
-        if (err) { errno = err; return -1; }                                         \
-        RESOLVE(name);                                                               \
-        int fd = real_##name(__VA_ARGS__, flags, mode);                              \
-        remember(fd, path);                                                          \
-        return fd;                                                                   \
+#define OPEN_WRAPPER(name, ...)                                                     \
+    {                                                                               \
+        mode_t mode = 0;                                                            \
+        if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {                \
+            va_list ap;                                                             \
+            va_start(ap, flags);                                                    \
+            mode = va_arg(ap, mode_t);                                              \
+            va_end(ap);                                                             \
+        }                                                                           \
+        int err = fail_errno(OP_OPEN, -1, path);                                    \
+        if (err) { errno = err; return -1; }                                        \
+        RESOLVE(name);                                                              \
+        int fd = real_##name(__VA_ARGS__, flags, mode);                             \
+        remember(fd, path);                                                         \
+        return fd;                                                                  \
     }
 
 int open(const char *path, int flags, ...) OPEN_WRAPPER(open, path)
@@ -195,21 +207,34 @@ int close(int fd) {
 }
 
 /* The fd-based wrappers: fail with the rule's errno, else call the real function. */
-#define FD_WRAPPER(op, name, ...)                                                    \
-    {                                                                                \
-        int err = fail_errno(op, fd, NULL);                                       \
-        if (err) { errno = err; return -1; }                                         \
-        RESOLVE(name);                                                               \
-        return real_##name(__VA_ARGS__);                                             \
+#define FD_WRAPPER(op, name, ...)                                                   \
+    {                                                                               \
+        int err = fail_errno(op, fd, NULL);                                         \
+        if (err) { errno = err; return -1; }                                        \
+        RESOLVE(name);                                                              \
+        return real_##name(__VA_ARGS__);                                            \
     }
 
-/* A "short" read asks the kernel for half the bytes: SQLite sees got < amt. */
-#define READ_WRAPPER(name)                                                           \
-    {                                                                                \
-        int verdict = decide(OP_READ, fd, NULL);                                  \
-        if (verdict > 0) { errno = verdict; return -1; }                             \
-        RESOLVE(name);                                                               \
-        return real_##name(fd, buf, verdict == ERR_SHORT ? n / 2 : n, off);          \
+/* A short read returns the first half; SQLite then asks for the rest at the offset where it
+ * stopped, and that continuation gets end-of-file (0), so SQLite sees half a page followed by
+ * the end of the file. The continuation is recognised per thread by fd and offset. */
+static __thread int short_fd = -1;
+static __thread off64_t short_end = -1;
+
+#define READ_WRAPPER(name)                                                          \
+    {                                                                               \
+        if (fd == short_fd && off == short_end) {                                   \
+            short_fd = -1;                                                          \
+            return 0;                                                               \
+        }                                                                           \
+        int verdict = decide(OP_READ, fd, NULL);                                    \
+        if (verdict > 0) { errno = verdict; return -1; }                            \
+        if (verdict == ERR_EOF) return 0;                                           \
+        RESOLVE(name);                                                              \
+        if (verdict != ERR_SHORT) return real_##name(fd, buf, n, off);              \
+        ssize_t got = real_##name(fd, buf, n / 2, off);                             \
+        if (got > 0) { short_fd = fd; short_end = off + got; }                      \
+        return got;                                                                 \
     }
 
 ssize_t pread(int fd, void *buf, size_t n, off_t off) READ_WRAPPER(pread)
