@@ -12,7 +12,7 @@ import struct
 import threading
 from typing import NamedTuple
 
-__all__ = ["SqliteHeader", "parse_header", "read_header", "header_says_wal", "file_size", "MAGIC"]
+__all__ = ["SqliteHeader", "parse_header", "read_header", "header_descriptor", "header_says_wal", "file_size", "MAGIC"]
 
 MAGIC = b"SQLite format 3\x00"
 
@@ -67,6 +67,12 @@ def _fd_for(path: str) -> int | None:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             _fds[key] = fd
         return fd
+
+
+def header_descriptor(path: str) -> int | None:
+    """The process-lifetime read-only descriptor of ``path`` (None if the file is missing), for
+    hot paths that ``os.pread`` a few header bytes themselves. Never close it."""
+    return _fd_for(path)
 
 
 def read_header(path: str) -> SqliteHeader | None:
