@@ -5,7 +5,7 @@ A plugin implements any subset with ``@corestore.hookimpl``. Every hook receives
 instance per store). Hooks with no implementation cost nothing: the core decides at open which
 hooks have implementations and never calls the others.
 
-Implementations of ``on_success``, ``on_health``, ``on_health_changed``,
+Implementations of ``on_success``, ``after_operation``, ``on_health``, ``on_health_changed``,
 ``on_persistent_failure`` and ``on_close`` are *isolated*: one that raises is logged and skipped,
 and the others still run. Wrapper implementations (``wrapper=True``/``hookwrapper=True``) are
 refused on those hooks.
@@ -32,6 +32,7 @@ __all__ = [
     "classify_error",
     "before_operation",
     "on_success",
+    "after_operation",
     "on_fatal",
     "on_commit_invariant",
     "on_health",
@@ -105,6 +106,22 @@ def on_success(store: "Store", operation: "Operation") -> None:
     """
 
 
+@hookspec
+def after_operation(store: "Store", operation: "Operation") -> None:
+    """Called once when an operation that ``before_operation`` was called for is over, however it
+    ended: after ``on_success`` / ``on_fatal``, or without either (contention, a caller error,
+    the caller's own exception, refused by a ``before_operation``). In ``run()`` each attempt is
+    its own operation: its ``after_operation`` comes after the decision to retry it or to report
+    it to ``on_fatal``. Called after the operation's connection was released.
+
+    :param store: the store.
+    :param operation: the same object ``before_operation`` received.
+
+    Return None. Isolated: an implementation that raises is logged and skipped. (The circuit
+    breaker frees a half-open probe slot here when the probe ended with neither outcome.)
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # commit
 # --------------------------------------------------------------------------------------------
@@ -139,7 +156,8 @@ def on_fatal(store: "Store", error: BaseException, classification: "Classificati
         CONSTRAINT, PROGRAMMING or UNKNOWN here; INVARIANT for a post-commit violation).
     :param operation: the unit of work (None for a statement outside one).
 
-    Return None. Called once per failed attempt, before the core decides whether to retry.
+    Return None. Called once per operation, with the final error: a ``run()`` that took several
+    attempts is one call, after the core decided not to retry.
     """
 
 
@@ -178,7 +196,12 @@ def on_health_changed(store: "Store", previous: "HealthStatus", current: "Health
 
     :param store: the store.
     :param previous: the status before.
-    :param current: the status now.
+    :param current: the status now (``store.last_health`` is the report that has it).
+
+    Called by ``store.health()`` on the thread that computed the report, under the store's
+    health lock, so transitions arrive exactly once and in order; the first report only sets
+    the starting status. Keep it short and do no blocking I/O here (that thread may be a failing
+    caller's): hand slow work to a thread of your own, as the ``health`` plugin does.
 
     Return None. Isolated: an implementation that raises is logged and skipped.
     """
@@ -205,6 +228,7 @@ HOOK_NAMES = (
     "classify_error",
     "before_operation",
     "on_success",
+    "after_operation",
     "on_commit_invariant",
     "on_fatal",
     "on_persistent_failure",
@@ -212,4 +236,4 @@ HOOK_NAMES = (
     "on_health_changed",
     "on_close",
 )
-ISOLATED_HOOKS = frozenset({"on_success", "on_health", "on_health_changed", "on_persistent_failure", "on_close"})
+ISOLATED_HOOKS = frozenset({"on_success", "after_operation", "on_health", "on_health_changed", "on_persistent_failure", "on_close"})

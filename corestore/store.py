@@ -136,10 +136,19 @@ class _Txn:
         self.store._rollback_inside(self, begin)
 
     def __enter__(self) -> "_Txn":
-        return self.store._begin(self)
+        try:
+            return self.store._begin(self)
+        except BaseException:
+            if self.report and self.op is not None and not self.nested:
+                self.store.hooks.after_operation(self.store, self.op)
+            raise
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        return self.store._end(self, exc)
+        try:
+            return self.store._end(self, exc)
+        finally:  # run() reports its own attempts (report=False)
+            if self.report and self.op is not None and not self.nested:
+                self.store.hooks.after_operation(self.store, self.op)
 
     def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # decorator use, like peewee
         import functools
@@ -167,18 +176,25 @@ class Store:
         self._setup = setup
         self._refs = 1
         self._closed = False
+        self._draining = False  # True while on_close hooks run: they may still write (accounting drains)
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._stats: dict[str, int] = {
             "transactions": 0, "reads": 0, "statements": 0, "rollbacks": 0, "retries": 0,
             "busy_waits": 0, "faults": 0, "reopens": 0, "uncertain_commits": 0, "violations": 0,
-            "connections_opened": 0,
+            "connections_opened": 0, "health_probes": 0,
         }
         self._faults_by_kind: dict[str, int] = {}
         self._last_fault: tuple[float, Classification] | None = None
-        self._health_lock = threading.Lock()
+        # health(): reports are computed and transitions fired under one re-entrant lock (a
+        # report computed outside it could be swapped in after a newer one: a false transition);
+        # the probe runs outside it, under its own lock, so no caller waits for another's probe.
+        self._health_lock = threading.RLock()
+        self._probe_lock = threading.Lock()
         self._last_status: HealthStatus | None = None
-        self._probe: tuple[float, HealthComponent] | None = None
+        self._last_report: HealthReport | None = None
+        self._probe: tuple[float, float, HealthStatus, str] | None = None  # (monotonic, wall, status, summary)
+        self._fault_scope = threading.local()  # depth > 0 while this thread reports a fault (on_fatal)
         self.probe_interval_s = 5.0
         self.memory = profile.path == ":memory:"
         self._anchor: Any = None
@@ -313,7 +329,7 @@ class Store:
                 c = err.classification
                 if c is None or not self._may_retry(err, c, attempts, policy, deadline, idempotent):
                     if c is not None and c.is_fault:
-                        self.hooks.on_fatal(self, err, c, op)
+                        self._fire_on_fatal(err, c, op)
                     raise
                 with self._stats_lock:
                     self._stats["retries"] += 1
@@ -323,6 +339,8 @@ class Store:
                 delay = min(policy.max_delay_s, policy.base_delay_s * (2 ** (n - 1)))
                 delay = random.uniform(delay / 2, delay)
                 time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            finally:
+                self.hooks.after_operation(self, op)
 
     def _may_retry(self, err: StoreError, c: Classification, attempts: dict[ErrorKind, int], policy: Any,
                    deadline: float, idempotent: bool) -> bool:
@@ -400,7 +418,7 @@ class Store:
 
     def stats(self) -> dict[str, Any]:
         """Core counters: transactions, reads, retries, busy waits, faults (and by kind),
-        reopens, uncertain commits, violations, open connections, generation."""
+        reopens, uncertain commits, violations, health probes, open connections, generation."""
         with self._stats_lock:
             out: dict[str, Any] = dict(self._stats)
             out["faults_by_kind"] = dict(self._faults_by_kind)
@@ -408,17 +426,34 @@ class Store:
         out["generation"] = self.database.generation
         return out
 
-    def health(self) -> HealthReport:
+    def health(self, *, probe: bool = True) -> HealthReport:
         """Aggregate the core's ``database`` component and every plugin's ``on_health`` into a
-        :class:`HealthReport`; fire ``on_health_changed`` once per change of status."""
-        components = [self._database_component()] + self.hooks.on_health(self)
-        report = HealthReport.from_components(components, database=self.path, profile=self.profile.name)
+        :class:`HealthReport`; fire ``on_health_changed`` once per change of status.
+
+        The only I/O is the ``database`` probe, run on the calling thread at most once per
+        ``probe_interval_s``; never with ``probe=False``, never while another thread is probing,
+        and never on a thread that is reporting a fault (inside ``on_fatal``): those reports
+        carry the last probe's result. Reports are computed, compared and the transition fired
+        under one lock, so each change fires ``on_health_changed`` exactly once and in order,
+        however many threads call ``health()``.
+        """
+        if probe and not getattr(self._fault_scope, "depth", 0):
+            self._maybe_probe()
         with self._health_lock:
+            components = [self._database_component()] + self.hooks.on_health(self)
+            report = HealthReport.from_components(components, database=self.path, profile=self.profile.name)
             previous, self._last_status = self._last_status, report.status
-        if previous is not None and previous is not report.status:
-            logger.warning("%s: health %s -> %s", self.path, previous.name, report.status.name)
-            self.hooks.on_health_changed(self, previous, report.status)
+            self._last_report = report
+            if previous is not None and previous is not report.status:
+                logger.warning("%s: health %s -> %s", self.path, previous.name, report.status.name)
+                self.hooks.on_health_changed(self, previous, report.status)
         return report
+
+    @property
+    def last_health(self) -> HealthReport | None:
+        """The report of the latest :meth:`health` call (None before the first); no I/O. Inside
+        ``on_health_changed`` fired by ``health()`` it is the report whose status is ``current``."""
+        return self._last_report
 
     def close(self) -> None:
         """Release one reference; the last one runs ``on_close`` hooks (plugins drain), closes
@@ -435,8 +470,10 @@ class Store:
             _release_driver(self)
             _all_stores.discard(self)
         try:
+            self._draining = True
             self.hooks.on_close(self)
         finally:
+            self._draining = False
             busy = self.database.close_all(shut=True)
             if busy:
                 logger.info("%s: %d connection(s) busy at close; each closes when its transaction ends", self.path, busy)
@@ -476,7 +513,7 @@ class Store:
             txn._savepoint = db.savepoint()
             txn._savepoint.__enter__()
             return txn
-        if self._closed:
+        if self._closed and not self._draining:
             raise StoreClosedError(f"{self.path}: the store was closed", path=self.path)
         if txn.kind == "write" and self.profile.read_only:
             raise ReadOnlyError(
@@ -489,7 +526,7 @@ class Store:
             txn.op = Operation(kind=txn.kind, name=txn.name)
         if hooks.has_before_operation:
             hooks.before_operation(self, txn.op)
-        record = db.acquire()
+        record = self._acquire_for(txn.op, txn.report)
         txn.record = record
         try:
             record.conn.execute(f"BEGIN {txn.lock_type}" if txn.lock_type else "BEGIN")
@@ -594,19 +631,22 @@ class Store:
             raise QueryError(f"{self.path}: {name or kind} cannot run inside a transaction",
                              classification=Classification(kind=ErrorKind.PROGRAMMING, name="IN_TRANSACTION"), path=self.path)
         op = Operation(kind=kind, name=name)
-        self.hooks.before_operation(self, op)
-        record = self.database.acquire()
         try:
-            return fn(record.conn)
-        except Exception as err:
-            raise self._failed(err, op, committed=False, report=True) from err
+            self.hooks.before_operation(self, op)
+            record = self._acquire_for(op, True)
+            try:
+                return fn(record.conn)
+            except Exception as err:
+                raise self._failed(err, op, committed=False, report=True) from err
+            finally:
+                self.database.release(record)
         finally:
-            self.database.release(record)
+            self.hooks.after_operation(self, op)
 
     # -- statements outside transactions -----------------------------------------------------
     def _autocommit(self, execute: Callable[..., Any], sql: str, params: Any, is_read: bool,
                     args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        if self._closed:
+        if self._closed and not self._draining:
             raise StoreClosedError(f"{self.path}: the store was closed", path=self.path)
         if not is_read and self.profile.read_only:
             raise ReadOnlyError(
@@ -617,35 +657,48 @@ class Store:
         op = None
         if hooks.has_operation_hooks or hooks.has_on_fatal:
             op = Operation(kind="read" if is_read else "write", name="statement")
-        if hooks.has_before_operation:
-            hooks.before_operation(self, op)
-        db = self.database
-        record = db.acquire()
         try:
-            cursor = execute(sql, params, *args, **kwargs)
-        except Exception as err:
-            if not _is_db_error(err):
-                raise
-            c = self._classify(err, op)
-            committed: bool | None = False
-            if not is_read and c.kind in (ErrorKind.FATAL_IO, ErrorKind.TRANSIENT_IO, ErrorKind.CORRUPT):
-                committed = None  # the implicit COMMIT may or may not have reached the disk
-            raise self._failed(err, op, committed=committed, report=True, classification=c) from err
+            if hooks.has_before_operation:
+                hooks.before_operation(self, op)
+            db = self.database
+            record = self._acquire_for(op, True)
+            try:
+                cursor = execute(sql, params, *args, **kwargs)
+            except Exception as err:
+                if not _is_db_error(err):
+                    raise
+                c = self._classify(err, op)
+                committed: bool | None = False
+                if not is_read and c.kind in (ErrorKind.FATAL_IO, ErrorKind.TRANSIENT_IO, ErrorKind.CORRUPT):
+                    committed = None  # the implicit COMMIT may or may not have reached the disk
+                raise self._failed(err, op, committed=committed, report=True, classification=c) from err
+            finally:
+                db.release(record)
+            with self._stats_lock:
+                self._stats["statements"] += 1
+            if not is_read:
+                self._after_commit(record.conn, op)
+            elif hooks.has_on_success:
+                hooks.on_success(self, op)
+            return cursor
         finally:
-            db.release(record)
-        with self._stats_lock:
-            self._stats["statements"] += 1
-        if not is_read:
-            self._after_commit(record.conn, op)
-        elif hooks.has_on_success:
-            hooks.on_success(self, op)
-        return cursor
+            hooks.after_operation(self, op)
 
     # -- errors ---------------------------------------------------------------------------------
     def _classify(self, err: BaseException, op: Operation | None) -> Classification:
         if isinstance(err, StoreError) and err.classification is not None:
             return err.classification
         return self.hooks.classify_error(self, err, op)
+
+    def _acquire_for(self, op: Operation | None, report: bool) -> Any:
+        """This thread's connection for ``op``. Failing to open it is the operation's outcome:
+        a fault is counted and reported (``on_fatal``, so the circuit breaker sees CANTOPEN)."""
+        try:
+            return self.database.acquire()
+        except StoreError as err:
+            if err.classification is not None:
+                self._note_fault(err.classification, op, err, report=report)
+            raise
 
     def _note_fault(self, c: Classification, op: Operation | None, err: BaseException, *, report: bool) -> None:
         if c.is_fault:
@@ -656,7 +709,17 @@ class Store:
         if c.reopen:
             self.invalidate()
         if report and c.is_fault:
+            self._fire_on_fatal(err, c, op)
+
+    def _fire_on_fatal(self, err: BaseException, c: Classification, op: Operation | None) -> None:
+        """``on_fatal`` on the failing caller's thread: a ``health()`` called from inside it (a
+        plugin escalating) never runs the database probe (DESIGN §6, health)."""
+        scope = self._fault_scope
+        scope.depth = getattr(scope, "depth", 0) + 1
+        try:
             self.hooks.on_fatal(self, err, c, op)
+        finally:
+            scope.depth -= 1
 
     def _failed(self, err: BaseException, op: Operation | None, *, committed: bool | None, report: bool,
                 classification: Classification | None = None) -> BaseException:
@@ -703,30 +766,49 @@ class Store:
         return self._exception(err, c, committed=False)
 
     # -- health ---------------------------------------------------------------------------------
-    def _database_component(self) -> HealthComponent:
-        now = time.monotonic()
-        probe = self._probe
-        if probe is not None and now - probe[0] < self.probe_interval_s:
-            return probe[1]
-        details: dict[str, Any] = {"path": self.path, "driver": self.profile.driver,
-                                   "connections": self.database.connection_count()}
-        last = self._last_fault
-        if last is not None:
-            details["last_fault"] = {"at": last[0], "kind": last[1].kind.name, "name": last[1].name}
+    def _maybe_probe(self) -> None:
+        """Run the ``database`` probe if the last one is older than ``probe_interval_s`` and no
+        other thread is running one (that caller does not wait: it reports the last result)."""
+        last = self._probe
+        if last is not None and time.monotonic() - last[0] < self.probe_interval_s:
+            return
+        if self.database.in_transaction():
+            return  # this thread's connection is busy in its own transaction: keep the last result
+        if not self._probe_lock.acquire(blocking=False):
+            return
         try:
-            if self.database.in_transaction():
-                status, summary = HealthStatus.UP, "in use by this thread"
-            else:
+            last = self._probe
+            if last is not None and time.monotonic() - last[0] < self.probe_interval_s:
+                return
+            with self._stats_lock:
+                self._stats["health_probes"] += 1
+            try:
                 self._with_connection("read", lambda conn: conn.execute("SELECT count(*) FROM sqlite_master").fetchone(),
                                       name="health-probe")
                 status, summary = HealthStatus.UP, "probe ok"
-        except StoreError as err:
-            c = err.classification
-            status = HealthStatus.DOWN if c is not None and c.is_fault else HealthStatus.DEGRADED
-            summary = f"probe failed: {c.name if c else type(err).__name__}"
-        component = HealthComponent(name="database", status=status, summary=summary, details=details)
-        self._probe = (now, component)
-        return component
+            except StoreError as err:
+                c = err.classification
+                status = HealthStatus.DOWN if c is not None and c.is_fault else HealthStatus.DEGRADED
+                summary = f"probe failed: {c.name if c and c.name else (c.kind.name if c else type(err).__name__)}"
+            self._probe = (time.monotonic(), time.time(), status, summary)
+        finally:
+            self._probe_lock.release()
+
+    def _database_component(self) -> HealthComponent:
+        """The core's component from state already held: the last probe's verdict, connection
+        count and last fault (no I/O)."""
+        details: dict[str, Any] = {"path": self.path, "driver": self.profile.driver,
+                                   "connections": self.database.connection_count(),
+                                   "probe_interval_s": self.probe_interval_s}
+        last = self._last_fault
+        if last is not None:
+            details["last_fault"] = {"at": last[0], "kind": last[1].kind.name, "name": last[1].name}
+        probe = self._probe
+        if probe is None:
+            status, summary = HealthStatus.UNKNOWN, "not probed yet"
+        else:
+            _mono, details["probed_at"], status, summary = probe
+        return HealthComponent(name="database", status=status, summary=summary, details=details)
 
 
 def _noop() -> None:
@@ -873,7 +955,9 @@ def _after_fork_in_child() -> None:
     for store in stores:
         store._lock = threading.Lock()
         store._stats_lock = threading.Lock()
-        store._health_lock = threading.Lock()
+        store._health_lock = threading.RLock()
+        store._probe_lock = threading.Lock()
+        store._fault_scope = threading.local()
         store.database.forget_after_fork()
         if store._anchor is not None:
             from .database import _FORGOTTEN
