@@ -12,6 +12,7 @@ hooks have implementations, so a hook nobody implements costs nothing on the hot
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
 import os
 import threading
@@ -142,8 +143,22 @@ def settings_help(cls: type) -> list[dict[str, str]]:
     return rows
 
 
-def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:
-    return impl.function(*[kwargs[name] for name in impl.argnames])
+_SPEC_ARGS: dict[str, tuple[str, ...]] = {
+    name: tuple(inspect.signature(getattr(hookspecs, name)).parameters) for name in hookspecs.HOOK_NAMES
+}
+
+
+def _positional(impl: pluggy.HookImpl, hook: str) -> Callable[..., Any]:
+    """A callable taking the hook's arguments positionally, in spec order: the implementation
+    itself when it takes them all (the hot path: no dict, no pluggy dispatch), else an adapter
+    picking the subset it asked for."""
+    spec = _SPEC_ARGS[hook]
+    fn = impl.function
+    names = tuple(impl.argnames)
+    if names == spec:
+        return fn
+    index = tuple(spec.index(name) for name in names)
+    return lambda *args: fn(*[args[i] for i in index])
 
 
 class HookCaller:
@@ -167,6 +182,9 @@ class HookCaller:
                             "its own) and cannot be implemented as a wrapper"
                         )
             self._impls[name] = impls
+        self._calls: dict[str, tuple[tuple[str, Callable[..., Any]], ...]] = {
+            name: tuple((impl.plugin_name, _positional(impl, name)) for impl in impls) for name, impls in self._impls.items()
+        }
         self.has_on_open = bool(self._impls["on_open"])
         self.has_before_operation = bool(self._impls["before_operation"])
         self.has_on_success = bool(self._impls["on_success"])
@@ -192,16 +210,15 @@ class HookCaller:
 
     # -- operate ---------------------------------------------------------------------------
     def classify_error(self, store: "Store", error: BaseException, operation: Operation | None) -> Classification:
-        kwargs = {"store": store, "error": error, "operation": operation}
-        for impl in self._impls["classify_error"]:
+        for plugin, fn in self._calls["classify_error"]:
             try:
-                result = _call(impl, kwargs)
+                result = fn(store, error, operation)
             except Exception:
-                logger.exception("classify_error of plugin %r raised; asking the next one", impl.plugin_name)
+                logger.exception("classify_error of plugin %r raised; asking the next one", plugin)
                 continue
             if result is not None:
-                if result.source != impl.plugin_name:
-                    result = attrs.evolve(result, source=impl.plugin_name)
+                if result.source != plugin:
+                    result = attrs.evolve(result, source=plugin)
                 return result
         from .classify import classify_exception  # the core table always answers
 
@@ -213,17 +230,16 @@ class HookCaller:
             if direct is None:
                 self.pm.hook.before_operation(store=store, operation=operation)
                 return
-            kwargs = {"store": store, "operation": operation}
-            for impl in direct:
-                _call(impl, kwargs)
+            for _plugin, fn in self._calls["before_operation"]:
+                fn(store, operation)
 
     def on_success(self, store: "Store", operation: Operation) -> None:
         if self.has_on_success:
-            self._isolated("on_success", {"store": store, "operation": operation})
+            self._isolated("on_success", store, operation)
 
     def after_operation(self, store: "Store", operation: Operation | None) -> None:
         if self.has_after_operation and operation is not None:
-            self._isolated("after_operation", {"store": store, "operation": operation})
+            self._isolated("after_operation", store, operation)
 
     # -- commit ----------------------------------------------------------------------------
     def on_commit_invariant(self, store: "Store", connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
@@ -237,18 +253,17 @@ class HookCaller:
         """
         violations: list[Violation] = []
         raise_requested = False
-        kwargs = {"store": store, "connection": connection, "operation": operation}
-        for impl in self._impls["on_commit_invariant"]:
+        for plugin, fn in self._calls["on_commit_invariant"]:
             try:
-                result = _call(impl, kwargs)
+                result = fn(store, connection, operation)
             except InvariantViolation as err:
                 raise_requested = True
-                violations.extend(err.violations or [Violation(check=f"{impl.plugin_name}.raised", message=str(err))])
+                violations.extend(err.violations or [Violation(check=f"{plugin}.raised", message=str(err))])
                 continue
             except Exception as err:
-                logger.exception("on_commit_invariant of plugin %r raised after a durable commit", impl.plugin_name)
+                logger.exception("on_commit_invariant of plugin %r raised after a durable commit", plugin)
                 violations.append(Violation(
-                    check=f"{impl.plugin_name}.error",
+                    check=f"{plugin}.error",
                     message=f"invariant check raised {type(err).__name__}: {err}",
                     evidence={},
                 ))
@@ -260,21 +275,21 @@ class HookCaller:
     # -- fail ------------------------------------------------------------------------------
     def on_fatal(self, store: "Store", error: BaseException, classification: Classification, operation: Operation | None) -> None:
         if self.has_on_fatal:
-            self._isolated("on_fatal", {"store": store, "error": error, "classification": classification, "operation": operation})
+            self._isolated("on_fatal", store, error, classification, operation)
 
     def on_persistent_failure(self, store: "Store", report: "HealthReport") -> None:
-        self._isolated("on_persistent_failure", {"store": store, "report": report})
+        self._isolated("on_persistent_failure", store, report)
 
     # -- health ----------------------------------------------------------------------------
     def on_health(self, store: "Store") -> list[HealthComponent]:
         components: list[HealthComponent] = []
-        for impl in self._impls["on_health"]:
+        for plugin, fn in self._calls["on_health"]:
             try:
-                result = _call(impl, {"store": store})
+                result = fn(store)
             except Exception as err:
-                logger.warning("on_health of plugin %r raised %s: %s", impl.plugin_name, type(err).__name__, err)
+                logger.warning("on_health of plugin %r raised %s: %s", plugin, type(err).__name__, err)
                 components.append(HealthComponent(
-                    name=impl.plugin_name, status=HealthStatus.UNKNOWN,
+                    name=plugin, status=HealthStatus.UNKNOWN,
                     summary=f"health check raised {type(err).__name__}: {err}",
                 ))
                 continue
@@ -285,24 +300,24 @@ class HookCaller:
                     components.append(item)
                 else:  # a wrong return value must not break the report either
                     components.append(HealthComponent(
-                        name=impl.plugin_name, status=HealthStatus.UNKNOWN,
+                        name=plugin, status=HealthStatus.UNKNOWN,
                         summary=f"on_health returned {type(item).__name__}, not a HealthComponent",
                     ))
         return components
 
     def on_health_changed(self, store: "Store", previous: HealthStatus, current: HealthStatus) -> None:
-        self._isolated("on_health_changed", {"store": store, "previous": previous, "current": current})
+        self._isolated("on_health_changed", store, previous, current)
 
     # -- close -----------------------------------------------------------------------------
     def on_close(self, store: "Store") -> None:
-        self._isolated("on_close", {"store": store})
+        self._isolated("on_close", store)
 
-    def _isolated(self, hook: str, kwargs: Mapping[str, Any]) -> None:
-        for impl in self._impls[hook]:
+    def _isolated(self, hook: str, *args: Any) -> None:
+        for plugin, fn in self._calls[hook]:
             try:
-                _call(impl, kwargs)
+                fn(*args)
             except Exception:
-                logger.exception("%s of plugin %r raised; the other plugins still run", hook, impl.plugin_name)
+                logger.exception("%s of plugin %r raised; the other plugins still run", hook, plugin)
 
 
 def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple[HookCaller, dict[str, Any]]:
