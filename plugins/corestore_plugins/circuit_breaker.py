@@ -404,6 +404,15 @@ class Breaker:
         """Count a successful outcome of ``op`` (once per operation)."""
         key = id(op)
         read = op.kind == "read"
+        lane = self._read if read else self._write
+        if self._state is _CLOSED and lane.consecutive == 0 and lane.window is None:
+            # The steady state, without the lock: nothing to reset, nothing to record but the
+            # success count (a lost increment under a thread race would only skew that total).
+            flight = self._flights.get(key)
+            if flight.__class__ is int:
+                lane.successes += 1
+                self._flights[key] = _DONE
+                return
         with self._lock:
             flight = self._flights.get(key)
             if flight is _DONE:
