@@ -319,4 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m corestore.cli` runs this file as __main__; commands registered by other modules
+    # (corestore.doctor) land in the imported corestore.cli's COMMANDS, so run that module's main.
+    from corestore.cli import main as _main
+
+    sys.exit(_main())

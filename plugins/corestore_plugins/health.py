@@ -1,0 +1,413 @@
+"""health: one report of how a database is doing, for the application, the CLI and monitors.
+
+Incident 000 (screenpipe): a persistent disk I/O error made every write batch fail and be dropped
+for 10-15 minutes while the application said "Running": nothing outside the write queue knew.
+Incident 002 (openhuman): the fix surfaced the breaker through a health event and a doctor probe.
+
+``store.health()`` (the core) aggregates the core's ``database`` component and every plugin's
+``on_health`` into a :class:`~corestore.HealthReport` and fires ``on_health_changed`` exactly once
+per change of status. This plugin adds what a deployment needs around that:
+
+* ``probe_interval_s``: how often the core's ``database`` probe (the only I/O of ``health()``) may
+  run; between probes a report carries the last result.
+* ``snapshot_path``: the report, as JSON, written atomically (temporary file in the same
+  directory, ``fsync``, ``rename``, directory ``fsync``) on every transition and once after the
+  first report, so another process (``corestore health``, a container probe, a sidecar) can read
+  it without opening the database. Writes happen on the plugin's own thread, never on the thread
+  that saw the transition (that may be a failing caller's, on a failing disk); when transitions
+  come faster than the disk, intermediate states are coalesced and the file always ends at the
+  latest one. A reader sees the previous complete file or the next, never a partial one.
+* ``watch_interval_s``: optionally, call ``store.health()`` on that thread every interval, so a
+  transition (and the snapshot) happens even when the application never asks.
+* its own ``health`` component: transitions seen, the last one, and whether the snapshot is
+  being written (DEGRADED when the last write failed: a monitor would read a stale file).
+
+On ``store.close()`` the last report is written once more with ``"closed": true``; a reader then
+knows the process stopped using the database rather than trusting a stale UP. A forked child
+takes the snapshot over (it is written with the child's pid): give each process its own
+``snapshot_path`` when several processes share one database.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from corestore import ConfigError, HealthComponent, HealthReport, HealthStatus, hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from corestore import Profile, Store
+
+__all__ = ["Health", "SNAPSHOT_SCHEMA", "read_snapshot", "resolve_snapshot_path", "snapshot_path_for"]
+
+logger = logging.getLogger(__name__)
+
+#: Version of the snapshot file's layout (the ``snapshot.schema`` key).
+SNAPSHOT_SCHEMA = 1
+
+_REFRESH = object()  # a write request without a report: build one (no probe) on the writer thread
+
+
+def _interval(instance: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name} = {value!r}: must be a finite number of seconds >= 0")
+
+
+def _optional_path(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:  # type: ignore[type-arg]
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{attribute.name} = {value!r}: must be a non-empty file path (or left unset)")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number of seconds, got {value!r}")
+    return float(value)
+
+
+def resolve_snapshot_path(snapshot_path: str | None, db_path: str) -> str | None:
+    """The absolute snapshot file for ``snapshot_path`` (relative paths are relative to the
+    database's directory); None when unset. ``:memory:`` needs an absolute path."""
+    if not snapshot_path:
+        return None
+    expanded = os.path.expanduser(snapshot_path)
+    if os.path.isabs(expanded):
+        return os.path.normpath(expanded)
+    if db_path == ":memory:" or not db_path:
+        raise ConfigError(
+            f"settings.health: snapshot_path = {snapshot_path!r} is relative, but the database is "
+            f"{db_path or '(no path)'!r}: use an absolute path"
+        )
+    return os.path.normpath(os.path.join(os.path.dirname(db_path), expanded))
+
+
+def snapshot_path_for(profile: "Profile") -> str | None:
+    """Where a store opened with ``profile`` writes its snapshot (None: the profile writes none,
+    or does not enable ``health``). Validates the settings like the store would."""
+    if "health" not in profile.plugins:
+        return None
+    from corestore.registry import build_settings
+
+    settings = build_settings(Health, profile.settings_for("health"), where=profile.origin)
+    return resolve_snapshot_path(settings.snapshot_path, profile.path)
+
+
+def read_snapshot(path: str) -> dict[str, Any]:
+    """Read and check a snapshot file; raises ``FileNotFoundError`` or ``ValueError``."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise ValueError(f"{path}: not a corestore health snapshot (invalid JSON: {err})") from None
+    if (not isinstance(data, dict) or not isinstance(data.get("snapshot"), dict)
+            or data["snapshot"].get("schema") != SNAPSHOT_SCHEMA
+            or data.get("status") not in {s.value for s in HealthStatus}
+            or not isinstance(data.get("components"), dict)):
+        raise ValueError(f"{path}: not a corestore health snapshot (schema {SNAPSHOT_SCHEMA} expected)")
+    return data
+
+
+class Health:
+    """Probe pacing, an atomic JSON snapshot of the report for other processes, an optional
+    watcher thread, and the ``health`` component.
+
+    ==================  ===========  =======  =========================================================
+    setting             type         default  meaning
+    ==================  ===========  =======  =========================================================
+    probe_interval_s    float        5.0      minimum seconds between two ``database`` probes (0: every
+                                              ``health()`` call probes)
+    snapshot_path       str or None  None     JSON file written atomically on every transition and
+                                              after the first report; relative to the database's
+                                              directory; None: no snapshot
+    snapshot_fsync      bool         true     fsync the snapshot file and its directory on each write
+    watch_interval_s    float        0.0      when > 0, call ``store.health()`` on the plugin's thread
+                                              every interval, so transitions happen even when the
+                                              application never asks; 0: off
+    ==================  ===========  =======  =========================================================
+    """
+
+    name: ClassVar[str] = "health"
+
+    @attrs.frozen(kw_only=True)
+    class Settings:
+        probe_interval_s: float = attrs.field(
+            default=5.0, converter=_to_float, validator=_interval,
+            metadata={"help": "minimum seconds between two database probes (0: every health() call)"},
+        )
+        snapshot_path: str | None = attrs.field(
+            default=None, validator=_optional_path,
+            metadata={"help": "JSON report written atomically on each transition (relative to the database's directory)"},
+        )
+        snapshot_fsync: bool = attrs.field(
+            default=True, validator=attrs.validators.instance_of(bool),
+            metadata={"help": "fsync the snapshot and its directory on each write"},
+        )
+        watch_interval_s: float = attrs.field(
+            default=0.0, converter=_to_float, validator=_interval,
+            metadata={"help": "call store.health() on the plugin's thread every interval (0: off)"},
+        )
+
+    def __init__(self, settings: "Health.Settings | None" = None) -> None:
+        self.settings = settings if settings is not None else Health.Settings()
+        self._cond = threading.Condition(threading.Lock())
+        self._store_ref: "weakref.ref[Store] | None" = None
+        self._db_path: str | None = None
+        self._snapshot_file: str | None = None
+        self._pending: Any = None  # None, _REFRESH or a HealthReport: the latest write request
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._initial_requested = False
+        self._last_written: HealthReport | None = None
+        self._transitions = 0
+        self._last_transition: tuple[HealthStatus, HealthStatus, float] | None = None
+        self._writes = 0
+        self._last_write_at: float | None = None
+        self._last_error: str | None = None
+        _instances.add(self)
+
+    # -- public --------------------------------------------------------------------------------
+    @property
+    def snapshot_file(self) -> str | None:
+        """The resolved snapshot path (None when no snapshot is configured or before open)."""
+        return self._snapshot_file
+
+    @property
+    def transitions(self) -> int:
+        """How many times ``on_health_changed`` reached this plugin."""
+        return self._transitions
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every requested snapshot write is done; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    @hookimpl
+    def on_open(self, store: "Store", connection: Any) -> None:
+        store.probe_interval_s = self.settings.probe_interval_s
+        if self._store_ref is not None:
+            return
+        snapshot = resolve_snapshot_path(self.settings.snapshot_path, store.path)
+        if snapshot is not None:
+            parent = os.path.dirname(snapshot)
+            if not os.path.isdir(parent):
+                raise ConfigError(
+                    f"{store.path}: settings.health.snapshot_path: directory {parent} does not exist "
+                    f"(profile {store.profile.name!r}); corestore does not create directories"
+                )
+            if os.path.isdir(snapshot):
+                raise ConfigError(f"{store.path}: settings.health.snapshot_path {snapshot} is a directory; give a file path")
+        self._snapshot_file = snapshot
+        self._db_path = store.path
+        self._store_ref = weakref.ref(store)
+        if self.settings.watch_interval_s > 0:
+            with self._cond:
+                self._ensure_thread()
+
+    @hookimpl
+    def on_health(self, store: "Store") -> HealthComponent:
+        if self._snapshot_file is not None and not self._initial_requested:
+            self._initial_requested = True
+            self._request(_REFRESH)  # the first report has no transition: write it anyway
+        elif self._last_error is not None and self._pending is None and not self._busy:
+            self._request(_REFRESH)  # the last write failed: try again (at most once per report)
+        last = self._last_transition
+        details: dict[str, Any] = {
+            "transitions": self._transitions,
+            "probe_interval_s": self.settings.probe_interval_s,
+            "watch_interval_s": self.settings.watch_interval_s,
+        }
+        if last is not None:
+            details["last_transition"] = {"previous": last[0].value, "current": last[1].value, "at": _iso(last[2])}
+        status = HealthStatus.UP
+        if self._snapshot_file is None:
+            summary = f"{self._transitions} transition(s); no snapshot"
+        else:
+            details["snapshot"] = {
+                "path": self._snapshot_file,
+                "writes": self._writes,
+                "last_write_at": _iso(self._last_write_at) if self._last_write_at else None,
+                "last_error": self._last_error,
+            }
+            if self._last_error is not None:
+                status = HealthStatus.DEGRADED
+                summary = f"snapshot write failed: {self._last_error}"
+            elif self._writes == 0:
+                summary = f"{self._transitions} transition(s); first snapshot pending"
+            else:
+                summary = f"{self._transitions} transition(s); snapshot written {self._writes} time(s)"
+        if last is not None and status is HealthStatus.UP:
+            summary += f"; last {last[0].name} -> {last[1].name} at {_iso(last[2])}"
+        return HealthComponent(name=self.name, status=status, summary=summary, details=details)
+
+    @hookimpl
+    def on_health_changed(self, store: "Store", previous: HealthStatus, current: HealthStatus) -> None:
+        with self._cond:
+            self._transitions += 1
+            self._last_transition = (HealthStatus(previous), HealthStatus(current), time.time())
+        if self._snapshot_file is None:
+            return
+        report = store.last_health
+        # Fired by store.health(): last_health is the report whose status is `current`. Fired by
+        # a plugin on its own (a breaker trip): build a fresh report on the writer thread (no
+        # probe), never here: this may be a failing caller's thread holding the plugin's lock.
+        self._request(report if report is not None and report.status is current else _REFRESH)
+
+    @hookimpl
+    def on_close(self, store: "Store") -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+            if thread.is_alive():
+                logger.warning("%s: health snapshot writer did not stop within 5 s; the final snapshot is not written",
+                               store.path)
+                return
+        final = store.last_health
+        if self._snapshot_file is not None and final is not None:
+            self._write(final, closed=True)
+
+    # -- the writer thread -----------------------------------------------------------------------
+    def _request(self, job: Any) -> None:
+        with self._cond:
+            if self._stopping:
+                return
+            self._pending = job
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        """Start the writer/watcher thread if it is not running (also after a fork). Holds _cond."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._run, name=f"corestore-health:{os.path.basename(self._db_path or '')}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        watch = self.settings.watch_interval_s
+        next_watch = time.monotonic() + watch if watch > 0 else math.inf
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    timeout = next_watch - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    self._cond.wait(None if math.isinf(timeout) else timeout)
+                if self._stopping:  # on_close writes the final snapshot itself
+                    self._pending = None
+                    self._cond.notify_all()
+                    return
+                job, self._pending = self._pending, None
+                self._busy = True
+            try:
+                store = self._store_ref() if self._store_ref is not None else None
+                if store is None or store.closed:
+                    return  # nothing left to report on (close() writes the final snapshot)
+                if job is None:  # the watcher's turn
+                    next_watch = time.monotonic() + watch
+                    store.health()  # a transition requests its own write
+                    continue
+                report = store.health(probe=False) if job is _REFRESH else job
+                if report is not self._last_written:
+                    self._write(report)
+            except Exception:  # never let the thread die: the component reports write errors
+                logger.exception("%s: health writer thread", self._db_path)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _write(self, report: HealthReport, *, closed: bool = False) -> None:
+        """Write ``report`` to the snapshot file atomically; record the outcome for the component."""
+        path = self._snapshot_file
+        assert path is not None
+        data = report.to_dict()
+        data["snapshot"] = {
+            "schema": SNAPSHOT_SCHEMA,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "written_at": _iso(time.time()),
+            "closed": closed,
+            "transitions": self._transitions,
+        }
+        try:
+            _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), fsync=self.settings.snapshot_fsync)
+        except OSError as err:
+            message = f"{type(err).__name__}: {err.strerror or err} ({path})"
+            if message != self._last_error:
+                logger.warning("%s: health snapshot not written: %s", self._db_path, message)
+            self._last_error = message
+            return
+        if self._last_error is not None:
+            logger.info("%s: health snapshot written again after: %s", self._db_path, self._last_error)
+        self._last_error = None
+        self._last_written = report
+        self._writes += 1
+        self._last_write_at = time.time()
+
+    def _after_fork_in_child(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._thread = None
+        self._busy = False
+        self._pending = None
+
+
+def _atomic_write(path: str, payload: bytes, *, fsync: bool) -> None:
+    """Temporary file in the same directory, write, fsync, rename over ``path``, fsync the
+    directory: a reader opens either the old complete file or the new one."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o644)  # a monitor running as another user may read it; it holds no secrets
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    if fsync:
+        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat()
+
+
+_instances: "weakref.WeakSet[Health]" = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for plugin in list(_instances):
+        plugin._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
