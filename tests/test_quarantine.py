@@ -123,7 +123,9 @@ def test_marker_functions_round_trip(tmp_path: Path) -> None:
 def test_hook_on_fatal_corrupt_fault_quarantines_and_survives_reopen(tmp_path: Path, recorder: Any, fp: Any,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     path = str(tmp_path / "corrupt.db")
-    profile = _profile(path, driver="apsw", vfs=fp.name)
+    # confirm_s=0: the failpoint's SQLITE_CORRUPT is the corruption signal itself (the file stays
+    # intact, so a confirming quick_check would rightly spare it: see test_transient_corrupt_report_on_an_intact_file_is_spared)
+    profile = _profile(path, driver="apsw", vfs=fp.name, confirm_s=0)
     store = corestore.open(profile)
     store.database.execute_sql("CREATE TABLE t (x)")
     _write(store, "before")
@@ -201,6 +203,7 @@ def test_damaged_page_quarantines(tmp_path: Path, recorder: Any) -> None:
         _count(store)  # a read finds the damage
     plugin = store.plugin("quarantine")
     assert plugin.quarantined and plugin.record["operation"]["kind"] == "read"
+    assert plugin.record["quick_check"] != "ok"  # the confirm step found the damage too
     with pytest.raises(CorruptionError, match="quarantined since"):
         _write(store, "refused")
     assert len(_persistent(recorder)) == 1
@@ -294,7 +297,7 @@ def test_notadb_before_any_successful_operation_is_not_a_quarantine(tmp_path: Pa
 
 def test_notadb_after_successful_operations_is_a_quarantine(tmp_path: Path, fp: Any) -> None:
     path = str(tmp_path / "overwritten.db")
-    store = corestore.open(_profile(path, plugins=("quarantine",), driver="apsw", vfs=fp.name))
+    store = corestore.open(_profile(path, plugins=("quarantine",), driver="apsw", vfs=fp.name, confirm_s=0))
     store.database.execute_sql("CREATE TABLE t (x)")
     _write(store, 1)
     store.invalidate()
@@ -302,6 +305,29 @@ def test_notadb_after_successful_operations_is_a_quarantine(tmp_path: Path, fp: 
     with pytest.raises(CorruptionError):
         _write(store, 2)
     assert store.plugin("quarantine").quarantined
+
+
+def test_transient_corrupt_report_on_an_intact_file_is_spared(tmp_path: Path, fp: Any,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite reports a one-off read error mid-statement as SQLITE_CORRUPT (measured with the
+    preload shim: tests/test_failpoint_preload.py). The default confirm step runs quick_check on
+    the intact file and does not quarantine it; writes go on."""
+    path = str(tmp_path / "intact.db")
+    store = corestore.open(_profile(path, plugins=("quarantine",), driver="apsw", vfs=fp.name))
+    store.database.execute_sql("CREATE TABLE t (x)")
+    _write(store, 1)
+    store.invalidate()
+    fp.arm(op="read", file="main", code="SQLITE_CORRUPT", count=1)
+    with caplog.at_level("WARNING", logger="corestore_plugins.quarantine"):
+        with pytest.raises(CorruptionError):
+            _write(store, 2)
+    plugin = store.plugin("quarantine")
+    assert not plugin.quarantined and plugin.stats()["spared"] == 1
+    assert "quick_check finds the file intact: not quarantined" in caplog.text
+    assert not os.path.exists(path + ".corestore-quarantine")
+    _write(store, 3)
+    assert store.database.execute_sql("SELECT count(*) FROM t").fetchone()[0] == 2
+    store.close()
 
 
 # -- while quarantined ------------------------------------------------------------------------------
@@ -368,7 +394,8 @@ def test_an_unreadable_marker_still_quarantines(tmp_path: Path) -> None:
 
 
 def test_memory_store_quarantines_without_a_marker(tmp_path: Path) -> None:
-    store = corestore.open(Profile(path=":memory:", name="m", plugins=("quarantine",)))
+    store = corestore.open(Profile(path=":memory:", name="m", plugins=("quarantine",),
+                                   settings={"quarantine": {"confirm_s": 0}}))
     store.database.execute_sql("CREATE TABLE t (x)")
     plugin = store.plugin("quarantine")
     c = corestore.Classification(kind=corestore.ErrorKind.CORRUPT, name="SQLITE_CORRUPT", code=11)
@@ -411,7 +438,7 @@ def test_composes_with_the_default_profile_without_opening_the_breaker(tmp_path:
     path = str(tmp_path / "composed.db")
     base = resolve_profile("default", config=None, path=path)
     profile = attrs.evolve(base, plugins=(*base.plugins, "quarantine"), driver="apsw", vfs=fp.name,
-                           pragmas={**base.pragmas, "synchronous": "normal"})
+                           pragmas={**base.pragmas, "synchronous": "normal"}, settings={"quarantine": {"confirm_s": 0}})
     store = corestore.open(profile)
     store.database.execute_sql("CREATE TABLE t (x)")
     _write(store, 1)
