@@ -34,6 +34,7 @@ from .classify import driver_error
 from .database import make_database
 from .errors import (
     BusyError,
+    CircuitOpenError,
     Classification,
     ConfigError,
     ConstraintError,
@@ -786,6 +787,11 @@ class Store:
                 self._with_connection("read", lambda conn: conn.execute("SELECT count(*) FROM sqlite_master").fetchone(),
                                       name="health-probe")
                 status, summary = HealthStatus.UP, "probe ok"
+            except CircuitOpenError:
+                # refused before touching the file: no verdict on the database itself (the
+                # breaker's own component says DOWN); probe again at the next health()
+                self._probe = (float("-inf"), time.time(), HealthStatus.UNKNOWN, "not probed: circuit breaker open")
+                return
             except StoreError as err:
                 c = err.classification
                 status = HealthStatus.DOWN if c is not None and c.is_fault else HealthStatus.DEGRADED
