@@ -1,0 +1,158 @@
+"""The dead-letter sink: where a row goes when it will never reach its table.
+
+A row is dead-lettered when the database refused it as a caller error (CONSTRAINT, PROGRAMMING,
+a value its model field cannot convert), or when ``close()`` could not write it before its
+deadline. With ``dead_letter = true`` (the default) each one is appended, as one JSON object per
+line, to a file beside the database (``<db>.corestore-deadletter.jsonl``, mode 0600, fsynced
+before the row counts as dead-lettered), so nothing accepted is ever silently lost. The last
+:data:`KEEP` letters are also kept in memory (``Accounting.dead_letters()``), and an
+application may add its own sink (``Accounting.add_dead_letter_sink``).
+
+A line holds: ``table``, ``row`` (values JSON cannot carry are written as strings; bytes as
+``{"$base64": ...}``), ``submitted_at`` (unix seconds), ``reason``, ``kind``, ``error`` (the
+driver's message, never the SQL), ``batch_id`` and ``uncertain`` (true when the row was in a
+batch whose COMMIT outcome was unknown at close: look ``batch_id`` up in
+``_corestore_batches`` before replaying it).
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import datetime as _dt
+import decimal
+import json
+import logging
+import os
+import threading
+import uuid
+from typing import Any, Callable, Mapping
+
+import attrs
+
+__all__ = ["DeadLetter", "DeadLetterSink", "KEEP", "REASONS", "default_path"]
+
+logger = logging.getLogger(__name__)
+
+KEEP = 100
+
+#: Why a row was dead-lettered.
+REASONS = {
+    "refused": "the database refused the row (a caller error: constraint, missing table or column, bad value)",
+    "invalid": "the row could not be converted for its model (unknown field, a value db_value refused)",
+    "shutdown": "close() reached drain_timeout_s before the row could be written",
+}
+
+
+def default_path(database: str) -> str:
+    """The dead-letter file beside ``database``."""
+    return f"{database}.corestore-deadletter.jsonl"
+
+
+@attrs.frozen(kw_only=True)
+class DeadLetter:
+    """One dead-lettered row (see the module docs for the fields)."""
+
+    table: str
+    row: Mapping[str, Any]
+    submitted_at: float
+    reason: str
+    kind: str
+    error: str
+    batch_id: str | None = None
+    uncertain: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "row": {_key(k): v for k, v in self.row.items()},
+            "submitted_at": self.submitted_at,
+            "reason": self.reason,
+            "kind": self.kind,
+            "error": self.error,
+            "batch_id": self.batch_id,
+            "uncertain": self.uncertain,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def _key(k: Any) -> str:
+    return k if isinstance(k, str) else str(getattr(k, "name", k))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    return repr(value)
+
+
+class DeadLetterSink:
+    """Appends dead letters to a JSON-lines file (when ``path`` is set), keeps the last
+    :data:`KEEP` in memory and hands them to the application's sinks."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.recent: collections.deque[DeadLetter] = collections.deque(maxlen=KEEP)
+        self.extra: list[Callable[[DeadLetter], None]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def durable(self) -> bool:
+        """True when dead letters reach a file."""
+        return self.path is not None
+
+    def write(self, letters: list[DeadLetter]) -> bool:
+        """Record ``letters``; True if they reached the file (fsynced)."""
+        if not letters:
+            return True
+        durable = False
+        with self._lock:
+            self.recent.extend(letters)
+            if self.path is not None:
+                try:
+                    self._append(letters)
+                    durable = True
+                except OSError as err:
+                    logger.error("accounting: could not write %d dead letter(s) to %s: %s; they are kept in memory "
+                                 "only (Accounting.dead_letters())", len(letters), self.path, err)
+        for sink in list(self.extra):
+            for letter in letters:
+                try:
+                    sink(letter)
+                except Exception:  # noqa: BLE001 - an application sink must not stop the writer
+                    logger.exception("accounting: a dead-letter sink raised")
+        return durable
+
+    def _append(self, letters: list[DeadLetter]) -> None:
+        assert self.path is not None
+        data = "".join(letter.to_json() + "\n" for letter in letters).encode("utf-8")
+        created = not os.path.exists(self.path)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(os.path.dirname(self.path))
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,351 @@
+"""Turning submitted rows into INSERT statements, without touching the database.
+
+A row is a mapping submitted for a table (a name) or a peewee model. Rows are grouped by table
+and by the set of keys they carry; each group becomes multi-row ``INSERT ... VALUES (...),(...)``
+statements of at most :data:`MAX_VARIABLES` parameters (the fastest way through either driver:
+about twice ``executemany``), or one statement per row when a batch is being isolated.
+
+For a model, a row gets what ``Model.insert_many`` would give it: keys may be field names,
+column names or ``Field`` objects; fields the row leaves out get their Python-side ``default``
+(callables are called); every value goes through the field's ``db_value``. Unlike
+``insert_many``, rows with different keys do not have to agree (they are grouped apart), and a
+field with no default that a row leaves out is left to the database (its SQL default, NULL, or
+a NOT NULL error for that row alone).
+
+``ts_column``: when the row does not set it, the column is filled with the submit time (unix
+seconds; a model's ``DateTimeField`` gets the local ``datetime``, as ``datetime.now`` would) —
+for a model only if it has that field, for a named table only if the table has that column.
+
+Conversion errors (an unknown field, a value ``db_value`` refuses) are per row: the row is
+dead-lettered with the error and the others go on.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Callable, Iterable
+
+import peewee
+
+from ._accounting_ledger import Item
+
+__all__ = ["RowPlanner", "Planned", "Plan", "MAX_VARIABLES", "table_label", "quote"]
+
+#: Parameters per statement: SQLite's historical minimum of SQLITE_MAX_VARIABLE_NUMBER (999), so
+#: the statements work with any build; more rows per statement buy nothing measurable.
+MAX_VARIABLES = 999
+_MAX_ROWS_PER_STATEMENT = 100
+_CACHE_LIMIT = 4096
+
+
+def quote(name: str) -> str:
+    """An SQL identifier in double quotes."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_label(table: Any) -> str:
+    """The table's name for logs and dead letters."""
+    if isinstance(table, str):
+        return table
+    meta = getattr(table, "_meta", None)
+    return getattr(meta, "table_name", None) or getattr(table, "__name__", repr(table))
+
+
+class Plan:
+    """How to insert one (table, set of keys): the SQL and the row converter."""
+
+    __slots__ = ("table", "head", "one", "chunk", "convert", "fill", "add_ts", "_sql")
+
+    def __init__(self, table: str, target: str, columns: list[str],
+                 convert: Callable[[dict[str, Any], float], tuple[Any, ...]] | None, *, add_ts: bool = False,
+                 fill: Callable[[list[Item], list[Any]], None] | None = None) -> None:
+        self.table = table
+        #: None for a named table: the row's values in order (then the submit time if add_ts)
+        self.convert = convert
+        #: a model's converter over a whole chunk, appending to a flat parameter list
+        self.fill = fill
+        self.add_ts = add_ts
+        self._sql: dict[int, str] = {}
+        if columns:
+            self.head = f"INSERT INTO {target} ({', '.join(quote(c) for c in columns)}) VALUES "
+            self.one = "(" + ", ".join("?" * len(columns)) + ")"
+            self.chunk = max(1, min(_MAX_ROWS_PER_STATEMENT, MAX_VARIABLES // len(columns)))
+        else:  # an empty row: every column takes its SQL default
+            self.head = f"INSERT INTO {target} "
+            self.one = "DEFAULT VALUES"
+            self.chunk = 1
+
+    def sql(self, rows: int) -> str:
+        """The statement inserting ``rows`` rows."""
+        sql = self._sql.get(rows)
+        if sql is None:
+            sql = self._sql[rows] = self.head + ", ".join([self.one] * rows)
+        return sql
+
+    def statements(self, items: list[Item]) -> tuple[list[tuple[str, list[Any]]], list[Item], list[tuple[Item, BaseException]]]:
+        """Multi-row statements for ``items``: ``([(sql, flat parameters)], the items in them,
+        [(item, error)] for the rows that failed to convert)``. Parameters are built flat, chunk
+        by chunk (no per-row tuple to flatten again)."""
+        step, convert = self.chunk, self.convert
+        out: list[tuple[str, list[Any]]] = []
+        if convert is None:  # a named table: the row's values in key order (then the submit time)
+            add_ts = self.add_ts
+            for j in range(0, len(items), step):
+                part = items[j:j + step]
+                flat: list[Any] = []
+                extend = flat.extend
+                if add_ts:
+                    append = flat.append
+                    for _, row, ts, _ in part:
+                        extend(row.values())
+                        append(ts)
+                else:
+                    for _, row, _, _ in part:
+                        extend(row.values())
+                out.append((self.sql(len(part)), flat))
+            return out, items, []
+        fill = self.fill
+        assert fill is not None
+        good: list[Item] = []
+        bad: list[tuple[Item, BaseException]] = []
+        for j in range(0, len(items), step):
+            part = items[j:j + step]
+            flat = []
+            try:
+                fill(part, flat)  # the whole chunk in one generated loop
+            except Exception:  # noqa: BLE001 - find the rows at fault, one by one
+                flat = []
+                kept = []
+                for item in part:
+                    try:
+                        flat.extend(convert(item[1], item[2]))
+                    except Exception as err:  # noqa: BLE001 - db_value refused a value: this row only
+                        bad.append((item, err))
+                    else:
+                        kept.append(item)
+                part = kept
+            if part:
+                out.append((self.sql(len(part)), flat))
+                good.extend(part)
+        return out, good, bad
+
+    def singles(self, items: list[Item]
+                ) -> tuple[list[tuple[str, tuple[Any, ...]]], list[Item], list[tuple[Item, BaseException]]]:
+        """One statement per row (a batch being isolated), same shape as :meth:`statements`."""
+        sql = self.sql(1)
+        convert = self.convert
+        if convert is None:
+            if self.add_ts:
+                return [(sql, (*row.values(), ts)) for _, row, ts, _ in items], items, []
+            return [(sql, tuple(row.values())) for _, row, _, _ in items], items, []
+        out, good, bad = [], [], []
+        for item in items:
+            try:
+                out.append((sql, convert(item[1], item[2])))
+            except Exception as err:  # noqa: BLE001 - this row only
+                bad.append((item, err))
+            else:
+                good.append(item)
+        return out, good, bad
+
+
+class Planned:
+    """A batch, planned: per plan, its statements and the items they write; and the rows that
+    failed to convert."""
+
+    __slots__ = ("groups", "bad")
+
+    def __init__(self) -> None:
+        #: plan -> ([(sql, parameters)], the items they write); one statement per item when isolating
+        self.groups: dict[Plan, tuple[list[tuple[str, Any]], list[Item]]] = {}
+        #: (item, the error)
+        self.bad: list[tuple[Item, BaseException]] = []
+
+
+class RowPlanner:
+    """Plans batches; caches one :class:`Plan` per (table, keys) and named tables' columns."""
+
+    def __init__(self, ts_column: str | None) -> None:
+        self.ts_column = ts_column
+        self._plans: dict[tuple[Any, tuple[Any, ...]], Plan | BaseException] = {}
+        self._columns: dict[str, frozenset[str]] = {}
+
+    def forget(self) -> None:
+        """Drop cached plans and columns (after a caller error: the schema may have changed)."""
+        self._plans.clear()
+        self._columns.clear()
+
+    # -- planning ----------------------------------------------------------------------------
+    def plan(self, batch: list[Item], *, isolate: bool = False,
+             columns_of: Callable[[str], Iterable[str]] | None = None) -> Planned:
+        """Group ``batch`` by (table, keys) and build its statements: multi-row, or one per row
+        when ``isolate``. ``columns_of(table)`` reads a named table's columns (only needed, once
+        per table, when ``ts_column`` is set)."""
+        out = Planned()
+        plans = self._plans
+        if len(plans) > _CACHE_LIMIT:
+            plans.clear()
+        buckets: dict[tuple[Any, tuple[Any, ...]], list[Item]] = {}
+        last_table: Any = None
+        last_keys: tuple[Any, ...] | None = None
+        current: list[Item] = []
+        for item in batch:  # rows of one batch mostly share table and keys: skip the lookup then
+            table = item[0]
+            keys = tuple(item[1])
+            if keys == last_keys and table is last_table:
+                current.append(item)
+                continue
+            key = (table, keys)
+            found = buckets.get(key)
+            if found is None:
+                found = buckets[key] = []
+            found.append(item)
+            current, last_table, last_keys = found, table, keys
+        for key, items in buckets.items():
+            plan = plans.get(key)
+            if plan is None:
+                try:
+                    plan = self._build(key[0], key[1], columns_of)
+                except Exception as err:  # noqa: BLE001 - a bad row must not stop the batch
+                    plan = err
+                plans[key] = plan
+            if isinstance(plan, BaseException):
+                out.bad.extend((item, plan) for item in items)
+                continue
+            stmts, good, bad = plan.singles(items) if isolate else plan.statements(items)
+            if bad:
+                out.bad.extend(bad)
+            if stmts:
+                out.groups[plan] = (stmts, good)
+        return out
+
+    def _build(self, table: Any, keys: tuple[Any, ...], columns_of: Callable[[str], Iterable[str]] | None) -> Plan:
+        if isinstance(table, str):
+            return self._build_named(table, keys, columns_of)
+        return self._build_model(table, keys)
+
+    def _build_named(self, table: str, keys: tuple[Any, ...], columns_of: Callable[[str], Iterable[str]] | None) -> Plan:
+        for k in keys:
+            if not isinstance(k, str):
+                raise TypeError(f"row keys for table {table!r} must be column names (str), got {type(k).__name__}")
+        ts = self.ts_column
+        if ts is not None and ts not in keys and table not in self._columns and columns_of is not None:
+            self._columns[table] = frozenset(columns_of(table))
+        add_ts = ts is not None and ts not in keys and ts in self._columns.get(table, ())
+        columns = list(keys) + ([ts] if add_ts else [])  # type: ignore[list-item]
+        return Plan(table, quote(table), columns, None, add_ts=add_ts)
+
+    def _build_model(self, model: Any, keys: tuple[Any, ...]) -> Plan:
+        meta = model._meta
+        given: list[tuple[Any, peewee.Field]] = []
+        seen: set[peewee.Field] = set()
+        for k in keys:
+            if isinstance(k, peewee.Field):
+                field = meta.fields.get(k.name)
+                if field is None or (k.model is not model and not issubclass(model, k.model)):
+                    raise ValueError(f"{model.__name__}: field {k!r} belongs to another model")
+            else:
+                field = meta.fields.get(k) or meta.columns.get(k)
+                if field is None:
+                    raise ValueError(f"{model.__name__} has no field or column {k!r}")
+            if field in seen:
+                raise ValueError(f"{model.__name__}: field {field.name!r} given twice")
+            seen.add(field)
+            given.append((k, field))
+        ts_field = None
+        if self.ts_column is not None:
+            ts_field = meta.fields.get(self.ts_column) or meta.columns.get(self.ts_column)
+            if ts_field in seen:
+                ts_field = None
+        defaults = [f for f in meta.sorted_fields if f not in seen and f is not ts_field and f.default is not None]
+        columns = [f.column_name for _, f in given] + [f.column_name for f in defaults]
+        if ts_field is not None:
+            columns.append(ts_field.column_name)
+        convert, fill = _compile(given, defaults, ts_field)
+        target = quote(meta.table_name)
+        if meta.schema:
+            target = f"{quote(meta.schema)}.{target}"
+        return Plan(meta.table_name, target, columns, convert, fill=fill)
+
+
+# -- model converters ---------------------------------------------------------------------------
+_IDENTITY = object()
+
+
+def _fast_type(field: peewee.Field) -> Any:
+    """The Python type whose values ``field.db_value`` returns unchanged (``_IDENTITY`` when it
+    returns every value unchanged), or None when it must always be called. Only for peewee's
+    own ``db_value``/``adapt`` pairs; any override is always called."""
+    cls = type(field)
+    if cls.db_value is not peewee.Field.db_value:
+        return None
+    adapt = cls.adapt
+    if adapt is peewee.Field.adapt:
+        return _IDENTITY
+    if adapt is peewee.IntegerField.adapt:
+        return int
+    if adapt is peewee.FloatField.adapt:
+        return float
+    if adapt is peewee._StringField.adapt:
+        return str
+    if adapt is peewee.BooleanField.adapt:
+        return bool
+    return None
+
+
+def _compile(given: list[tuple[Any, peewee.Field]], defaults: list[peewee.Field], ts_field: peewee.Field | None
+             ) -> tuple[Callable[[dict[str, Any], float], tuple[Any, ...]], Callable[[list[Item], list[Any]], None]]:
+    """Build ``convert(row, ts) -> tuple`` and ``fill(items, flat)`` (the same conversion over a
+    chunk, appending to ``flat``), unrolled for one model and set of keys.
+
+    The generated source names only local slots (``k0``, ``c0`` ...); keys, converters and
+    defaults are passed in a namespace, never written into the source. A value whose type the
+    field's ``db_value`` would return unchanged skips the call; everything else goes through
+    ``db_value``, as ``insert_many`` would.
+    """
+    env: dict[str, Any] = {"plain": _plain}
+    body: list[str] = []
+    out: list[str] = []
+    for i, (key, field) in enumerate(given):
+        env[f"k{i}"], env[f"c{i}"] = key, field.db_value
+        fast = _fast_type(field)
+        if fast is _IDENTITY:
+            body.append(f"v{i} = plain(row[k{i}])")
+        elif fast is not None:
+            env[f"t{i}"] = fast
+            body.append(f"v{i} = row[k{i}]")
+            body.append(f"if v{i}.__class__ is not t{i} and v{i} is not None: v{i} = c{i}(plain(v{i}))")
+        else:
+            body.append(f"v{i} = c{i}(plain(row[k{i}]))")
+        out.append(f"v{i}")
+    for j, field in enumerate(defaults):
+        default = field.default
+        if callable(default):
+            env[f"d{j}"], env[f"dc{j}"] = default, field.db_value
+            out.append(f"dc{j}(d{j}())")
+        else:
+            env[f"dv{j}"] = field.db_value(default)
+            out.append(f"dv{j}")
+    if ts_field is not None:
+        if isinstance(ts_field, peewee.DateTimeField):
+            db_value = ts_field.db_value
+            env["tc"] = lambda t: db_value(_dt.datetime.fromtimestamp(t))
+            out.append("tc(ts)")
+        elif _fast_type(ts_field) in (float, _IDENTITY):
+            out.append("ts")
+        else:
+            env["tc"] = ts_field.db_value
+            out.append("tc(ts)")
+    values = "(" + "".join(f"{name}, " for name in out) + ")"
+    source = "\n".join(
+        ["def convert(row, ts):"] + [f"    {line}" for line in body] + [f"    return {values}", ""]
+        + ["def fill(items, flat):", "    extend = flat.extend", "    for _, row, ts, _ in items:"]
+        + [f"        {line}" for line in body] + [f"        extend({values})"]
+    )
+    exec(source, env)  # noqa: S102 - a fixed template over local slot names
+    return env["convert"], env["fill"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, peewee.Node) and not isinstance(value, peewee.Model):
+        raise ValueError("SQL expressions are not accepted in accounting rows (the row is written later, by another thread)")
+    return value

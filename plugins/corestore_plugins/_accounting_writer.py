@@ -1,0 +1,543 @@
+"""The accounting writer: one daemon thread per store that turns queued rows into batches.
+
+Each batch is one store transaction (``store.transaction(name="accounting.batch")``, so the
+circuit breaker, classification and ``on_fatal`` apply) on the writer's own connection. The
+transaction first records the batch's id in ``_corestore_batches`` and then inserts the rows,
+grouped per table. What happens next depends on how it ended:
+
+* committed: the rows are written; a healthy batch for the fault episode.
+* COMMIT outcome unknown (``committed=None``): before anything else the writer reads
+  ``_corestore_batches``; if the id is there the batch is written, otherwise it is retried.
+  A retry whose id insert hits the primary key proves an earlier attempt committed after all.
+  Either way each row reaches the database exactly once.
+* a caller error (CONSTRAINT, PROGRAMMING, a value the driver refuses): the batch is retried in
+  one transaction with a savepoint per row; the rows the database refuses are dead-lettered, the
+  others written. If even that fails outside the rows (a deferred constraint at COMMIT), each
+  row gets its own transaction.
+* a storage fault: the batch is kept and retried after an exponential backoff, never dropped;
+  the fault episode escalates (see ``_accounting_escalation``). An open circuit breaker is
+  waited out (``retry_after``) without touching the file. BUSY is waited out too, without
+  counting as a fault.
+
+``close()`` sets the writer draining (no latency waits) and, at its deadline, abandons it: the
+writer stops at its next wait and leaves the batch in flight to ``close()``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from corestore import CircuitOpenError, ErrorKind, StoreClosedError, StoreError
+
+from ._accounting_deadletter import DeadLetter
+from ._accounting_escalation import DEGRADED, PERSISTENT, REOPEN
+from ._accounting_ledger import Item
+from ._accounting_rows import RowPlanner, quote, table_label
+
+if TYPE_CHECKING:  # pragma: no cover
+    from corestore import Store
+
+    from .accounting import Accounting
+
+__all__ = ["Writer", "BATCHES_TABLE", "CALLER_KINDS", "batch_id_floor"]
+
+logger = logging.getLogger(__name__)
+
+#: The bookkeeping table: one row per committed batch, pruned by age. A batch id starts with the
+#: time it was made (16 hex digits of ``time.time_ns()``), so ids sort by age and pruning is a
+#: range delete on the primary key (no second index to maintain on every batch).
+BATCHES_TABLE = "_corestore_batches"
+_CREATE = (
+    f"CREATE TABLE IF NOT EXISTS {BATCHES_TABLE} (batch_id TEXT PRIMARY KEY, committed_at REAL) WITHOUT ROWID",
+)
+_RECORD = f"INSERT INTO {BATCHES_TABLE} (batch_id, committed_at) VALUES (?, ?)"
+_CHECK = f"SELECT 1 FROM {BATCHES_TABLE} WHERE batch_id = ?"
+_PRUNE = f"DELETE FROM {BATCHES_TABLE} WHERE batch_id < ?"
+_PRUNE_EVERY_S = 60.0
+
+
+def batch_id_floor(unix_s: float) -> str:
+    """The smallest batch id made at or after ``unix_s`` (ids older than it sort below)."""
+    return f"{int(unix_s * 1e9):016x}"
+
+#: Kinds that mean the rows (or the code that submitted them) are at fault, not the storage.
+CALLER_KINDS = frozenset({ErrorKind.CONSTRAINT, ErrorKind.PROGRAMMING, ErrorKind.UNKNOWN})
+
+
+class _Abandoned(Exception):
+    """close() reached its deadline: stop now, leave the batch in flight."""
+
+
+class _AlreadyCommitted(Exception):
+    """The batch id is already in ``_corestore_batches``: an earlier attempt committed."""
+
+
+class _Outcome:
+    __slots__ = ("ok", "bad", "error")
+
+    def __init__(self, ok: bool, bad: list[tuple[Item, BaseException, str]] | None = None,
+                 error: BaseException | None = None) -> None:
+        self.ok = ok
+        self.bad = bad or []
+        self.error = error
+
+
+class Writer:
+    """The writer loop of one :class:`~corestore_plugins.accounting.Accounting` (one thread)."""
+
+    def __init__(self, acc: "Accounting", store: "Store") -> None:
+        self.acc = acc
+        self.store = store
+        self.settings = acc.settings
+        self.ledger = acc._ledger
+        self.episode = acc._episode
+        self.clock = acc.clock
+        self.sink = acc._sink
+        self.abandon = acc._abandon
+        self.planner = RowPlanner(acc.settings.ts_column)
+        self.table_ready = False
+        self.next_prune = -math.inf
+        self.next_loss_log = -math.inf
+        self.last_attempt = -math.inf
+        # batch ids: time, a random tag per writer and a counter (one urandom call, not one per batch)
+        self._id_tag = uuid.uuid4().hex[:12]
+        self._id_count = 0
+        self._attempt_bad: list[tuple[Item, BaseException, str]] = []
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                backoff = self.settings.backoff_initial_s
+                batch_id = self._new_id("b" if batch else "p")  # kept across a retry after a bug: a second commit hits its key
+                while True:
+                    try:
+                        if batch:
+                            self._process(batch, batch_id)
+                        else:
+                            self._probe(batch_id)
+                        break
+                    except (_Abandoned, StoreClosedError):
+                        return
+                    except Exception:  # noqa: BLE001 - a bug must not kill the writer and strand the queue
+                        logger.exception("accounting: %s: the writer failed unexpectedly; the batch is kept and retried",
+                                         self.store.path)
+                        self._pause(backoff)
+                        backoff = min(backoff * 2, self.settings.backoff_max_s)
+        except (_Abandoned, StoreClosedError):
+            return
+        finally:
+            self._log_losses(force=True)
+            self._close_connection()
+
+    def _next_batch(self) -> list[Item] | None:
+        """Wait for work: a full batch, the latency deadline, a flush, a due probe; None: stop."""
+        led, s, clock = self.ledger, self.settings, self.clock
+        latency = s.max_latency_ms / 1000.0
+        first_seen: float | None = None
+        while True:
+            led.wake.clear()
+            if self.abandon.is_set():
+                return None
+            with led.lock:
+                n = len(led.queue)
+                urgent = bool(led.waiters) or self.acc._closing
+            if n and (n >= s.batch_size or urgent):
+                return led.take(s.batch_size)
+            now = clock.monotonic()
+            self._tick(now)
+            self._log_losses(now=now)
+            if n:
+                if first_seen is None:
+                    first_seen = now
+                left = first_seen + latency - now
+                if left <= 0:
+                    return led.take(s.batch_size)
+                clock.sleep(min(left, self._due(now) - now), led.wake)
+                continue
+            first_seen = None
+            if self.acc._closing:
+                return None
+            wake_at = self._due(now)
+            if self.episode.active:  # an idle queue still needs healthy batches to end the episode
+                probe_at = self.last_attempt + s.probe_interval_s
+                if now >= probe_at:
+                    return []
+                wake_at = min(wake_at, probe_at)
+            clock.sleep(wake_at - now, led.wake)
+
+    def _due(self, now: float) -> float:
+        """When the writer must wake up even without work: escalation or a loss report."""
+        due = self.episode.next_due()
+        led = self.ledger
+        if led.rejected != led.logged_rejected or led.dropped != led.logged_dropped:
+            due = min(due, max(now, self.next_loss_log))
+        return due
+
+    # -- one batch ---------------------------------------------------------------------------
+    def _new_id(self, kind: str = "b") -> str:
+        self._id_count += 1
+        return f"{time.time_ns():016x}-{kind}-{self._id_tag}-{self._id_count}"
+
+    def _process(self, batch: list[Item], batch_id: str) -> None:
+        with self.ledger.lock:
+            self.ledger.in_flight_id = batch_id
+        outcome = self._attempts(batch, batch_id, isolate=False)
+        if outcome.ok:
+            self._settle(batch, outcome.bad)
+            return
+        # A caller error: find the bad rows with a savepoint each, in one transaction.
+        self.planner.forget()
+        self.ledger.bump("isolated_batches")
+        logger.info("accounting: %s: batch of %d row(s) refused (%s); retrying it row by row",
+                    self.store.path, len(batch), _describe(outcome.error))
+        outcome = self._attempts(batch, batch_id, isolate=True)
+        if outcome.ok:
+            self._settle(batch, outcome.bad)
+            return
+        # It failed outside the rows (e.g. a deferred constraint at COMMIT): a transaction per row.
+        for item in list(batch):
+            single = self._attempts([item], f"{batch_id}.{item[3]}", isolate=False)
+            if single.ok:
+                bad = single.bad
+            else:
+                bad = [(item, single.error or RuntimeError("refused"), "refused")]
+            self._settle_head(batch, item, bad)
+        self._settle(batch, [])
+
+    def _probe(self, probe_id: str) -> None:
+        """An empty batch (just its id) to learn whether the database writes again."""
+        outcome = self._attempts([], probe_id, isolate=False, probe=True)
+        if not outcome.ok:  # pragma: no cover - an empty batch has no caller error to make
+            logger.warning("accounting: %s: probe refused: %s", self.store.path, _describe(outcome.error))
+
+    def _attempts(self, items: list[Item], unit_id: str, *, isolate: bool, probe: bool = False) -> _Outcome:
+        """Try ``items`` as one transaction until it commits or fails as a caller error."""
+        s = self.settings
+        backoff = s.backoff_initial_s
+        uncertain = uncertain_seen = False
+        uncertain_bad: list[tuple[Item, BaseException, str]] = []
+        while True:
+            if self.abandon.is_set():
+                raise _Abandoned()
+            self.last_attempt = self.clock.monotonic()
+            try:
+                if uncertain:
+                    if self._committed(unit_id):
+                        self._success(items, probe, started=None)
+                        logger.warning("accounting: %s: the uncertain COMMIT of batch %s did commit; not written twice",
+                                       self.store.path, unit_id)
+                        return _Outcome(True, uncertain_bad)
+                    uncertain = False
+                    self._set_uncertain(False)
+                started = time.perf_counter()
+                bad = self._transaction(items, unit_id, isolate)
+            except _AlreadyCommitted:
+                self._success(items, probe, started=None)
+                logger.warning("accounting: %s: batch %s was already committed by an earlier attempt; not written twice",
+                               self.store.path, unit_id)
+                return _Outcome(True, uncertain_bad)
+            except CircuitOpenError as err:
+                self._blocked(err)
+                wait = err.retry_after if err.retry_after is not None else s.backoff_max_s  # None: isolated
+                self._pause(max(wait, s.backoff_initial_s))
+                continue
+            except StoreClosedError:
+                raise
+            except StoreError as err:
+                if err.committed is True:  # an InvariantViolation raised after a durable COMMIT
+                    self._success(items, probe, started=None)
+                    return _Outcome(True, list(self._attempt_bad))
+                c = err.classification
+                kind = c.kind if c is not None else ErrorKind.UNKNOWN
+                if err.committed is None:
+                    (logger.debug if uncertain_seen else logger.warning)(
+                        "accounting: %s: COMMIT outcome of batch %s unknown (%s); it is looked up in %s before any "
+                        "retry", self.store.path, unit_id, _describe(err), BATCHES_TABLE)
+                    uncertain = uncertain_seen = True
+                    uncertain_bad = list(self._attempt_bad)
+                    self._set_uncertain(True)
+                    self.ledger.bump("uncertain_commits")
+                elif kind in CALLER_KINDS:
+                    return _Outcome(False, error=err)
+                if kind is ErrorKind.BUSY:
+                    self._pause(backoff)
+                else:
+                    self._fault(err)
+                    self._pause(backoff)
+                backoff = min(backoff * 2, s.backoff_max_s)
+                continue
+            except _Abandoned:
+                raise
+            except Exception as err:  # noqa: BLE001 - a driver refusing a value (TypeError, OverflowError...)
+                return _Outcome(False, error=err)
+            self._success(items, probe, started=started)
+            return _Outcome(True, bad)
+
+    def _transaction(self, items: list[Item], unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
+        store = self.store
+        self._attempt_bad = []
+        with store.transaction(name="accounting.batch"):
+            conn = store.database.connection()
+            if not self.table_ready:
+                for sql in _CREATE:
+                    conn.execute(sql)
+            already = False
+            try:
+                conn.execute(_RECORD, (unit_id, time.time()))
+            except Exception as err:
+                if self._kind(err) is not ErrorKind.CONSTRAINT:
+                    raise
+                already = True
+            if already:  # raised outside the handler: no driver error in its context for the core to see
+                raise _AlreadyCommitted()
+            planned = self.planner.plan(items, isolate=isolate, columns_of=lambda table: [
+                r[1] for r in conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()])
+            bad = self._attempt_bad
+            bad.extend((item, err, "invalid") for item, err in planned.bad)
+            if not isolate:
+                execute = conn.execute
+                for statements, _ in planned.groups.values():
+                    for sql, args in statements:
+                        execute(sql, args)
+            else:
+                for statements, good in planned.groups.values():
+                    for (sql, args), item in zip(statements, good, strict=True):
+                        conn.execute("SAVEPOINT corestore_accounting_row")
+                        try:
+                            conn.execute(sql, args)
+                        except Exception as err:
+                            if self._kind(err) not in CALLER_KINDS:
+                                raise
+                            conn.execute("ROLLBACK TO corestore_accounting_row")
+                            bad.append((item, err, "refused"))
+                        conn.execute("RELEASE corestore_accounting_row")
+            now = self.clock.monotonic()
+            if now >= self.next_prune:
+                conn.execute(_PRUNE, (batch_id_floor(time.time() - self.settings.batch_retention_s),))
+                self.next_prune = now + _PRUNE_EVERY_S
+        self.table_ready = True
+        return bad
+
+    def _committed(self, unit_id: str) -> bool:
+        """Whether ``unit_id`` is in the bookkeeping table (a read transaction)."""
+        store = self.store
+        with store.read(name="accounting.check"):
+            conn = store.database.connection()
+            try:
+                row = conn.execute(_CHECK, (unit_id,)).fetchone()
+            except Exception as err:
+                if self._kind(err) is ErrorKind.PROGRAMMING:  # no such table: nothing ever committed
+                    return False
+                raise
+        return row is not None
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def _success(self, items: list[Item], probe: bool, *, started: float | None) -> None:
+        led = self.ledger
+        took = None if started is None else time.perf_counter() - started
+        with led.lock:
+            led.batches += 1
+            if probe:
+                led.probes += 1
+            if took is not None:
+                led.batch_s.append(took)
+            if items:
+                led.delay_s.append(max(0.0, time.time() - items[0][2]))
+            was = self.episode.tier
+            cleared = self.episode.success()
+        if cleared:
+            logger.warning("accounting: %s: write fault episode over after %d healthy batch(es) in a row",
+                           self.store.path, self.settings.healthy_to_clear)
+            if was in ("degraded", "persistent"):
+                self._health()
+
+    def _set_uncertain(self, value: bool) -> None:
+        with self.ledger.lock:
+            self.ledger.in_flight_uncertain = value
+
+    def _fault(self, err: StoreError) -> None:
+        now = self.clock.monotonic()
+        desc = _describe(err)
+        with self.ledger.lock:
+            self.ledger.faulted_batches += 1
+            started, actions = self.episode.fault(now, desc)
+        if started:
+            logger.warning("accounting: %s: write fault episode started (%s); the batch is kept and retried with backoff",
+                           self.store.path, desc)
+            self._health()  # a baseline, so the DEGRADED step is a transition on_health_changed hears
+        self._act(actions)
+
+    def _blocked(self, err: CircuitOpenError) -> None:
+        now = self.clock.monotonic()
+        with self.ledger.lock:
+            started, actions = self.episode.blocked(now, "circuit breaker open")
+        if started:
+            logger.warning("accounting: %s: the circuit breaker refuses writes; the writer waits %.1f s (rows stay queued)",
+                           self.store.path, err.retry_after or self.settings.backoff_max_s)
+        self._act(actions)
+
+    def _tick(self, now: float) -> None:
+        if not self.episode.failing:
+            return
+        with self.ledger.lock:
+            actions = self.episode.tick(now)
+        self._act(actions)
+
+    def _act(self, actions: list[str]) -> None:
+        ep = self.episode
+        for action in actions:
+            if action == REOPEN:
+                self._reopen()
+            elif action == DEGRADED:
+                logger.warning("accounting: %s: writes failing for %d batch(es) / %.1f s: health DEGRADED (%s)",
+                               self.store.path, ep.faulted, self.clock.monotonic() - ep.started, ep.last_error)
+                self._health()
+            elif action == PERSISTENT:
+                self.ledger.bump("persistent_signals")
+                logger.error("accounting: %s: writes failing for %d batch(es) / %.1f s (%s): on_persistent_failure "
+                             "(signal %d of this episode)", self.store.path, ep.faulted,
+                             self.clock.monotonic() - ep.started, ep.last_error, ep.signals)
+                report = self._health()
+                if report is not None:
+                    self.store.hooks.on_persistent_failure(self.store, report)
+
+    def _reopen(self) -> None:
+        """Close this thread's connection; the next batch opens a fresh one."""
+        self.ledger.bump("reopens")
+        first = self.episode.reopens <= 1
+        (logger.warning if first else logger.info)(
+            "accounting: %s: reopening the writer connection (reopen %d of this episode)",
+            self.store.path, self.episode.reopens)
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        db = self.store.database
+        try:
+            if not db.in_transaction():
+                db.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is dropped anyway
+            logger.debug("accounting: closing the writer connection failed", exc_info=True)
+
+    def _health(self) -> Any:
+        """Recompute the store's report (no probe: the plugins' way to announce a transition),
+        so on_health_changed fires once for the change."""
+        try:
+            return self.store.health(probe=False)
+        except Exception:  # noqa: BLE001 - a health failure must not stop the writer
+            logger.exception("accounting: %s: store.health() failed", self.store.path)
+            return None
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` on the clock, running the wall-clock escalation as it comes due."""
+        clock = self.clock
+        end = clock.monotonic() + max(0.0, seconds)
+        while True:
+            if self.abandon.is_set():
+                raise _Abandoned()
+            now = clock.monotonic()
+            self._tick(now)
+            self._log_losses(now=now)
+            if now >= end:
+                return
+            clock.sleep(min(end, self._due(now)) - now, self.abandon)
+
+    # -- settling ----------------------------------------------------------------------------
+    def _letters(self, bad: list[tuple[Item, BaseException, str]], batch_id: str | None) -> list[DeadLetter]:
+        letters = []
+        for (table, row, ts, _), err, reason in bad:
+            letters.append(DeadLetter(table=table_label(table), row=row, submitted_at=ts, reason=reason,
+                                      kind=_kind_name(self, err), error=_message(err), batch_id=batch_id))
+        return letters
+
+    def _settle(self, batch: list[Item], bad: list[tuple[Item, BaseException, str]]) -> None:
+        led = self.ledger
+        batch_id = led.in_flight_id
+        letters = self._letters(bad, batch_id)
+        durable = self.sink.write(letters)
+        if letters:
+            self._log_letters(letters)
+        seqs = [item[3] for item, _, _ in bad]
+        if not led.settle(batch, written=len(batch) - len(bad), dead=len(bad), durable_dead=durable, lost_seqs=seqs):
+            logger.warning("accounting: %s: batch %s committed after close() had dead-lettered it (marked uncertain); "
+                           "its rows are in the database", self.store.path, batch_id)
+
+    def _settle_head(self, batch: list[Item], item: Item, bad: list[tuple[Item, BaseException, str]]) -> None:
+        """Settle the first row in flight (row-per-transaction mode)."""
+        led = self.ledger
+        letters = self._letters(bad, None)
+        durable = self.sink.write(letters)
+        if letters:
+            self._log_letters(letters)
+        with led.lock:
+            if led.in_flight is not batch or not batch or batch[0] is not item:
+                return
+            batch.pop(0)
+            led.written += 1 - len(bad)
+            led.dead_lettered += len(bad)
+            if led.waiters:
+                if bad and not durable:
+                    led.lose([item[3]])
+                led.wake_waiters()
+
+    def _log_letters(self, letters: list[DeadLetter]) -> None:
+        # The log names tables, reasons and kinds only: the error text may quote a value (it is
+        # in the dead-letter file, with the row).
+        where = self.sink.path or "memory only (dead_letter = false)"
+        tables = sorted({letter.table for letter in letters})
+        kinds = sorted({f"{letter.reason}/{letter.kind}" for letter in letters})
+        logger.warning("accounting: %s: %d row(s) of %s dead-lettered (%s) -> %s", self.store.path, len(letters),
+                       ", ".join(tables), ", ".join(kinds), where)
+
+    def _log_losses(self, *, now: float | None = None, force: bool = False) -> None:
+        led = self.ledger
+        if led.rejected == led.logged_rejected and led.dropped == led.logged_dropped:
+            return
+        now = self.clock.monotonic() if now is None else now
+        if not force and now < self.next_loss_log:
+            return
+        with led.lock:
+            rejected, dropped = led.rejected - led.logged_rejected, led.dropped - led.logged_dropped
+            led.logged_rejected, led.logged_dropped = led.rejected, led.dropped
+            led.loss_signalled = False
+        self.next_loss_log = now + self.settings.log_interval_s
+        if rejected or dropped:
+            logger.warning("accounting: %s: queue full (queue_size=%d, on_full=%s): %d row(s) rejected, %d dropped "
+                           "since the last report", self.store.path, self.settings.queue_size, self.settings.on_full,
+                           rejected, dropped)
+
+    def _kind(self, err: BaseException) -> ErrorKind:
+        return self.store.hooks.classify_error(self.store, err, None).kind
+
+
+def _describe(err: BaseException | None) -> str:
+    if err is None:
+        return "unknown error"
+    c = getattr(err, "classification", None)
+    if c is not None:
+        return c.name or c.kind.name
+    return type(err).__name__
+
+
+def _message(err: BaseException) -> str:
+    c = getattr(err, "classification", None)
+    if c is not None and c.message:
+        return c.message
+    return f"{type(err).__name__}: {err}"[:300]
+
+
+def _kind_name(writer: Writer, err: BaseException) -> str:
+    c = getattr(err, "classification", None)
+    if c is not None:
+        return c.kind.name
+    try:
+        kind = writer._kind(err)
+    except Exception:  # noqa: BLE001
+        return type(err).__name__
+    return kind.name if kind is not ErrorKind.UNKNOWN else type(err).__name__

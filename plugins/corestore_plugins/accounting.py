@@ -1,0 +1,520 @@
+"""accounting: asynchronous writes off the caller's path, batched, escalating, exactly once,
+never silently lossy (DESIGN §6).
+
+When: rows the request path produces but must not wait for (usage records, audit events,
+metrics), where losing one silently is a bug and blocking the request on SQLite is another.
+
+Why: incident 004 (tokencost) wrote usage rows on the request path and blocked requests; its
+fix queued them to one writer thread, but dropped rows when the queue was full, wrote one
+transaction per row, and lost the backlog when the shutdown join timed out. Incident 000
+(screenpipe) had a persistent disk fault fail every batch for minutes while the app looked
+healthy; its later fixes escalated on wall-clock time as well as counts, needed several healthy
+batches to clear, and re-fired the restart signal.
+
+``acc = store.plugin("accounting")``; ``acc.submit(table_or_model, row)`` returns at once (no
+I/O, no lock held across I/O: safe on an asyncio event loop) and says whether the row was
+accepted. One daemon writer thread per store writes batches; see
+:mod:`corestore_plugins._accounting_writer` for what happens to a batch,
+:mod:`corestore_plugins._accounting_escalation` for the fault episode and
+:mod:`corestore_plugins._accounting_ledger` for the counters and ``flush()``.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+import attrs
+import peewee
+
+from corestore import ConfigError, HealthComponent, HealthStatus, PluginError, hookimpl
+
+from ._accounting_clock import Clock, ManualClock, SystemClock
+from ._accounting_deadletter import DeadLetter, DeadLetterSink, default_path
+from ._accounting_escalation import Escalation
+from ._accounting_ledger import Ledger, percentiles
+from ._accounting_rows import table_label
+from ._accounting_writer import BATCHES_TABLE, Writer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from corestore import Store
+
+__all__ = ["Accounting", "DeadLetter", "Clock", "SystemClock", "ManualClock", "BATCHES_TABLE", "ON_FULL"]
+
+logger = logging.getLogger(__name__)
+
+#: What ``submit()`` does when the queue holds ``queue_size`` rows.
+ON_FULL = ("reject", "drop_oldest", "block")
+
+_GRACE_S = 2.0  # after drain_timeout_s, how long close() lets a writer stuck inside SQLite finish
+_perf_ns = time.perf_counter_ns
+_now = time.time
+
+
+# -- settings validation ---------------------------------------------------------------------
+def _int_at_least(low: int) -> Callable[[Any, Any, Any], None]:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{attribute.name} = {value!r} must be an integer")
+        if value < low:
+            raise ConfigError(f"{attribute.name} = {value!r} must be >= {low}")
+    return check
+
+
+def _float_at_least(low: float, *, strict: bool = False) -> Callable[[Any, Any, Any], None]:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ConfigError(f"{attribute.name} = {value!r} must be a number")
+        if value < low or (strict and value == low):
+            raise ConfigError(f"{attribute.name} = {value!r} must be {'>' if strict else '>='} {low}")
+    return check
+
+
+def _optional_str(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{attribute.name} = {value!r} must be a non-empty string (or left out)")
+
+
+def _on_full(instance: Any, attribute: Any, value: Any) -> None:
+    if value not in ON_FULL:
+        raise ConfigError(f"on_full = {value!r} is not allowed; allowed: {', '.join(ON_FULL)}")
+
+
+def _bool(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} = {value!r} must be true or false")
+
+
+def _check_backoff(instance: Any, attribute: Any, value: Any) -> None:
+    _float_at_least(0.0, strict=True)(instance, attribute, value)
+    if value < instance.backoff_initial_s:
+        raise ConfigError(f"backoff_max_s = {value!r} must be >= backoff_initial_s = {instance.backoff_initial_s!r}")
+
+
+_INSTANCES: "weakref.WeakSet[Accounting]" = weakref.WeakSet()
+
+
+class Accounting:
+    """Asynchronous, batched, exactly-once writes with a bounded queue and fault escalation.
+
+    Public: :meth:`submit`, :meth:`flush`, :meth:`close`, :meth:`stats`, :meth:`dead_letters`,
+    :meth:`add_dead_letter_sink`, :meth:`use_clock`; ``settings``.
+
+    Settings (``[profiles.NAME.settings.accounting]``):
+
+    ====================  =======  ===========  ==========================================================
+    name                  type     default      meaning
+    ====================  =======  ===========  ==========================================================
+    queue_size            int      10000        rows the queue holds (rows in flight come on top, at most batch_size)
+    on_full               str      "reject"     full queue: "reject" (submit returns False), "drop_oldest", "block"
+    block_timeout_s       float    1.0          on_full = "block": longest wait for room, then reject
+    batch_size            int      500          rows per batch transaction
+    max_latency_ms        float    50           longest a row waits for its batch to fill
+    drain_timeout_s       float    5.0          close(): time to write the backlog before dead-lettering it
+    ts_column             str      (none)       column filled with the submit time (unix seconds) when a row lacks it
+    dead_letter           bool     true         append dead letters to a JSON-lines file beside the database
+    dead_letter_path      str      (none)       that file (default ``<db>.corestore-deadletter.jsonl``)
+    backoff_initial_s     float    0.05         first wait after a faulted batch (doubles per retry)
+    backoff_max_s         float    5.0          longest wait between retries of a faulted batch
+    reopen_after          int      3            reopen the writer connection every N faulted batches ...
+    reopen_after_s        float    10.0         ... or every N seconds of failing, whichever first
+    degraded_after        int      5            health DEGRADED after N faulted batches ...
+    degraded_after_s      float    30.0         ... or N seconds, whichever first
+    persistent_after      int      40           on_persistent_failure after N faulted batches ...
+    persistent_after_s    float    120.0        ... or N seconds, whichever first
+    refire_s              float    600.0        on_persistent_failure again every N seconds while the episode lasts
+    healthy_to_clear      int      3            consecutive committed batches that end a fault episode
+    probe_interval_s      float    1.0          idle during an episode: write an empty probe batch this often
+    batch_retention_s     float    3600.0       how long batch ids stay in ``_corestore_batches``
+    log_interval_s        float    60.0         rejections and drops are logged at most once per interval
+    ====================  =======  ===========  ==========================================================
+    """
+
+    name: ClassVar[str] = "accounting"
+
+    @attrs.frozen(kw_only=True)
+    class Settings:
+        """The accounting settings (see the class docstring for the table)."""
+
+        queue_size: int = attrs.field(default=10000, validator=_int_at_least(1),
+                                      metadata={"help": "rows the queue holds before on_full applies"})
+        on_full: str = attrs.field(default="reject", validator=_on_full,
+                                   metadata={"help": "full queue: reject | drop_oldest | block"})
+        block_timeout_s: float = attrs.field(default=1.0, validator=_float_at_least(0.0),
+                                             metadata={"help": "on_full=block: longest wait for room before rejecting"})
+        batch_size: int = attrs.field(default=500, validator=_int_at_least(1),
+                                      metadata={"help": "rows per batch transaction"})
+        max_latency_ms: float = attrs.field(default=50.0, validator=_float_at_least(0.0),
+                                            metadata={"help": "longest a row waits for its batch to fill (ms)"})
+        drain_timeout_s: float = attrs.field(default=5.0, validator=_float_at_least(0.0),
+                                             metadata={"help": "close(): time to write the backlog before dead-lettering it"})
+        ts_column: str | None = attrs.field(default=None, validator=_optional_str,
+                                            metadata={"help": "column set to the submit time (unix seconds) when a row lacks it"})
+        dead_letter: bool = attrs.field(default=True, validator=_bool,
+                                        metadata={"help": "append dead letters to a JSON-lines file beside the database"})
+        dead_letter_path: str | None = attrs.field(
+            default=None, validator=_optional_str,
+            metadata={"help": "the dead-letter file (default <db>.corestore-deadletter.jsonl)"})
+        backoff_initial_s: float = attrs.field(default=0.05, validator=_float_at_least(0.0, strict=True),
+                                               metadata={"help": "first wait after a faulted batch (doubles per retry)"})
+        backoff_max_s: float = attrs.field(default=5.0, validator=_check_backoff,
+                                           metadata={"help": "longest wait between retries of a faulted batch"})
+        reopen_after: int = attrs.field(default=3, validator=_int_at_least(1),
+                                        metadata={"help": "reopen the writer connection every N faulted batches"})
+        reopen_after_s: float = attrs.field(default=10.0, validator=_float_at_least(0.0, strict=True),
+                                            metadata={"help": "... or every N seconds of failing, whichever first"})
+        degraded_after: int = attrs.field(default=5, validator=_int_at_least(1),
+                                          metadata={"help": "health DEGRADED after N faulted batches"})
+        degraded_after_s: float = attrs.field(default=30.0, validator=_float_at_least(0.0, strict=True),
+                                              metadata={"help": "... or N seconds of failing, whichever first"})
+        persistent_after: int = attrs.field(default=40, validator=_int_at_least(1),
+                                            metadata={"help": "on_persistent_failure after N faulted batches"})
+        persistent_after_s: float = attrs.field(default=120.0, validator=_float_at_least(0.0, strict=True),
+                                                metadata={"help": "... or N seconds of failing, whichever first"})
+        refire_s: float = attrs.field(default=600.0, validator=_float_at_least(0.0, strict=True),
+                                      metadata={"help": "on_persistent_failure again every N seconds while failing"})
+        healthy_to_clear: int = attrs.field(default=3, validator=_int_at_least(1),
+                                            metadata={"help": "consecutive committed batches that end a fault episode"})
+        probe_interval_s: float = attrs.field(default=1.0, validator=_float_at_least(0.0, strict=True),
+                                              metadata={"help": "idle during a fault episode: probe batch interval"})
+        batch_retention_s: float = attrs.field(default=3600.0, validator=_float_at_least(0.0, strict=True),
+                                               metadata={"help": "how long batch ids stay in _corestore_batches"})
+        log_interval_s: float = attrs.field(default=60.0, validator=_float_at_least(0.0),
+                                            metadata={"help": "rejections and drops are logged at most once per interval"})
+
+    def __init__(self, settings: "Accounting.Settings | None" = None) -> None:
+        self.settings = settings if settings is not None else Accounting.Settings()
+        self.clock: Clock = SystemClock()
+        self._store: Store | None = None
+        self._sink = DeadLetterSink(None)
+        self._start_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._report: dict[str, Any] | None = None
+        self._reset()
+        _INSTANCES.add(self)
+
+    def _reset(self) -> None:
+        s = self.settings
+        self._ledger = Ledger(s.queue_size)
+        self._episode = Escalation(
+            reopen_after=s.reopen_after, reopen_after_s=s.reopen_after_s,
+            degraded_after=s.degraded_after, degraded_after_s=s.degraded_after_s,
+            persistent_after=s.persistent_after, persistent_after_s=s.persistent_after_s,
+            refire_s=s.refire_s, healthy_to_clear=s.healthy_to_clear,
+        )
+        self._abandon = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._writer: Writer | None = None
+        self._closing = False
+        self._tables_ok: set[Any] = set()
+        self._batch_size = s.batch_size
+        self._on_full = s.on_full
+
+    # -- the caller's side ------------------------------------------------------------------
+    def submit(self, table_or_model: Any, row: Mapping[str, Any]) -> bool:
+        """Queue ``row`` for ``table_or_model`` (a table name or a peewee model); True if accepted.
+
+        O(1), no I/O, no lock held across I/O: safe on an asyncio event loop (except with
+        ``on_full = "block"``, which may wait up to ``block_timeout_s``). The row is copied and
+        stamped with the submit time. False means the row was not accepted (queue full with
+        ``on_full = "reject"`` or after a ``block`` timeout, or accounting closed); every
+        rejection is counted. Raises ``TypeError`` for a table that is neither a name nor a model
+        class, or a row that is not a mapping.
+        """
+        t0 = _perf_ns()
+        if self._thread is None:  # the first submit: bind-check and start the writer before counting
+            self._start_writer()
+        if table_or_model not in self._tables_ok:
+            self._check_table(table_or_model)
+        if type(row) is not dict:
+            if not isinstance(row, Mapping):
+                raise TypeError(f"accounting.submit(): row must be a mapping, got {type(row).__name__}")
+            row = dict(row)
+        else:
+            row = row.copy()
+        ts = _now()
+        led = self._ledger
+        with led.lock:
+            q = led.queue
+            n = len(q)
+            if n >= led.capacity or led.closed:
+                room = self._make_room(led)
+                # the first loss since the writer last reported wakes it to log (never logged here)
+                signal = not led.loss_signalled and not led.closed
+                led.loss_signalled = True
+                if not room:
+                    led.submitted += 1
+                    led.rejected += 1
+                if signal:
+                    led.wake.set()
+                if not room:
+                    return False
+                n = len(q)
+            led.submitted += 1
+            seq = led.accepted = led.accepted + 1
+            q.append((table_or_model, row, ts, seq))
+            i = led.enqueue_n
+            led.enqueue_ns[i & 1023] = _perf_ns() - t0
+            led.enqueue_n = i + 1
+        if (n == 0 or n + 1 >= self._batch_size) and not led.wake.is_set():
+            led.wake.set()
+        return True
+
+    def _make_room(self, led: Ledger) -> bool:
+        """The queue is full or closed (called with the ledger lock held): may the row go in?"""
+        if led.closed:
+            return False
+        mode = self._on_full
+        if mode == "reject":
+            return False
+        q = led.queue
+        if mode == "drop_oldest":
+            old = q.popleft()
+            led.dropped += 1
+            if led.waiters:
+                led.lose([old[3]])
+                led.wake_waiters()
+            return True
+        deadline = time.monotonic() + self.settings.block_timeout_s
+        led.blocked += 1
+        try:
+            while len(q) >= led.capacity and not led.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                led.space.wait(left)
+        finally:
+            led.blocked -= 1
+        return not led.closed
+
+    def _check_table(self, table: Any) -> None:
+        if isinstance(table, str):
+            if not table:
+                raise TypeError("accounting.submit(): the table name is empty")
+        elif not (isinstance(table, type) and issubclass(table, peewee.Model)):
+            raise TypeError(f"accounting.submit(): table_or_model must be a table name or a peewee Model class, "
+                            f"got {table!r}")
+        if len(self._tables_ok) < 10000:
+            self._tables_ok.add(table)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every row accepted before the call is settled; return True when all of
+        them are durable — committed to the database, or appended to the dead-letter file —
+        and False on timeout or when one was lost (dropped by ``drop_oldest``, or dead-lettered
+        with no file). ``timeout`` in seconds; None waits as long as it takes. Never call it
+        from the writer thread (e.g. inside a hook the writer fires)."""
+        if self._thread is not None and threading.current_thread() is self._thread:
+            raise PluginError("accounting.flush() was called from the accounting writer thread (it would wait for itself)")
+        return self._ledger.wait_settled(timeout)
+
+    def close(self) -> dict[str, Any]:
+        """Stop accepting rows, write the backlog within ``drain_timeout_s``, dead-letter (and
+        report) whatever is left. Idempotent; the store's ``close()`` calls it. Returns
+        :meth:`stats` plus ``drained`` (nothing was left), ``left`` (rows dead-lettered here)
+        and ``dead_letter_path``."""
+        with self._close_lock:
+            if self._closed and self._report is not None:
+                return self._report
+            led = self._ledger
+            with led.lock:
+                led.closed = True
+                if led.blocked:
+                    led.space.notify_all()
+            self._closing = True
+            led.wake.set()
+            thread = self._thread
+            if thread is not None and thread is threading.current_thread():
+                # closed from a hook the writer fired (on_persistent_failure): it stops at its
+                # next wait and never retries the batch dead-lettered below
+                self._abandon.set()
+            elif thread is not None and thread.is_alive():
+                thread.join(self.settings.drain_timeout_s)
+                if thread.is_alive():
+                    self._abandon.set()
+                    thread.join(_GRACE_S)
+            stuck = thread is not None and thread.is_alive() and thread is not threading.current_thread()
+            in_flight, queued, batch_id, uncertain = led.take_all()
+            letters = [
+                DeadLetter(table=table_label(t), row=r, submitted_at=ts, reason="shutdown", kind="SHUTDOWN",
+                           error=f"not written within drain_timeout_s={self.settings.drain_timeout_s}",
+                           batch_id=batch_id, uncertain=uncertain or stuck)
+                for t, r, ts, _ in in_flight
+            ] + [
+                DeadLetter(table=table_label(t), row=r, submitted_at=ts, reason="shutdown", kind="SHUTDOWN",
+                           error=f"not written within drain_timeout_s={self.settings.drain_timeout_s}")
+                for t, r, ts, _ in queued
+            ]
+            durable = self._sink.write(letters)
+            led.settle_leftovers(len(letters), durable=durable, seqs=[item[3] for item in in_flight + queued])
+            path = self._store.path if self._store is not None else "?"
+            if letters:
+                logger.error(
+                    "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s; dead-lettered to %s%s",
+                    path, len(letters), self.settings.drain_timeout_s,
+                    self._sink.path or "memory only (dead_letter = false): THEY ARE LOST when the process exits",
+                    f" ({len(in_flight)} from batch {batch_id}, whose COMMIT outcome is unknown: check {BATCHES_TABLE})"
+                    if (uncertain or stuck) and in_flight else "",
+                )
+            elif thread is not None:
+                logger.info("accounting: %s: closed; every accepted row settled", path)
+            self._closed = True
+            report = self.stats()
+            report.update(drained=not letters, left=len(letters), dead_letter_path=self._sink.path)
+            self._report = report
+            return report
+
+    # -- inspection ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """One consistent snapshot (taken under one lock): ``submitted``, ``accepted``,
+        ``rejected``, ``dropped``, ``written``, ``dead_lettered``, ``pending`` (= ``queued`` +
+        ``in_flight``), ``batches``, ``faulted_batches``, ``reopens``, ``persistent_signals``,
+        ``uncertain_commits``, ``isolated_batches``, ``probes``, ``episode`` (the fault episode),
+        and latency percentiles ``enqueue_us`` (submit), ``batch_ms`` (batch transaction),
+        ``delay_ms`` (submit to commit of a batch's oldest row).
+
+        Always: accepted = written + dead_lettered + dropped + pending, and
+        submitted = accepted + rejected.
+        """
+        now = self.clock.monotonic()
+        snap = self._ledger.snapshot(extra=lambda: {"episode": self._episode.state(now)})
+        snap["enqueue_us"] = percentiles(snap.pop("_enqueue_ns"), 1e-3)
+        snap["batch_ms"] = percentiles(snap.pop("_batch_s"), 1e3)
+        snap["delay_ms"] = percentiles(snap.pop("_delay_s"), 1e3)
+        thread = self._thread
+        snap["writer_alive"] = bool(thread is not None and thread.is_alive())
+        snap["closed"] = self._closed
+        return snap
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The most recent dead letters (at most 100), oldest first."""
+        return list(self._sink.recent)
+
+    def add_dead_letter_sink(self, sink: Callable[[DeadLetter], None]) -> None:
+        """Also hand every dead letter to ``sink`` (called on the writer thread, or in close());
+        an exception it raises is logged and ignored."""
+        self._sink.extra.append(sink)
+
+    def use_clock(self, clock: Clock) -> None:
+        """Drive the writer's waits and time-based rules with ``clock`` (e.g. a
+        :class:`ManualClock` in tests). Only before the writer starts (the first submit)."""
+        if not isinstance(clock, Clock):
+            raise TypeError(f"use_clock(): {clock!r} has no monotonic()/sleep(seconds, wake)")
+        with self._start_lock:
+            if self._thread is not None:
+                raise PluginError("accounting.use_clock(): the writer has already started")
+            self.clock = clock
+
+    @property
+    def dead_letter_path(self) -> str | None:
+        """The dead-letter file (None: dead letters stay in memory and the log)."""
+        return self._sink.path
+
+    # -- the writer -------------------------------------------------------------------------------
+    def _start_writer(self) -> None:
+        with self._start_lock:
+            if self._thread is not None or self._closing:
+                return
+            store = self._store
+            if store is None:
+                raise PluginError("accounting is not bound to a store (it binds when the store opens its first connection)")
+            writer = Writer(self, store)
+            name = "corestore-accounting[" + (os.path.basename(store.path) or store.path) + "]"
+            thread = threading.Thread(target=writer.run, name=name, daemon=True)
+            self._writer = writer
+            self._thread = thread
+            thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        """The rows and the writer belong to the parent: start empty (DESIGN safety rule 6)."""
+        self._start_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._sink._lock = threading.Lock()
+        self._reset()
+        if self._closed:
+            self._ledger.closed = True
+            self._closing = True
+
+    # -- hooks --------------------------------------------------------------------------------------
+    @hookimpl
+    def on_open(self, store: "Store") -> None:
+        """Bind to the store at its first connection (a read-only profile is refused)."""
+        if self._store is not None:
+            return
+        if store.profile.read_only:
+            raise ConfigError(
+                f"{store.path}: profile {store.profile.name!r} is read-only; the accounting plugin writes "
+                "(disable it for read-only profiles)"
+            )
+        s = self.settings
+        path: str | None = None
+        if s.dead_letter:
+            if s.dead_letter_path is not None:
+                path = s.dead_letter_path
+                if not os.path.isabs(path) and not store.memory:
+                    path = os.path.join(os.path.dirname(store.path), path)
+            elif not store.memory:
+                path = default_path(store.path)
+        self._sink.path = path
+        self._store = store
+
+    @hookimpl
+    def on_health(self, store: "Store") -> HealthComponent:
+        """The ``accounting`` component: DEGRADED while a fault episode is past ``degraded_after``
+        or the queue is full, DOWN if the writer thread died; details are the counters."""
+        st = self.stats()
+        ep = st["episode"]
+        thread = self._thread
+        details = {k: st[k] for k in ("submitted", "accepted", "rejected", "dropped", "written", "dead_lettered",
+                                      "pending", "batches", "faulted_batches", "reopens", "persistent_signals",
+                                      "uncertain_commits")}
+        details["episode"] = ep
+        details["dead_letter_path"] = self._sink.path
+        details["enqueue_p99_us"] = st["enqueue_us"]["p99"]
+        details["batch_p99_ms"] = st["batch_ms"]["p99"]
+        if ep["tier"] in ("degraded", "persistent"):
+            status = HealthStatus.DEGRADED
+            summary = (f"writes failing for {ep['faulted_batches']} batch(es) / {ep['duration_s']:.0f} s "
+                       f"({ep['last_error']}); {st['pending']} row(s) pending")
+        elif thread is not None and not thread.is_alive() and not self._closing:
+            status, summary = HealthStatus.DOWN, "the writer thread stopped"
+        elif st["queued"] >= self.settings.queue_size:
+            status, summary = HealthStatus.DEGRADED, f"queue full ({st['queued']} rows; on_full={self.settings.on_full})"
+        else:
+            status = HealthStatus.UP
+            summary = f"{st['pending']} pending, {st['written']} written"
+            if ep["active"]:
+                summary += f"; recovering from {ep['last_error'] or 'a fault'}"
+        return HealthComponent(name=self.name, status=status, summary=summary, details=details)
+
+    @hookimpl
+    def on_close(self, store: "Store") -> None:
+        """Drain (see :meth:`close`) before the store closes its connections."""
+        self.close()
+
+
+def _drain_at_exit() -> None:
+    """atexit: drain every accounting whose store the application forgot to close."""
+    for acc in list(_INSTANCES):
+        if acc._closed or acc._thread is None:
+            continue
+        logger.warning("accounting: %s: the store was not closed; draining its queue at exit",
+                       acc._store.path if acc._store is not None else "?")
+        try:
+            acc.close()
+        except Exception:  # noqa: BLE001 - keep draining the others
+            logger.exception("accounting: draining at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for acc in list(_INSTANCES):
+        acc._after_fork_in_child()
+
+
+atexit.register(_drain_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
