@@ -1,0 +1,298 @@
+"""mkdocs hooks for the corestore site (``hooks:`` in mkdocs.yml): generated tables, so the
+reference can never drift from the code.
+
+A page asks for a generated table with a marker alone on its line::
+
+    <!-- settings: circuit_breaker -->   the plugin's Settings (registry.settings_help)
+    <!-- profiles: builtin -->           the built-in profiles (profiles.BUILTIN_PROFILES)
+    <!-- profiles: retry -->             RetryPolicy fields and defaults
+    <!-- profiles: pragmas -->           the pragmas a profile may set, with allowed values
+    <!-- errors: taxonomy -->            ErrorKind -> exception, retry / breaker / reopen, codes
+    <!-- hooks: summary -->              every hookspec: group, firstresult, isolated, summary
+
+An unknown marker (any ``<!-- word: argument -->`` comment), an unknown plugin or a plugin without
+``Settings`` fails the build.
+
+Pages written by other parts of the project (:data:`OPTIONAL_PAGES`) may not exist yet: they
+are dropped from the nav and links to them become plain text, so the build works either way;
+``tests/test_docs.py`` is what insists they exist. This module imports nothing from mkdocs at
+import time, so the tests use :func:`render_markers` without mkdocs installed.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import posixpath
+import re
+from typing import Any, Callable
+
+__all__ = ["MARKER", "OPTIONAL_PAGES", "render_markers", "settings_table", "GENERATORS"]
+
+logger = logging.getLogger("mkdocs.hooks.corestore")
+
+DOCS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+#: ``<!-- kind: argument -->`` alone on a line.
+MARKER = re.compile(r"^<!--\s*(?P<kind>[a-z_]+)\s*:\s*(?P<arg>[A-Za-z0-9_.\-]+)\s*-->[ \t]*$", re.MULTILINE)
+
+#: Pages owned by other engineers: in the nav when they exist.
+OPTIONAL_PAGES = frozenset({
+    "plugins/wal_guard.md",
+    "plugins/wal_invariants.md",
+    "plugins/circuit_breaker.md",
+    "plugins/accounting.md",
+    "plugins/quarantine.md",
+    "plugins/health.md",
+    "cli.md",
+    "testing-faults.md",
+    "performance.md",
+})
+
+
+# -- table helpers ---------------------------------------------------------------------------------
+def _cell(text: Any) -> str:
+    return str(text).replace("|", r"\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _code(text: Any) -> str:
+    return f"`{text}`"
+
+
+# -- generators ------------------------------------------------------------------------------------
+def settings_table(plugin: str) -> str:
+    """The settings table of ``plugin`` (its entry-point name), from its ``Settings`` class."""
+    from corestore import registry
+
+    cls = registry.load_plugin_class(plugin, where="site")
+    rows = registry.settings_help(cls)
+    if not rows:
+        raise ValueError(f"plugin {plugin!r} ({cls.__module__}.{cls.__qualname__}) has no Settings class")
+    missing = [r["name"] for r in rows if not r["help"]]
+    if missing:
+        raise ValueError(f"plugin {plugin!r}: Settings field(s) without metadata help: {', '.join(missing)}")
+    body = _table(
+        ["Setting", "Type", "Default", "Meaning"],
+        [[_code(r["name"]), _code(r["type"]), _code(r["default"]), r["help"]] for r in rows],
+    )
+    return f"{body}\n\nSet in TOML under `[profiles.NAME.settings.{plugin}]` or `[databases.NAME.settings.{plugin}]`."
+
+
+def _builtin_profiles(arg: str) -> str:
+    if arg != "builtin":
+        return _profiles_other(arg)
+    from corestore.profiles import BUILTIN_PROFILES
+
+    rows = []
+    for name, raw in BUILTIN_PROFILES.items():
+        plugins = ", ".join(_code(p) for p in raw.get("plugins", ())) or "(none)"
+        pragmas = ", ".join(f"`{k}={v}`" for k, v in dict(raw.get("pragmas", {})).items()) or "(none)"
+        rows.append([_code(name), plugins, pragmas])
+    note = ("On macOS the `default` profile also sets `fullfsync=1` and `checkpoint_fullfsync=1` "
+            "(plain `fsync` is not durable there); the table shows the profile on the machine that built this site.")
+    return _table(["Profile", "Plugins", "Pragmas"], rows) + "\n\n" + note
+
+
+_RETRY_MEANING = {
+    "busy_attempts": "attempts of a unit that keeps failing with BUSY (lock contention), the first included",
+    "transient_attempts": "attempts of a unit that keeps failing with TRANSIENT_IO, the first included",
+    "fatal_attempts": "attempts for FATAL_IO; 1 = never retried (a failing disk is not retried into); "
+                      "more reopens the connection and tries again",
+    "base_delay_s": "first backoff delay in seconds; doubles per attempt, jittered to 50-100 %",
+    "max_delay_s": "cap of one backoff delay, seconds",
+    "budget_s": "total time budget of one `run()` call, seconds (the call's `deadline_s` shortens it)",
+}
+
+
+def _profiles_other(arg: str) -> str:
+    import attrs
+
+    from corestore.profiles import RetryPolicy, _ENUM_PRAGMAS, _BOOL_PRAGMAS, _INT_PRAGMAS
+
+    if arg == "retry":
+        rows = []
+        for field in attrs.fields(RetryPolicy):
+            meaning = _RETRY_MEANING.get(field.name)
+            if meaning is None:
+                raise ValueError(f"RetryPolicy.{field.name} has no description in site/_hooks.py _RETRY_MEANING")
+            ftype = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+            rows.append([_code(field.name), _code(ftype), _code(repr(field.default)), meaning])
+        return _table(["Key", "Type", "Default", "Meaning"], rows)
+    if arg == "pragmas":
+        rows = [[_code(n), "one of " + ", ".join(_code(v) for v in vals)] for n, vals in sorted(_ENUM_PRAGMAS.items())]
+        rows += [[_code(n), "`true` / `false` (stored as 1 / 0)"] for n in sorted(_BOOL_PRAGMAS)]
+        rows += [[_code(n), "integer" + (" >= 0 (milliseconds)" if n == "busy_timeout" else "")] for n in sorted(_INT_PRAGMAS)]
+        return _table(["Pragma", "Allowed values"], rows)
+    raise ValueError(f"unknown profiles marker argument {arg!r} (builtin, retry, pragmas)")
+
+
+def _errors(arg: str) -> str:
+    if arg != "taxonomy":
+        raise ValueError(f"unknown errors marker argument {arg!r} (taxonomy)")
+    from corestore.classify import FLAGS_BY_KIND, KIND_BY_CODE, SQLITE_CODES
+    from corestore.errors import ErrorKind
+    from corestore.store import _EXCEPTION_FOR_KIND
+
+    primaries: dict[ErrorKind, list[str]] = {}
+    overrides: dict[ErrorKind, list[str]] = {}
+    for code, kind in KIND_BY_CODE.items():
+        name = SQLITE_CODES[code].removeprefix("SQLITE_")
+        if code <= 0xFF:
+            if code not in (0, 100, 101):
+                primaries.setdefault(kind, []).append(f"{name} {code}")
+        elif kind is not KIND_BY_CODE.get(code & 0xFF):
+            overrides.setdefault(kind, []).append(f"{name} {code}")
+    yes = {True: "yes", False: "no"}
+    rows = []
+    for kind in ErrorKind:
+        flags = FLAGS_BY_KIND[kind]
+        exc = _EXCEPTION_FOR_KIND.get(kind)
+        codes = primaries.get(kind, []) + overrides.get(kind, [])
+        if kind is ErrorKind.FATAL_IO:
+            retry = "only by policy (`retry.fatal_attempts`)"
+        elif kind is ErrorKind.INVARIANT:
+            codes = ["corestore's own post-commit check"]
+            retry = "never (the data is committed)"
+        else:
+            retry = "yes, bounded, in `run()`" if flags.retryable else "no"
+        if kind is ErrorKind.UNKNOWN:
+            codes = ["anything else"] + codes
+        rows.append([
+            _code(kind.name), ", ".join(codes) or "-",
+            _code(exc.__name__) if exc else "-",
+            retry, yes[flags.trips_breaker], yes[flags.reopen], yes[kind not in _not_faults()],
+        ])
+    return _table(["Kind", "SQLite codes (primary; extended ones that differ)", "Raised as", "Retried",
+                   "Trips breaker", "Reopens", "`on_fatal`"], rows)
+
+
+def _not_faults() -> frozenset[Any]:
+    from corestore.errors import _NOT_FAULTS
+
+    return _NOT_FAULTS
+
+
+_HOOK_GROUPS = {
+    "on_open": "open", "classify_error": "operate", "before_operation": "operate", "on_success": "operate",
+    "after_operation": "operate",
+    "on_commit_invariant": "commit", "on_fatal": "fail", "on_persistent_failure": "fail",
+    "on_health": "health", "on_health_changed": "health", "on_close": "close",
+}
+
+
+def _hooks(arg: str) -> str:
+    if arg != "summary":
+        raise ValueError(f"unknown hooks marker argument {arg!r} (summary)")
+    from corestore import hookspecs
+
+    rows = []
+    for name in hookspecs.HOOK_NAMES:
+        fn = getattr(hookspecs, name)
+        opts = getattr(fn, "corestore_spec", {}) or {}
+        group = _HOOK_GROUPS.get(name)
+        if group is None:
+            raise ValueError(f"hook {name!r} has no lifecycle group in site/_hooks.py _HOOK_GROUPS")
+        params = ", ".join(p for p in inspect.signature(fn).parameters)
+        first = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
+        notes = []
+        if opts.get("firstresult"):
+            notes.append("first non-None wins")
+        if name in hookspecs.ISOLATED_HOOKS:
+            notes.append("isolated")
+        rows.append([f"[`{name}({params})`][corestore.hookspecs.{name}]", group, ", ".join(notes) or "-", first])
+    return _table(["Hook", "Phase", "Calling", "When"], rows)
+
+
+GENERATORS: dict[str, Callable[[str], str]] = {
+    "settings": settings_table,
+    "profiles": _builtin_profiles,
+    "errors": _errors,
+    "hooks": _hooks,
+}
+
+
+def render_markers(markdown: str, *, where: str = "<page>") -> str:
+    """Replace every marker in ``markdown`` by its generated table; raise ValueError on a bad one."""
+
+    def replace(match: re.Match[str]) -> str:
+        kind, arg = match.group("kind"), match.group("arg")
+        generator = GENERATORS.get(kind)
+        if generator is None:  # a typo must not leave a page without its table
+            raise ValueError(f"{where}: unknown marker <!-- {kind}: {arg} -->; known kinds: {', '.join(GENERATORS)}")
+        try:
+            return generator(arg)
+        except Exception as err:
+            raise ValueError(f"{where}: marker <!-- {kind}: {arg} --> failed: {type(err).__name__}: {err}") from err
+
+    return MARKER.sub(replace, markdown)
+
+
+# -- nav and links to pages that may not exist yet ------------------------------------------------------
+def _exists(rel: str, docs_dir: str) -> bool:
+    return os.path.isfile(os.path.join(docs_dir, rel))
+
+
+def _filter_nav(items: Any, docs_dir: str, dropped: list[str]) -> Any:
+    if isinstance(items, list):
+        out = []
+        for item in items:
+            kept = _filter_nav(item, docs_dir, dropped)
+            if kept is not None:
+                out.append(kept)
+        return out
+    if isinstance(items, dict):
+        out_d = {}
+        for title, value in items.items():
+            kept = _filter_nav(value, docs_dir, dropped)
+            if kept is not None and kept != []:
+                out_d[title] = kept
+        return out_d or None
+    if isinstance(items, str) and items in OPTIONAL_PAGES and not _exists(items, docs_dir):
+        dropped.append(items)
+        return None
+    return items
+
+
+_LINK = re.compile(r"\[(?P<text>[^\]]+)\]\((?P<target>[^)#\s]+\.md)(?P<anchor>#[^)\s]*)?\)")
+
+
+def unlink_missing(markdown: str, page_path: str, docs_dir: str) -> str:
+    """Turn links to missing :data:`OPTIONAL_PAGES` into their text (``page_path`` is the page's
+    path relative to the docs dir, with forward slashes)."""
+    base = posixpath.dirname(page_path)
+
+    def replace(match: re.Match[str]) -> str:
+        target = posixpath.normpath(posixpath.join(base, match.group("target")))
+        if target in OPTIONAL_PAGES and not _exists(target, docs_dir):
+            logger.info("corestore hooks: %s links to %s, which does not exist yet; shown as text", page_path, target)
+            return match.group("text")
+        return match.group(0)
+
+    return _LINK.sub(replace, markdown)
+
+
+# -- mkdocs events ---------------------------------------------------------------------------------
+def on_config(config: Any) -> Any:
+    dropped: list[str] = []
+    if config.get("nav"):
+        config["nav"] = _filter_nav(config["nav"], config["docs_dir"], dropped)
+    for page in dropped:
+        logger.info("corestore hooks: %s is not written yet; left out of the nav", page)
+    return config
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    from mkdocs.exceptions import PluginError
+
+    src = page.file.src_uri
+    try:
+        markdown = render_markers(markdown, where=src)
+    except ValueError as err:
+        raise PluginError(str(err)) from err
+    return unlink_missing(markdown, src, config["docs_dir"])
