@@ -48,7 +48,7 @@ import attrs
 
 from .cli import EXIT_USAGE, command, config_path
 from .errors import ConfigError, StoreError
-from .health import HealthStatus, worst_status
+from .health import HealthStatus, to_jsonable, worst_status
 from .sqlitefile import parse_header
 
 __all__ = [
@@ -125,7 +125,7 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {"check": self.check, "severity": self.severity.value, "message": self.message,
-                "advice": self.advice, "details": _jsonable(self.details)}
+                "advice": self.advice, "details": to_jsonable(self.details)}
 
 
 @attrs.frozen(kw_only=True)
@@ -626,9 +626,8 @@ def diagnose(
     in_use = bool(holders or openers)
 
     # -- side files ----------------------------------------------------------------------------------------
-    wal_summary: dict[str, Any] | None = None
     if is_database:
-        wal_summary = _wal_findings(real, st, header, wal_stat, side_stats["shm"], in_use, add)
+        _wal_findings(real, st, header, wal_stat, side_stats["shm"], in_use, add)
         _journal_findings(real, side_stats["journal"], holders, header, add)
 
     # -- SQLite: journal mode and quick_check --------------------------------------------------------------
@@ -968,18 +967,6 @@ def _quarantine_finding(real: str, add: Callable[[Finding], None]) -> None:
                 details={"marker": real + QUARANTINE_SUFFIX, "evidence": marker}))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return value.value
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
 # -- text output ------------------------------------------------------------------------------------------
 def format_diagnosis(diag: Diagnosis) -> str:
     """The human table: one aligned line per finding, its advice under it."""
@@ -1104,7 +1091,7 @@ def _synthetic(path: str, profile: str, status: HealthStatus, summary: str, **de
     return {
         "status": status.value, "database": path, "profile": profile,
         "checked_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "components": {"database": {"status": status.value, "summary": summary, "details": _jsonable(details)}},
+        "components": {"database": {"status": status.value, "summary": summary, "details": to_jsonable(details)}},
     }
 
 

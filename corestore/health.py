@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
-__all__ = ["HealthStatus", "HealthComponent", "HealthReport", "worst_status"]
+__all__ = ["HealthStatus", "HealthComponent", "HealthReport", "worst_status", "to_jsonable"]
 
 
 class HealthStatus(str, enum.Enum):
@@ -56,7 +56,7 @@ class HealthComponent:
     details: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze, eq=False, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status.value, "summary": self.summary, "details": _jsonable(dict(self.details))}
+        return {"status": self.status.value, "summary": self.summary, "details": to_jsonable(dict(self.details))}
 
 
 @attrs.frozen(kw_only=True)
@@ -93,11 +93,13 @@ class HealthReport:
         }
 
 
-def _jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types: mappings to dicts, sequences to lists, enums to values,
+    anything else to ``str``."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, enum.Enum):
         return value.value
     if value is None or isinstance(value, (str, int, float, bool)):

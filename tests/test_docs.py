@@ -92,7 +92,7 @@ def test_every_hook_is_documented(hook: str) -> None:
     reference = (SITE / "reference" / "hooks.md").read_text()
     assert re.search(rf"^::: corestore\.hookspecs\.{hook}\s*$", reference, re.MULTILINE), (
         f"site/reference/hooks.md has no `::: corestore.hookspecs.{hook}` section")
-    assert f"<!-- hooks: summary -->" in reference
+    assert "<!-- hooks: summary -->" in reference
     assert f"`{hook}" in (SITE / "concepts" / "hooks.md").read_text(), (
         f"the lifecycle page site/concepts/hooks.md does not mention {hook}")
     table = site_hooks.render_markers("<!-- hooks: summary -->")

@@ -66,7 +66,7 @@ def _uncertain_commit_through_run(path: str, idempotent_retry: bool) -> dict:
     out["rows_after_heal"] = store.database.execute_sql("select count(*) from t").fetchone()[0]
     if idempotent_retry:
         # a unit that is safe to repeat may be retried across an uncertain commit
-        rule = disk.arm(op="fsync", file="wal", errno="EIO", count=1)
+        disk.arm(op="fsync", file="wal", errno="EIO", count=1)
         store.run(lambda: store.database.execute_sql("insert or ignore into t(id, x) values (100, 'idem')"),
                   idempotent=True)
         out["idempotent_retries"] = store.stats()["retries"]

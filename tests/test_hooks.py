@@ -7,16 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import peewee
 import pytest
 
 import corestore
 from corestore import ErrorKind, HealthStatus, InvariantViolation, Profile
 from corestore.hookspecs import HOOK_NAMES
 
-import plugin_fixtures
 from plugin_fixtures import EVENTS
-from conftest import run_python
 
 
 @pytest.fixture(autouse=True)

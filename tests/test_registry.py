@@ -3,7 +3,6 @@ imported only when enabled, failures confined to the profiles that need them."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest

@@ -17,7 +17,6 @@ import pytest
 import corestore
 from corestore import ConfigError, Profile, ReadOnlyError, StoreClosedError
 
-from conftest import run_python
 
 WAL_NORMAL = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"}
 
