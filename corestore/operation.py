@@ -23,7 +23,7 @@ class Operation:
     ``deadline`` are ``time.monotonic()`` values (``deadline`` None when unbounded).
     """
 
-    kind: str = attrs.field(validator=attrs.validators.in_(_KINDS))
+    kind: str  # one of _KINDS; not validated per instance: the core builds one per operation (hot path)
     name: str | None = None
     attempt: int = 1
     started: float = attrs.field(factory=time.monotonic)

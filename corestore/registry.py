@@ -234,12 +234,20 @@ class HookCaller:
                 fn(store, operation)
 
     def on_success(self, store: "Store", operation: Operation) -> None:
-        if self.has_on_success:
-            self._isolated("on_success", store, operation)
+        for plugin, fn in self._calls["on_success"]:  # isolated, inlined: it runs on every commit
+            try:
+                fn(store, operation)
+            except Exception:
+                logger.exception("on_success of plugin %r raised; the other plugins still run", plugin)
 
     def after_operation(self, store: "Store", operation: Operation | None) -> None:
-        if self.has_after_operation and operation is not None:
-            self._isolated("after_operation", store, operation)
+        if operation is None:
+            return
+        for plugin, fn in self._calls["after_operation"]:  # isolated, inlined: it runs on every operation
+            try:
+                fn(store, operation)
+            except Exception:
+                logger.exception("after_operation of plugin %r raised; the other plugins still run", plugin)
 
     # -- commit ----------------------------------------------------------------------------
     def on_commit_invariant(self, store: "Store", connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
