@@ -416,35 +416,6 @@ def test_peewee_wrapped_errors(db_path: Path, tmp_path: Path) -> None:
     assert_verdict(raised(missing.connect), K.ENVIRONMENT, 14, "unable to open")
 
 
-def test_peewee_masked_ioerr(db_path: Path) -> None:
-    """peewee's ROLLBACK after SQLite already rolled back masks the IOERR (incidents README).
-
-    The IOERR itself is built by hand: a real one needs the failpoint harness another engineer
-    is building. Everything else is real: SQLite's auto-rollback is mimicked with a raw
-    ROLLBACK, then peewee's ``atomic()`` issues its own ROLLBACK, which SQLite refuses with
-    "cannot rollback - no transaction is active" (code 1), chained to our error by Python.
-    """
-    db = peewee.SqliteDatabase(str(db_path))
-    ioerr = sqlite3.OperationalError("disk I/O error")
-    ioerr.sqlite_errorcode = 778  # type: ignore[attr-defined]
-    ioerr.sqlite_errorname = "SQLITE_IOERR_WRITE"  # type: ignore[attr-defined]
-
-    def unit() -> None:
-        with db.atomic():
-            db.execute_sql("INSERT INTO t (name) VALUES ('x')")
-            db.connection().execute("ROLLBACK")  # what SQLite does by itself on IOERR
-            raise peewee.OperationalError(ioerr, *ioerr.args)  # as peewee wraps a driver error
-
-    exc = raised(unit)
-    assert "cannot rollback" in str(exc)  # the outer error is the symptom
-    assert driver_error(exc) is ioerr
-    c = classify_exception(exc)
-    assert (c.kind, c.code, c.extended_code, c.name) == (K.FATAL_IO, 10, 778, "SQLITE_IOERR_WRITE")
-    assert (c.retryable, c.trips_breaker, c.reopen) == (False, True, True)
-    assert c.message == "disk I/O error"
-    db.close()
-
-
 def test_symptom_alone_is_reported_as_is() -> None:
     conn = sqlite3.connect(":memory:")
     exc = raised(lambda: conn.execute("ROLLBACK"))

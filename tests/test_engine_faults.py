@@ -21,7 +21,8 @@ SQLITE3_FSYNC_EIO = {"journal_mode": "wal", "synchronous": "full", "busy_timeout
 
 def _masked_chain_in_bare_peewee(path: str) -> dict:
     """Bare peewee (no corestore): fsync fails at COMMIT, peewee's atomic() then issues a ROLLBACK
-    that cannot succeed. The caller sees "cannot rollback"; the real error is only in __context__."""
+    that cannot succeed. The caller sees "cannot rollback"; the real error is only in __context__
+    (peewee 4; peewee 3.17 rolls back through the DB-API, which does nothing, and shows the real one)."""
     from corestore.classify import classify_exception
     from corestore_contrib.failpoint import PreloadFailpoint
 
@@ -43,7 +44,8 @@ def _masked_chain_in_bare_peewee(path: str) -> dict:
 def test_masked_ioerr_chain_is_classified_by_its_real_code(preload_failpoint, tmp_path: Path) -> None:
     child = preload_failpoint.run(_masked_chain_in_bare_peewee, args=[str(tmp_path / "store.db")])
     out = child.check().result
-    assert "cannot rollback" in out["raised"]  # what peewee shows
+    if int(peewee.__version__.split(".")[0]) >= 4:
+        assert "cannot rollback" in out["raised"]  # what peewee 4 shows (3.17 rolls back via the DB-API: no mask)
     assert (out["kind"], out["code"]) == ("FATAL_IO", 1034)  # what actually happened: SQLITE_IOERR_FSYNC
 
 

@@ -376,13 +376,15 @@ _TRY_WRITE = """
 
 @pytest.mark.parametrize("held", ["read", "write"])
 @pytest.mark.parametrize("drop_locks", [False, True], ids=["invariant", "control-open-close"])
-def test_delete_mode_the_invariant_keeps_the_process_locks(tmp_path: Path, held: str, drop_locks: bool) -> None:
+def test_delete_mode_the_invariant_keeps_the_process_locks(tmp_path: Path, held: str, drop_locks: bool,
+                                                           install_plugins: Any) -> None:
     """Process A holds a lock on one connection; the invariant runs in A on another connection
     right after it commits; process B must still be refused. The control does what upstream's
     first fix did (open and close the file to read its header) and shows B getting through, so
     this test can tell the difference."""
     path = str(tmp_path / "locks.db")
-    store = corestore.open(_profile(path, mode="delete"))
+    install_plugins(t_commit_callback="plugin_fixtures:CommitCallback")
+    store = corestore.open(_profile(path, mode="delete", plugins=("t_commit_callback", "wal_invariants")))
     store.database.execute_sql("CREATE TABLE t (x)")
     other = sqlite3.connect(path, isolation_level=None, timeout=0)  # another of A's connections
 
@@ -395,7 +397,7 @@ def test_delete_mode_the_invariant_keeps_the_process_locks(tmp_path: Path, held:
 
     def unit() -> None:
         store.database.execute_sql("INSERT INTO t VALUES ('from A')")
-        store.database.after_commit(take_lock)
+        plugin_fixtures.AFTER_COMMIT.append(take_lock)
 
     store.run(unit)
     assert other.in_transaction
