@@ -497,11 +497,19 @@ class Store:
 
     # -- transactions (internal) ---------------------------------------------------------------
     def _transaction_cm(self, kind: str, *, lock_type: str | None, name: str | None) -> _Txn:
+        if lock_type not in _BEGIN:
+            upper = str(lock_type).upper()
+            if upper not in _BEGIN:
+                raise QueryError(
+                    f"{self.path}: lock type {lock_type!r} is not allowed; allowed: DEFERRED, IMMEDIATE, EXCLUSIVE",
+                    classification=Classification(kind=ErrorKind.PROGRAMMING, name="BAD_LOCK_TYPE"), path=self.path,
+                )
+            lock_type = upper
         return _Txn(self, kind, lock_type=lock_type, name=name)
 
     def _begin(self, txn: _Txn) -> _Txn:
         db = self.database
-        if db.transaction_depth() > 0:
+        if db._state.transactions:
             top = db.top_transaction()
             if txn.kind == "write" and isinstance(top, _Txn) and top.kind == "read":
                 raise QueryError(
@@ -530,7 +538,7 @@ class Store:
         record = self._acquire_for(txn.op, txn.report)
         txn.record = record
         try:
-            record.conn.execute(f"BEGIN {txn.lock_type}" if txn.lock_type else "BEGIN")
+            record.conn.execute(_BEGIN[txn.lock_type])
         except Exception as err:
             db.release(record)
             raise self._failed(err, txn.op, committed=False, report=txn.report) from err
@@ -815,6 +823,10 @@ class Store:
         else:
             _mono, details["probed_at"], status, summary = probe
         return HealthComponent(name="database", status=status, summary=summary, details=details)
+
+
+_BEGIN = {None: "BEGIN", "": "BEGIN", "IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN DEFERRED",
+          "EXCLUSIVE": "BEGIN EXCLUSIVE"}
 
 
 def _noop() -> None:

@@ -294,6 +294,15 @@ def test_nested_get_or_create_and_savepoints(minimal: corestore.Store) -> None:
     assert sorted(t.name for t in Tag.select()) == ["a", "b"]
 
 
+def test_lock_types(minimal: corestore.Store) -> None:
+    minimal.database.execute_sql("create table t(x)")
+    with minimal.database.atomic("exclusive"):  # peewee spelling, any case
+        minimal.database.execute_sql("insert into t values (1)")
+    with pytest.raises(corestore.QueryError, match="lock type 'IMMEDIATE; DROP TABLE t' is not allowed"):
+        minimal.transaction(lock_type="IMMEDIATE; DROP TABLE t")
+    assert minimal.database.execute_sql("select count(*) from t").fetchone()[0] == 1
+
+
 def test_transaction_inside_read_is_an_error(minimal: corestore.Store) -> None:
     with minimal.read():
         with pytest.raises(corestore.QueryError, match=r"transaction\(\) inside read\(\)"):

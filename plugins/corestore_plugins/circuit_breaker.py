@@ -253,6 +253,7 @@ class Breaker:
         self._notify_lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._epoch = 0
+        self._messages: dict[int, str] = {}  # epoch -> the refusal message of that state
         self._flights: dict[int, Any] = {}  # id(op) -> admitting epoch | _Flight (probe) | _DONE
         self._lanes = {name: _Lane(name, settings.window_s) for name in LANES}
         self._write, self._read = self._lanes["write"], self._lanes["read"]
@@ -376,9 +377,18 @@ class Breaker:
     # (a reported post-commit violation reaches on_fatal and then on_success: the first counts).
     def admit(self, op: Any) -> None:
         """Let ``op`` start, or raise :class:`~corestore.CircuitOpenError` (nothing touched)."""
-        if self._state is _CLOSED:  # the hot path: one dict store, no lock (see the notes above)
+        state = self._state
+        if state is _CLOSED:  # the hot path: one dict store, no lock (see the notes above)
             self._flights[id(op)] = self._epoch
             return
+        if state is BreakerState.ISOLATED or state is BreakerState.OPEN:
+            # Refusing is the other hot path (a broken file is hammered by every caller): no
+            # lock while the state says "refuse"; a transition racing with it can only refuse one
+            # more operation, never admit one. The count is a lock-free total.
+            now = self.clock()
+            if state is BreakerState.ISOLATED or now < self._open_until:
+                self._rejected += 1
+                raise self._rejection(state, now)
         error: CircuitOpenError | None = None
         with self._lock:
             state = self._state
@@ -567,24 +577,26 @@ class Breaker:
         self._events.append(record)
 
     def _rejection(self, state: BreakerState, now: float) -> CircuitOpenError:
-        if state is BreakerState.ISOLATED:
-            return CircuitOpenError(
-                f"{self.path}: circuit breaker ISOLATED ({self._isolated_reason}); every operation is refused "
-                "without touching the file until store.plugin('circuit_breaker').reset()",
-                retry_after=None, committed=False, path=self.path,
-            )
+        # The message text is built once per state (per epoch): a refused call must cost
+        # microseconds. The seconds to the next probe are in ``retry_after``.
+        message = self._messages.get(self._epoch)
+        if message is None:
+            if state is BreakerState.ISOLATED:
+                message = (f"{self.path}: circuit breaker ISOLATED ({self._isolated_reason}); every operation is "
+                           "refused without touching the file until store.plugin('circuit_breaker').reset()")
+            elif state is BreakerState.OPEN:
+                message = (f"{self.path}: circuit breaker OPEN after {self._reason}; refused without touching the "
+                           f"file until the cooldown ({self._cooldown:g} s) is over (retry_after: seconds to the "
+                           "next probe); store.health() shows the breaker")
+            else:
+                message = (f"{self.path}: circuit breaker HALF_OPEN: the probe(s) in flight decide whether it "
+                           "closes; refused without touching the file, retry shortly")
+            self._messages = {self._epoch: message}
         if state is BreakerState.OPEN:
-            left = max(0.0, self._open_until - now)
-            return CircuitOpenError(
-                f"{self.path}: circuit breaker OPEN after {self._reason}; refused without touching the file; "
-                f"next probe in {left:.3f} s (cooldown {self._cooldown:g} s). store.health() shows the breaker",
-                retry_after=left, committed=False, path=self.path,
-            )
-        return CircuitOpenError(
-            f"{self.path}: circuit breaker HALF_OPEN: {self._probes} probe(s) in flight decide whether it "
-            "closes; refused without touching the file, retry shortly",
-            retry_after=0.0, committed=False, path=self.path,
-        )
+            retry_after: float | None = max(0.0, self._open_until - now)
+        else:
+            retry_after = None if state is BreakerState.ISOLATED else 0.0
+        return CircuitOpenError(message, retry_after=retry_after, committed=False, path=self.path)
 
     # -- announcing ----------------------------------------------------------------------------
     def _announce(self) -> None:
