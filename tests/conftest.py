@@ -69,6 +69,27 @@ def run_python(code: str, *args: str, timeout: float = 60, env: dict[str, str] |
     )
 
 
+class Holder:
+    """Another process holding ``BEGIN IMMEDIATE`` on a file until released."""
+
+    def __init__(self, path: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], isolation_level=None); "
+             "c.execute('begin immediate'); print('held', flush=True); sys.stdin.readline(); c.execute('commit')",
+             path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 @pytest.fixture
 def install_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """Install entry points in the ``corestore`` group as a real ``.dist-info`` on ``sys.path``.

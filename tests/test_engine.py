@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import corestore
 from corestore import ErrorKind, Profile
 
-from conftest import child_env, root_only, run_python
+from conftest import Holder, child_env, root_only, run_python
 
 DRIVERS = ["sqlite3", pytest.param("apsw", marks=pytest.mark.skipif(
     __import__("importlib").util.find_spec("apsw") is None, reason="apsw not installed"))]
@@ -31,23 +30,6 @@ DRIVERS = ["sqlite3", pytest.param("apsw", marks=pytest.mark.skipif(
 def profile(path: str, driver: str = "sqlite3", **kw) -> Profile:
     pragmas = kw.pop("pragmas", {"busy_timeout": 100, "journal_mode": "wal", "synchronous": "normal"})
     return Profile(path=path, driver=driver, pragmas=pragmas, **kw)
-
-
-class Holder:
-    """Another process holding ``BEGIN IMMEDIATE`` on a file until released."""
-
-    def __init__(self, path: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], isolation_level=None); "
-             "c.execute('begin immediate'); print('held', flush=True); sys.stdin.readline(); c.execute('commit')",
-             path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "held"
-
-    def release(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write("\n")
-            self.proc.stdin.flush()
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -60,8 +42,7 @@ def holder(db_path: str) -> Iterator[callable]:
 
     yield make
     for h in holders:
-        h.proc.kill()
-        h.proc.wait()
+        h.kill()
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

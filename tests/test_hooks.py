@@ -3,8 +3,6 @@ result does. Plugins are installed through real entry points."""
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from corestore import ErrorKind, HealthStatus, InvariantViolation, Profile
 from corestore.hookspecs import HOOK_NAMES
 
 from plugin_fixtures import EVENTS
+from conftest import Holder
 
 
 @pytest.fixture(autouse=True)
@@ -65,12 +64,8 @@ def test_hook_classify_error(tmp_path: Path, plugins) -> None:
     plain = open_with(path, "t_recorder")
     overriding = open_with(path, "t_busy_is_fatal", "t_recorder")
     plain.database.execute_sql("create table t(x)")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); "
-         "c.execute('begin immediate'); print('held', flush=True); time.sleep(30)", str(path)],
-        stdout=subprocess.PIPE, text=True)
+    holder = Holder(str(path))  # another process holds BEGIN IMMEDIATE
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(corestore.BusyError) as busy:
             with plain.transaction():
                 pass
@@ -82,7 +77,6 @@ def test_hook_classify_error(tmp_path: Path, plugins) -> None:
         assert c.kind is ErrorKind.FATAL_IO and c.source == "t_busy_is_fatal" and c.code == 5
     finally:
         holder.kill()
-        holder.wait()
     # the override made it a fault: on_fatal heard about it, for the overriding store only
     assert hooks_of("t_recorder", "on_fatal") == [("t_recorder", "on_fatal", "FATAL_IO", "write")]
     plain.close()
@@ -173,17 +167,12 @@ def test_hook_on_fatal(tmp_path: Path, plugins) -> None:
 def test_hook_on_fatal_once_per_run(tmp_path: Path, plugins) -> None:
     path = tmp_path / "a.db"
     store = open_with(path, "t_busy_is_fatal", "t_recorder", retry={"fatal_attempts": 3, "base_delay_s": 0.001})
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None); "
-         "c.execute('begin immediate'); print('held', flush=True); time.sleep(30)", str(path)],
-        stdout=subprocess.PIPE, text=True)
+    holder = Holder(str(path))  # another process holds BEGIN IMMEDIATE
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(corestore.FatalError):
             store.run(lambda: None, name="unit")
     finally:
         holder.kill()
-        holder.wait()
     assert store.stats()["retries"] == 2  # three attempts ...
     assert hooks_of("t_recorder", "on_fatal") == [("t_recorder", "on_fatal", "FATAL_IO", "write")]  # ... one outcome
     store.close()

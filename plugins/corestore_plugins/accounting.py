@@ -33,6 +33,7 @@ import attrs
 import peewee
 
 from corestore import ConfigError, HealthComponent, HealthStatus, PluginError, hookimpl
+from corestore.settings import boolean
 
 from ._accounting_clock import Clock, ManualClock, SystemClock
 from ._accounting_deadletter import DeadLetter, DeadLetterSink, default_path
@@ -85,9 +86,6 @@ def _on_full(instance: Any, attribute: Any, value: Any) -> None:
         raise ConfigError(f"on_full = {value!r} is not allowed; allowed: {', '.join(ON_FULL)}")
 
 
-def _bool(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{attribute.name} = {value!r} must be true or false")
 
 
 def _check_backoff(instance: Any, attribute: Any, value: Any) -> None:
@@ -155,7 +153,7 @@ class Accounting:
                                              metadata={"help": "close(): time to write the backlog before dead-lettering it"})
         ts_column: str | None = attrs.field(default=None, validator=_optional_str,
                                             metadata={"help": "column set to the submit time (unix seconds) when a row lacks it"})
-        dead_letter: bool = attrs.field(default=True, validator=_bool,
+        dead_letter: bool = attrs.field(default=True, validator=boolean,
                                         metadata={"help": "append dead letters to a JSON-lines file beside the database"})
         dead_letter_path: str | None = attrs.field(
             default=None, validator=_optional_str,

@@ -34,6 +34,7 @@ import attrs
 from corestore import hookimpl
 from corestore.errors import CircuitOpenError, Classification, ConfigError, PluginError
 from corestore.health import HealthComponent, HealthStatus
+from corestore.settings import integer_at_least
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore.operation import Operation
@@ -89,12 +90,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _int_at_least(low: int) -> Callable[[Any, Any, Any], None]:
-    def check(instance: Any, attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{attribute.name} = {value!r} must be an integer >= {low}")
-
-    return check
 
 
 def _number_above(low: float, *, inclusive: bool = False, optional: bool = False) -> Callable[[Any, Any, Any], None]:
@@ -730,7 +725,7 @@ class CircuitBreaker:
 
     @attrs.frozen(kw_only=True)
     class Settings:
-        failure_threshold: int = attrs.field(default=3, validator=_int_at_least(1), metadata={
+        failure_threshold: int = attrs.field(default=3, validator=integer_at_least(1), metadata={
             "help": "consecutive faults of one direction (reads or writes) that open the breaker"})
         cooldown_s: float = attrs.field(default=30.0, validator=_number_above(0), metadata={
             "help": "seconds an open breaker refuses everything before admitting a probe"})
@@ -738,13 +733,13 @@ class CircuitBreaker:
             "help": "cooldown multiplier on each consecutive re-trip (1 = constant cooldown)"})
         max_cooldown_s: float = attrs.field(default=300.0, validator=_number_above(0), metadata={
             "help": "upper bound of the grown cooldown"})
-        half_open_probes: int = attrs.field(default=1, validator=_int_at_least(1), metadata={
+        half_open_probes: int = attrs.field(default=1, validator=integer_at_least(1), metadata={
             "help": "operations admitted at once while half-open"})
-        success_threshold: int = attrs.field(default=1, validator=_int_at_least(1), metadata={
+        success_threshold: int = attrs.field(default=1, validator=integer_at_least(1), metadata={
             "help": "successful probes (of the direction that tripped it) that close the breaker"})
         window_s: float | None = attrs.field(default=None, validator=_number_above(0, optional=True), metadata={
             "help": "sliding window (seconds) of the failure-rate rule; unset turns the rule off"})
-        min_calls: int = attrs.field(default=10, validator=_int_at_least(1), metadata={
+        min_calls: int = attrs.field(default=10, validator=integer_at_least(1), metadata={
             "help": "calls of one direction in the window before the rate rule can trip"})
         failure_rate: float = attrs.field(default=0.5, validator=_rate, metadata={
             "help": "fraction of failed calls in the window that opens the breaker"})

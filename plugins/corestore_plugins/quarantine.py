@@ -55,6 +55,7 @@ from corestore import (
 )
 from corestore.errors import ConfigError
 from corestore.sqlitefile import read_header
+from corestore.settings import boolean, non_negative_seconds
 
 __all__ = [
     "Quarantine",
@@ -214,14 +215,8 @@ def _kinds_converter(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _bool(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{attribute.name} = {value!r} must be true or false")
 
 
-def _non_negative(instance: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{attribute.name} = {value!r} must be a number >= 0 (seconds)")
 
 
 def _iso(ts: float) -> str:
@@ -279,15 +274,15 @@ class Quarantine:
             metadata={"help": "error kinds that quarantine the store (any fault kind: CORRUPT, INVARIANT, FATAL_IO)"},
         )
         allow_reads: bool = attrs.field(
-            default=True, validator=_bool,
+            default=True, validator=boolean,
             metadata={"help": "let reads (and backup) run while quarantined"},
         )
         recheck_s: float = attrs.field(
-            default=1.0, validator=_non_negative,
+            default=1.0, validator=non_negative_seconds,
             metadata={"help": "seconds between looks for a marker written by another process or removed by the doctor"},
         )
         confirm_s: float = attrs.field(
-            default=10.0, validator=_non_negative,
+            default=10.0, validator=non_negative_seconds,
             metadata={"help": "on CORRUPT, seconds of PRAGMA quick_check that must find damage first (0: no check)"},
         )
 

@@ -65,6 +65,7 @@ from corestore import (
 )
 from corestore.classify import FLAGS_BY_KIND
 from corestore.sqlitefile import SqliteHeader, file_size, read_header
+from corestore.settings import integer_at_least, non_negative_seconds
 
 __all__ = ["WalGuard", "DEFAULT_WAL_AUTOCHECKPOINT", "FALLBACK_MODES"]
 
@@ -84,14 +85,8 @@ _SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 _RESYNC_SQL = "SELECT count(*) FROM sqlite_master"
 
 
-def _positive_int(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{attribute.name} = {value!r} must be an integer >= 1")
 
 
-def _non_negative(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{attribute.name} = {value!r} must be a number of seconds >= 0")
 
 
 def _fallback_mode(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
@@ -182,11 +177,11 @@ class WalGuard:
         fallback: str = attrs.field(default="none", validator=_fallback_mode, metadata={
             "help": "'none' refuses the open on a permanent WAL incompatibility; 'delete' runs the file in "
                     "rollback-journal mode instead (never a file whose header says WAL)"})
-        switch_attempts: int = attrs.field(default=5, validator=_positive_int, metadata={
+        switch_attempts: int = attrs.field(default=5, validator=integer_at_least(1), metadata={
             "help": "attempts at switching to WAL on transient failures (IOERR, PROTOCOL, BUSY) before refusing"})
-        backoff_base_s: float = attrs.field(default=0.05, validator=_non_negative, metadata={
+        backoff_base_s: float = attrs.field(default=0.05, validator=non_negative_seconds, metadata={
             "help": "delay after the first failed switch attempt, doubled per attempt, jittered"})
-        backoff_max_s: float = attrs.field(default=1.0, validator=_non_negative, metadata={
+        backoff_max_s: float = attrs.field(default=1.0, validator=non_negative_seconds, metadata={
             "help": "ceiling of one delay between switch attempts"})
 
         def __attrs_post_init__(self) -> None:

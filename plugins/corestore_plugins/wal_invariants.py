@@ -72,6 +72,7 @@ from corestore import (
 from corestore.classify import classify_exception
 from corestore.errors import ConfigError
 from corestore.sqlitefile import SqliteHeader, header_descriptor, read_header
+from corestore.settings import integer_at_least, non_negative_seconds
 
 __all__ = ["WalInvariants", "ROLLBACK_MODES", "CHECKS"]
 
@@ -103,14 +104,8 @@ def _on_violation(instance: Any, attribute: Any, value: str) -> None:
         raise ConfigError(f"on_violation = {value!r} is not allowed; allowed: 'report', 'raise'")
 
 
-def _non_negative_int(instance: Any, attribute: Any, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{attribute.name} = {value!r} must be an integer >= 0")
 
 
-def _non_negative_float(instance: Any, attribute: Any, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{attribute.name} = {value!r} must be a number >= 0 (seconds)")
 
 
 def _in_transaction(conn: Any) -> bool:
@@ -180,11 +175,11 @@ class WalInvariants:
             metadata={"help": "report (WARNING, health DOWN, on_fatal) or raise InvariantViolation(committed=True)"},
         )
         recover_after_checks: int = attrs.field(
-            default=0, validator=_non_negative_int,
+            default=0, validator=integer_at_least(0),
             metadata={"help": "consecutive clean checks that clear DOWN after a violation (0: only reset() does)"},
         )
         wal_check_interval_s: float = attrs.field(
-            default=0.1, validator=_non_negative_float,
+            default=0.1, validator=non_negative_seconds,
             metadata={"help": "WAL mode: check at most this often per store (0: every commit); "
                               "rollback modes and a connection's first commit are always checked"},
         )
