@@ -21,6 +21,7 @@ from .errors import (
     StoreClosedError,
     StoreError,
     TransientError,
+    UnsavedDataError,
 )
 from .health import HealthComponent, HealthReport, HealthStatus
 from .hookspecs import hookimpl, hookspec
@@ -54,6 +55,7 @@ __all__ = [
     "QueryError",
     "ReadOnlyError",
     "StoreClosedError",
+    "UnsavedDataError",
     "HealthStatus",
     "HealthComponent",
     "HealthReport",

@@ -49,6 +49,7 @@ import attrs
 from .cli import EXIT_USAGE, command, config_path
 from .errors import ConfigError, StoreError
 from .health import HealthStatus, to_jsonable, worst_status
+from .sidecar import read_sidecar, sidecar_path, unlink_sidecar
 from .sqlitefile import parse_header
 
 __all__ = [
@@ -440,32 +441,41 @@ def _quarantine_module() -> Any:
     return module if hasattr(module, "read_marker") else None
 
 
+def _marker_of(db_path: str) -> str:
+    return sidecar_path(db_path, QUARANTINE_SUFFIX)
+
+
 def read_quarantine_marker(db_path: str) -> dict[str, Any] | None:
-    """The quarantine marker of ``db_path`` (``<db>.corestore-quarantine``), or None."""
+    """The quarantine marker of ``db_path`` (``<db>.corestore-quarantine``), or None. A marker
+    that cannot be used (not UTF-8, not JSON, a symlink, another user's file) is reported as
+    ``{"unreadable": True, "error": ...}``, never raised."""
     module = _quarantine_module()
     if module is not None:
         return module.read_marker(db_path)
-    marker = db_path + QUARANTINE_SUFFIX
+    marker = _marker_of(db_path)
     try:
-        with open(marker, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
+        raw = read_sidecar(marker, db_path)
+    except OSError as err:
+        return {"unreadable": True, "error": f"{type(err).__name__}: {err}"}
+    if raw is None:
         return None
     try:
-        data = json.loads(raw)
-    except ValueError:
-        return {"unreadable": True, "raw": raw[:200].decode("utf-8", "replace")}
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError is a ValueError
+        return {"unreadable": True, "error": f"{type(err).__name__}: {err}", "raw": raw[:200].decode("utf-8", "replace")}
     return data if isinstance(data, dict) else {"value": data}
 
 
 def clear_quarantine_marker(db_path: str) -> dict[str, Any] | None:
-    """Remove the marker (through the quarantine plugin when installed); returns what it said."""
+    """Remove the marker (through the quarantine plugin when installed); returns what it said.
+    Never the database: a path that is the database or starts with the SQLite header is refused
+    with :class:`~corestore.sidecar.SidecarError`."""
     module = _quarantine_module()
     if module is not None and hasattr(module, "clear_marker"):
         return module.clear_marker(db_path)
     marker = read_quarantine_marker(db_path)
-    if marker is not None:
-        os.unlink(db_path + QUARANTINE_SUFFIX)
+    if marker is not None and not unlink_sidecar(_marker_of(db_path), db_path):
+        return None
     return marker
 
 
@@ -964,7 +974,7 @@ def _quarantine_finding(real: str, add: Callable[[Finding], None]) -> None:
                 message=f"quarantined{f' since {since}' if since else ''}: {reason}",
                 advice=f"writes are refused until the marker is removed: read the evidence (--json), "
                        f"then `corestore doctor --clear-quarantine {real}`",
-                details={"marker": real + QUARANTINE_SUFFIX, "evidence": marker}))
+                details={"marker": _marker_of(real), "evidence": marker}))
 
 
 # -- text output ------------------------------------------------------------------------------------------
@@ -1028,7 +1038,7 @@ def _clear_quarantine(diag: Diagnosis, *, force: bool, as_json: bool) -> Diagnos
     evidence = found.details.get("evidence")
     if not as_json:
         module = _quarantine_module()
-        print(f"quarantine evidence ({diag.path}{QUARANTINE_SUFFIX}):")
+        print(f"quarantine evidence ({_marker_of(diag.path)}):")
         if module is not None and hasattr(module, "format_marker") and isinstance(evidence, Mapping):
             print(module.format_marker(evidence))
         else:
@@ -1039,7 +1049,12 @@ def _clear_quarantine(diag: Diagnosis, *, force: bool, as_json: bool) -> Diagnos
                        message=f"refused: the {damage[0].check} check found damage; the marker stays",
                        advice="recover the data first; --force removes the marker anyway", details={"evidence": evidence})
         return attrs.evolve(diag, findings=diag.findings + (note,))
-    cleared = clear_quarantine_marker(diag.path)
+    try:
+        cleared = clear_quarantine_marker(diag.path)
+    except OSError as err:  # SidecarError: the "marker" is a database, or not ours to remove
+        note = Finding(check="clear-quarantine", severity=Severity.ERROR, message=f"refused: {err}",
+                       advice="inspect the file by hand; corestore never removes a database", details={"evidence": evidence})
+        return attrs.evolve(diag, findings=diag.findings + (note,))
     findings = tuple(f for f in diag.findings if f.check != "quarantine")
     note = Finding(check="clear-quarantine", severity=Severity.OK,
                    message="quarantine marker removed" + (" (forced despite damage)" if damage else ""),

@@ -33,6 +33,7 @@ __all__ = [
     "QueryError",
     "ReadOnlyError",
     "StoreClosedError",
+    "UnsavedDataError",
 ]
 
 
@@ -166,6 +167,21 @@ class ReadOnlyError(StoreError):
 
 class StoreClosedError(StoreError, peewee.InterfaceError):
     """The store was closed; it never reconnects silently."""
+
+
+class UnsavedDataError(StoreError):
+    """Accepted data reached neither the database nor its durable fallback (e.g. accounting's
+    dead-letter file on a full disk) and exists only in this process's memory.
+
+    Raised by ``store.close()`` (after every plugin's ``on_close`` ran and every connection was
+    closed) and by the plugin's own ``close()``. ``rows`` holds every such item (for accounting:
+    :class:`~corestore_plugins.accounting.DeadLetter` records); save them elsewhere before the
+    process exits, or they are lost.
+    """
+
+    def __init__(self, message: str, *, rows: Any = (), **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.rows = list(rows)
 
 
 class ConstraintError(StoreError, peewee.IntegrityError):

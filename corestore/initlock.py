@@ -2,24 +2,51 @@
 
 First-connection setup (the journal-mode switch) and a store's ``setup=`` callable run under it,
 so two processes never initialise one database at the same time. It is a sidecar file
-``<db>.corestore-lock`` held with ``flock`` (whole-file, per open file description, not dropped
-when some other descriptor of the database closes) plus a per-path re-entrant thread lock (flock
-does not exclude threads of one process that share a description, and POSIX record locks would be
-dropped by any close). The sidecar is never deleted: deleting a lock file races with its holders.
-In a read-only directory the lock degrades to the thread lock, with one WARNING.
+``<db>.corestore-lock`` (created through :mod:`corestore.sidecar`: ``O_NOFOLLOW``, never more
+permissive than the database, owner checked) held with a **write** lock, which needs a writable
+descriptor, so a user who cannot write the lock file cannot hold it (``flock`` would accept a
+read-only descriptor): on Linux an open-file-description lock (``F_OFD_SETLK``: per open file
+description like ``flock``, so not dropped when some other descriptor of the file closes), a
+classic ``fcntl`` record lock elsewhere. A per-path re-entrant thread lock excludes the threads
+of one process.
+
+Every wait is bounded (the profile's ``init_timeout_s``) and ends in a :class:`~corestore.BusyError`
+naming the holder's PID where it can be found: ``F_GETLK`` reports it for classic locks; OFD locks
+have no owning process, so the holder also writes its PID into the lock file. The sidecar is never
+deleted: deleting a lock file races with its holders. In a read-only directory (or where the lock
+file is not ours to write) the lock degrades to the thread lock, with one WARNING. A database name
+too long for ``<db>.corestore-lock`` gets a hashed lock name (:func:`corestore.sidecar.sidecar_path`).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import struct
+import sys
 import threading
+import time
 from typing import Iterator
 
-__all__ = ["InitLock", "lock_path_for"]
+from .errors import BusyError, Classification, ErrorKind
+from .sidecar import SidecarError, open_sidecar, sidecar_path
+
+__all__ = ["InitLock", "lock_path_for", "LOCK_SUFFIX", "DEFAULT_TIMEOUT_S"]
 
 logger = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".corestore-lock"
+#: ``init_timeout_s`` when the profile does not set it.
+DEFAULT_TIMEOUT_S = 30.0
+
+# struct flock on Linux (x86-64 and aarch64): short l_type, short l_whence, off_t l_start,
+# off_t l_len, pid_t l_pid. Python's fcntl exports F_OFD_* since 3.9 on Linux; the values are fixed.
+_FLOCK = "hhqqi4x"
+_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
+_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+_USE_OFD = sys.platform.startswith("linux")
 
 _registry: dict[str, "InitLock"] = {}
 _registry_lock = threading.Lock()
@@ -27,7 +54,57 @@ _warned: set[str] = set()
 
 
 def lock_path_for(db_path: str) -> str:
-    return db_path + ".corestore-lock"
+    """The lock sidecar of ``db_path`` (hashed when ``<db>.corestore-lock`` is too long a name)."""
+    return sidecar_path(db_path, LOCK_SUFFIX)
+
+
+def _flock(kind: int) -> bytes:
+    """A whole-file ``struct flock`` of ``kind`` (Linux layout; used only on Linux)."""
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _try_lock(fd: int) -> bool:
+    """One non-blocking attempt at the write lock; False when another holder has it."""
+    try:
+        if _USE_OFD:
+            fcntl.fcntl(fd, _OFD_SETLK, _flock(fcntl.F_WRLCK))
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if _USE_OFD:
+        fcntl.fcntl(fd, _OFD_SETLK, _flock(fcntl.F_UNLCK))
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as far as can be found: ``"PID n"`` or a description."""
+    pid = -1
+    try:
+        if _USE_OFD:  # elsewhere only the PID the holder recorded is known
+            got = fcntl.fcntl(fd, _OFD_GETLK, _flock(fcntl.F_WRLCK))
+            pid = struct.unpack(_FLOCK, got)[4]
+            if pid <= 0:  # an OFD lock has no owning process: try a classic query (a non-corestore holder)
+                got = fcntl.fcntl(fd, fcntl.F_GETLK, _flock(fcntl.F_WRLCK))
+                pid = struct.unpack(_FLOCK, got)[4]
+    except OSError:
+        pid = -1
+    if pid > 0:
+        return f"PID {pid}"
+    try:
+        recorded = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        recorded = ""
+    if recorded.isdigit():
+        return f"PID {recorded} (recorded in the lock file by its holder)"
+    return "another process (its PID could not be found)"
 
 
 class InitLock:
@@ -50,43 +127,66 @@ class InitLock:
 
     @contextlib.contextmanager
     def hold(self, timeout_s: float | None = None) -> Iterator[None]:
-        """Hold the lock (thread lock, then flock on the sidecar) for the ``with`` block."""
-        if not self._rlock.acquire(timeout=-1 if timeout_s is None else timeout_s):
-            raise TimeoutError(f"{self.db_path}: init lock not acquired within {timeout_s} s")
+        """Hold the lock (thread lock, then the file lock) for the ``with`` block, waiting at most
+        ``timeout_s`` seconds in total (default :data:`DEFAULT_TIMEOUT_S`); on timeout a
+        :class:`~corestore.BusyError` names the lock file and the holder."""
+        timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
+        deadline = time.monotonic() + timeout
+        if not self._rlock.acquire(timeout=max(0.0, timeout)):
+            raise self._timeout(timeout, "another thread of this process")
         try:
             self._depth += 1
             if self._depth == 1:
-                self._fd = self._lock_file()
+                self._fd = self._lock_file(deadline, timeout)
             yield
         finally:
             self._depth -= 1
             if self._depth == 0 and self._fd is not None:
                 fd, self._fd = self._fd, None
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    _unlock(fd)
                 finally:
                     os.close(fd)  # the sidecar, never the database: no SQLite lock is affected
             self._rlock.release()
 
-    def _lock_file(self) -> int | None:
+    def _timeout(self, timeout: float, holder: str) -> BusyError:
+        message = (f"{self.db_path}: the init lock ({self.path}) was not acquired within init_timeout_s = {timeout:g} s; "
+                   f"it is held by {holder}. Another process is initialising (or migrating) this database, or "
+                   "is stuck: wait for it or stop it; raise init_timeout_s if setup legitimately takes longer")
+        return BusyError(message, path=self.db_path, classification=Classification(
+            kind=ErrorKind.BUSY, name="INIT_LOCK_TIMEOUT", message=f"init lock held by {holder}"))
+
+    def _lock_file(self, deadline: float, timeout: float) -> int | None:
         if self.path is None:
             return None
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError:
-            try:
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError as err:
-                if self.path not in _warned:
-                    _warned.add(self.path)
-                    logger.warning(
-                        "%s: cannot create the init lock file (%s); other processes are not excluded "
-                        "during initialisation, only other threads of this one", self.path, err.strerror,
-                    )
-                return None
+            fd = open_sidecar(self.path, self.db_path, os.O_RDWR)
+        except SidecarError:
+            raise
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise
+            if self.path not in _warned:
+                _warned.add(self.path)
+                logger.warning(
+                    "%s: cannot open the init lock file for writing (%s); other processes are not excluded "
+                    "during initialisation, only other threads of this one", self.path, err.strerror,
+                )
+            return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
+            delay = 0.001
+            while not _try_lock(fd):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._timeout(timeout, _holder(fd))
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 0.05)
+            try:  # for waiters: OFD locks have no owner PID (best effort; an empty file is fine)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            except OSError:
+                pass
+        except BaseException:
             os.close(fd)
             raise
         return fd
@@ -94,8 +194,8 @@ class InitLock:
     def _after_fork_in_child(self) -> None:
         self._rlock = threading.RLock()
         self._depth = 0
-        self._fd = None  # the parent's flock stays the parent's (flock descriptions are shared:
-        # do not unlock it from here; the child simply forgets the descriptor)
+        self._fd = None  # the parent's lock stays the parent's (the description is shared: do not
+        # unlock it from here; the child simply forgets the descriptor)
 
 
 def _reset_after_fork() -> None:

@@ -18,6 +18,7 @@ Resolution rules (also on the site's profile reference):
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -28,6 +29,7 @@ import attrs
 
 from .errors import ConfigError
 from .frozen import FrozenMap, freeze
+from .settings import C_INT_MAX, INT64_MAX, number
 
 __all__ = [
     "Profile",
@@ -65,6 +67,20 @@ _INT_PRAGMAS = frozenset({
     "user_version", "application_id",
 })
 KNOWN_PRAGMAS = frozenset(_ENUM_PRAGMAS) | _BOOL_PRAGMAS | _INT_PRAGMAS
+# SQLite reads these into a C int (the others into a 64-bit integer): (lowest, highest) allowed.
+_INT_PRAGMA_RANGES: dict[str, tuple[int, int]] = {
+    "busy_timeout": (0, C_INT_MAX),
+    "wal_autocheckpoint": (-C_INT_MAX - 1, C_INT_MAX),
+    "cache_size": (-C_INT_MAX - 1, C_INT_MAX),
+    "threads": (0, C_INT_MAX),
+    "analysis_limit": (0, C_INT_MAX),
+    "page_size": (512, 65536),
+    "user_version": (-C_INT_MAX - 1, C_INT_MAX),
+    "application_id": (-C_INT_MAX - 1, C_INT_MAX),
+    "cache_spill": (-C_INT_MAX - 1, C_INT_MAX),
+}
+#: The largest nesting of tables/arrays a config file may have (deeper is refused, not a RecursionError).
+MAX_CONFIG_DEPTH = 32
 
 
 def validate_pragma(name: str, value: Any, *, where: str = "<profile>") -> Any:
@@ -87,8 +103,12 @@ def validate_pragma(name: str, value: Any, *, where: str = "<profile>") -> Any:
         raise ConfigError(f"{where}: pragma {name} = {value!r} must be true or false")
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where}: pragma {name} = {value!r} must be an integer")
-    if name == "busy_timeout" and value < 0:
-        raise ConfigError(f"{where}: pragma busy_timeout = {value!r} must be >= 0 (milliseconds)")
+    low, high = _INT_PRAGMA_RANGES.get(name, (-INT64_MAX - 1, INT64_MAX))
+    if name == "busy_timeout" and not low <= value <= high:
+        raise ConfigError(f"{where}: pragma busy_timeout = {value!r} must be >= 0 (milliseconds) and <= {high} "
+                          "(SQLite reads it into a C int)")
+    if not low <= value <= high:
+        raise ConfigError(f"{where}: pragma {name} = {value!r} must be an integer from {low} to {high} (SQLite's limit)")
     return value
 
 
@@ -116,8 +136,15 @@ def _plugins_converter(value: Any) -> tuple[str, ...]:
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"<profile>: retry.{attribute.name} = {value!r} must be a finite number >= 0")
     if value < 0:
         raise ConfigError(f"<profile>: retry.{attribute.name} = {value!r} must be >= 0")
+
+
+def _count(instance: Any, attribute: attrs.Attribute, value: int) -> None:  # type: ignore[type-arg]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise ConfigError(f"<profile>: retry.{attribute.name} = {value!r} must be an integer from 0 to 1000000 (attempts)")
 
 
 @attrs.frozen(kw_only=True)
@@ -128,9 +155,9 @@ class RetryPolicy:
     retries FATAL_IO after reopening the connection (off by default: a failing disk is not
     retried into)."""
 
-    busy_attempts: int = attrs.field(default=8, validator=_positive)
-    transient_attempts: int = attrs.field(default=4, validator=_positive)
-    fatal_attempts: int = attrs.field(default=1, validator=_positive)
+    busy_attempts: int = attrs.field(default=8, validator=_count)
+    transient_attempts: int = attrs.field(default=4, validator=_count)
+    fatal_attempts: int = attrs.field(default=1, validator=_count)
     base_delay_s: float = attrs.field(default=0.005, validator=_positive)
     max_delay_s: float = attrs.field(default=0.5, validator=_positive)
     budget_s: float = attrs.field(default=10.0, validator=_positive)
@@ -160,6 +187,26 @@ def _driver_validator(instance: Any, attribute: Any, value: str) -> None:
         raise ConfigError(f"<profile>: driver = {value!r} is not allowed; allowed: {', '.join(DRIVERS)}")
 
 
+def _vfs_validator(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigError(f"<profile>: vfs = {value!r} must be the name of a registered SQLite VFS (a non-empty string)")
+    if instance.driver != "apsw":
+        raise ConfigError(f"<profile>: vfs = {value!r} needs driver = 'apsw' (the sqlite3 driver cannot select a VFS); "
+                          f"driver is {instance.driver!r}")
+
+
+_init_timeout = number(0, 86400.0, low_inclusive=False, unit="seconds")
+
+
+def _init_timeout_validator(instance: Any, attribute: Any, value: Any) -> None:
+    try:
+        _init_timeout(instance, attribute, value)
+    except ConfigError as err:
+        raise ConfigError(f"<profile>: {err}") from None
+
+
 @attrs.frozen(kw_only=True)
 class Profile:
     """The resolved, frozen policy of one store.
@@ -173,18 +220,20 @@ class Profile:
     name: str = "default"
     path: str = ""
     driver: str = attrs.field(default="sqlite3", validator=_driver_validator)
-    vfs: str | None = None
+    vfs: str | None = attrs.field(default=None, validator=_vfs_validator)
     pragmas: FrozenMap = attrs.field(factory=FrozenMap, converter=_pragmas_converter)
     plugins: tuple[str, ...] = attrs.field(default=(), converter=_plugins_converter)
     settings: FrozenMap = attrs.field(factory=FrozenMap, converter=_settings_converter)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, converter=_retry_converter)
     read_only: bool = False
+    #: Longest wait for the cross-process init lock (``setup`` and the WAL switch run under it).
+    init_timeout_s: float = attrs.field(default=30.0, validator=_init_timeout_validator)
     origin: str = attrs.field(default="<code>", eq=False, repr=False)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], *, name: str = "default", origin: str = "<code>") -> "Profile":
         """Build a profile from a plain mapping (no inheritance), naming ``origin`` in errors."""
-        allowed = ("path", "driver", "vfs", "pragmas", "plugins", "settings", "retry", "read_only")
+        allowed = ("path", "driver", "vfs", "pragmas", "plugins", "settings", "retry", "read_only", "init_timeout_s")
         for key in raw:
             if key not in allowed:
                 raise ConfigError(f"{origin}: unknown key {key!r}; allowed: {', '.join(allowed)}")
@@ -217,7 +266,8 @@ BUILTIN_PROFILES: Mapping[str, Mapping[str, Any]] = FrozenMap({
     "minimal": {"plugins": [], "pragmas": {"busy_timeout": 5000}},
 })
 
-_PROFILE_KEYS = ("extends", "plugins", "enable", "disable", "pragmas", "settings", "retry", "read_only", "driver", "vfs")
+_PROFILE_KEYS = ("extends", "plugins", "enable", "disable", "pragmas", "settings", "retry", "read_only", "driver", "vfs",
+                 "init_timeout_s")
 _DATABASE_KEYS = ("path", "profile") + tuple(k for k in _PROFILE_KEYS if k != "extends")
 
 
@@ -270,17 +320,69 @@ def load_config(path: str | os.PathLike[str] | None) -> Config | None:
         return cached
     try:
         with open(source, "rb") as fh:
-            raw = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+            data = fh.read()
     except IsADirectoryError:
         raise ConfigError(f"{source}: is a directory, not a TOML config file") from None
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read the config file: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{source}: line {line}: not valid UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); "
+                          "a TOML config file must be UTF-8") from None
+    _check_depth(text, source)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested more than Python can parse; at most {MAX_CONFIG_DEPTH} levels are allowed") from None
     config = _parse_config(raw, source)
     for name in config.profiles:  # resolve every profile once so errors surface at load
-        _resolve_raw(config, name, ())
+        resolve_profile(name, config=config, path="")
+    for binding in config.databases.values():  # and every binding with its overrides
+        resolve_profile(binding.profile, config=config, path=binding.path, binding=binding)
     with _config_lock:
         _config_cache[key] = config
     return config
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse inline arrays/tables nested deeper than :data:`MAX_CONFIG_DEPTH` before parsing
+    (a cheap upper bound: brackets and braces outside strings and comments)."""
+    depth = 0
+    quote = ""
+    comment = False
+    line = 1
+    escaped = False
+    for ch in text:
+        if ch == "\n":
+            line += 1
+            comment = False
+            if quote in ('"', "'"):
+                quote = ""  # a newline ends a basic/literal string (multi-line strings are rare in configs)
+            continue
+        if comment:
+            continue
+        if quote:
+            if quote == '"' and ch == "\\" and not escaped:
+                escaped = True
+                continue
+            if ch == quote and not escaped:
+                quote = ""
+            escaped = False
+            continue
+        if ch in ('"', "'"):
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{source}: line {line}: arrays or tables nested more than {MAX_CONFIG_DEPTH} deep")
+        elif ch in "]}":
+            depth = max(0, depth - 1)
 
 
 def _parse_config(raw: Mapping[str, Any], source: str) -> Config:
@@ -348,6 +450,14 @@ def _check_types(table: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: key 'extends' must be a profile name, got {table['extends']!r}")
     if "driver" in table and table["driver"] not in DRIVERS:
         raise ConfigError(f"{where}: key 'driver' = {table['driver']!r} is not allowed; allowed: {', '.join(DRIVERS)}")
+    if "vfs" in table and (not isinstance(table["vfs"], str) or not table["vfs"]):
+        raise ConfigError(f"{where}: key 'vfs' = {table['vfs']!r} must be the name of a registered SQLite VFS "
+                          "(a non-empty string; needs driver = 'apsw')")
+    if "init_timeout_s" in table:
+        try:
+            _init_timeout(None, attrs.fields(Profile).init_timeout_s, table["init_timeout_s"])
+        except ConfigError as err:
+            raise ConfigError(f"{where}: key {err}") from None
     if "pragmas" in table:
         for pname, value in table["pragmas"].items():
             validate_pragma(pname, value, where=f"{where} key 'pragmas.{pname}'")
@@ -363,7 +473,7 @@ def _merge(base: dict[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
         "settings": {k: dict(v) for k, v in base.get("settings", {}).items()},
         "retry": dict(base.get("retry", {})),
     }
-    for key in ("read_only", "driver", "vfs"):
+    for key in ("read_only", "driver", "vfs", "init_timeout_s"):
         if key in base:
             out[key] = base[key]
     if "plugins" in table:
@@ -377,7 +487,7 @@ def _merge(base: dict[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
     for plugin, sub in table.get("settings", {}).items():
         out["settings"].setdefault(plugin, {}).update(sub)
     out["retry"].update(table.get("retry", {}))
-    for key in ("read_only", "driver", "vfs"):
+    for key in ("read_only", "driver", "vfs", "init_timeout_s"):
         if key in table:
             out[key] = table[key]
     return out

@@ -23,7 +23,7 @@ import pluggy
 
 from . import hookspecs
 from .classify import CoreClassifier
-from .errors import Classification, ConfigError, InvariantViolation, PluginError
+from .errors import Classification, ConfigError, InvariantViolation, PluginError, UnsavedDataError
 from .health import HealthComponent, HealthStatus
 from .operation import Operation, Violation
 
@@ -85,7 +85,9 @@ def load_plugin_class(name: str, *, where: str = "<profile>") -> type:
         )
     try:
         cls = ep.load()
-    except Exception as err:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # SystemExit, GeneratorExit ... at import must not end the process
         raise PluginError(f"{where}: plugin {name!r} ({ep.value}) failed to import: {type(err).__name__}: {err}") from err
     if not isinstance(cls, type):
         raise PluginError(f"{where}: plugin {name!r} ({ep.value}) is not a class")
@@ -318,7 +320,18 @@ class HookCaller:
 
     # -- close -----------------------------------------------------------------------------
     def on_close(self, store: "Store") -> None:
-        self._isolated("on_close", store)
+        """Isolated like the others, except that an :class:`UnsavedDataError` (accepted data
+        only in memory) is raised to ``store.close()``'s caller after every plugin ran."""
+        unsaved: UnsavedDataError | None = None
+        for plugin, fn in self._calls["on_close"]:
+            try:
+                fn(store)
+            except UnsavedDataError as err:
+                unsaved = unsaved or err
+            except Exception:
+                logger.exception("on_close of plugin %r raised; the other plugins still run", plugin)
+        if unsaved is not None:
+            raise unsaved
 
     def _isolated(self, hook: str, *args: Any) -> None:
         for plugin, fn in self._calls[hook]:

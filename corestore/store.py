@@ -373,8 +373,9 @@ class Store:
 
     @contextlib.contextmanager
     def init_lock(self, timeout_s: float | None = None) -> Iterator[None]:
-        """The cross-process init lock of this database (re-entrant in one thread)."""
-        with self.init_lock_obj.hold(timeout_s):
+        """The cross-process init lock of this database (re-entrant in one thread); waits at
+        most ``timeout_s`` (default: the profile's ``init_timeout_s``), then ``BusyError``."""
+        with self.init_lock_obj.hold(self.profile.init_timeout_s if timeout_s is None else timeout_s):
             yield
 
     def invalidate(self) -> int:

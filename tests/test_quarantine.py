@@ -103,13 +103,14 @@ def test_settings_defaults_and_validation(tmp_path: Path) -> None:
 def test_marker_functions_round_trip(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     assert marker_path(db) == str(db) + MARKER_SUFFIX
-    assert marker_path(str(db) + MARKER_SUFFIX) == str(db) + MARKER_SUFFIX
+    # a path is always the database, even one ending in the suffix: never returned unchanged (issue 15)
+    assert marker_path(str(db) + MARKER_SUFFIX) == str(db) + MARKER_SUFFIX + MARKER_SUFFIX
     link = tmp_path / "link.db"
     link.symlink_to(db)
     assert marker_path(link) == marker_path(db)  # resolved like corestore.open resolves paths
     assert read_marker(db) is None and clear_marker(db) is None
     write_marker(db, {"reason": "r", "since": "t", "evidence": {"x": 1}})
-    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     record = read_marker(db)
     assert record is not None and record["reason"] == "r" and record["marker"] == marker_path(db)
     assert clear_marker(db) == record and read_marker(db) is None

@@ -4,9 +4,12 @@ A row is dead-lettered when the database refused it as a caller error (CONSTRAIN
 a value its model field cannot convert), or when ``close()`` could not write it before its
 deadline. With ``dead_letter = true`` (the default) each one is appended, as one JSON object per
 line, to a file beside the database (``<db>.corestore-deadletter.jsonl``, mode 0600, fsynced
-before the row counts as dead-lettered), so nothing accepted is ever silently lost. The last
-:data:`KEEP` letters are also kept in memory (``Accounting.dead_letters()``), and an
-application may add its own sink (``Accounting.add_dead_letter_sink``).
+before the row counts as dead-lettered), so nothing accepted is ever silently lost. The file is
+a sidecar (:mod:`corestore.sidecar`: ``O_NOFOLLOW``, regular file, owner checked, never more
+permissive than the database). The last :data:`KEEP` letters are also kept in memory
+(``Accounting.dead_letters()``); every letter that could not reach the file (and every row
+``close()`` could not save) is kept in full in ``unsaved`` (``Accounting.unsaved()``), never
+trimmed. An application may add its own sink (``Accounting.add_dead_letter_sink``).
 
 A line holds: ``table``, ``row`` (values JSON cannot carry are written as strings; bytes as
 ``{"$base64": ...}``), ``submitted_at`` (unix seconds), ``reason``, ``kind``, ``error`` (the
@@ -28,6 +31,8 @@ import uuid
 from typing import Any, Callable, Mapping
 
 import attrs
+
+from corestore.sidecar import open_sidecar
 
 __all__ = ["DeadLetter", "DeadLetterSink", "KEEP", "REASONS", "default_path"]
 
@@ -95,9 +100,11 @@ class DeadLetterSink:
     """Appends dead letters to a JSON-lines file (when ``path`` is set), keeps the last
     :data:`KEEP` in memory and hands them to the application's sinks."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, database: str | None = None) -> None:
         self.path = path
+        self.database = database  # the sidecar's database (its mode and owner rule the file's)
         self.recent: collections.deque[DeadLetter] = collections.deque(maxlen=KEEP)
+        self.unsaved: list[DeadLetter] = []  # letters that reached no file: all of them, oldest first
         self.extra: list[Callable[[DeadLetter], None]] = []
         self._lock = threading.Lock()
 
@@ -106,8 +113,10 @@ class DeadLetterSink:
         """True when dead letters reach a file."""
         return self.path is not None
 
-    def write(self, letters: list[DeadLetter]) -> bool:
-        """Record ``letters``; True if they reached the file (fsynced)."""
+    def write(self, letters: list[DeadLetter], *, keep_unsaved: bool = False) -> bool:
+        """Record ``letters``; True if they reached the file (fsynced). Letters that should have
+        reached the file but did not (and all of them with ``keep_unsaved``, when there is no
+        file) are kept in :attr:`unsaved`."""
         if not letters:
             return True
         durable = False
@@ -118,8 +127,12 @@ class DeadLetterSink:
                     self._append(letters)
                     durable = True
                 except OSError as err:
+                    self.unsaved.extend(letters)
                     logger.error("accounting: could not write %d dead letter(s) to %s: %s; they are kept in memory "
-                                 "only (Accounting.dead_letters())", len(letters), self.path, err)
+                                 "only, all of them in Accounting.unsaved() (%d so far), until the process exits",
+                                 len(letters), self.path, err, len(self.unsaved))
+            elif keep_unsaved:
+                self.unsaved.extend(letters)
         for sink in list(self.extra):
             for letter in letters:
                 try:
@@ -132,7 +145,7 @@ class DeadLetterSink:
         assert self.path is not None
         data = "".join(letter.to_json() + "\n" for letter in letters).encode("utf-8")
         created = not os.path.exists(self.path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = open_sidecar(self.path, self.database or "", os.O_RDWR | os.O_APPEND, mode=0o600)
         try:
             view = memoryview(data)
             while view:

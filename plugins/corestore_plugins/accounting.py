@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 import attrs
 import peewee
 
-from corestore import ConfigError, HealthComponent, HealthStatus, PluginError, hookimpl
+from corestore import ConfigError, HealthComponent, HealthStatus, PluginError, UnsavedDataError, hookimpl
 from corestore.settings import boolean
 
 from ._accounting_clock import Clock, ManualClock, SystemClock
@@ -69,8 +69,8 @@ def _int_at_least(low: int) -> Callable[[Any, Any, Any], None]:
 
 def _float_at_least(low: float, *, strict: bool = False) -> Callable[[Any, Any, Any], None]:
     def check(instance: Any, attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ConfigError(f"{attribute.name} = {value!r} must be a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{attribute.name} = {value!r} must be a finite number")
         if value < low or (strict and value == low):
             raise ConfigError(f"{attribute.name} = {value!r} must be {'>' if strict else '>='} {low}")
     return check
@@ -314,10 +314,16 @@ class Accounting:
     def close(self) -> dict[str, Any]:
         """Stop accepting rows, write the backlog within ``drain_timeout_s``, dead-letter (and
         report) whatever is left. Idempotent; the store's ``close()`` calls it. Returns
-        :meth:`stats` plus ``drained`` (nothing was left), ``left`` (rows dead-lettered here)
-        and ``dead_letter_path``."""
+        :meth:`stats` plus ``drained`` (nothing was left), ``left`` (rows dead-lettered here),
+        ``unsaved`` (rows only in memory) and ``dead_letter_path``.
+
+        Raises :class:`corestore.UnsavedDataError` (on every call, and out of the store's
+        ``close()``) when rows reached neither the database nor the dead-letter file (a full
+        disk, or ``dead_letter = false``): every one of them is in the error's ``rows`` and in
+        :meth:`unsaved`, and health is DOWN."""
         with self._close_lock:
             if self._closed and self._report is not None:
+                self._raise_if_unsaved()
                 return self._report
             led = self._ledger
             with led.lock:
@@ -348,10 +354,18 @@ class Accounting:
                            error=f"not written within drain_timeout_s={self.settings.drain_timeout_s}")
                 for t, r, ts, _ in queued
             ]
-            durable = self._sink.write(letters)
+            durable = self._sink.write(letters, keep_unsaved=True)
             led.settle_leftovers(len(letters), durable=durable, seqs=[item[3] for item in in_flight + queued])
             path = self._store.path if self._store is not None else "?"
-            if letters:
+            if letters and not durable:
+                logger.critical(
+                    "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s and not saved to %s; "
+                    "all %d unsaved row(s) are held in memory only (Accounting.unsaved(), UnsavedDataError.rows) "
+                    "and are LOST when the process exits",
+                    path, len(letters), self.settings.drain_timeout_s,
+                    self._sink.path or "a dead-letter file (dead_letter = false)", len(self._sink.unsaved),
+                )
+            elif letters:
                 logger.error(
                     "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s; dead-lettered to %s%s",
                     path, len(letters), self.settings.drain_timeout_s,
@@ -363,9 +377,30 @@ class Accounting:
                 logger.info("accounting: %s: closed; every accepted row settled", path)
             self._closed = True
             report = self.stats()
-            report.update(drained=not letters, left=len(letters), dead_letter_path=self._sink.path)
+            report.update(drained=not letters, left=len(letters), unsaved=len(self._sink.unsaved),
+                          dead_letter_path=self._sink.path)
             self._report = report
+            self._raise_if_unsaved()
             return report
+
+    def _raise_if_unsaved(self) -> None:
+        unsaved = list(self._sink.unsaved)
+        if not unsaved:
+            return
+        path = self._store.path if self._store is not None else "?"
+        where = self._sink.path or "no dead-letter file (dead_letter = false)"
+        raise UnsavedDataError(
+            f"{path}: accounting closed with {len(unsaved)} accepted row(s) that reached neither the database nor "
+            f"{where}; they exist only in this process's memory: save them from this error's .rows (or "
+            "Accounting.unsaved()) before the process exits, e.g. once the disk has room",
+            rows=unsaved, path=path, committed=False,
+        )
+
+    def unsaved(self) -> list[DeadLetter]:
+        """Every accepted row that reached neither the database nor the dead-letter file, oldest
+        first (all of them: never trimmed, unlike :meth:`dead_letters`). Empty when nothing is
+        at risk; non-empty means health DOWN."""
+        return list(self._sink.unsaved)
 
     # -- inspection ---------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -459,6 +494,7 @@ class Accounting:
             elif not store.memory:
                 path = default_path(store.path)
         self._sink.path = path
+        self._sink.database = None if store.memory else store.path
         self._store = store
 
     @hookimpl
@@ -475,7 +511,12 @@ class Accounting:
         details["dead_letter_path"] = self._sink.path
         details["enqueue_p99_us"] = st["enqueue_us"]["p99"]
         details["batch_p99_ms"] = st["batch_ms"]["p99"]
-        if ep["tier"] in ("degraded", "persistent"):
+        details["unsaved"] = len(self._sink.unsaved)
+        if self._sink.unsaved:
+            status = HealthStatus.DOWN
+            summary = (f"{len(self._sink.unsaved)} accepted row(s) reached neither the database nor "
+                       f"{self._sink.path or 'a dead-letter file'}: only in memory (Accounting.unsaved())")
+        elif ep["tier"] in ("degraded", "persistent"):
             status = HealthStatus.DEGRADED
             summary = (f"writes failing for {ep['faulted_batches']} batch(es) / {ep['duration_s']:.0f} s "
                        f"({ep['last_error']}); {st['pending']} row(s) pending")

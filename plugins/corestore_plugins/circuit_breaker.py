@@ -23,6 +23,7 @@ import collections
 import datetime as _dt
 import enum
 import logging
+import math
 import os
 import threading
 import time
@@ -87,7 +88,7 @@ _HEALTH = {
 
 # -- settings validation -------------------------------------------------------------------------
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 

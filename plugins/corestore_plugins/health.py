@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from corestore import ConfigError, HealthComponent, HealthReport, HealthStatus, hookimpl
+from corestore.sidecar import sidecar_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Profile, Store
@@ -157,6 +158,11 @@ class Health:
         watch_interval_s: float = attrs.field(
             default=0.0, converter=_to_float, validator=_interval,
             metadata={"help": "call store.health() on the plugin's thread every interval (0: off)"},
+        )
+        snapshot_world_readable: bool = attrs.field(
+            default=True, validator=attrs.validators.instance_of(bool),
+            metadata={"help": "snapshot mode 0644 so a monitor running as another user can read it (the one "
+                              "sidecar allowed to be more permissive than the database); false: the database's mode"},
         )
 
     def __init__(self, settings: "Health.Settings | None" = None) -> None:
@@ -347,7 +353,9 @@ class Health:
             "transitions": self._transitions,
         }
         try:
-            _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), fsync=self.settings.snapshot_fsync)
+            mode = 0o644 if self.settings.snapshot_world_readable else sidecar_mode(self._db_path or "")
+            _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), fsync=self.settings.snapshot_fsync,
+                          mode=mode)
         except OSError as err:
             message = f"{type(err).__name__}: {err.strerror or err} ({path})"
             if message != self._last_error:
@@ -368,16 +376,17 @@ class Health:
         self._pending = None
 
 
-def _atomic_write(path: str, payload: bytes, *, fsync: bool) -> None:
-    """Temporary file in the same directory, write, fsync, rename over ``path``, fsync the
-    directory: a reader opens either the old complete file or the new one."""
+def _atomic_write(path: str, payload: bytes, *, fsync: bool, mode: int = 0o644) -> None:
+    """Temporary file in the same directory (``O_EXCL``: never through a planted link), write,
+    fsync, rename over ``path``, fsync the directory: a reader opens either the old complete file
+    or the new one. ``mode`` 0644 by default (``snapshot_world_readable``)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         view = memoryview(payload)
         while view:
             view = view[os.write(fd, view):]
-        os.fchmod(fd, 0o644)  # a monitor running as another user may read it; it holds no secrets
+        os.fchmod(fd, mode)  # 0644 by default: a monitor running as another user may read it; it holds no secrets
         if fsync:
             os.fsync(fd)
     except BaseException:

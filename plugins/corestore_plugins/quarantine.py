@@ -54,6 +54,7 @@ from corestore import (
     hookimpl,
 )
 from corestore.errors import ConfigError
+from corestore.sidecar import create_temporary, open_sidecar, read_sidecar, sidecar_path, unlink_sidecar
 from corestore.sqlitefile import read_header
 from corestore.settings import boolean, non_negative_seconds
 
@@ -81,52 +82,70 @@ _FAULT_KINDS = tuple(k.name for k in ErrorKind if k not in (ErrorKind.BUSY, Erro
 
 
 # -- the marker (also used by `corestore doctor --clear-quarantine`) ----------------------------
+def _database_path(path: str | os.PathLike[str]) -> str:
+    return os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
 def marker_path(path: str | os.PathLike[str]) -> str:
-    """The marker file of the database at ``path`` (a marker path is returned as is).
+    """The marker file of the database at ``path``: always ``<resolved db path>.corestore-quarantine``
+    (hashed when that name is too long, see :func:`corestore.sidecar.sidecar_path`).
 
     The database path is resolved like ``corestore.open`` resolves it (absolute, symlinks
-    followed), so the doctor and the store agree on the sidecar.
+    followed), so the doctor and the store agree on the sidecar. A path is always taken as the
+    database, even one that ends in the marker suffix: the result is never ``path`` itself.
     """
-    text = os.fspath(path)
-    if text.endswith(MARKER_SUFFIX):
-        return text
-    return os.path.realpath(os.path.abspath(os.path.expanduser(text))) + MARKER_SUFFIX
+    return sidecar_path(_database_path(path), MARKER_SUFFIX)
+
+
+def _unreadable(target: str, error: str, raw: str | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"marker": target, "reason": "unreadable quarantine marker", "unreadable": True,
+                              "error": error}
+    if raw is not None:
+        record["raw"] = raw
+    return record
 
 
 def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The quarantine record of the database at ``path``, or None when it is not quarantined.
 
-    A marker that exists but cannot be parsed still means "quarantined": the record then says
+    A marker that exists but cannot be used (not UTF-8, not JSON, a symlink, another user's
+    file) still means "quarantined": the record then says
     ``{"reason": "unreadable quarantine marker", "unreadable": True, "error": ...}``.
     """
+    db = _database_path(path)
     target = marker_path(path)
     try:
-        with open(target, encoding="utf-8") as fh:
-            raw = fh.read()
-    except FileNotFoundError:
-        return None
+        data = read_sidecar(target, db, limit=1 << 20)
     except OSError as err:
-        return {"marker": target, "reason": "unreadable quarantine marker", "unreadable": True,
-                "error": f"{type(err).__name__}: {err}"}
+        return _unreadable(target, f"{type(err).__name__}: {err}")
+    if data is None:
+        return None
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return _unreadable(target, f"not UTF-8: {err}", data[:2000].decode("utf-8", "replace"))
     try:
         record = json.loads(raw)
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
     except ValueError as err:
-        return {"marker": target, "reason": "unreadable quarantine marker", "unreadable": True,
-                "error": f"{type(err).__name__}: {err}", "raw": raw[:2000]}
+        return _unreadable(target, f"{type(err).__name__}: {err}", raw[:2000])
     record.setdefault("marker", target)
     return record
 
 
 def write_marker(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
-    """Write ``record`` as the marker of the database at ``path`` atomically (temporary file,
-    fsync, rename, directory fsync); returns the marker path. Raises ``OSError`` on failure."""
+    """Write ``record`` as the marker of the database at ``path`` atomically (an ``O_EXCL``
+    temporary with the database's mode, fsync, rename, directory fsync); returns the marker path.
+    Raises ``OSError`` on failure (:class:`corestore.sidecar.SidecarError` when the existing marker
+    is not ours to replace)."""
+    db = _database_path(path)
     target = marker_path(path)
     directory = os.path.dirname(target) or "."
-    tmp = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
+    if os.path.lexists(target):  # never replace a planted symlink, another user's file or a database
+        os.close(open_sidecar(target, db, os.O_RDONLY, create=False))
     data = json.dumps(dict(record), indent=2, sort_keys=True, default=str) + "\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd, tmp = create_temporary(target, db)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(data)
@@ -154,13 +173,14 @@ def write_marker(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str
 
 def clear_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Remove the marker of the database at ``path``; returns the record it held (the evidence
-    removed), or None when there was none. For ``corestore doctor --clear-quarantine``."""
+    removed), or None when there was none. For ``corestore doctor --clear-quarantine``.
+
+    Never removes the database: :func:`corestore.sidecar.unlink_sidecar` refuses the database's
+    own path and any file that starts with the SQLite header (``SidecarError``)."""
     record = read_marker(path)
     if record is None:
         return None
-    try:
-        os.unlink(marker_path(path))
-    except FileNotFoundError:
+    if not unlink_sidecar(marker_path(path), _database_path(path)):
         return None
     return record
 
