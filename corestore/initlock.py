@@ -2,10 +2,11 @@
 
 First-connection setup (the journal-mode switch) and a store's ``setup=`` callable run under it,
 so two processes never initialise one database at the same time. It is a sidecar file
-``<db>.corestore-lock`` (created through :mod:`corestore.sidecar`: ``O_NOFOLLOW``, never more
-permissive than the database, owner checked) held with a **write** lock, which needs a writable
-descriptor, so a user who cannot write the lock file cannot hold it (``flock`` would accept a
-read-only descriptor): on Linux an open-file-description lock (``F_OFD_SETLK``: per open file
+``<db>.corestore-lock`` (created through :mod:`corestore.sidecar`: ``O_NOFOLLOW``, owner checked,
+readable and writable only by the classes of users that may write the database, so 0600 beside a
+0644 database) held with a **write** lock, which needs a writable descriptor, so a user who cannot
+write the database cannot hold it (``flock`` would accept a read-only descriptor, and a reader
+could hold a read lock, hence the mode): on Linux an open-file-description lock (``F_OFD_SETLK``: per open file
 description like ``flock``, so not dropped when some other descriptor of the file closes), a
 classic ``fcntl`` record lock elsewhere. A per-path re-entrant thread lock excludes the threads
 of one process.
@@ -30,8 +31,8 @@ import threading
 import time
 from typing import Iterator
 
-from .errors import BusyError, Classification, ErrorKind
-from .sidecar import SidecarError, open_sidecar, sidecar_path
+from .errors import BusyError, Classification, ErrorKind, FatalError
+from .sidecar import SidecarError, open_sidecar, sidecar_path, writers_mode
 
 __all__ = ["InitLock", "lock_path_for", "LOCK_SUFFIX", "DEFAULT_TIMEOUT_S"]
 
@@ -160,9 +161,10 @@ class InitLock:
         if self.path is None:
             return None
         try:
-            fd = open_sidecar(self.path, self.db_path, os.O_RDWR)
-        except SidecarError:
-            raise
+            fd = open_sidecar(self.path, self.db_path, os.O_RDWR, mode=writers_mode(self.db_path))
+        except SidecarError as err:  # a planted link, another user's file: refuse, do not degrade
+            raise FatalError(str(err), path=self.db_path, classification=Classification(
+                kind=ErrorKind.ENVIRONMENT, name="SIDECAR_REFUSED", message=str(err))) from err
         except OSError as err:
             if err.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
                 raise

@@ -10,8 +10,9 @@ Every sidecar goes through this module, which enforces the rules on the operatio
   cannot hang the open); the opened file must be a regular file owned by this process's user or
   by the database file's owner. Temporaries are created with ``O_EXCL``.
 * **Never more permissive than the database.** A new sidecar gets the database file's permission
-  bits (without execute bits; 0600 when the database does not exist yet); an existing one that is
-  more permissive is tightened when this process owns it and refused otherwise. The health
+  bits (without execute bits; 0600 when the database does not exist yet), the init lock only the
+  bits of the database's writers (:func:`writers_mode`); an existing one that is more permissive
+  is tightened when this process owns it and refused otherwise. The health
   snapshot is the one documented exception (``snapshot_world_readable``), and it does not use
   :func:`open_sidecar` for that reason.
 * **Names that fit.** When ``<db><suffix>`` is longer than the directory allows (``NAME_MAX``),
@@ -31,6 +32,7 @@ __all__ = [
     "SidecarError",
     "sidecar_path",
     "sidecar_mode",
+    "writers_mode",
     "open_sidecar",
     "create_temporary",
     "read_sidecar",
@@ -95,6 +97,22 @@ def sidecar_mode(db_path: str) -> int:
         return 0o600
 
 
+def writers_mode(db_path: str) -> int:
+    """Permission bits for a sidecar only the database's *writers* may open at all (the init
+    lock: a reader of the lock file could hold a read lock on it and stall every writer): read
+    and write for each class (owner, group, others) that may write the database. 0644 gives
+    0600, 0664 gives 0660; 0600 when the database does not exist yet."""
+    try:
+        mode = stat.S_IMODE(os.stat(db_path).st_mode)
+    except OSError:
+        return 0o600
+    out = 0
+    for write_bit, rw in ((0o200, 0o600), (0o020, 0o060), (0o002, 0o006)):
+        if mode & write_bit:
+            out |= rw
+    return out
+
+
 def _db_owner(db_path: str) -> int | None:
     try:
         return os.stat(db_path).st_uid
@@ -102,7 +120,7 @@ def _db_owner(db_path: str) -> int | None:
         return None
 
 
-def _check_open(fd: int, path: str, db_path: str, *, tighten: bool = True) -> None:
+def _check_open(fd: int, path: str, db_path: str, *, tighten: bool = True, mode_mask: int = 0o666) -> None:
     """Type, owner and mode checks on an opened sidecar; raises :class:`SidecarError`."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
@@ -124,7 +142,7 @@ def _check_open(fd: int, path: str, db_path: str, *, tighten: bool = True) -> No
                                          "writes to or removes it")
     if tighten:
         mode = stat.S_IMODE(st.st_mode)
-        wanted = sidecar_mode(db_path)
+        wanted = sidecar_mode(db_path) & mode_mask
         if mode & ~wanted:
             if st.st_uid != os.geteuid():
                 raise SidecarError(errno.EPERM, f"{path}: mode {mode:04o} is more permissive than the database "
@@ -137,7 +155,9 @@ def _check_open(fd: int, path: str, db_path: str, *, tighten: bool = True) -> No
 def open_sidecar(path: str, db_path: str, flags: int, *, create: bool = True, mode: int = 0o666) -> int:
     """Open the sidecar ``path`` of ``db_path`` with ``flags`` (``os.O_RDONLY``/``O_RDWR``/
     ``O_WRONLY`` plus e.g. ``O_APPEND``); ``create`` adds ``O_CREAT`` with :func:`sidecar_mode`
-    narrowed by ``mode`` (e.g. 0o600 for a file that should stay private even beside a 0644 database).
+    narrowed by ``mode`` (e.g. 0o600 for a file that should stay private even beside a 0644
+    database, or :func:`writers_mode` for the init lock). An existing sidecar opened for writing
+    that is more permissive than that is tightened (ours) or refused (another user's).
 
     Returns a descriptor (close-on-exec, blocking) after the checks in the module docs. Raises
     ``FileNotFoundError`` (without ``create``), :class:`SidecarError`, or the ``OSError`` of the
@@ -154,7 +174,7 @@ def open_sidecar(path: str, db_path: str, flags: int, *, create: bool = True, mo
                                             f"sidecar of {db_path} (remove it)") from None
         raise
     try:
-        _check_open(fd, path, db_path, tighten=bool(flags & (os.O_WRONLY | os.O_RDWR)))
+        _check_open(fd, path, db_path, tighten=bool(flags & (os.O_WRONLY | os.O_RDWR)), mode_mask=mode)
         if _NONBLOCK:
             import fcntl
 
