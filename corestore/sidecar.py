@@ -165,11 +165,19 @@ def open_sidecar(path: str, db_path: str, flags: int, *, create: bool = True, mo
     """
     if os.path.abspath(path) == os.path.abspath(db_path):
         raise SidecarError(errno.EEXIST, f"{path}: is the database itself, not a sidecar")
-    full = flags | _CLOEXEC | _NOFOLLOW | _NONBLOCK | (os.O_CREAT if create else 0)
+    base = flags | _CLOEXEC | _NOFOLLOW | _NONBLOCK
+    wanted = sidecar_mode(db_path) & mode
     try:
-        fd = os.open(path, full, sidecar_mode(db_path) & mode)
+        try:
+            if not create:
+                raise FileExistsError
+            fd = os.open(path, base | os.O_CREAT | os.O_EXCL, wanted)
+            os.fchmod(fd, wanted)  # exactly the database's bits, whatever the umask
+        except FileExistsError:
+            fd = os.open(path, base)
     except OSError as err:
-        if err.errno == errno.ELOOP or (err.errno == errno.EMLINK and os.path.islink(path)):
+        # ELOOP from O_NOFOLLOW; EACCES/EPERM where the kernel protects links in sticky directories
+        if err.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(path):
             raise SidecarError(errno.ELOOP, f"{path}: is a symbolic link; corestore never follows a link for a "
                                             f"sidecar of {db_path} (remove it)") from None
         raise
@@ -191,10 +199,17 @@ def create_temporary(target: str, db_path: str) -> tuple[int, str]:
     directory, base = os.path.split(target)
     for _ in range(100):
         tmp = os.path.join(directory, f".{base[:200]}.{os.urandom(6).hex()}.tmp")
+        mode = sidecar_mode(db_path)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _NOFOLLOW, sidecar_mode(db_path))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _NOFOLLOW, mode)
         except FileExistsError:
             continue
+        try:
+            os.fchmod(fd, mode)  # exactly the database's bits, whatever the umask
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
         return fd, tmp
     raise SidecarError(errno.EEXIST, f"{target}: could not create a unique temporary file beside it")
 
