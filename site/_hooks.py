@@ -113,7 +113,7 @@ _RETRY_MEANING = {
 def _profiles_other(arg: str) -> str:
     import attrs
 
-    from corestore.profiles import RetryPolicy, _ENUM_PRAGMAS, _BOOL_PRAGMAS, _INT_PRAGMAS
+    from corestore.profiles import RetryPolicy, _ENUM_PRAGMAS, _BOOL_PRAGMAS, _INT_PRAGMAS, _INT_PRAGMA_RANGES
 
     if arg == "retry":
         rows = []
@@ -127,7 +127,12 @@ def _profiles_other(arg: str) -> str:
     if arg == "pragmas":
         rows = [[_code(n), "one of " + ", ".join(_code(v) for v in vals)] for n, vals in sorted(_ENUM_PRAGMAS.items())]
         rows += [[_code(n), "`true` / `false` (stored as 1 / 0)"] for n in sorted(_BOOL_PRAGMAS)]
-        rows += [[_code(n), "integer" + (" >= 0 (milliseconds)" if n == "busy_timeout" else "")] for n in sorted(_INT_PRAGMAS)]
+        def _range(n: str) -> str:
+            low, high = _INT_PRAGMA_RANGES.get(n, (None, None))
+            unit = " (milliseconds)" if n == "busy_timeout" else ""
+            return f"integer from {low} to {high}{unit}" if low is not None else "integer (64-bit)"
+
+        rows += [[_code(n), _range(n)] for n in sorted(_INT_PRAGMAS)]
         return _table(["Pragma", "Allowed values"], rows)
     raise ValueError(f"unknown profiles marker argument {arg!r} (builtin, retry, pragmas)")
 
