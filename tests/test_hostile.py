@@ -35,7 +35,7 @@ from corestore.settings import number, one_of, optional
 from corestore.sidecar import SQLITE_HEADER, SidecarError, sidecar_path, unlink_sidecar
 from corestore_plugins.quarantine import MARKER_SUFFIX, clear_marker, marker_path, read_marker, write_marker
 
-from conftest import child_env, root_only
+from conftest import child_env, root_only, run_python
 
 NOBODY = 65534
 CLI = [sys.executable, "-m", "corestore.cli"]
@@ -554,3 +554,44 @@ def test_struct_flock_layout_matches_the_kernel() -> None:
         assert struct.unpack("hhqqi4x", got)[0] == fcntl.F_UNLCK
     finally:
         os.close(fd)
+
+
+@root_only()
+def test_a_read_only_directory_degrades_to_the_thread_lock_with_one_warning(tmp_path: Path) -> None:
+    d = tmp_path / "ro"
+    d.mkdir()
+    make_db(d / "a.db")
+    d.chmod(0o555)
+    code = """
+        import logging, sys, corestore
+        logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+        ran = []
+        p = corestore.Profile(path=sys.argv[1], read_only=True, pragmas={"busy_timeout": 1000}, init_timeout_s=5)
+        s = corestore.open(p, setup=ran.append)
+        with s.init_lock():
+            pass
+        s.close()
+        print("setup ran" if ran else "setup did not run")
+    """
+    try:
+        result = run_python(code, str(d / "a.db"), drop_caps=True)  # root without DAC override obeys 0555
+    finally:
+        d.chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "setup ran"
+    warnings = [line for line in result.stderr.splitlines() if "cannot open the init lock file for writing" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], result.stderr
+    assert not os.path.exists(lock_path_for(str(d / "a.db")))
+
+
+def test_a_fifo_or_directory_in_a_sidecar_place_is_refused_without_hanging(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    make_db(db)
+    os.mkfifo(lock_path_for(str(db)))
+    t0 = time.monotonic()
+    with pytest.raises(FatalError, match="is not a regular file"):
+        corestore.open(Profile(path=str(db), pragmas=WAL, init_timeout_s=2), setup=lambda s: None)
+    assert time.monotonic() - t0 < 2
+    os.mkdir(marker_path(db))
+    record = read_marker(db)  # a directory where the marker goes: reported, still "quarantined"
+    assert record is not None and record["unreadable"], record
