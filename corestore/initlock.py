@@ -47,7 +47,7 @@ DEFAULT_TIMEOUT_S = 30.0
 _FLOCK = "hhqqi4x"
 _OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
 _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
-_USE_OFD = sys.platform.startswith("linux")
+_USE_OFD = sys.platform.startswith("linux") and struct.calcsize("P") == 8  # the layout above is the 64-bit one
 
 _registry: dict[str, "InitLock"] = {}
 _registry_lock = threading.Lock()
