@@ -118,13 +118,55 @@ def test_every_shipped_plugin_has_a_page_with_its_settings(plugin: str) -> None:
         assert row["help"], f"{plugin}.Settings.{row['name']} has no metadata help"
         line = next((ln for ln in rendered.splitlines() if ln.startswith(f"| `{row['name']}` |")), None)
         assert line is not None, f"setting {row['name']!r} of {plugin} is missing from its page"
-        assert row["default"].replace("|", r"\|") in line and row["help"].replace("|", r"\|") in line
+        assert row["help"].replace("|", r"\|").replace("<", "&lt;").replace(">", "&gt;") in line
+
+
+def settings_defaults(plugin: str) -> dict[str, object]:
+    import attrs
+
+    out: dict[str, object] = {}
+    for field in attrs.fields(registry.load_plugin_class(plugin).Settings):
+        default = field.default
+        out[field.name] = default.factory() if isinstance(default, attrs.Factory) else default
+    return out
+
+
+@pytest.mark.parametrize("plugin", sorted(shipped_plugins()))
+def test_settings_defaults_are_shown_in_toml(plugin: str) -> None:
+    """Users write TOML: ``true``, ``"reject"``, ``["CORRUPT"]``; a default of None is "not set".
+    Each default shown must parse as TOML back to the value the Settings class has, and the
+    table carries no Python spelling (``True``, ``'reject'``, ``None``, ``str \\| None``)."""
+    table = site_hooks.settings_table(plugin)
+    for name, default in settings_defaults(plugin).items():
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| `{name}` |"))
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        assert len(cells) == 4, f"{plugin}.{name}: the row does not split into 4 cells: {line}"
+        shown = cells[2]
+        if default is None:
+            assert shown == site_hooks.NOT_SET, f"{plugin}.{name}: a None default must read {site_hooks.NOT_SET!r}: {line}"
+            continue
+        assert shown.startswith("`") and shown.endswith("`"), line
+        parsed = tomllib.loads(f"v = {shown[1:-1]}")["v"]
+        expected = list(default) if isinstance(default, tuple) else default
+        assert parsed == expected and type(parsed) is type(expected), (
+            f"{plugin}.{name}: default shown as {shown}, which TOML reads as {parsed!r}, not {default!r}")
+    assert not re.search(r"`(True|False|None)`|`'[^`]*'`", table), f"Python reprs in the {plugin} settings table"
+    assert "\\|" not in "".join(re.findall(r"`[^`]*`", table)), "an escaped pipe inside a code span shows a backslash"
+
+
+def test_table_cells_escape_html_and_pipes_only_outside_code() -> None:
+    cell = site_hooks._cell("default <db>.x | `a | b` & `<c>`")
+    assert cell == r"default &lt;db&gt;.x \| `a | b` &amp; `<c>`"
+    assert site_hooks.toml_value(("A", "B")) == '["A", "B"]' and site_hooks.toml_value(True) == "true"
+    assert site_hooks.toml_value({"a": 1, "b c": "x"}) == '{ a = 1, "b c" = "x" }'
+    assert site_hooks.toml_type("str | None") == "string (optional)"
+    assert site_hooks.toml_type("tuple[str, ...]") == "array of strings"
 
 
 def test_settings_marker_generates_every_field_and_fails_loudly() -> None:
     table = site_hooks.settings_table("wal_guard")
     for row in registry.settings_help(registry.load_plugin_class("wal_guard")):
-        assert f"| `{row['name']}` | `{row['type']}` | `{row['default']}` |" in table
+        assert f"| `{row['name']}` | {site_hooks.toml_type(row['type'])} |" in table
     with pytest.raises(ValueError, match="unknown plugin 'no_such_plugin'"):
         site_hooks.render_markers("<!-- settings: no_such_plugin -->")
     with pytest.raises(ValueError, match="unknown errors marker argument 'nope'"):
