@@ -240,6 +240,15 @@ def test_every_api_directive_names_a_real_object() -> None:
                 assert hasattr(module, attr), f"{page.relative_to(SITE)}: `::: {dotted}` names nothing"
 
 
+def test_no_mermaid_on_the_site() -> None:
+    """Diagrams are tables or text: mermaid renders only with a script fetched from a CDN, so the
+    site would show raw diagram source to a reader offline (or behind a proxy)."""
+    for page in pages():
+        assert not fenced_blocks(page.read_text(), "mermaid"), f"{page.relative_to(ROOT)}: a ```mermaid block"
+    config = [line.split("#")[0] for line in (ROOT / "mkdocs.yml").read_text().splitlines()]
+    assert not [line for line in config if "mermaid" in line], "mkdocs.yml still configures a mermaid fence"
+
+
 def test_no_inline_python_on_the_site() -> None:
     offenders = []
     for page in pages():
@@ -412,11 +421,29 @@ def test_example_plugin_test_suite_passes(tmp_path: Path) -> None:
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="mkdocs is in the docs extra; CI builds the site with it")
     pytest.importorskip("material", reason="mkdocs-material is in the docs extra")
+    # Built from a copy of the project's docs in which the example plugin was installed in place,
+    # as a reader of the guide might: what that leaves behind (build/, *.egg-info/) must not be
+    # published. The copy keeps the real tree clean; the code is imported from the installed
+    # corestore, as in the real build.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy2(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+    shutil.copytree(SITE, project / "site", ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    for package in ("corestore", "plugins", "contrib"):
+        (project / package).symlink_to(ROOT / package, target_is_directory=True)
+    leftovers = project / "site" / "examples" / "acme_policy"
+    (leftovers / "build" / "lib" / "acme_policy").mkdir(parents=True)
+    (leftovers / "build" / "lib" / "acme_policy" / "__init__.py").write_text("# a copy made by setuptools\n")
+    (leftovers / "acme_policy.egg-info").mkdir()
+    (leftovers / "acme_policy.egg-info" / "PKG-INFO").write_text("Name: acme-policy\n")
     out = tmp_path / "site"
     env = child_env(PYTHONDONTWRITEBYTECODE="1", NO_MKDOCS_2_WARNING="1")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stderr[-5000:]}"
+    published = [str(p.relative_to(out)) for p in out.rglob("*") if p.name == "build" or ".egg-info" in p.name]
+    assert not published, f"install leftovers of the example plugin published in the site: {published}"
+    assert (out / "stylesheets" / "extra.css").is_file(), "the stylesheet that wraps long code lines is not published"
     hooks_page = (out / "reference" / "hooks" / "index.html").read_text()
     for hook in hookspecs.HOOK_NAMES:
         assert f'id="corestore.hookspecs.{hook}"' in hooks_page, f"{hook} not rendered by mkdocstrings"
@@ -427,4 +454,14 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         html = page.read_text()
         for row in registry.settings_help(registry.load_plugin_class(plugin)):
             assert f"<code>{row['name']}</code>" in html, f"{plugin}: setting {row['name']} not on the built page"
+        names = [row["name"] for row in registry.settings_help(registry.load_plugin_class(plugin))]
+        table = next((t for t in re.findall(r"<table>.*?</table>", html, re.DOTALL)
+                      if names and f"<code>{names[0]}</code>" in t), "")
+        assert table, f"{plugin}: no settings table on the built page"
+        assert "\\|" not in "".join(re.findall(r"<code>.*?</code>", table)), f"{plugin}: a backslash shown in a code cell"
+        assert not re.search(r"<code>(True|False|None|'[^<]*')</code>", table), f"{plugin}: a Python repr in its settings"
+    accounting = (out / "plugins" / "accounting" / "index.html").read_text()
+    assert "&lt;db&gt;.corestore-deadletter.jsonl" in accounting, "<db> in a settings help text was eaten as HTML"
+    for page in out.rglob("*.html"):
+        assert 'class="mermaid"' not in page.read_text(), f"{page}: a mermaid diagram needs a script from the network"
     assert not list(out.rglob("_hooks.py")) and not list(out.rglob("__pycache__"))
