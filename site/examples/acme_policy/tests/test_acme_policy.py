@@ -25,6 +25,7 @@ def test_faults_over_budget_degrade_health(tmp_store, failpoint):
     assert budget.settings.max_faults == 1
     assert tmp_store.health().components["acme_fault_budget"].status is HealthStatus.UP
 
+    first_fault = time.monotonic()
     with failpoint.armed(op="write", code="IOERR_WRITE"):  # every write fails with a disk I/O error
         for _ in range(2):
             with pytest.raises(corestore.FatalError) as info:
@@ -39,7 +40,11 @@ def test_faults_over_budget_degrade_health(tmp_store, failpoint):
 
     with tmp_store.transaction():  # healed: writes work again
         tmp_store.database.execute_sql("INSERT INTO t VALUES (2)")
-    time.sleep(0.6)  # the faults leave the window
+    deadline = time.monotonic() + 10  # the faults leave the 0.5 s window: poll, never sleep-then-assert
+    while tmp_store.health().components["acme_fault_budget"].status is not HealthStatus.UP:
+        assert time.monotonic() < deadline, "the faults never left the window"
+        time.sleep(0.02)
+    assert time.monotonic() - first_fault >= BUDGET["acme_fault_budget"]["window_s"]  # not before
     assert tmp_store.health().components["acme_fault_budget"].status is HealthStatus.UP
 
 
