@@ -1,4 +1,4 @@
-"""wal_guard: WAL that is never silently lost, downgraded or mixed (DESIGN §6, incidents 001/004).
+"""wal_guard: WAL that is never silently lost, downgraded or mixed (site/plugins/wal_guard.md).
 
 Real SQLite throughout: faults go in through the failpoint VFS (apsw, in-process) or the preload
 shim (stdlib sqlite3, in a child); "not authorized" is SQLite's own SQLITE_AUTH from an
