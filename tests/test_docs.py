@@ -240,6 +240,21 @@ def test_every_api_directive_names_a_real_object() -> None:
                 assert hasattr(module, attr), f"{page.relative_to(SITE)}: `::: {dotted}` names nothing"
 
 
+def test_no_reference_to_documents_outside_the_repository() -> None:
+    """Code, tests and docs cite the project's own pages (site/...), never the design notes or
+    incident files a user of the package does not have."""
+    pattern = re.compile("DESIGN " + "\u00a7|" + "incidents" + "/")
+    found = []
+    for top in ("corestore", "plugins", "contrib", "site", "tests", "benchmarks"):
+        for path in (ROOT / top).rglob("*"):
+            if path.suffix not in (".py", ".md", ".toml", ".c", ".yml") or "build" in path.parts:
+                continue
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, "references to documents outside the repository:\n" + "\n".join(found)
+
+
 def test_no_mermaid_on_the_site() -> None:
     """Diagrams are tables or text: mermaid renders only with a script fetched from a CDN, so the
     site would show raw diagram source to a reader offline (or behind a proxy)."""
