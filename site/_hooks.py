@@ -13,6 +13,10 @@ A page asks for a generated table with a marker alone on its line::
 An unknown marker (any ``<!-- word: argument -->`` comment), an unknown plugin or a plugin without
 ``Settings`` fails the build.
 
+Types and defaults are shown as a TOML author writes them (:func:`toml_type`, :func:`toml_value`):
+``boolean`` / ``true``, ``string`` / ``"reject"``, ``array of strings`` / ``["CORRUPT"]``; a
+``None`` default reads :data:`NOT_SET`. Cells escape ``|`` and ``<>&`` outside code spans only.
+
 Pages written by other parts of the project (:data:`OPTIONAL_PAGES`) may not exist yet: they
 are dropped from the nav and links to them become plain text, so the build works either way;
 ``tests/test_docs.py`` is what insists they exist. This module imports nothing from mkdocs at
