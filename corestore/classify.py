@@ -1,4 +1,4 @@
-"""The SQLite result-code table: what a database error *means* for the core (DESIGN §5).
+"""The SQLite result-code table: what a database error *means* for the core (site/concepts/errors.md).
 
 The store calls the ``classify_error`` hook whenever the database raised; :class:`CoreClassifier`
 is the last implementation asked (``trylast``), so any plugin can override it. It classifies by
@@ -13,7 +13,7 @@ past such symptoms. It understands stdlib ``sqlite3`` errors (``sqlite_errorcode
 errors (``extendedresult``/``result``) without importing apsw: an apsw error can only exist if
 apsw is already in ``sys.modules``.
 
-Decisions for the codes the DESIGN table does not name:
+Decisions for the codes the taxonomy (site/concepts/errors.md) does not name:
 
 * ``PERM`` 3 and ``NOLFS`` 22 are ``ENVIRONMENT`` (file-system permissions, no large-file
   support: the host is wrong, not the data or the caller).
@@ -210,7 +210,7 @@ _EXTENDED_KIND: dict[int, ErrorKind] = {
     1032: ErrorKind.TRANSIENT_IO,  # READONLY_DBMOVED
 }
 
-#: The kind of every code in :data:`SQLITE_CODES` (UNKNOWN where the DESIGN table names none).
+#: The kind of every code in :data:`SQLITE_CODES` (UNKNOWN where the taxonomy names none).
 KIND_BY_CODE: Mapping[int, ErrorKind] = MappingProxyType({
     code: _EXTENDED_KIND.get(code) or _PRIMARY_KIND.get(code & 0xFF, ErrorKind.UNKNOWN) for code in SQLITE_CODES
 })
@@ -220,7 +220,7 @@ class KindFlags(NamedTuple):
     """What the core does about one kind: retry it, count it against the breaker, reopen.
 
     ``retryable`` False for FATAL_IO means the core does not retry it on its own; a policy
-    plugin may (the DESIGN's "by policy").
+    plugin may (the taxonomy's "by policy").
     """
 
     retryable: bool
@@ -228,7 +228,7 @@ class KindFlags(NamedTuple):
     reopen: bool
 
 
-#: The retry / breaker / reopen columns of the DESIGN §5 table.
+#: The retry / breaker / reopen columns of the error taxonomy (site/concepts/errors.md).
 FLAGS_BY_KIND: Mapping[ErrorKind, KindFlags] = MappingProxyType({
     ErrorKind.BUSY: KindFlags(retryable=True, trips_breaker=False, reopen=False),
     ErrorKind.TRANSIENT_IO: KindFlags(retryable=True, trips_breaker=True, reopen=True),

@@ -38,7 +38,7 @@ __all__ = [
 
 
 class ErrorKind(str, enum.Enum):
-    """What a database error means for the core (DESIGN §5)."""
+    """What a database error means for the core (the taxonomy: site/concepts/errors.md)."""
 
     BUSY = "busy"
     TRANSIENT_IO = "transient_io"

@@ -1,7 +1,7 @@
 """Reading a SQLite file's header without disturbing the process's locks.
 
 Closing *any* descriptor of a file drops *all* of the process's POSIX locks on it, including the
-ones SQLite holds (DESIGN §8 rule 2). So a process that has SQLite connections to a file reads its
+ones SQLite holds (site/operations.md, rule 2). So a process that has SQLite connections to a file reads its
 header through one read-only descriptor per file that stays open for the life of the process;
 sizes come from ``os.stat``. The doctor CLI, a separate process, may read freely.
 """

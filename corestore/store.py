@@ -723,7 +723,7 @@ class Store:
 
     def _fire_on_fatal(self, err: BaseException, c: Classification, op: Operation | None) -> None:
         """``on_fatal`` on the failing caller's thread: a ``health()`` called from inside it (a
-        plugin escalating) never runs the database probe (DESIGN §6, health)."""
+        plugin escalating) never runs the database probe (site/plugins/health.md)."""
         scope = self._fault_scope
         scope.depth = getattr(scope, "depth", 0) + 1
         try:

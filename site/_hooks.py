@@ -13,6 +13,10 @@ A page asks for a generated table with a marker alone on its line::
 An unknown marker (any ``<!-- word: argument -->`` comment), an unknown plugin or a plugin without
 ``Settings`` fails the build.
 
+Types and defaults are shown as a TOML author writes them (:func:`toml_type`, :func:`toml_value`):
+``boolean`` / ``true``, ``string`` / ``"reject"``, ``array of strings`` / ``["CORRUPT"]``; a
+``None`` default reads :data:`NOT_SET`. Cells escape ``|`` and ``<>&`` outside code spans only.
+
 Pages written by other parts of the project (:data:`OPTIONAL_PAGES`) may not exist yet: they
 are dropped from the nav and links to them become plain text, so the build works either way;
 ``tests/test_docs.py`` is what insists they exist. This module imports nothing from mkdocs at
@@ -27,7 +31,7 @@ import posixpath
 import re
 from typing import Any, Callable
 
-__all__ = ["MARKER", "OPTIONAL_PAGES", "render_markers", "settings_table", "GENERATORS"]
+__all__ = ["MARKER", "OPTIONAL_PAGES", "NOT_SET", "render_markers", "settings_table", "toml_type", "toml_value", "GENERATORS"]
 
 logger = logging.getLogger("mkdocs.hooks.corestore")
 
@@ -51,8 +55,26 @@ OPTIONAL_PAGES = frozenset({
 
 
 # -- table helpers ---------------------------------------------------------------------------------
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+
+
 def _cell(text: Any) -> str:
-    return str(text).replace("|", r"\|").replace("\n", " ")
+    """One table cell: ``|`` outside code spans escaped (Python-Markdown's table parser already
+    leaves pipes inside code spans alone, and would show a backslash there), ``<``, ``>`` and
+    ``&`` outside code spans turned into entities so help text such as ``<db>.x`` is shown, not
+    swallowed as an HTML tag."""
+    text = str(text).replace("\n", " ")
+    out, pos = [], 0
+    for match in _CODE_SPAN.finditer(text):
+        out.append(_escape_prose(text[pos:match.start()]))
+        out.append(match.group(0))
+        pos = match.end()
+    out.append(_escape_prose(text[pos:]))
+    return "".join(out)
+
+
+def _escape_prose(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", r"\|")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -63,6 +85,68 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _code(text: Any) -> str:
     return f"`{text}`"
+
+
+# -- values and types as a TOML author writes them ---------------------------------------------------
+#: Shown in the Default column for a setting whose default is ``None`` (the key is simply left out).
+NOT_SET = "not set"
+
+
+def toml_value(value: Any) -> str:
+    """``value`` in TOML syntax: ``true``, ``"reject"``, ``["CORRUPT", "INVARIANT"]``, ``{ a = 1 }``.
+    ``None`` has no TOML form; callers show :data:`NOT_SET` for it."""
+    from collections.abc import Mapping
+
+    if value is None:
+        raise ValueError("None has no TOML form (the key is left out)")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return "[" + ", ".join(toml_value(v) for v in items) + "]"
+    if hasattr(value, "value") and hasattr(value, "name"):  # an Enum: its value, as written in TOML
+        return toml_value(value.value)
+    raise ValueError(f"no TOML form for {type(value).__name__} {value!r}")
+
+
+def _toml_key(key: Any) -> str:
+    key = str(key)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
+
+
+def _default_cell(value: Any) -> str:
+    return NOT_SET if value is None else _code(toml_value(value))
+
+
+_TOML_TYPES = {"str": "string", "int": "integer", "float": "float", "bool": "boolean",
+               "dict": "table", "Mapping": "table"}
+
+
+def toml_type(annotation: Any) -> str:
+    """A field's annotation as the TOML type a user writes: ``str | None`` -> "string (optional)",
+    ``tuple[str, ...]`` -> "array of strings"."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = str(text).replace("typing.", "").replace("Optional[", "").strip()
+    parts = [p.strip() for p in text.split("|")]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    names = []
+    for part in parts:
+        seq = re.fullmatch(r"(?:tuple|list|frozenset|set|Sequence)\[(\w+)(?:, \.\.\.)?\]", part)
+        if seq:
+            names.append(f"array of {_TOML_TYPES.get(seq.group(1), seq.group(1))}s")
+        else:
+            names.append(_TOML_TYPES.get(part.split("[")[0], part))
+    shown = " or ".join(names) or "any"
+    return f"{shown} (optional)" if optional else shown
 
 
 # -- generators ------------------------------------------------------------------------------------
@@ -77,11 +161,26 @@ def settings_table(plugin: str) -> str:
     missing = [r["name"] for r in rows if not r["help"]]
     if missing:
         raise ValueError(f"plugin {plugin!r}: Settings field(s) without metadata help: {', '.join(missing)}")
+    import attrs
+
+    fields = {f.name: f for f in attrs.fields(cls.Settings)}
     body = _table(
         ["Setting", "Type", "Default", "Meaning"],
-        [[_code(r["name"]), _code(r["type"]), _code(r["default"]), r["help"]] for r in rows],
+        [[_code(r["name"]), toml_type(fields[r["name"]].type), _default_cell(_field_default(fields[r["name"]])), r["help"]]
+         for r in rows],
     )
     return f"{body}\n\nSet in TOML under `[profiles.NAME.settings.{plugin}]` or `[databases.NAME.settings.{plugin}]`."
+
+
+def _field_default(field: Any) -> Any:
+    import attrs
+
+    default = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        if default.takes_self:  # type: ignore[union-attr]
+            raise ValueError(f"setting {field.name}: a default computed from the instance cannot be documented")
+        default = default.factory()  # type: ignore[union-attr]
+    return default
 
 
 def _builtin_profiles(arg: str) -> str:
@@ -92,9 +191,9 @@ def _builtin_profiles(arg: str) -> str:
     rows = []
     for name, raw in BUILTIN_PROFILES.items():
         plugins = ", ".join(_code(p) for p in raw.get("plugins", ())) or "(none)"
-        pragmas = ", ".join(f"`{k}={v}`" for k, v in dict(raw.get("pragmas", {})).items()) or "(none)"
+        pragmas = ", ".join(f"`{k} = {toml_value(v)}`" for k, v in dict(raw.get("pragmas", {})).items()) or "(none)"
         rows.append([_code(name), plugins, pragmas])
-    note = ("On macOS the `default` profile also sets `fullfsync=1` and `checkpoint_fullfsync=1` "
+    note = ("On macOS the `default` profile also sets `fullfsync = true` and `checkpoint_fullfsync = true` "
             "(plain `fsync` is not durable there); the table shows the profile on the machine that built this site.")
     return _table(["Profile", "Plugins", "Pragmas"], rows) + "\n\n" + note
 
@@ -122,10 +221,11 @@ def _profiles_other(arg: str) -> str:
             if meaning is None:
                 raise ValueError(f"RetryPolicy.{field.name} has no description in site/_hooks.py _RETRY_MEANING")
             ftype = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-            rows.append([_code(field.name), _code(ftype), _code(repr(field.default)), meaning])
+            rows.append([_code(field.name), toml_type(ftype), _default_cell(_field_default(field)), meaning])
         return _table(["Key", "Type", "Default", "Meaning"], rows)
     if arg == "pragmas":
-        rows = [[_code(n), "one of " + ", ".join(_code(v) for v in vals)] for n, vals in sorted(_ENUM_PRAGMAS.items())]
+        rows = [[_code(n), "one of " + ", ".join(_code(v if v.isdigit() else toml_value(v)) for v in vals)]
+                for n, vals in sorted(_ENUM_PRAGMAS.items())]
         rows += [[_code(n), "`true` / `false` (stored as 1 / 0)"] for n in sorted(_BOOL_PRAGMAS)]
         def _range(n: str) -> str:
             low, high = _INT_PRAGMA_RANGES.get(n, (None, None))

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import corestore
 from corestore import ConfigError, HealthStatus, PluginError, Profile
+from corestore_contrib.waiting import wait_until
 from corestore_plugins.accounting import BATCHES_TABLE, Accounting, ManualClock
 
 from conftest import run_python
@@ -333,7 +334,9 @@ def test_block_waits_for_room_then_gives_up(tmp_path: Path) -> None:
         got: list[bool] = []
         t = threading.Thread(target=lambda: got.append(acc.submit("usage", {"kind": "k", "n": 4})))
         t.start()
-        time.sleep(0.1)
+        # the ledger's count of submitters blocked for room (no public view of it): the thread
+        # is inside submit(), waiting, before anything makes room
+        wait_until(lambda: acc._ledger.blocked == 1, "the submitter to block on the full queue")
         assert got == []  # still waiting
         assert acc.flush(5)
         t.join(5)
@@ -354,7 +357,8 @@ def test_rejections_are_logged_at_most_once_per_interval(tmp_path: Path, caplog:
             for i in range(20):
                 acc.submit("usage", {"kind": "k", "n": i})
             assert clock.wait_quiescent()
-            time.sleep(0.05)
+            wait_until(lambda: [r for r in caplog.records if "queue full" in r.getMessage()],
+                       "the writer to log the first rejections")
             assert clock.wait_quiescent()
             first = [r for r in caplog.records if "queue full" in r.getMessage()]
             assert len(first) == 1 and "18 row(s) rejected" in first[0].getMessage()

@@ -18,6 +18,7 @@ apsw = pytest.importorskip("apsw", reason="the failpoint VFS needs apsw (coresto
 import corestore  # noqa: E402
 from corestore import HealthStatus, Profile  # noqa: E402
 from corestore_contrib.failpoint import FailpointVFS, integrity_check  # noqa: E402
+from corestore_contrib.waiting import wait_until  # noqa: E402
 from corestore_plugins.accounting import BATCHES_TABLE, ManualClock  # noqa: E402
 
 from plugin_fixtures import EVENTS  # noqa: E402
@@ -258,7 +259,9 @@ def test_drops_while_wedged_are_counted_and_fail_the_flush_that_covered_them(tmp
         result: list[bool] = []
         waiter = threading.Thread(target=lambda: result.append(acc.flush(10)))
         waiter.start()
-        time.sleep(0.1)
+        # the ledger's list of flush() waiters (no public view of it): flush() has taken its
+        # target (rows 0-9) before the late rows arrive
+        wait_until(lambda: acc._ledger.waiters, "flush() to register as a waiter")
         for i in range(10, 13):  # three more: the three oldest queued rows (5, 6, 7) are dropped
             assert acc.submit("plain", {"kind": "late", "n": i})
         st = acc.stats()

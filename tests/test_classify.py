@@ -1,4 +1,4 @@
-"""Tests for corestore.classify: the code table against the drivers, the DESIGN §5 table, and
+"""Tests for corestore.classify: the code table against the drivers, the error taxonomy table, and
 real SQLite errors from sqlite3, apsw and peewee classified end to end."""
 from __future__ import annotations
 
@@ -115,10 +115,10 @@ def test_kind_table_covers_the_code_table() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# DESIGN §5, row by row
+# the error taxonomy (site/concepts/errors.md), row by row
 # ---------------------------------------------------------------------------------------------
 
-# kind -> (retry, breaker, reopen), copied from the DESIGN table ("by policy" is not the core's).
+# kind -> (retry, breaker, reopen), copied from the error taxonomy ("by policy" is not the core's).
 DESIGN_FLAGS = {
     K.BUSY: (True, False, False),
     K.TRANSIENT_IO: (True, True, True),

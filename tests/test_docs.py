@@ -118,13 +118,55 @@ def test_every_shipped_plugin_has_a_page_with_its_settings(plugin: str) -> None:
         assert row["help"], f"{plugin}.Settings.{row['name']} has no metadata help"
         line = next((ln for ln in rendered.splitlines() if ln.startswith(f"| `{row['name']}` |")), None)
         assert line is not None, f"setting {row['name']!r} of {plugin} is missing from its page"
-        assert row["default"].replace("|", r"\|") in line and row["help"].replace("|", r"\|") in line
+        assert row["help"].replace("|", r"\|").replace("<", "&lt;").replace(">", "&gt;") in line
+
+
+def settings_defaults(plugin: str) -> dict[str, object]:
+    import attrs
+
+    out: dict[str, object] = {}
+    for field in attrs.fields(registry.load_plugin_class(plugin).Settings):
+        default = field.default
+        out[field.name] = default.factory() if isinstance(default, attrs.Factory) else default
+    return out
+
+
+@pytest.mark.parametrize("plugin", sorted(shipped_plugins()))
+def test_settings_defaults_are_shown_in_toml(plugin: str) -> None:
+    """Users write TOML: ``true``, ``"reject"``, ``["CORRUPT"]``; a default of None is "not set".
+    Each default shown must parse as TOML back to the value the Settings class has, and the
+    table carries no Python spelling (``True``, ``'reject'``, ``None``, ``str \\| None``)."""
+    table = site_hooks.settings_table(plugin)
+    for name, default in settings_defaults(plugin).items():
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| `{name}` |"))
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        assert len(cells) == 4, f"{plugin}.{name}: the row does not split into 4 cells: {line}"
+        shown = cells[2]
+        if default is None:
+            assert shown == site_hooks.NOT_SET, f"{plugin}.{name}: a None default must read {site_hooks.NOT_SET!r}: {line}"
+            continue
+        assert shown.startswith("`") and shown.endswith("`"), line
+        parsed = tomllib.loads(f"v = {shown[1:-1]}")["v"]
+        expected = list(default) if isinstance(default, tuple) else default
+        assert parsed == expected and type(parsed) is type(expected), (
+            f"{plugin}.{name}: default shown as {shown}, which TOML reads as {parsed!r}, not {default!r}")
+    assert not re.search(r"`(True|False|None)`|`'[^`]*'`", table), f"Python reprs in the {plugin} settings table"
+    assert "\\|" not in "".join(re.findall(r"`[^`]*`", table)), "an escaped pipe inside a code span shows a backslash"
+
+
+def test_table_cells_escape_html_and_pipes_only_outside_code() -> None:
+    cell = site_hooks._cell("default <db>.x | `a | b` & `<c>`")
+    assert cell == r"default &lt;db&gt;.x \| `a | b` &amp; `<c>`"
+    assert site_hooks.toml_value(("A", "B")) == '["A", "B"]' and site_hooks.toml_value(True) == "true"
+    assert site_hooks.toml_value({"a": 1, "b c": "x"}) == '{ a = 1, "b c" = "x" }'
+    assert site_hooks.toml_type("str | None") == "string (optional)"
+    assert site_hooks.toml_type("tuple[str, ...]") == "array of strings"
 
 
 def test_settings_marker_generates_every_field_and_fails_loudly() -> None:
     table = site_hooks.settings_table("wal_guard")
     for row in registry.settings_help(registry.load_plugin_class("wal_guard")):
-        assert f"| `{row['name']}` | `{row['type']}` | `{row['default']}` |" in table
+        assert f"| `{row['name']}` | {site_hooks.toml_type(row['type'])} |" in table
     with pytest.raises(ValueError, match="unknown plugin 'no_such_plugin'"):
         site_hooks.render_markers("<!-- settings: no_such_plugin -->")
     with pytest.raises(ValueError, match="unknown errors marker argument 'nope'"):
@@ -196,6 +238,30 @@ def test_every_api_directive_names_a_real_object() -> None:
             except ImportError:
                 module = importlib.import_module(module_name)
                 assert hasattr(module, attr), f"{page.relative_to(SITE)}: `::: {dotted}` names nothing"
+
+
+def test_no_reference_to_documents_outside_the_repository() -> None:
+    """Code, tests and docs cite the project's own pages (site/...), never the design notes or
+    incident files a user of the package does not have."""
+    pattern = re.compile("DESIGN " + "\u00a7|" + "incidents" + "/")
+    found = []
+    for top in ("corestore", "plugins", "contrib", "site", "tests", "benchmarks"):
+        for path in (ROOT / top).rglob("*"):
+            if path.suffix not in (".py", ".md", ".toml", ".c", ".yml") or "build" in path.parts:
+                continue
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, "references to documents outside the repository:\n" + "\n".join(found)
+
+
+def test_no_mermaid_on_the_site() -> None:
+    """Diagrams are tables or text: mermaid renders only with a script fetched from a CDN, so the
+    site would show raw diagram source to a reader offline (or behind a proxy)."""
+    for page in pages():
+        assert not fenced_blocks(page.read_text(), "mermaid"), f"{page.relative_to(ROOT)}: a ```mermaid block"
+    config = [line.split("#")[0] for line in (ROOT / "mkdocs.yml").read_text().splitlines()]
+    assert not [line for line in config if "mermaid" in line], "mkdocs.yml still configures a mermaid fence"
 
 
 def test_no_inline_python_on_the_site() -> None:
@@ -370,11 +436,29 @@ def test_example_plugin_test_suite_passes(tmp_path: Path) -> None:
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="mkdocs is in the docs extra; CI builds the site with it")
     pytest.importorskip("material", reason="mkdocs-material is in the docs extra")
+    # Built from a copy of the project's docs in which the example plugin was installed in place,
+    # as a reader of the guide might: what that leaves behind (build/, *.egg-info/) must not be
+    # published. The copy keeps the real tree clean; the code is imported from the installed
+    # corestore, as in the real build.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy2(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+    shutil.copytree(SITE, project / "site", ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    for package in ("corestore", "plugins", "contrib"):
+        (project / package).symlink_to(ROOT / package, target_is_directory=True)
+    leftovers = project / "site" / "examples" / "acme_policy"
+    (leftovers / "build" / "lib" / "acme_policy").mkdir(parents=True)
+    (leftovers / "build" / "lib" / "acme_policy" / "__init__.py").write_text("# a copy made by setuptools\n")
+    (leftovers / "acme_policy.egg-info").mkdir()
+    (leftovers / "acme_policy.egg-info" / "PKG-INFO").write_text("Name: acme-policy\n")
     out = tmp_path / "site"
     env = child_env(PYTHONDONTWRITEBYTECODE="1", NO_MKDOCS_2_WARNING="1")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stderr[-5000:]}"
+    published = [str(p.relative_to(out)) for p in out.rglob("*") if p.name == "build" or ".egg-info" in p.name]
+    assert not published, f"install leftovers of the example plugin published in the site: {published}"
+    assert (out / "stylesheets" / "extra.css").is_file(), "the stylesheet that wraps long code lines is not published"
     hooks_page = (out / "reference" / "hooks" / "index.html").read_text()
     for hook in hookspecs.HOOK_NAMES:
         assert f'id="corestore.hookspecs.{hook}"' in hooks_page, f"{hook} not rendered by mkdocstrings"
@@ -385,4 +469,14 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         html = page.read_text()
         for row in registry.settings_help(registry.load_plugin_class(plugin)):
             assert f"<code>{row['name']}</code>" in html, f"{plugin}: setting {row['name']} not on the built page"
+        names = [row["name"] for row in registry.settings_help(registry.load_plugin_class(plugin))]
+        table = next((t for t in re.findall(r"<table>.*?</table>", html, re.DOTALL)
+                      if names and f"<code>{names[0]}</code>" in t), "")
+        assert table, f"{plugin}: no settings table on the built page"
+        assert "\\|" not in "".join(re.findall(r"<code>.*?</code>", table)), f"{plugin}: a backslash shown in a code cell"
+        assert not re.search(r"<code>(True|False|None|'[^<]*')</code>", table), f"{plugin}: a Python repr in its settings"
+    accounting = (out / "plugins" / "accounting" / "index.html").read_text()
+    assert "&lt;db&gt;.corestore-deadletter.jsonl" in accounting, "<db> in a settings help text was eaten as HTML"
+    for page in out.rglob("*.html"):
+        assert 'class="mermaid"' not in page.read_text(), f"{page}: a mermaid diagram needs a script from the network"
     assert not list(out.rglob("_hooks.py")) and not list(out.rglob("__pycache__"))

@@ -1,6 +1,6 @@
 """The short-read experiment: what SQLITE_IOERR_SHORT_READ does here, on the main file vs the -wal.
 
-The screenpipe incident (../shared/incidents/000_*) reports that SQLite "zero-fills and tolerates
+The screenpipe incident (site/testing-faults.md) reports that SQLite "zero-fills and tolerates
 short reads on read and write paths (an armed INSERT still commits)", so a short read cannot
 reproduce a disk wedge. This experiment runs the same probes through both harnesses — apsw's
 SQLite 3.54 over the failpoint VFS, and the stdlib's SQLite 3.40 over the preload shim, where

@@ -6,7 +6,6 @@ scenario the file passes ``PRAGMA integrity_check`` and every row whose commit r
 """
 from __future__ import annotations
 
-import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -18,6 +17,7 @@ apsw = pytest.importorskip("apsw", reason="the failpoint VFS needs apsw (coresto
 import corestore  # noqa: E402
 from corestore import ErrorKind  # noqa: E402
 from corestore_contrib.failpoint import FailpointVFS, integrity_check, resolve_code  # noqa: E402
+from corestore_contrib.waiting import wait_until  # noqa: E402
 
 # The plugin reaches users through the pytest11 entry point; a checkout without it loads it here.
 if "corestore_contrib.pytest_plugin" not in {ep.value for ep in entry_points(group="pytest11")}:
@@ -231,7 +231,7 @@ def test_count_after_and_duration(tmp_path: Path, failpoint: FailpointVFS) -> No
 
         fault = failpoint.arm(op="sync", file="wal", code="IOERR_FSYNC", duration_s=0.2)
         assert commit(20) is False
-        time.sleep(0.25)
+        wait_until(lambda: failpoint.faults == (), "the 0.2 s fault to heal by its duration")
         assert commit(21) is True
         assert fault.healed_by == "duration"
         assert failpoint.faults == ()

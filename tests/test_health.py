@@ -22,6 +22,7 @@ import corestore
 from conftest import ROOT, child_env
 from corestore import ConfigError, HealthComponent, HealthStatus, Profile, StoreError, hookimpl
 from corestore.health import worst_status
+from corestore_contrib.waiting import wait_until
 from corestore_plugins.health import Health, read_snapshot
 
 # The failpoint fixtures reach users through the pytest11 entry point; a checkout loads them here.
@@ -194,22 +195,32 @@ def test_transitions_fire_exactly_once_under_8_threads(tmp_path: Path, plugins) 
     flap.jitter_s = 0.002
     stop = threading.Event()
     errors: list[BaseException] = []
+    calls = [0] * 8  # health() calls made by each thread
 
-    def hammer() -> None:
+    def hammer(i: int) -> None:
         try:
             while not stop.is_set():
                 store.health()
+                calls[i] += 1
         except BaseException as err:  # pragma: no cover - reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=hammer, name=f"hammer-{i}") for i in range(8)]
+    def every_thread_called(more: int, than: list[int]) -> bool:
+        return all(now >= before + more for now, before in zip(calls, than)) or bool(errors)
+
+    threads = [threading.Thread(target=hammer, args=(i,), name=f"hammer-{i}") for i in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.1)
+    wait_until(lambda: every_thread_called(1, [0] * 8), "every thread to call health()")
     flap.status = HealthStatus.DOWN
-    time.sleep(0.15)
+    # reports computed before the flip must have had their chance to land after it
+    wait_until(lambda: rec.changes, "the UP -> DOWN transition")
+    seen = list(calls)
+    wait_until(lambda: every_thread_called(20, seen), "20 more health() calls per thread while DOWN")
     flap.status = HealthStatus.UP
-    time.sleep(0.15)
+    wait_until(lambda: len(rec.changes) >= 2, "the DOWN -> UP transition")
+    seen = list(calls)
+    wait_until(lambda: every_thread_called(20, seen), "20 more health() calls per thread while UP")
     stop.set()
     for t in threads:
         t.join()
@@ -243,10 +254,13 @@ def test_a_real_fault_flips_the_database_component_once(tmp_path: Path, plugins,
         failpoint.arm(op="read", file="main", database=str(path))
         store.invalidate()  # fresh connections must read the file: the fault bites at once
         assert wait_for(lambda: rec.changes == [("UP", "DOWN")])
-        time.sleep(0.1)
+        # the pollers go on while DOWN (a stale report must not flip it back): 100 more polls
+        seen = len(statuses)
+        wait_until(lambda: len(statuses) >= seen + 100, "100 more polls while DOWN")
         failpoint.heal()
         assert wait_for(lambda: len(rec.changes) == 2)
-        time.sleep(0.1)
+        seen = len(statuses)
+        wait_until(lambda: len(statuses) >= seen + 100, "100 more polls after healing")
     finally:
         stop.set()
         failpoint.heal()

@@ -1,4 +1,4 @@
-"""wal_guard: WAL that is never silently lost, downgraded or mixed (DESIGN §6, incidents 001/004).
+"""wal_guard: WAL that is never silently lost, downgraded or mixed (site/plugins/wal_guard.md).
 
 Real SQLite throughout: faults go in through the failpoint VFS (apsw, in-process) or the preload
 shim (stdlib sqlite3, in a child); "not authorized" is SQLite's own SQLITE_AUTH from an
@@ -647,7 +647,7 @@ def test_settings_table_in_the_docstring_and_docs_matches_the_fields() -> None:
         assert field.metadata.get("help"), field.name
         shown = f"``{field.default!r}``".replace("'", '"')
         assert f"``{field.name}``" in doc and shown in doc, field.name  # the docstring's table
-        assert f"| `{field.name}` | `{field.type}` | `{field.default!r}` |" in rendered, field.name
+        assert f"| `{field.name}` | {hooks.toml_type(field.type)} | `{hooks.toml_value(field.default)}` |" in rendered, field.name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -307,7 +307,7 @@ def test_a_second_sqlite_library_switching_the_file_under_an_open_connection(tmp
     store = corestore.open(_profile(path, wal_check_interval_s=0))
     _insert(store, 1)
     # apsw's bundled SQLite does not see the stdlib's locks (POSIX locks are per process), so it
-    # can leave WAL while the store holds its connection: the hazard DESIGN §2 refuses.
+    # can leave WAL while the store holds its connection: the hazard open() refuses (one driver per file).
     other = apsw.Connection(path)
     assert other.execute("PRAGMA journal_mode = delete").fetchall() == [("delete",)]
     other.close()
@@ -323,7 +323,7 @@ def test_a_deleted_wal_file_is_detected(tmp_path: Path) -> None:
     store = corestore.open(_profile(path, wal_check_interval_s=0))
     store.database.execute_sql("CREATE TABLE t (x)")
     _insert(store, 1)
-    os.unlink(path + "-wal")  # the "stale side file" cleanup of incident 002
+    os.unlink(path + "-wal")  # the "stale side file" cleanup of the openhuman incident
     _insert(store, 2)
     last = store.plugin("wal_invariants").last_violation
     assert last is not None and last["check"] == "wal_invariants.wal_file"
@@ -357,7 +357,7 @@ def test_a_check_that_cannot_conclude_stays_silent(tmp_path: Path) -> None:
     store.database.execute_sql("ROLLBACK")
 
 
-# -- lock preservation (DESIGN §8 rule 2) ----------------------------------------------------------------
+# -- lock preservation (site/operations.md, rule 2) -----------------------------------------------------
 _TRY_WRITE = """
     import sqlite3, sys
     c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)
@@ -454,7 +454,7 @@ def test_wal_mode_wal_survives_and_later_commits_stay_visible(tmp_path: Path, dr
         assert plugin.stats()["violations"] == 0 and plugin.stats()["wal_checks"] == 3
 
 
-# -- multiprocess bursts (incident 003's smoke test) ------------------------------------------------------
+# -- multiprocess bursts (the smoke test of the false-corruption incident) --------------------------------
 def _burst_child(path: str, pragmas: dict[str, Any], n: int, start: Any, out: Any) -> None:
     try:
         profile = Profile(path=path, name="burst", plugins=("wal_invariants",), pragmas=pragmas,

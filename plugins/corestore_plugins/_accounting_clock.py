@@ -7,7 +7,7 @@ episode's wall-clock escalation (``reopen_after_s``, ``degraded_after_s``, ``per
 moves only when the test calls :meth:`ManualClock.advance`, and
 :meth:`ManualClock.wait_quiescent` returns once every thread sleeping on the clock has done what
 was due and parked again, so a test can step a two-minute escalation in milliseconds and check
-the state in between (DESIGN allows an injected clock for time-based rules).
+the state in between (time-based rules take an injected clock).
 
 Submit timestamps (``ts_column``) and ``_corestore_batches.committed_at`` are wall-clock
 (``time.time()``) and do not go through the clock.

@@ -55,7 +55,7 @@ class Ledger:
         self.closed = False
         self.blocked = 0
         self.waiters: list[FlushWaiter] = []
-        # counters (DESIGN §6 names)
+        # counters (the names stats() reports: site/plugins/accounting.md)
         self.submitted = 0
         self.accepted = 0
         self.rejected = 0

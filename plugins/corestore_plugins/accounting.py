@@ -1,10 +1,10 @@
 """accounting: asynchronous writes off the caller's path, batched, escalating, exactly once,
-never silently lossy (DESIGN §6).
+never silently lossy (site/plugins/accounting.md).
 
 When: rows the request path produces but must not wait for (usage records, audit events,
 metrics), where losing one silently is a bug and blocking the request on SQLite is another.
 
-Why: incident 004 (tokencost) wrote usage rows on the request path and blocked requests; its
+Why: tokencost (site/plugins/accounting.md) wrote usage rows on the request path and blocked requests; its
 fix queued them to one writer thread, but dropped rows when the queue was full, wrote one
 transaction per row, and lost the backlog when the shutdown join timed out. Incident 000
 (screenpipe) had a persistent disk fault fail every batch for minutes while the app looked
@@ -464,7 +464,7 @@ class Accounting:
             thread.start()
 
     def _after_fork_in_child(self) -> None:
-        """The rows and the writer belong to the parent: start empty (DESIGN safety rule 6)."""
+        """The rows and the writer belong to the parent: start empty (site/operations.md, rule 6)."""
         self._start_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._sink._lock = threading.Lock()

@@ -2,7 +2,7 @@
 
 When a file's storage breaks (a disk returning EIO, a full volume, a damaged file), every worker
 that keeps calling it turns one fault into thousands of errors: the incident this plugin comes from
-(openhuman, ``../incidents/002_*``) flooded error reporting with ~19K events in four days from
+(openhuman, site/plugins/circuit_breaker.md) flooded error reporting with ~19K events in four days from
 one code path. Its upstream fix was a per-path breaker (3 failures -> 30 s), which first forgot to
 re-arm after a failed post-cooldown retry, and which flapping storage kept resetting.
 
@@ -689,7 +689,7 @@ def _differences(a: Any, b: Any) -> tuple[str, str]:
 
 # -- the plugin ----------------------------------------------------------------------------------
 class CircuitBreaker:
-    """Refuse operations on a database file while its storage keeps failing (DESIGN §6).
+    """Refuse operations on a database file while its storage keeps failing (site/plugins/circuit_breaker.md).
 
     One :class:`Breaker` per database file (real path) per process, shared by every store and
     thread on that file; every store that enables the plugin on one file must give it the same

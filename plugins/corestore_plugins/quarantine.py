@@ -1,6 +1,6 @@
-"""quarantine: stop writing to a database at the first sign of real corruption (DESIGN §6).
+"""quarantine: stop writing to a database at the first sign of real corruption (site/plugins/quarantine.md).
 
-Why: screenpipe's write queue (incident 000) retried and reopened its way through a persistent
+Why: screenpipe's write queue (site/plugins/quarantine.md) retried and reopened its way through a persistent
 disk fault for 10-15 minutes while every batch failed; after several rounds of escalation tiers
 upstream concluded that re-opening and retrying on a *damaged* file is unsafe and quarantined the
 database on the first sign of corruption instead. This plugin is that policy, written as an
@@ -28,7 +28,7 @@ Behaviour:
 * **Not a quarantine.** ``NOTADB`` on a store that never completed an operation is a file that
   was never a SQLite database (a wrong path): the caller gets the core's "not a SQLite database"
   error and nothing is written next to the file. The plugin never touches the database, ``-wal``
-  or ``-shm`` (DESIGN §8 rule 1) and reads the header only through
+  or ``-shm`` (site/operations.md, rule 1) and reads the header only through
   :func:`corestore.sqlitefile.read_header` (rule 2).
 """
 from __future__ import annotations
@@ -428,7 +428,7 @@ class Quarantine:
         """``PRAGMA quick_check(1)`` on this thread's connection (outside any transaction: the
         failed one has ended), aborted after ``confirm_s``: ``"ok"``, what SQLite found, or why
         the check could not conclude. Uses the store's own driver and connection, never a second
-        library or descriptor on the file (DESIGN §8 rule 2)."""
+        library or descriptor on the file (site/operations.md, rule 2)."""
         deadline = time.monotonic() + self.settings.confirm_s
         try:
             conn = store.database.cursor().connection
@@ -499,7 +499,7 @@ class Quarantine:
 
     def _fire_persistent(self, store: Any) -> None:
         # The report holds the plugins' components only: no database probe is run from a failing
-        # caller's thread (DESIGN §6 health).
+        # caller's thread (site/plugins/health.md).
         components = store.hooks.on_health(store)
         report = HealthReport.from_components(components, database=store.path, profile=store.profile.name)
         store.hooks.on_persistent_failure(store, report)

@@ -1,4 +1,4 @@
-"""wal_guard: WAL journal mode that is never silently lost, downgraded or mixed (DESIGN §6).
+"""wal_guard: WAL journal mode that is never silently lost, downgraded or mixed (site/plugins/wal_guard.md).
 
 **When.** Enable it (the built-in ``default`` profile does) for every database that more than one
 process, or more than one connection, uses: it owns the journal mode of the store.
@@ -120,7 +120,7 @@ def _is_protocol(c: Classification) -> bool:
 
 def _is_core_cantopen(c: Classification) -> bool:
     """CANTOPEN as the core's table calls it (ENVIRONMENT): retried like a transient failure and
-    never a reason to downgrade, since it may be EMFILE (DESIGN §5: "retried briefly at open").
+    never a reason to downgrade, since it may be EMFILE (site/concepts/errors.md: retried briefly at open).
     A plugin that answers ENVIRONMENT for it itself makes it permanent."""
     code = c.extended_code if c.extended_code is not None else c.code
     return c.source == "core" and code is not None and code & 0xFF == _CANTOPEN

@@ -1,4 +1,4 @@
-"""wal_invariants: post-commit checks that cannot false-fire (DESIGN §6, incident 003).
+"""wal_invariants: post-commit checks that cannot false-fire (site/plugins/wal_invariants.md).
 
 Why: hermes-agent's kanban store checked, after every COMMIT, that the main file was at least
 ``page_count × page_size`` long, and raised "torn-extend" corruption when it was not. In WAL mode
@@ -38,7 +38,7 @@ the file (it cannot while this process holds a WAL connection open).
 Every check reads sizes with ``os.stat`` and the header through the process-lifetime descriptor
 of :mod:`corestore.sqlitefile` (:func:`~corestore.sqlitefile.header_descriptor`,
 :func:`~corestore.sqlitefile.read_header`; looked up again for every new connection, so a
-replaced file is followed): this plugin never opens and closes the database file (DESIGN §8
+replaced file is followed): this plugin never opens and closes the database file (site/operations.md,
 rule 2). Anything that cannot be concluded (the connection is busy, closed, inside a
 transaction, the read got BUSY) is counted as *inconclusive*, never reported: a check that cannot
 be sure stays silent. Before a WAL-mode failure is reported it is re-verified inside a read

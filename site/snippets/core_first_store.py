@@ -11,14 +11,17 @@ def create_schema(store):
     store.database.create_tables([Event], safe=True)
 
 
-# The built-in "default" profile: WAL, synchronous=FULL, wal_guard, wal_invariants,
-# circuit_breaker and health. setup runs once per store, under the cross-process init lock.
+# The built-in "default" profile: WAL, synchronous=FULL, wal_guard,
+# wal_invariants, circuit_breaker and health. setup runs once per store,
+# under the cross-process init lock.
 store = corestore.open("app.db", setup=create_schema)
 
-with store.transaction():  # BEGIN IMMEDIATE ... COMMIT, then the post-commit invariants
+# BEGIN IMMEDIATE ... COMMIT, then the post-commit invariants
+with store.transaction():
     Event.create(kind="signup")
 
-store.run(lambda: Event.create(kind="retried"))  # the whole unit retried on BUSY
+# a unit of work, retried as a whole on BUSY
+store.run(lambda: Event.create(kind="retried"))
 
 with store.read():  # one consistent snapshot
     print(Event.select().count(), "events")  # 2 events

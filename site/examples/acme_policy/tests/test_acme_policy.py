@@ -1,8 +1,9 @@
 """Tests for the acme fault budget, with corestore's pytest fixtures.
 
-``tmp_store`` opens a store on a temporary file with the profile the ``corestore_profile``
-marker describes; ``failpoint=True`` runs it over the ``failpoint`` fixture's VFS, so the faults
-below are real SQLite I/O errors, not mocks.
+``tmp_store`` opens a store on a temporary file with the profile the
+``corestore_profile`` marker describes; ``failpoint=True`` runs it over the
+``failpoint`` fixture's VFS, so the faults below are real SQLite I/O errors,
+not mocks.
 """
 from __future__ import annotations
 
@@ -15,32 +16,49 @@ from corestore import ErrorKind, HealthStatus
 
 from acme_policy import FaultBudget
 
-BUDGET = {"acme_fault_budget": {"max_faults": 1, "window_s": 0.5}}
+WINDOW_S = 0.5
+BUDGET = {"acme_fault_budget": {"max_faults": 1, "window_s": WINDOW_S}}
 
 
-@pytest.mark.corestore_profile("minimal", plugins=["acme_fault_budget"], settings=BUDGET, failpoint=True)
+def budget_status(store):
+    return store.health().components["acme_fault_budget"].status
+
+
+@pytest.mark.corestore_profile("minimal", plugins=["acme_fault_budget"],
+                               settings=BUDGET, failpoint=True)
 def test_faults_over_budget_degrade_health(tmp_store, failpoint):
     tmp_store.database.execute_sql("CREATE TABLE t (x)")
     budget = tmp_store.plugin(FaultBudget)
     assert budget.settings.max_faults == 1
-    assert tmp_store.health().components["acme_fault_budget"].status is HealthStatus.UP
+    assert budget_status(tmp_store) is HealthStatus.UP
 
-    with failpoint.armed(op="write", code="IOERR_WRITE"):  # every write fails with a disk I/O error
+    first_fault = time.monotonic()
+    # every write fails with a disk I/O error
+    with failpoint.armed(op="write", code="IOERR_WRITE"):
         for _ in range(2):
             with pytest.raises(corestore.FatalError) as info:
                 with tmp_store.transaction():
                     tmp_store.database.execute_sql("INSERT INTO t VALUES (1)")
-            assert info.value.kind is ErrorKind.FATAL_IO and info.value.committed is False
+            assert info.value.kind is ErrorKind.FATAL_IO
+            assert info.value.committed is False
 
     report = tmp_store.health()
-    assert report.components["acme_fault_budget"].status is HealthStatus.DEGRADED
-    assert report.components["acme_fault_budget"].details["faults_by_kind"] == {"FATAL_IO": 2}
+    component = report.components["acme_fault_budget"]
+    assert component.status is HealthStatus.DEGRADED
+    assert component.details["faults_by_kind"] == {"FATAL_IO": 2}
     assert report.status is HealthStatus.DEGRADED
 
     with tmp_store.transaction():  # healed: writes work again
         tmp_store.database.execute_sql("INSERT INTO t VALUES (2)")
-    time.sleep(0.6)  # the faults leave the window
-    assert tmp_store.health().components["acme_fault_budget"].status is HealthStatus.UP
+    # The faults leave the window: wait for it with a deadline (a fixed
+    # sleep then an assert fails on a slow machine and proves nothing on a
+    # fast one), then check it did not happen before the window was over.
+    deadline = time.monotonic() + 10
+    while budget_status(tmp_store) is not HealthStatus.UP:
+        assert time.monotonic() < deadline, "the faults never left the window"
+        time.sleep(0.02)
+    assert time.monotonic() - first_fault >= WINDOW_S
+    assert budget_status(tmp_store) is HealthStatus.UP
 
 
 @pytest.mark.corestore_profile("minimal", plugins=["acme_fault_budget"])
@@ -50,11 +68,14 @@ def test_contention_and_caller_errors_are_not_faults(tmp_store):
     with pytest.raises(corestore.ConstraintError):
         tmp_store.database.execute_sql("INSERT INTO t VALUES (1)")
     component = tmp_store.health().components["acme_fault_budget"]
-    assert component.status is HealthStatus.UP and component.details["faults_by_kind"] == {}
+    assert component.status is HealthStatus.UP
+    assert component.details["faults_by_kind"] == {}
 
 
 def test_settings_are_validated(tmp_path):
-    profile = corestore.Profile(path=str(tmp_path / "x.db"), plugins=("acme_fault_budget",),
-                                settings={"acme_fault_budget": {"max_faults": 0}})
-    with pytest.raises(corestore.ConfigError, match="max_faults = 0 must be a number > 0"):
+    profile = corestore.Profile(
+        path=str(tmp_path / "x.db"), plugins=("acme_fault_budget",),
+        settings={"acme_fault_budget": {"max_faults": 0}})
+    with pytest.raises(corestore.ConfigError,
+                       match="max_faults = 0 must be a number > 0"):
         corestore.open(profile)
