@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import attrs
 
 from . import registry
+from .check import check_profile
 from .errors import ConfigError, PluginError, StoreError
 from .health import HealthStatus
 from .profiles import BUILTIN_PROFILES, ENV_CONFIG, load_config, resolve_profile
@@ -110,7 +111,9 @@ command("plugins", "list the plugins installed through entry points and the prof
 
 # -- profiles ------------------------------------------------------------------------------------
 def _profiles_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--check", action="store_true", help="import every enabled plugin and validate its settings")
+    p.add_argument("--check", action="store_true",
+                   help="run every check corestore.open() runs short of opening the database file "
+                        "(plugins, settings, hooks, paths); exit 64 on anything open() would refuse")
 
 
 def run_profiles(args: argparse.Namespace) -> int:
@@ -127,9 +130,7 @@ def run_profiles(args: argparse.Namespace) -> int:
             "driver": prof.driver,
         }
         if args.check:
-            for plugin in prof.plugins:
-                cls = registry.load_plugin_class(plugin, where=prof.origin)
-                registry.build_settings(cls, prof.settings_for(plugin), where=prof.origin)
+            check_profile(prof)
             entry["check"] = "ok"
         out.append(entry)
     databases = {}
@@ -137,9 +138,7 @@ def run_profiles(args: argparse.Namespace) -> int:
         for dname, binding in sorted(cfg.databases.items()):
             prof = resolve_profile(binding.profile, config=cfg, path=binding.path, binding=binding)
             if args.check:
-                for plugin in prof.plugins:
-                    cls = registry.load_plugin_class(plugin, where=prof.origin)
-                    registry.build_settings(cls, prof.settings_for(plugin), where=prof.origin)
+                check_profile(prof)
             databases[dname] = {"path": binding.path, "profile": binding.profile, "plugins": list(prof.plugins)}
     lines = [f"config: {cfg.source if cfg else '(none: built-in profiles only)'}"]
     for entry in out:

@@ -439,16 +439,21 @@ class Accounting:
             self._closing = True
 
     # -- hooks --------------------------------------------------------------------------------------
-    @hookimpl
-    def on_open(self, store: "Store") -> None:
-        """Bind to the store at its first connection (a read-only profile is refused)."""
-        if self._store is not None:
-            return
-        if store.profile.read_only:
+    #: the plugin writes to the database: offline, read-only reports (``corestore health``)
+    #: leave it out and say so
+    writes: ClassVar[bool] = True
+
+    def check(self, profile: Any) -> None:
+        """Refuse a read-only profile (``corestore.open()`` and ``corestore profiles --check``)."""
+        if profile.read_only:
             raise ConfigError(
-                f"{store.path}: profile {store.profile.name!r} is read-only; the accounting plugin writes "
+                f"profile {profile.name!r} is read-only; the accounting plugin writes "
                 "(disable it for read-only profiles)"
             )
+
+    @hookimpl
+    def on_store_open(self, store: "Store") -> None:
+        """Bind to the store, once, when it opens."""
         s = self.settings
         path: str | None = None
         if s.dead_letter:
