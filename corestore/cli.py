@@ -118,6 +118,13 @@ def _profiles_args(p: argparse.ArgumentParser) -> None:
 
 def run_profiles(args: argparse.Namespace) -> int:
     cfg = load_config(config_path(args))
+    databases = {}
+    if cfg:  # bindings first: a bad profile is reported with the same message open(NAME) gives
+        for dname, binding in sorted(cfg.databases.items()):
+            prof = resolve_profile(binding.profile, config=cfg, path=binding.path, binding=binding)
+            if args.check:
+                check_profile(prof)
+            databases[dname] = {"path": binding.path, "profile": binding.profile, "plugins": list(prof.plugins)}
     out = []
     for pname in cfg.profile_names() if cfg else sorted(BUILTIN_PROFILES):
         prof = resolve_profile(pname, config=cfg, path=":memory:")
@@ -133,19 +140,12 @@ def run_profiles(args: argparse.Namespace) -> int:
             check_profile(prof)
             entry["check"] = "ok"
         out.append(entry)
-    databases = {}
-    if cfg:
-        for dname, binding in sorted(cfg.databases.items()):
-            prof = resolve_profile(binding.profile, config=cfg, path=binding.path, binding=binding)
-            if args.check:
-                check_profile(prof)
-            databases[dname] = {"path": binding.path, "profile": binding.profile, "plugins": list(prof.plugins)}
     lines = [f"config: {cfg.source if cfg else '(none: built-in profiles only)'}"]
     for entry in out:
         lines.append(f"  {entry['name']:<12} plugins: {', '.join(entry['plugins']) or '-'}"
                      + ("  [ok]" if args.check else ""))
     for dname, d in databases.items():
-        lines.append(f"  database {dname}: {d['path']} (profile {d['profile']})")
+        lines.append(f"  database {dname}: {d['path']} (profile {d['profile']})" + ("  [ok]" if args.check else ""))
     emit(args, {"config": cfg.source if cfg else None, "profiles": out, "databases": databases}, "\n".join(lines))
     return 0
 

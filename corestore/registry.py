@@ -467,7 +467,9 @@ def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple
         settings = build_settings(cls, profile.settings_for(name), where=where)
         try:
             instance = cls(settings) if settings is not None else cls()
-        except (ConfigError, PluginError):
+        except ConfigError as err:
+            raise ConfigError(f"{where} settings.{name}: {err}") from None
+        except PluginError:
             raise
         except Exception as err:
             raise PluginError(f"{where}: plugin {name!r} failed to start: {type(err).__name__}: {err}") from err

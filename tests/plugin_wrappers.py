@@ -156,3 +156,22 @@ globals().update({cls.__name__: cls for cls in ISOLATED_WRAPPERS.values()})
 
 __all__ = ["WrapAll", "OldStyle", "RaiseOnViolation", "Last", "First", "Typo", "BadArgument", "Optional",
            "ISOLATED_WRAPPERS", "Classification"]
+
+
+class Picky:
+    """A plugin whose constructor refuses its settings (beyond what ``Settings`` validates)."""
+
+    name = "t_picky"
+
+    @attrs.frozen(kw_only=True)
+    class Settings:
+        low: int = attrs.field(default=1, validator=attrs.validators.instance_of(int), metadata={"help": "low"})
+        high: int = attrs.field(default=2, validator=attrs.validators.instance_of(int), metadata={"help": "high"})
+        mode: str = attrs.field(default="a", validator=attrs.validators.in_(("a", "b")), metadata={"help": "mode"})
+
+    def __init__(self, settings: "Picky.Settings") -> None:
+        from corestore import ConfigError
+
+        if settings.low >= settings.high:
+            raise ConfigError(f"t_picky: low = {settings.low} must be below high = {settings.high}")
+        self.settings = settings
