@@ -53,6 +53,7 @@ from .health import HealthComponent, HealthReport, HealthStatus
 from .initlock import InitLock
 from .operation import Operation, Violation
 from .check import check_path
+from .readonly import readonly_wal_problem
 from .profiles import Config, Profile, load_config, resolve_profile, with_overrides
 from .registry import build_hook_caller, env_plugins
 
@@ -771,6 +772,11 @@ class Store:
                 "Check the path; `corestore doctor PATH` shows what the file is.",
                 classification=c, committed=False, path=self.path,
             )
+        if self.profile.read_only and not self.memory:
+            problem = readonly_wal_problem(self.path)
+            if problem is not None:
+                return FatalError(f"{self.path}: {c.name or c.kind.name}: {problem}", classification=c,
+                                  committed=False, path=self.path)
         if c.reopen:
             self.invalidate()
         return self._exception(err, c, committed=False)
