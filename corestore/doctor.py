@@ -1144,6 +1144,7 @@ def run_health(args: argparse.Namespace) -> int:
         data = _live_report(profile)
     status = HealthStatus(data["status"])
     data["source"] = source
+    data.setdefault("not_checked", [])  # what a read-only report could not know (plugins that write)
     data["exit_code"] = status.exit_code
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
