@@ -5,7 +5,7 @@ with the same message.
 :func:`check_path` settles the database path (absolute, real; its directory must exist; a
 read-only profile needs the file). :func:`check_profile` runs it and then everything about the
 plugins (:func:`corestore.registry.build_hook_caller`: lookup, settings, constructors, each
-plugin's ``check(profile)``, hook validation). ``open()`` calls the same two functions.
+plugin's ``check_profile(profile)``, hook validation). ``open()`` calls the same two functions.
 """
 from __future__ import annotations
 

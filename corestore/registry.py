@@ -449,7 +449,7 @@ def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple
     Everything ``corestore.open()`` checks about plugins happens here, and ``corestore profiles
     --check`` runs the same code: plugin lookup (``extra`` comes from ``$CORESTORE_PLUGINS``),
     settings for plugins that are not installed, each plugin's ``Settings`` and constructor, its
-    ``check(profile)`` method when it has one (paths, read-only profiles), and its hook
+    ``check_profile(profile)`` method when it has one (paths, read-only profiles), and its hook
     implementations (unknown hooks, unknown arguments, wrappers on isolated hooks).
     """
     where = profile.origin
@@ -473,7 +473,7 @@ def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple
             raise
         except Exception as err:
             raise PluginError(f"{where}: plugin {name!r} failed to start: {type(err).__name__}: {err}") from err
-        check = getattr(instance, "check", None)
+        check = getattr(instance, "check_profile", None)
         if callable(check):
             try:
                 check(profile)

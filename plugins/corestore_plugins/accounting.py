@@ -523,7 +523,7 @@ class Accounting:
     #: leave it out and say so
     writes: ClassVar[bool] = True
 
-    def check(self, profile: Any) -> None:
+    def check_profile(self, profile: Any) -> None:
         """Refuse a read-only profile (``corestore.open()`` and ``corestore profiles --check``)."""
         if profile.read_only:
             raise ConfigError(

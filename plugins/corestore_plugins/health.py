@@ -198,7 +198,7 @@ class Health:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
-    def check(self, profile: "Profile") -> str | None:
+    def check_profile(self, profile: "Profile") -> str | None:
         """The snapshot file ``profile`` would write (None: none), refused with a
         :class:`ConfigError` when its directory does not exist or it is a directory. Called by
         ``corestore.open()`` and ``corestore profiles --check`` alike, before the file is opened."""
@@ -219,7 +219,7 @@ class Health:
     def on_store_open(self, store: "Store") -> None:
         """Once per store: the probe interval, the snapshot file, the watcher thread."""
         store.probe_interval_s = self.settings.probe_interval_s
-        snapshot = self.check(store.profile)
+        snapshot = self.check_profile(store.profile)
         self._snapshot_file = snapshot
         self._db_path = store.path
         self._store_ref = weakref.ref(store)
