@@ -693,7 +693,7 @@ def test_docs_page_names_the_incidents_hooks_and_settings() -> None:
     assert "https://github.com/mr-beaver/tokencost/pull/11" in page
     assert "https://github.com/screenpipe/screenpipe/pull/3953" in page
     assert "<!-- settings: accounting -->" in page  # the table is generated from Settings
-    for hook in ("on_open", "on_health", "on_close", "on_persistent_failure", "on_health_changed"):
+    for hook in ("on_store_open", "on_health", "on_close", "on_persistent_failure", "on_health_changed"):
         assert f"`{hook}`" in page
     import attrs
 
