@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import attrs
 
 from . import registry
+from .check import check_profile
 from .errors import ConfigError, PluginError, StoreError
 from .health import HealthStatus
 from .profiles import BUILTIN_PROFILES, ENV_CONFIG, load_config, resolve_profile
@@ -110,11 +111,20 @@ command("plugins", "list the plugins installed through entry points and the prof
 
 # -- profiles ------------------------------------------------------------------------------------
 def _profiles_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--check", action="store_true", help="import every enabled plugin and validate its settings")
+    p.add_argument("--check", action="store_true",
+                   help="run every check corestore.open() runs short of opening the database file "
+                        "(plugins, settings, hooks, paths); exit 64 on anything open() would refuse")
 
 
 def run_profiles(args: argparse.Namespace) -> int:
     cfg = load_config(config_path(args))
+    databases = {}
+    if cfg:  # bindings first: a bad profile is reported with the same message open(NAME) gives
+        for dname, binding in sorted(cfg.databases.items()):
+            prof = resolve_profile(binding.profile, config=cfg, path=binding.path, binding=binding)
+            if args.check:
+                check_profile(prof)
+            databases[dname] = {"path": binding.path, "profile": binding.profile, "plugins": list(prof.plugins)}
     out = []
     for pname in cfg.profile_names() if cfg else sorted(BUILTIN_PROFILES):
         prof = resolve_profile(pname, config=cfg, path=":memory:")
@@ -127,26 +137,15 @@ def run_profiles(args: argparse.Namespace) -> int:
             "driver": prof.driver,
         }
         if args.check:
-            for plugin in prof.plugins:
-                cls = registry.load_plugin_class(plugin, where=prof.origin)
-                registry.build_settings(cls, prof.settings_for(plugin), where=prof.origin)
+            check_profile(prof)
             entry["check"] = "ok"
         out.append(entry)
-    databases = {}
-    if cfg:
-        for dname, binding in sorted(cfg.databases.items()):
-            prof = resolve_profile(binding.profile, config=cfg, path=binding.path, binding=binding)
-            if args.check:
-                for plugin in prof.plugins:
-                    cls = registry.load_plugin_class(plugin, where=prof.origin)
-                    registry.build_settings(cls, prof.settings_for(plugin), where=prof.origin)
-            databases[dname] = {"path": binding.path, "profile": binding.profile, "plugins": list(prof.plugins)}
     lines = [f"config: {cfg.source if cfg else '(none: built-in profiles only)'}"]
     for entry in out:
         lines.append(f"  {entry['name']:<12} plugins: {', '.join(entry['plugins']) or '-'}"
                      + ("  [ok]" if args.check else ""))
     for dname, d in databases.items():
-        lines.append(f"  database {dname}: {d['path']} (profile {d['profile']})")
+        lines.append(f"  database {dname}: {d['path']} (profile {d['profile']})" + ("  [ok]" if args.check else ""))
     emit(args, {"config": cfg.source if cfg else None, "profiles": out, "databases": databases}, "\n".join(lines))
     return 0
 
@@ -162,15 +161,22 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.threads < 1 or args.seconds <= 0:
+        raise ConfigError(f"--threads must be >= 1 and --seconds > 0 (got --threads {args.threads} "
+                          f"--seconds {args.seconds:g})")
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
+        return _run_demo(args, args.dir)
+    with tempfile.TemporaryDirectory(prefix="corestore-demo-") as directory:  # removed afterwards
+        return _run_demo(args, directory)
+
+
+def _run_demo(args: argparse.Namespace, directory: str) -> int:
     import peewee
 
     from .profiles import Profile
     from .store import open as open_store
 
-    if args.threads < 1 or args.seconds <= 0:
-        raise ConfigError("demo: --threads must be >= 1 and --seconds > 0")
-    directory = args.dir or tempfile.mkdtemp(prefix="corestore-demo-")
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "demo.db")
     base = resolve_profile("default", config=load_config(config_path(args)), path=path)
     installed = registry.discover()
@@ -239,6 +245,7 @@ def run_demo(args: argparse.Namespace) -> int:
     store.close()
     data = {
         "database": path,
+        "kept": bool(args.dir),
         "profile": list(profile.plugins),
         "threads": args.threads,
         "seconds": args.seconds,
@@ -250,7 +257,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "accounting": {k: v for k, v in acc_stats.items() if isinstance(v, (int, float))} if acc_stats else None,
     }
     lines = [
-        f"database   {path}",
+        f"database   {path}" + ("" if args.dir else " (a temporary directory, removed on exit; --dir keeps it)"),
         f"plugins    {', '.join(profile.plugins)}",
         f"writes     {counts['writes']} committed by {args.threads} threads in {args.seconds:g} s ({rows} rows in the table)",
         f"errors     {', '.join(f'{k}={v}' for k, v in sorted(errors.items())) or 'none'}",
@@ -277,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML config (default: $CORESTORE_CONFIG, else ./corestore.toml if present)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    parser.add_argument("--version", action="version", version=f"corestore {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _load_optional_commands()
     for name, (help_text, add_arguments, _run) in COMMANDS.items():
@@ -285,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
         add_arguments(p)
     return parser
+
+
+def _version() -> str:
+    try:
+        import importlib.metadata
+
+        return importlib.metadata.version("corestore")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (a source tree)
+        from . import __version__
+
+        return __version__
 
 
 def _load_optional_commands() -> None:
@@ -308,14 +327,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _help, _add, run = COMMANDS[args.command]
     try:
-        return run(args)
-    except (ConfigError, PluginError) as err:
-        print(f"corestore {args.command}: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except StoreError as err:
-        print(f"corestore {args.command}: {err}", file=sys.stderr)
-        status = HealthStatus.DOWN if err.classification and err.classification.is_fault else HealthStatus.DEGRADED
-        return status.exit_code
+        try:
+            code = run(args)
+        except (ConfigError, PluginError) as err:
+            code = _fail(args, err, EXIT_USAGE)
+        except StoreError as err:
+            status = HealthStatus.DOWN if err.classification and err.classification.is_fault else HealthStatus.DEGRADED
+            code = _fail(args, err, status.exit_code)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader went away (`corestore plugins | head -1`): not an error of ours; point stdout
+        # at /dev/null so the interpreter's final flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:
+    """Report ``err`` on stderr; with ``--json`` also a JSON object on stdout (``error``,
+    ``exit_code``, ``command``), so a script always gets valid JSON."""
+    print(f"corestore {args.command}: {err}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"command": args.command, "error": str(err), "error_type": type(err).__name__,
+                          "exit_code": code}, indent=2, sort_keys=True))
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

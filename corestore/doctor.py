@@ -908,6 +908,14 @@ def _permissions_finding(real: str, st: os.stat_result, side_stats: Mapping[str,
     if not stat.S_IMODE(st.st_mode) & 0o222:
         problems.append("no write permission bit is set on the database")
         advice = advice or "writers will fail with SQLITE_READONLY; chmod u+w if the application must write"
+    from .readonly import readonly_wal_problem
+
+    readonly_wal = readonly_wal_problem(real)
+    if readonly_wal is not None:
+        details["read_only_open"] = "fails"
+        problems.append("a read-only open (corestore health, a read-only profile) fails from this process: "
+                        + readonly_wal.split(": ", 1)[1].split(". Change one of", 1)[0])
+        advice = advice or ("Change one of" + readonly_wal.split(". Change one of", 1)[1])
     text = (f"owner {_owner(st)}, mode {stat.filemode(st.st_mode)}; you can "
             f"{'read' if details['readable'] else 'not read'}/{'write' if details['writable'] else 'not write'} it; "
             f"directory {'writable' if details['directory_writable'] else 'NOT writable'} by you")
@@ -1007,17 +1015,37 @@ def _tty_progress(check: str) -> Callable[[float], None] | None:
 
 # -- the doctor command ------------------------------------------------------------------------------------
 def _doctor_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", metavar="PATH", help="the database file (never created, never written)")
+    p.add_argument("path", metavar="NAME|PATH",
+                   help="a database bound in [databases] of the config, or the database file (never created, never written)")
     p.add_argument("--integrity", action="store_true", help="run integrity_check (slow, thorough) instead of quick_check")
     p.add_argument("--clear-quarantine", action="store_true",
                    help="show the quarantine evidence, then remove the marker (refused when the check finds damage)")
     p.add_argument("--force", action="store_true", help="with --clear-quarantine: remove the marker even if the check fails")
 
 
+def _doctor_path(args: argparse.Namespace) -> str:
+    """The file for ``NAME|PATH``: a name bound in ``[databases]`` (like ``corestore health``),
+    else the path as given."""
+    from .profiles import load_config
+    from .store import _looks_like_bare_name
+
+    target = args.path
+    cfg = load_config(config_path(args))
+    binding = cfg.databases.get(target) if cfg else None
+    if binding is not None:
+        return binding.path
+    if _looks_like_bare_name(target) and not os.path.exists(target):
+        known = ", ".join(sorted(cfg.databases)) if cfg and cfg.databases else "(none)"
+        raise ConfigError(f"{cfg.source if cfg else 'no config file (pass --config or set CORESTORE_CONFIG)'}: "
+                          f"{target!r} is not bound in [databases] (bound: {known}); give a file path "
+                          f"(e.g. './{target}.db')")
+    return target
+
+
 def run_doctor(args: argparse.Namespace) -> int:
     check = "integrity_check" if args.integrity else "quick_check"
     progress = _tty_progress(check)
-    diag = diagnose(args.path, integrity=args.integrity, progress=progress)
+    diag = diagnose(_doctor_path(args), integrity=args.integrity, progress=progress)
     if progress is not None:
         sys.stderr.write("\r" + " " * 40 + "\r")
         sys.stderr.flush()
@@ -1131,6 +1159,7 @@ def run_health(args: argparse.Namespace) -> int:
         data = _live_report(profile)
     status = HealthStatus(data["status"])
     data["source"] = source
+    data.setdefault("not_checked", [])  # what a read-only report could not know (plugins that write)
     data["exit_code"] = status.exit_code
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -1175,23 +1204,42 @@ def _live_report(profile: Any) -> dict[str, Any]:
     path = profile.path
     if not os.path.exists(path):
         return _synthetic(path, profile.name, HealthStatus.DOWN, "the database file does not exist (not created)")
+    from . import registry
+
     settings = {name: dict(values) for name, values in profile.settings.items()}
     if "health" in settings:
         for key in ("snapshot_path", "watch_interval_s"):
             settings["health"].pop(key, None)
-    ro = attrs.evolve(profile, read_only=True, settings=settings)
+    # a plugin that writes (accounting) cannot run on a read-only open: leave it out and say so
+    writers = [name for name in profile.plugins
+               if getattr(registry.load_plugin_class(name, where=profile.origin), "writes", False)]
+    not_checked = {
+        name: {"status": HealthStatus.UNKNOWN.value,
+               "summary": f"not checked: the {name} plugin writes, and its state (queue, dead letters, episode) lives "
+                          "in the process that runs it; this report opened the database read-only",
+               "details": {"checked": False}}
+        for name in writers
+    }
+    ro = attrs.evolve(profile, read_only=True, settings={k: v for k, v in settings.items() if k not in writers},
+                      plugins=tuple(p for p in profile.plugins if p not in writers))
     try:
         store = open_store(ro)
     except (ConfigError,):
         raise
     except StoreError as err:
         c = err.classification
-        return _synthetic(path, profile.name, HealthStatus.DOWN, f"cannot open read-only: {c.name if c and c.name else type(err).__name__}",
-                          error=str(err))
+        data = _synthetic(path, profile.name, HealthStatus.DOWN,
+                          f"cannot open read-only: {c.name if c and c.name else type(err).__name__}", error=str(err))
+        data["components"].update(not_checked)
+        data["not_checked"] = sorted(not_checked) + ["every plugin (the database could not be opened)"]
+        return data
     try:
-        return store.health().to_dict()
+        data = store.health().to_dict()
     finally:
         store.close()
+    data["components"].update(not_checked)
+    data["not_checked"] = sorted(not_checked)
+    return data
 
 
 def format_health(data: Mapping[str, Any]) -> str:
@@ -1205,8 +1253,10 @@ def format_health(data: Mapping[str, Any]) -> str:
             origin += f" (snapshot skipped: {source['snapshot_skipped']})"
     comps = data.get("components", {})
     width = max([len(n) for n in comps] + [9])
-    lines = [f"corestore health: {data.get('database')} (profile {data.get('profile')})", f"  {origin}",
-             f"  {'COMPONENT':<{width}}  {'STATUS':<8}  SUMMARY"]
+    lines = [f"corestore health: {data.get('database')} (profile {data.get('profile')})", f"  {origin}"]
+    if data.get("not_checked"):
+        lines.append(f"  not checked (a read-only report cannot know): {', '.join(data['not_checked'])}")
+    lines.append(f"  {'COMPONENT':<{width}}  {'STATUS':<8}  SUMMARY")
     for name, comp in comps.items():
         lines.append(f"  {name:<{width}}  {str(comp.get('status', '')).upper():<8}  {comp.get('summary', '')}")
         error = (comp.get("details") or {}).get("error")

@@ -5,10 +5,22 @@ A plugin implements any subset with ``@corestore.hookimpl``. Every hook receives
 instance per store). Hooks with no implementation cost nothing: the core decides at open which
 hooks have implementations and never calls the others.
 
-Implementations of ``on_success``, ``after_operation``, ``on_health``, ``on_health_changed``,
-``on_persistent_failure`` and ``on_close`` are *isolated*: one that raises is logged and skipped,
-and the others still run. Wrapper implementations (``wrapper=True``/``hookwrapper=True``) are
-refused on those hooks.
+Hooks run with pluggy's semantics: ``tryfirst``/``trylast`` order the implementations,
+``classify_error`` stops at the first non-None result, and wrapper implementations
+(``wrapper=True`` or the old ``hookwrapper=True``) wrap the others on every hook that is not
+isolated (a hook with a wrapper is dispatched by pluggy itself).
+
+Implementations of ``on_success``, ``after_operation``, ``on_fatal``, ``on_health``,
+``on_health_changed``, ``on_persistent_failure`` and ``on_close`` are *isolated* (marked with
+:func:`isolated` below): one that raises is logged and skipped, and the others still run.
+Wrapper implementations are refused on those hooks with a :class:`~corestore.PluginError` at
+open (a wrapper cannot wrap implementations that each run on their own).
+
+An implementation of a hook that is not specified here, or with an argument its hook does not
+have, is refused at open and by ``corestore profiles --check``, unless it is marked
+``@hookimpl(optionalhook=True)`` (so a plugin written for a newer corestore still loads).
+
+:data:`HOOK_NAMES` and :data:`ISOLATED_HOOKS` are derived from the specifications in this module.
 """
 from __future__ import annotations
 
@@ -28,6 +40,8 @@ __all__ = [
     "hookimpl",
     "HOOK_NAMES",
     "ISOLATED_HOOKS",
+    "isolated",
+    "on_store_open",
     "on_open",
     "classify_error",
     "before_operation",
@@ -45,10 +59,33 @@ PROJECT = "corestore"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+_ISOLATED_ATTR = f"{PROJECT}_isolated"
+
+
+def isolated(spec: Any) -> Any:
+    """Mark a hook specification as *isolated*: the core calls each implementation on its own
+    (one that raises is logged and skipped) and refuses wrapper implementations of it."""
+    setattr(spec, _ISOLATED_ATTR, True)
+    return spec
+
 
 # --------------------------------------------------------------------------------------------
 # open
 # --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_store_open(store: "Store") -> None:
+    """Called once per store, when ``corestore.open()`` creates it: after its first connection is
+    ready (and ``on_open`` ran for it), before the ``setup`` callable, before any operation. It
+    pairs with ``on_close``. Do one-time setup here (bind to the store, read a marker left by an
+    earlier run, start a thread), not in ``on_open`` behind a guard.
+
+    :param store: the new store.
+
+    Return None. Raising refuses the open: ``corestore.open()`` closes the store (``on_close``
+    runs) and raises the error to its caller.
+    """
 
 
 @hookspec
@@ -95,6 +132,7 @@ def before_operation(store: "Store", operation: "Operation") -> None:
     """
 
 
+@isolated
 @hookspec
 def on_success(store: "Store", operation: "Operation") -> None:
     """Called after an operation committed (or a read finished) and its invariants ran.
@@ -106,6 +144,7 @@ def on_success(store: "Store", operation: "Operation") -> None:
     """
 
 
+@isolated
 @hookspec
 def after_operation(store: "Store", operation: "Operation") -> None:
     """Called once when an operation that ``before_operation`` was called for is over, however it
@@ -146,6 +185,7 @@ def on_commit_invariant(store: "Store", connection: Any, operation: "Operation")
 # --------------------------------------------------------------------------------------------
 
 
+@isolated
 @hookspec
 def on_fatal(store: "Store", error: BaseException, classification: "Classification", operation: "Operation | None") -> None:
     """Called when an operation failed with a storage fault (not contention, not a caller error).
@@ -157,10 +197,12 @@ def on_fatal(store: "Store", error: BaseException, classification: "Classificati
     :param operation: the unit of work (None for a statement outside one).
 
     Return None. Called once per operation, with the final error: a ``run()`` that took several
-    attempts is one call, after the core decided not to retry.
+    attempts is one call, after the core decided not to retry. Isolated: an implementation that
+    raises is logged and skipped.
     """
 
 
+@isolated
 @hookspec
 def on_persistent_failure(store: "Store", report: "HealthReport") -> None:
     """Called when a fault episode outlasted a plugin's escalation rule: the application's
@@ -178,6 +220,7 @@ def on_persistent_failure(store: "Store", report: "HealthReport") -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@isolated
 @hookspec
 def on_health(store: "Store") -> "HealthComponent | list[HealthComponent] | None":
     """Called by ``store.health()``: report this plugin's state.
@@ -190,6 +233,7 @@ def on_health(store: "Store") -> "HealthComponent | list[HealthComponent] | None
     """
 
 
+@isolated
 @hookspec
 def on_health_changed(store: "Store", previous: "HealthStatus", current: "HealthStatus") -> None:
     """Called once when the aggregate status of the store changed.
@@ -212,6 +256,7 @@ def on_health_changed(store: "Store", previous: "HealthStatus", current: "Health
 # --------------------------------------------------------------------------------------------
 
 
+@isolated
 @hookspec
 def on_close(store: "Store") -> None:
     """Called by ``store.close()`` when the last reference is released, before connections close
@@ -223,17 +268,9 @@ def on_close(store: "Store") -> None:
     """
 
 
-HOOK_NAMES = (
-    "on_open",
-    "classify_error",
-    "before_operation",
-    "on_success",
-    "after_operation",
-    "on_commit_invariant",
-    "on_fatal",
-    "on_persistent_failure",
-    "on_health",
-    "on_health_changed",
-    "on_close",
+#: Every hook, in the order they are specified above (derived from the specifications).
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name for name, obj in list(globals().items()) if callable(obj) and hasattr(obj, f"{PROJECT}_spec")
 )
-ISOLATED_HOOKS = frozenset({"on_success", "after_operation", "on_health", "on_health_changed", "on_persistent_failure", "on_close"})
+#: The isolated hooks (marked with :func:`isolated`).
+ISOLATED_HOOKS: frozenset[str] = frozenset(name for name in HOOK_NAMES if getattr(globals()[name], _ISOLATED_ATTR, False))

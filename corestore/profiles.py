@@ -23,7 +23,7 @@ import os
 import sys
 import threading
 import tomllib
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import attrs
 
@@ -41,6 +41,7 @@ __all__ = [
     "resolve_profile",
     "validate_pragma",
     "ENV_CONFIG",
+    "with_overrides",
 ]
 
 ENV_CONFIG = "CORESTORE_CONFIG"
@@ -215,9 +216,15 @@ class Profile:
     first). ``settings`` maps a plugin name to its raw settings table, converted into the
     plugin's ``Settings`` class at open. ``origin`` says where the profile came from (for error
     messages) and takes no part in equality.
+
+    A profile built in code is named ``"custom"`` unless given a ``name``: it starts empty (no
+    plugins, no pragmas; SQLite's own defaults), it is not the built-in ``default``. To start
+    from ``default`` in code use ``corestore.open(path, enable=[...], disable=[...],
+    settings={...})``. ``config_dir`` is the directory of the config file the profile came from
+    (None in code): relative paths in plugin settings (``health.snapshot_path``) are relative to it.
     """
 
-    name: str = "default"
+    name: str = "custom"
     path: str = ""
     driver: str = attrs.field(default="sqlite3", validator=_driver_validator)
     vfs: str | None = attrs.field(default=None, validator=_vfs_validator)
@@ -228,17 +235,19 @@ class Profile:
     read_only: bool = False
     #: Longest wait for the cross-process init lock (``setup`` and the WAL switch run under it).
     init_timeout_s: float = attrs.field(default=30.0, validator=_init_timeout_validator)
+    config_dir: str | None = None
     origin: str = attrs.field(default="<code>", eq=False, repr=False)
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], *, name: str = "default", origin: str = "<code>") -> "Profile":
+    def from_mapping(cls, raw: Mapping[str, Any], *, name: str = "custom", origin: str = "<code>",
+                     config_dir: str | None = None) -> "Profile":
         """Build a profile from a plain mapping (no inheritance), naming ``origin`` in errors."""
         allowed = ("path", "driver", "vfs", "pragmas", "plugins", "settings", "retry", "read_only", "init_timeout_s")
         for key in raw:
             if key not in allowed:
                 raise ConfigError(f"{origin}: unknown key {key!r}; allowed: {', '.join(allowed)}")
         try:
-            return cls(name=name, origin=origin, **dict(raw))
+            return cls(name=name, origin=origin, config_dir=config_dir, **dict(raw))
         except ConfigError as err:
             raise ConfigError(str(err).replace("<profile>", origin, 1)) from None
         except (TypeError, ValueError) as err:
@@ -528,4 +537,33 @@ def resolve_profile(
         raw = _merge(raw, binding.overrides)
         origin = f"{config.source}: [databases.{binding.name}]" if config else origin
     raw["path"] = path
-    return Profile.from_mapping(raw, name=name, origin=origin)
+    return Profile.from_mapping(raw, name=name, origin=origin,
+                                config_dir=os.path.dirname(config.source) if config else None)
+
+
+def with_overrides(
+    profile: Profile,
+    *,
+    enable: Iterable[str] = (),
+    disable: Iterable[str] = (),
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Profile:
+    """``profile`` with ``enable``/``disable``/``settings`` applied the way a profile table's keys
+    of the same names apply (``corestore.open(path, enable=[...], ...)``): ``enable`` appends the
+    plugins not already listed, ``disable`` removes plugins, ``settings`` merges key by key into
+    each plugin's table. The name stays; ``origin`` says what was added in code."""
+    if isinstance(enable, str) or isinstance(disable, str):
+        raise ConfigError("corestore.open(): enable= and disable= take a list of plugin names, not a string")
+    if settings is not None and not isinstance(settings, Mapping):
+        raise ConfigError(f"corestore.open(): settings= must be a mapping of plugin name to a table, got {settings!r}")
+    raw: dict[str, Any] = {"plugins": list(profile.plugins),
+                           "settings": {k: dict(v.thaw() if hasattr(v, "thaw") else v) for k, v in profile.settings.items()}}
+    table: dict[str, Any] = {"enable": list(enable), "disable": list(disable), "settings": dict(settings or {})}
+    _check_types(table, "corestore.open()")
+    merged = _merge(raw, table)
+    parts = [f"{k}={table[k]!r}" for k in ("enable", "disable", "settings") if table[k]]
+    origin = f"{profile.origin} + corestore.open({', '.join(parts)})"
+    try:
+        return attrs.evolve(profile, plugins=merged["plugins"], settings=merged["settings"], origin=origin)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("<profile>", origin, 1)) from None

@@ -11,6 +11,7 @@ hooks have implementations, so a hook nobody implements costs nothing on the hot
 """
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import inspect
 import logging
@@ -38,6 +39,7 @@ __all__ = [
     "discover",
     "load_plugin_class",
     "build_settings",
+    "readable_validation_error",
     "settings_help",
     "HookCaller",
     "build_hook_caller",
@@ -122,7 +124,42 @@ def build_settings(cls: type, raw: Mapping[str, Any], *, where: str) -> Any:
     except ConfigError as err:
         raise ConfigError(f"{where} settings.{cls.name}: {err}") from None
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where} settings.{cls.name}: {err}") from None
+        raise ConfigError(f"{where} settings.{cls.name}: {readable_validation_error(err)}") from None
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", tuple: "a list", dict: "a table"}
+
+
+def _type_words(types: Any) -> str:
+    if isinstance(types, type):
+        return _TYPE_WORDS.get(types, f"of type {types.__name__}")
+    names = set(types) if isinstance(types, tuple) else {types}
+    if names <= {int, float}:
+        return "a number"
+    return " or ".join(_type_words(t) for t in types) if isinstance(types, tuple) else str(types)
+
+
+def readable_validation_error(err: BaseException) -> str:
+    """The message of an attrs validation failure as the shipped settings word it: ``key =
+    value must be ...`` (attrs' own ``instance_of``/``in_`` validators put the ``Attribute`` in
+    their arguments, which reads as a dump), so a third-party plugin's ``Settings`` built with
+    attrs validators gives the same messages as :mod:`corestore.settings`."""
+    args = err.args
+    if len(args) == 4 and isinstance(args[1], attrs.Attribute):
+        _msg, attribute, expected, value = args
+        if isinstance(err, TypeError):  # attrs.validators.instance_of(...)
+            return f"{attribute.name} = {value!r} must be {_type_words(expected)}"
+        try:  # attrs.validators.in_(...)
+            allowed = ", ".join(repr(v) for v in expected)
+        except TypeError:
+            allowed = repr(expected)
+        return f"{attribute.name} = {value!r} is not allowed; allowed: {allowed}"
+    text = str(err)
+    missing = "required keyword-only argument"
+    if isinstance(err, TypeError) and missing in text:
+        return f"missing required setting(s): {text.split(':', 1)[-1].strip()}"
+    return text
 
 
 def settings_help(cls: type) -> list[dict[str, str]]:
@@ -163,30 +200,66 @@ def _positional(impl: pluggy.HookImpl, hook: str) -> Callable[..., Any]:
     return eval(source, {"fn": fn})  # noqa: S307 - names come from the hookspec and pluggy, not input
 
 
+def _source_tagging(fn: Callable[..., Any], plugin: str) -> Callable[..., Any]:
+    """``fn`` (a ``classify_error`` implementation) with its answer's ``source`` set to ``plugin``,
+    for the dispatch through pluggy, where the caller does not see which implementation answered."""
+
+    def tagged(*args: Any) -> Any:
+        result = fn(*args)
+        if result is not None and getattr(result, "source", plugin) != plugin:
+            result = attrs.evolve(result, source=plugin)
+        return result
+
+    return tagged
+
+
+def _is_wrapper(impl: pluggy.HookImpl) -> bool:
+    return bool(impl.hookwrapper or impl.wrapper)
+
+
 class HookCaller:
     """One method per hook; the only caller of hooks in corestore.
 
-    ``has_<hook>`` booleans, fixed at construction, let the hot path skip hooks nobody
-    implements. Isolated hooks (see :data:`corestore.hookspecs.ISOLATED_HOOKS`) call each
-    implementation on its own, so one that raises is logged and does not stop the others.
+    Every hook is dispatched with pluggy's semantics (``tryfirst``/``trylast`` order,
+    ``firstresult``, wrappers). A hook without wrapper implementations is called directly, in
+    pluggy's order (the hot path: no dict, no pluggy dispatch); a hook with a wrapper goes
+    through pluggy's own ``pm.hook`` call. ``has_<hook>`` booleans, fixed at construction, let
+    the hot path skip hooks nobody implements. Isolated hooks (see
+    :data:`corestore.hookspecs.ISOLATED_HOOKS`) call each implementation on its own, so one that
+    raises is logged and does not stop the others; a wrapper on one of them is refused here with
+    a :class:`PluginError` naming the plugin and the hook.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._impls: dict[str, tuple[pluggy.HookImpl, ...]] = {}
+        #: hooks with at least one wrapper implementation: dispatched through ``pm.hook``
+        self.wrapped: frozenset[str] = frozenset()
+        wrapped = set()
         for name in hookspecs.HOOK_NAMES:
             impls = tuple(reversed(getattr(pm.hook, name).get_hookimpls()))  # pluggy's call order
-            if name in hookspecs.ISOLATED_HOOKS:
-                for impl in impls:
-                    if impl.hookwrapper or impl.wrapper:
-                        raise PluginError(
-                            f"plugin {impl.plugin_name!r}: hook {name} is isolated (each implementation runs on "
-                            "its own) and cannot be implemented as a wrapper"
-                        )
+            for impl in impls:
+                if not _is_wrapper(impl):
+                    continue
+                if name in hookspecs.ISOLATED_HOOKS:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r}: hook {name} is isolated (each implementation runs on "
+                        "its own, one that raises does not stop the others) and cannot be implemented as a wrapper; "
+                        "implement it as a plain @hookimpl"
+                    )
+                wrapped.add(name)
             self._impls[name] = impls
+        self.wrapped = frozenset(wrapped)
         self._calls: dict[str, tuple[tuple[str, Callable[..., Any]], ...]] = {
-            name: tuple((impl.plugin_name, _positional(impl, name)) for impl in impls) for name, impls in self._impls.items()
+            name: tuple((impl.plugin_name, _positional(impl, name)) for impl in impls if not _is_wrapper(impl))
+            for name, impls in self._impls.items()
         }
+        if "classify_error" in self.wrapped:
+            # pluggy dispatches it: tag each answer with the plugin that gave it (this manager
+            # belongs to this store alone, so its implementations are ours to adapt)
+            for impl in self._impls["classify_error"]:
+                if not _is_wrapper(impl):
+                    impl.function = _source_tagging(impl.function, impl.plugin_name)  # type: ignore[misc]
         self.has_on_open = bool(self._impls["on_open"])
         self.has_before_operation = bool(self._impls["before_operation"])
         self.has_on_success = bool(self._impls["on_success"])
@@ -197,7 +270,7 @@ class HookCaller:
         # directly, in pluggy's order, the first raise stopping the rest (what pluggy does
         # without wrappers, for a third of the cost); through pluggy when one is a wrapper.
         before = self._impls["before_operation"]
-        self._before_direct = None if any(i.hookwrapper or i.wrapper for i in before) else before
+        self._before_direct = None if "before_operation" in self.wrapped else before
         self.has_operation_hooks = (self.has_before_operation or self.has_on_success or self.has_on_commit_invariant
                                     or self.has_after_operation)
 
@@ -206,12 +279,18 @@ class HookCaller:
         return [impl.plugin_name for impl in self._impls[hook]]
 
     # -- open ------------------------------------------------------------------------------
+    def on_store_open(self, store: "Store") -> None:
+        if self._impls["on_store_open"]:
+            self.pm.hook.on_store_open(store=store)
+
     def on_open(self, store: "Store", connection: Any) -> None:
         if self.has_on_open:
             self.pm.hook.on_open(store=store, connection=connection)
 
     # -- operate ---------------------------------------------------------------------------
     def classify_error(self, store: "Store", error: BaseException, operation: Operation | None) -> Classification:
+        if "classify_error" in self.wrapped:
+            return self._classify_through_pluggy(store, error, operation)
         for plugin, fn in self._calls["classify_error"]:
             try:
                 result = fn(store, error, operation)
@@ -225,6 +304,22 @@ class HookCaller:
         from .classify import classify_exception  # the core table always answers
 
         return classify_exception(error)
+
+    def _classify_through_pluggy(self, store: "Store", error: BaseException, operation: Operation | None) -> Classification:
+        """``classify_error`` with a wrapper: pluggy's dispatch (first non-None result, wrappers
+        around it); classifying never fails, so an exception falls back to the core table."""
+        from .classify import classify_exception
+
+        try:
+            result = self.pm.hook.classify_error(store=store, error=error, operation=operation)
+        except Exception:
+            logger.exception("classify_error raised (through its wrappers); the core table decides")
+            result = None
+        if not isinstance(result, Classification):
+            if result is not None:
+                logger.warning("classify_error returned %r, not a Classification; the core table decides", result)
+            return classify_exception(error)
+        return result
 
     def before_operation(self, store: "Store", operation: Operation) -> None:
         if self.has_before_operation:
@@ -261,6 +356,8 @@ class HookCaller:
         becomes a violation itself: it runs after a durable commit, so it must not surface as a
         retryable error.
         """
+        if "on_commit_invariant" in self.wrapped:
+            return self._invariants_through_pluggy(store, connection, operation)
         violations: list[Violation] = []
         raise_requested = False
         for plugin, fn in self._calls["on_commit_invariant"]:
@@ -281,6 +378,23 @@ class HookCaller:
             if result:
                 violations.extend(result)
         return violations, raise_requested
+
+    def _invariants_through_pluggy(self, store: "Store", connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
+        """``on_commit_invariant`` with a wrapper: pluggy's dispatch (an exception stops the
+        remaining implementations and passes through the wrappers, as in pluggy)."""
+        try:
+            results = self.pm.hook.on_commit_invariant(store=store, connection=connection, operation=operation)
+        except InvariantViolation as err:
+            return list(err.violations or [Violation(check="on_commit_invariant.raised", message=str(err))]), True
+        except Exception as err:
+            logger.exception("on_commit_invariant raised (through its wrappers) after a durable commit")
+            return [Violation(check="on_commit_invariant.error",
+                              message=f"invariant check raised {type(err).__name__}: {err}", evidence={})], False
+        violations: list[Violation] = []
+        for result in results or ():
+            if result:
+                violations.extend(result)
+        return violations, False
 
     # -- fail ------------------------------------------------------------------------------
     def on_fatal(self, store: "Store", error: BaseException, classification: Classification, operation: Operation | None) -> None:
@@ -343,9 +457,17 @@ class HookCaller:
 
 def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple[HookCaller, dict[str, Any]]:
     """Import and instantiate the profile's plugins, register them (hooks run in profile order)
-    and return the caller with the instances by name."""
+    and return the caller with the instances by name.
+
+    Everything ``corestore.open()`` checks about plugins happens here, and ``corestore profiles
+    --check`` runs the same code: plugin lookup (``extra`` comes from ``$CORESTORE_PLUGINS``),
+    settings for plugins that are not installed, each plugin's ``Settings`` and constructor, its
+    ``check_profile(profile)`` method when it has one (paths, read-only profiles), and its hook
+    implementations (unknown hooks, unknown arguments, wrappers on isolated hooks).
+    """
     where = profile.origin
-    names = list(profile.plugins) + [n for n in extra if n not in profile.plugins]
+    extra = [n for n in extra if n not in profile.plugins]
+    names = list(profile.plugins) + extra
     unknown_settings = [k for k in profile.settings if k not in names]
     installed = discover()
     for key in unknown_settings:
@@ -353,14 +475,23 @@ def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple
             raise ConfigError(f"{where}: settings.{key}: no installed plugin is called {key!r}; installed: {', '.join(sorted(installed))}")
     instances: dict[str, Any] = {}
     for name in names:
-        cls = load_plugin_class(name, where=where)
+        here = f"{ENV_PLUGINS} (environment variable)" if name in extra else where
+        cls = load_plugin_class(name, where=here)
         settings = build_settings(cls, profile.settings_for(name), where=where)
         try:
             instance = cls(settings) if settings is not None else cls()
-        except (ConfigError, PluginError):
+        except ConfigError as err:
+            raise ConfigError(f"{where} settings.{name}: {err}") from None
+        except PluginError:
             raise
         except Exception as err:
             raise PluginError(f"{where}: plugin {name!r} failed to start: {type(err).__name__}: {err}") from err
+        check = getattr(instance, "check_profile", None)
+        if callable(check):
+            try:
+                check(profile)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
         instances[name] = instance
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -369,5 +500,27 @@ def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple
         try:
             pm.register(instances[name], name=name)
         except (ValueError, pluggy.PluginValidationError) as err:
-            raise PluginError(f"{where}: plugin {name!r} does not fit the corestore hooks: {err}") from err
+            detail = " ".join(str(err).split())
+            raise PluginError(f"{where}: plugin {name!r} does not fit the corestore hooks: {detail}") from err
+    _check_pending(pm, where)
     return HookCaller(pm), instances
+
+
+def _check_pending(pm: pluggy.PluginManager, where: str) -> None:
+    """pluggy's ``check_pending()``: an implementation of a hook corestore does not specify is
+    refused (a misspelled hook would silently never run), unless marked ``optionalhook=True``."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as err:
+        plugin = pm.get_name(err.plugin) or repr(err.plugin)
+        unknown = next((name for name in vars(pm.hook) if not name.startswith("_")
+                        and not getattr(pm.hook, name).has_spec()
+                        and any(i.plugin is err.plugin and not i.optionalhook for i in getattr(pm.hook, name).get_hookimpls())),
+                       "?")
+        close = difflib.get_close_matches(unknown, hookspecs.HOOK_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise PluginError(
+            f"{where}: plugin {plugin!r} implements unknown hook {unknown!r}{hint}; corestore hooks: "
+            f"{', '.join(hookspecs.HOOK_NAMES)}. Mark it @hookimpl(optionalhook=True) if it is meant for a "
+            "newer corestore"
+        ) from err

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import attrs
 import peewee
@@ -52,7 +52,9 @@ from .errors import (
 from .health import HealthComponent, HealthReport, HealthStatus
 from .initlock import InitLock
 from .operation import Operation, Violation
-from .profiles import Config, Profile, load_config, resolve_profile
+from .check import check_path
+from .readonly import readonly_wal_problem
+from .profiles import Config, Profile, load_config, resolve_profile, with_overrides
 from .registry import build_hook_caller, env_plugins
 
 __all__ = ["Store", "open", "open_stores"]
@@ -771,6 +773,11 @@ class Store:
                 "Check the path; `corestore doctor PATH` shows what the file is.",
                 classification=c, committed=False, path=self.path,
             )
+        if self.profile.read_only and not self.memory:
+            problem = readonly_wal_problem(self.path)
+            if problem is not None:
+                return FatalError(f"{self.path}: {c.name or c.kind.name}: {problem}", classification=c,
+                                  committed=False, path=self.path)
         if c.reopen:
             self.invalidate()
         return self._exception(err, c, committed=False)
@@ -839,7 +846,8 @@ def _looks_like_bare_name(target: str) -> bool:
     return os.sep not in target and "/" not in target and not os.path.splitext(target)[1]
 
 
-def _resolve(target: str | os.PathLike[str] | Profile, profile: str | None, config: str | os.PathLike[str] | None) -> Profile:
+def _resolve(target: str | os.PathLike[str] | Profile, profile: str | None, config: str | os.PathLike[str] | None,
+             enable: Iterable[str] = (), disable: Iterable[str] = (), settings: Mapping[str, Any] | None = None) -> Profile:
     cfg: Config | None = load_config(config)
     if isinstance(target, Profile):
         if profile is not None:
@@ -863,18 +871,9 @@ def _resolve(target: str | os.PathLike[str] | Profile, profile: str | None, conf
             )
         else:
             resolved = resolve_profile(profile or "default", config=cfg, path=name)
-    path = resolved.path
-    if path != ":memory:":
-        path = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
-        parent = os.path.dirname(path)
-        if os.path.isdir(path):
-            raise ConfigError(f"{path}: is a directory; give the path of a database file inside it")
-        if not os.path.isdir(parent):
-            raise ConfigError(f"{path}: parent directory {parent} does not exist; corestore does not create directories")
-        if resolved.read_only and not os.path.exists(path):
-            raise ConfigError(f"{path}: read-only profile {resolved.name!r}, but the file does not exist")
-        resolved = attrs.evolve(resolved, path=path)
-    return resolved
+    if enable or disable or settings:
+        resolved = with_overrides(resolved, enable=enable, disable=disable, settings=settings)
+    return check_path(resolved)
 
 
 def _claim_driver(store: Store) -> None:
@@ -904,6 +903,9 @@ def open(  # noqa: A001 - the public name is fixed by the design
     profile: str | None = None,
     config: str | os.PathLike[str] | None = None,
     setup: Callable[[Store], Any] | None = None,
+    enable: Iterable[str] = (),
+    disable: Iterable[str] = (),
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Store:
     """Open (or share) the store for ``target``: a path, a name bound in ``[databases]``, or a
     :class:`Profile`.
@@ -912,8 +914,13 @@ def open(  # noqa: A001 - the public name is fixed by the design
     reference). ``setup(store)`` runs once per store, under the init lock; a second open of a
     cached store with a different ``setup`` is a :class:`ConfigError`. The first connection is
     opened here, so a wrong file or journal mode fails now, not at the first write.
+
+    ``enable``, ``disable`` and ``settings`` compose on top of the profile in code, exactly like a
+    profile table's keys of the same names: ``enable`` appends plugins, ``disable`` removes them,
+    ``settings`` merges key by key into each plugin's table. ``on_store_open`` hooks run once the
+    first connection is ready, before ``setup``.
     """
-    resolved = _resolve(target, profile, config)
+    resolved = _resolve(target, profile, config, enable, disable, settings)
     key = (resolved.path, resolved)
     cacheable = resolved.path != ":memory:"
     if cacheable:
@@ -942,6 +949,7 @@ def _create(resolved: Profile, setup: Callable[[Store], Any] | None, key: Any) -
         _claim_driver(store)
     try:
         store.database.connect()
+        store.hooks.on_store_open(store)
         if setup is not None:
             with store.init_lock():
                 setup(store)

@@ -26,9 +26,16 @@ class Recorder:
     class Settings:
         label: str = attrs.field(default="rec", validator=attrs.validators.instance_of(str), metadata={"help": "a label"})
         fail_open: bool = attrs.field(default=False, metadata={"help": "raise in on_open"})
+        fail_store_open: bool = attrs.field(default=False, metadata={"help": "raise in on_store_open"})
 
     def __init__(self, settings: "Recorder.Settings") -> None:
         self.settings = settings
+
+    @hookimpl
+    def on_store_open(self, store: Any) -> None:
+        record(self.name, "on_store_open", store.stats()["connections_opened"])
+        if self.settings.fail_store_open:
+            raise RuntimeError("store refused by t_recorder")
 
     @hookimpl
     def on_open(self, store: Any, connection: Any) -> None:

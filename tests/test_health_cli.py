@@ -152,7 +152,7 @@ def test_live_check_of_a_path_and_the_json_schema(tmp_path: Path, env: dict[str,
     conn.close()
     rc, data = health_json(tmp_path, env, str(db), "--profile", "plain")
     assert rc == 0
-    assert set(data) == {"status", "database", "profile", "checked_at", "components", "source", "exit_code"}
+    assert set(data) == {"status", "database", "profile", "checked_at", "components", "source", "not_checked", "exit_code"}
     assert data["status"] == "up" and data["profile"] == "plain" and data["source"] == {"kind": "live"}
     assert list(data["components"]) == ["database", "health"]
     for component in data["components"].values():

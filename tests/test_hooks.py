@@ -58,6 +58,35 @@ def test_hook_on_open(tmp_path: Path, plugins) -> None:
         corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("t_recorder",), settings={"t_recorder": {"fail_open": True}}))
 
 
+def test_hook_on_store_open(tmp_path: Path, plugins) -> None:
+    """Once per store, after its first connection is ready, before setup; raising refuses the
+    open and the store is closed (on_close runs)."""
+    order: list[str] = []
+
+    def setup(store: corestore.Store) -> None:
+        order.append("setup")
+        assert hooks_of("t_recorder", "on_store_open") == [("t_recorder", "on_store_open", 1)]
+
+    store = corestore.open(Profile(path=str(tmp_path / "a.db"), plugins=("t_recorder",)), setup=setup)
+    assert order == ["setup"]
+    import threading
+
+    t = threading.Thread(target=lambda: store.database.execute_sql("select 1"))
+    t.start()
+    t.join()
+    assert len(hooks_of("t_recorder", "on_open")) == 2 and len(hooks_of("t_recorder", "on_store_open")) == 1
+    again = corestore.open(Profile(path=str(tmp_path / "a.db"), plugins=("t_recorder",)))
+    assert again is store and len(hooks_of("t_recorder", "on_store_open")) == 1  # a cached store: not again
+    again.close()
+    store.close()
+    EVENTS.clear()
+    with pytest.raises(RuntimeError, match="store refused by t_recorder"):
+        corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("t_recorder",),
+                               settings={"t_recorder": {"fail_store_open": True}}), setup=setup)
+    assert [e[1] for e in EVENTS] == ["on_open", "on_store_open", "on_close"]
+    assert not corestore.store.open_stores() or all(s.path != str(tmp_path / "b.db") for s in corestore.store.open_stores())
+
+
 def test_hook_classify_error(tmp_path: Path, plugins) -> None:
     """First non-None wins; the core table answers last; the answering plugin is recorded."""
     path = tmp_path / "a.db"

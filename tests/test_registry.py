@@ -110,7 +110,7 @@ def test_store_plugin_by_name_and_class(tmp_path: Path, install_plugins) -> None
     rec = store.plugin("t_recorder")
     assert store.plugin(plugin_fixtures.Recorder) is rec
     assert rec.settings.label == "rec"
-    with pytest.raises(PluginError, match=r"plugin 't_toggle' is not enabled in profile 'default'; enabled: t_recorder"):
+    with pytest.raises(PluginError, match=r"plugin 't_toggle' is not enabled in profile 'custom'; enabled: t_recorder"):
         store.plugin("t_toggle")
     with pytest.raises(PluginError, match="'t_toggle' is not enabled"):
         store.plugin(plugin_fixtures.Toggle)

@@ -69,6 +69,7 @@ class Ledger:
         self.uncertain_commits = 0
         self.probes = 0
         self.isolated_batches = 0
+        self.rejected_tables: dict[str, int] = {}  # rows refused for a table the database lacks
         # losses not yet logged (the writer logs them, at most once per interval)
         self.logged_rejected = 0
         self.logged_dropped = 0
@@ -210,6 +211,7 @@ class Ledger:
                 "uncertain_commits": self.uncertain_commits,
                 "isolated_batches": self.isolated_batches,
                 "probes": self.probes,
+                "rejected_tables": dict(self.rejected_tables),
                 "_enqueue_ns": self.enqueue_ns[:n] if n < _RING else list(self.enqueue_ns),
                 "_batch_s": list(self.batch_s),
                 "_delay_s": list(self.delay_s),

@@ -110,6 +110,7 @@ class Writer:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
         try:
+            self._refresh_tables()
             while True:
                 batch = self._next_batch()
                 if batch is None:
@@ -145,6 +146,8 @@ class Writer:
             led.wake.clear()
             if self.abandon.is_set():
                 return None
+            if self.acc._tables_stale:
+                self._refresh_tables()
             with led.lock:
                 n = len(led.queue)
                 urgent = bool(led.waiters) or self.acc._closing
@@ -171,6 +174,19 @@ class Writer:
                     return []
                 wake_at = min(wake_at, probe_at)
             clock.sleep(wake_at - now, led.wake)
+
+    def _refresh_tables(self) -> None:
+        """Read the table names (a read transaction) for ``submit()``'s check; on failure keep
+        the last ones (``submit()`` accepts what it cannot judge, and this runs again)."""
+        store = self.store
+        try:
+            with store.read(name="accounting.tables"):
+                rows = store.database.connection().execute(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')").fetchall()
+        except Exception as err:  # noqa: BLE001 - a fault here is the batches' business
+            logger.debug("accounting: %s: reading the table names failed: %s", store.path, err)
+            return
+        self.acc._tables_seen(frozenset(str(r[0]).lower() for r in rows))
 
     def _due(self, now: float) -> float:
         """When the writer must wake up even without work: escalation or a loss report."""

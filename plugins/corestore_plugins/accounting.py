@@ -45,7 +45,8 @@ from ._accounting_writer import BATCHES_TABLE, Writer
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Store
 
-__all__ = ["Accounting", "DeadLetter", "Clock", "SystemClock", "ManualClock", "BATCHES_TABLE", "ON_FULL"]
+__all__ = ["Accounting", "DeadLetter", "Clock", "SystemClock", "ManualClock", "BATCHES_TABLE", "ON_FULL",
+           "ON_UNKNOWN_TABLE"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,15 @@ def _float_at_least(low: float, *, strict: bool = False) -> Callable[[Any, Any, 
 def _optional_str(instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ConfigError(f"{attribute.name} = {value!r} must be a non-empty string (or left out)")
+
+
+#: What ``submit()`` does with a row for a table the database does not have.
+ON_UNKNOWN_TABLE = ("reject", "raise")
+
+
+def _on_unknown_table(instance: Any, attribute: Any, value: Any) -> None:
+    if value not in ON_UNKNOWN_TABLE:
+        raise ConfigError(f"on_unknown_table = {value!r} is not allowed; allowed: {', '.join(ON_UNKNOWN_TABLE)}")
 
 
 def _on_full(instance: Any, attribute: Any, value: Any) -> None:
@@ -130,6 +140,7 @@ class Accounting:
     probe_interval_s      float    1.0          idle during an episode: write an empty probe batch this often
     batch_retention_s     float    3600.0       how long batch ids stay in ``_corestore_batches``
     log_interval_s        float    60.0         rejections and drops are logged at most once per interval
+    on_unknown_table      str      "reject"     a row for a table the database lacks: "reject" (False) or "raise" (ConfigError)
     ====================  =======  ===========  ==========================================================
     """
 
@@ -184,6 +195,9 @@ class Accounting:
                                                metadata={"help": "how long batch ids stay in _corestore_batches"})
         log_interval_s: float = attrs.field(default=60.0, validator=_float_at_least(0.0),
                                             metadata={"help": "rejections and drops are logged at most once per interval"})
+        on_unknown_table: str = attrs.field(
+            default="reject", validator=_on_unknown_table,
+            metadata={"help": "a row for a table the database lacks: reject (submit returns False) | raise (ConfigError)"})
 
     def __init__(self, settings: "Accounting.Settings | None" = None) -> None:
         self.settings = settings if settings is not None else Accounting.Settings()
@@ -211,8 +225,16 @@ class Accounting:
         self._writer: Writer | None = None
         self._closing = False
         self._tables_ok: set[Any] = set()
+        # the tables the writer last saw in sqlite_master (lowercase; None: not read yet), names
+        # submitted that it has not seen yet (accepted until its next look), names it confirmed missing
+        self._known_tables: frozenset[str] | None = None
+        self._tables_unseen: set[str] = set()
+        self._tables_missing: set[str] = set()
+        self._tables_stale = False
+        self._acknowledged_dead = 0
         self._batch_size = s.batch_size
         self._on_full = s.on_full
+        self._on_unknown_table = s.on_unknown_table
 
     # -- the caller's side ------------------------------------------------------------------
     def submit(self, table_or_model: Any, row: Mapping[str, Any]) -> bool:
@@ -228,8 +250,8 @@ class Accounting:
         t0 = _perf_ns()
         if self._thread is None:  # the first submit: bind-check and start the writer before counting
             self._start_writer()
-        if table_or_model not in self._tables_ok:
-            self._check_table(table_or_model)
+        if table_or_model not in self._tables_ok and not self._check_table(table_or_model):
+            return False
         if type(row) is not dict:
             if not isinstance(row, Mapping):
                 raise TypeError(f"accounting.submit(): row must be a mapping, got {type(row).__name__}")
@@ -291,15 +313,70 @@ class Accounting:
             led.blocked -= 1
         return not led.closed
 
-    def _check_table(self, table: Any) -> None:
+    def _check_table(self, table: Any) -> bool:
+        """A table not seen before (no I/O: the writer thread reads the schema): True to accept
+        the row; False when the writer confirmed the database has no such table (counted as
+        rejected, health DEGRADED naming it; ``on_unknown_table = "raise"`` raises instead)."""
         if isinstance(table, str):
             if not table:
                 raise TypeError("accounting.submit(): the table name is empty")
         elif not (isinstance(table, type) and issubclass(table, peewee.Model)):
             raise TypeError(f"accounting.submit(): table_or_model must be a table name or a peewee Model class, "
                             f"got {table!r}")
-        if len(self._tables_ok) < 10000:
-            self._tables_ok.add(table)
+        label = table_label(table)
+        name = label.lower()
+        known = self._known_tables
+        if known is None or "." in name:  # not read yet (the writer checks it), or another schema
+            return True
+        if name in known:
+            if len(self._tables_ok) < 10000:
+                self._tables_ok.add(table)
+            return True
+        led = self._ledger
+        if name not in self._tables_missing:  # created since the writer last looked? accept; it looks again
+            if name not in self._tables_unseen:
+                self._tables_unseen.add(name)
+                self._tables_stale = True
+                led.wake.set()
+            return True
+        with led.lock:
+            led.submitted += 1
+            led.rejected += 1
+            led.rejected_tables[label] = led.rejected_tables.get(label, 0) + 1
+        if self._on_unknown_table == "raise":
+            path = self._store.path if self._store is not None else "?"
+            raise ConfigError(
+                f"accounting.submit(): {path} has no table {label!r} (the row is not accepted); "
+                f"tables: {', '.join(sorted(known)) or '(none)'}"
+            )
+        return False
+
+    def _tables_seen(self, names: frozenset[str]) -> None:
+        """The writer read the schema: ``names`` exist (lowercase). Names submitted since its
+        last look that are still missing are missing for good: later rows for them are refused."""
+        unseen = set(self._tables_unseen)  # a copy: submitters add to it concurrently
+        self._tables_missing = {n for n in self._tables_missing | unseen if n not in names}
+        self._tables_unseen.difference_update(unseen)
+        self._known_tables = names
+        self._tables_stale = False
+
+    def acknowledge_dead_letters(self) -> int:
+        """Acknowledge the dead letters so far: the ``accounting`` health component, DEGRADED
+        while any row was dead-lettered since the last acknowledgement, turns UP again (the rows
+        stay in :meth:`dead_letters` and the dead-letter file). Returns how many were acknowledged."""
+        total = self._ledger.dead_lettered
+        count = total - self._acknowledged_dead
+        self._acknowledged_dead = total
+        return count
+
+    def acknowledge_unknown_tables(self) -> dict[str, int]:
+        """Acknowledge the rows refused for unknown tables (``stats()["rejected_tables"]``): the
+        health component stops reporting them. Returns what was acknowledged."""
+        led = self._ledger
+        with led.lock:
+            seen = dict(led.rejected_tables)
+            led.rejected_tables.clear()
+        return seen
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every row accepted before the call is settled; return True when all of
@@ -408,6 +485,8 @@ class Accounting:
         ``rejected``, ``dropped``, ``written``, ``dead_lettered``, ``pending`` (= ``queued`` +
         ``in_flight``), ``batches``, ``faulted_batches``, ``reopens``, ``persistent_signals``,
         ``uncertain_commits``, ``isolated_batches``, ``probes``, ``episode`` (the fault episode),
+        ``rejected_tables`` (rows refused for a table the database does not have, by table name;
+        they are counted in ``rejected`` too), ``unacknowledged_dead_letters``,
         and latency percentiles ``enqueue_us`` (submit), ``batch_ms`` (batch transaction),
         ``delay_ms`` (submit to commit of a batch's oldest row).
 
@@ -422,6 +501,7 @@ class Accounting:
         thread = self._thread
         snap["writer_alive"] = bool(thread is not None and thread.is_alive())
         snap["closed"] = self._closed
+        snap["unacknowledged_dead_letters"] = max(0, snap["dead_lettered"] - self._acknowledged_dead)
         return snap
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -474,16 +554,21 @@ class Accounting:
             self._closing = True
 
     # -- hooks --------------------------------------------------------------------------------------
-    @hookimpl
-    def on_open(self, store: "Store") -> None:
-        """Bind to the store at its first connection (a read-only profile is refused)."""
-        if self._store is not None:
-            return
-        if store.profile.read_only:
+    #: the plugin writes to the database: offline, read-only reports (``corestore health``)
+    #: leave it out and say so
+    writes: ClassVar[bool] = True
+
+    def check_profile(self, profile: Any) -> None:
+        """Refuse a read-only profile (``corestore.open()`` and ``corestore profiles --check``)."""
+        if profile.read_only:
             raise ConfigError(
-                f"{store.path}: profile {store.profile.name!r} is read-only; the accounting plugin writes "
+                f"profile {profile.name!r} is read-only; the accounting plugin writes "
                 "(disable it for read-only profiles)"
             )
+
+    @hookimpl
+    def on_store_open(self, store: "Store") -> None:
+        """Bind to the store, once, when it opens."""
         s = self.settings
         path: str | None = None
         if s.dead_letter:
@@ -506,7 +591,7 @@ class Accounting:
         thread = self._thread
         details = {k: st[k] for k in ("submitted", "accepted", "rejected", "dropped", "written", "dead_lettered",
                                       "pending", "batches", "faulted_batches", "reopens", "persistent_signals",
-                                      "uncertain_commits")}
+                                      "uncertain_commits", "rejected_tables", "unacknowledged_dead_letters")}
         details["episode"] = ep
         details["dead_letter_path"] = self._sink.path
         details["enqueue_p99_us"] = st["enqueue_us"]["p99"]
@@ -524,6 +609,15 @@ class Accounting:
             status, summary = HealthStatus.DOWN, "the writer thread stopped"
         elif st["queued"] >= self.settings.queue_size:
             status, summary = HealthStatus.DEGRADED, f"queue full ({st['queued']} rows; on_full={self.settings.on_full})"
+        elif st["rejected_tables"]:
+            status = HealthStatus.DEGRADED
+            tables = ", ".join(f"{t!r} ({n} row(s))" for t, n in sorted(st["rejected_tables"].items()))
+            summary = (f"rows refused for table(s) the database does not have: {tables}; fix the table name "
+                       "(acknowledge_unknown_tables() clears this)")
+        elif st["unacknowledged_dead_letters"]:
+            status = HealthStatus.DEGRADED
+            summary = (f"{st['unacknowledged_dead_letters']} row(s) dead-lettered (in {self._sink.path or 'memory only'}; "
+                       "see dead_letters()); acknowledge_dead_letters() clears this")
         else:
             status = HealthStatus.UP
             summary = f"{st['pending']} pending, {st['written']} written"

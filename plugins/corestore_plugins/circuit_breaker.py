@@ -816,7 +816,7 @@ class CircuitBreaker:
 
     # -- hooks ---------------------------------------------------------------------------------
     @hookimpl
-    def on_open(self, store: "Store") -> None:
+    def on_store_open(self, store: "Store") -> None:
         if self._breaker is None:
             self._attach(store)  # conflicting settings fail corestore.open() itself
 

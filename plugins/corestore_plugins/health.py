@@ -77,14 +77,18 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-def resolve_snapshot_path(snapshot_path: str | None, db_path: str) -> str | None:
-    """The absolute snapshot file for ``snapshot_path`` (relative paths are relative to the
-    database's directory); None when unset. ``:memory:`` needs an absolute path."""
+def resolve_snapshot_path(snapshot_path: str | None, db_path: str, config_dir: str | None = None) -> str | None:
+    """The absolute snapshot file for ``snapshot_path``; None when unset. A relative path is
+    relative to ``config_dir`` (the directory of the config file the profile came from, like the
+    database's own ``path``), else, for a profile built in code, to the database's directory
+    (``:memory:`` then needs an absolute path)."""
     if not snapshot_path:
         return None
     expanded = os.path.expanduser(snapshot_path)
     if os.path.isabs(expanded):
         return os.path.normpath(expanded)
+    if config_dir:
+        return os.path.normpath(os.path.join(config_dir, expanded))
     if db_path == ":memory:" or not db_path:
         raise ConfigError(
             f"settings.health: snapshot_path = {snapshot_path!r} is relative, but the database is "
@@ -101,7 +105,7 @@ def snapshot_path_for(profile: "Profile") -> str | None:
     from corestore.registry import build_settings
 
     settings = build_settings(Health, profile.settings_for("health"), where=profile.origin)
-    return resolve_snapshot_path(settings.snapshot_path, profile.path)
+    return resolve_snapshot_path(settings.snapshot_path, profile.path, profile.config_dir)
 
 
 def read_snapshot(path: str) -> dict[str, Any]:
@@ -200,22 +204,28 @@ class Health:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
-    # -- hooks ---------------------------------------------------------------------------------
-    @hookimpl
-    def on_open(self, store: "Store", connection: Any) -> None:
-        store.probe_interval_s = self.settings.probe_interval_s
-        if self._store_ref is not None:
-            return
-        snapshot = resolve_snapshot_path(self.settings.snapshot_path, store.path)
+    def check_profile(self, profile: "Profile") -> str | None:
+        """The snapshot file ``profile`` would write (None: none), refused with a
+        :class:`ConfigError` when its directory does not exist or it is a directory. Called by
+        ``corestore.open()`` and ``corestore profiles --check`` alike, before the file is opened."""
+        snapshot = resolve_snapshot_path(self.settings.snapshot_path, profile.path, profile.config_dir)
         if snapshot is not None:
             parent = os.path.dirname(snapshot)
             if not os.path.isdir(parent):
                 raise ConfigError(
-                    f"{store.path}: settings.health.snapshot_path: directory {parent} does not exist "
-                    f"(profile {store.profile.name!r}); corestore does not create directories"
+                    f"settings.health.snapshot_path: directory {parent} does not exist "
+                    f"(database {profile.path}); corestore does not create directories"
                 )
             if os.path.isdir(snapshot):
-                raise ConfigError(f"{store.path}: settings.health.snapshot_path {snapshot} is a directory; give a file path")
+                raise ConfigError(f"settings.health.snapshot_path {snapshot} is a directory; give a file path")
+        return snapshot
+
+    # -- hooks ---------------------------------------------------------------------------------
+    @hookimpl
+    def on_store_open(self, store: "Store") -> None:
+        """Once per store: the probe interval, the snapshot file, the watcher thread."""
+        store.probe_interval_s = self.settings.probe_interval_s
+        snapshot = self.check_profile(store.profile)
         self._snapshot_file = snapshot
         self._db_path = store.path
         self._store_ref = weakref.ref(store)

@@ -337,11 +337,10 @@ class Quarantine:
 
     # -- hooks ---------------------------------------------------------------------------------
     @hookimpl
-    def on_open(self, store: Any, connection: Any) -> None:
-        """The store's first connection: pick up a marker left by an earlier run."""
-        if not self._loaded:
-            self._loaded = True
-            self._refresh(store, at_open=True)
+    def on_store_open(self, store: Any) -> None:
+        """Once per store: pick up a marker left by an earlier run."""
+        self._loaded = True
+        self._refresh(store, at_open=True)
 
     @hookimpl
     def before_operation(self, store: Any, operation: Any) -> None:

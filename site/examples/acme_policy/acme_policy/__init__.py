@@ -20,17 +20,18 @@ import attrs
 from corestore import (
     Classification, ConfigError, HealthComponent, HealthStatus, hookimpl,
 )
+from corestore.settings import integer_at_least, non_negative_seconds
 
 __all__ = ["FaultBudget"]
 
 logger = logging.getLogger(__name__)
 
 
-def _positive(instance: Any, attribute: "attrs.Attribute[Any]",
+def _not_zero(instance: Any, attribute: "attrs.Attribute[Any]",
               value: float) -> None:
-    if isinstance(value, bool) or value <= 0:
+    if value == 0:  # after non_negative_seconds: a number >= 0 here
         raise ConfigError(
-            f"{attribute.name} = {value!r} must be a number > 0")
+            f"{attribute.name} = {value!r} must be a number > 0 (seconds)")
 
 
 class FaultBudget:
@@ -52,14 +53,14 @@ class FaultBudget:
     class Settings:
         max_faults: int = attrs.field(
             default=3,
-            validator=[attrs.validators.instance_of(int), _positive],
+            # corestore.settings: the shipped plugins' messages
+            validator=integer_at_least(1),
             metadata={"help": "faults tolerated within the window "
                               "before health turns DEGRADED"},
         )
         window_s: float = attrs.field(
             default=60.0,
-            validator=[attrs.validators.instance_of((int, float)),
-                       _positive],
+            validator=[non_negative_seconds, _not_zero],
             metadata={"help": "length of the sliding window, in seconds"},
         )
 

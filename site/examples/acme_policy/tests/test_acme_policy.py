@@ -77,5 +77,11 @@ def test_settings_are_validated(tmp_path):
         path=str(tmp_path / "x.db"), plugins=("acme_fault_budget",),
         settings={"acme_fault_budget": {"max_faults": 0}})
     with pytest.raises(corestore.ConfigError,
-                       match="max_faults = 0 must be a number > 0"):
+                       match="max_faults = 0 must be an integer >= 1"):
         corestore.open(profile)
+    wrong_type = corestore.Profile(
+        path=str(tmp_path / "x.db"), plugins=("acme_fault_budget",),
+        settings={"acme_fault_budget": {"max_faults": "3"}})
+    with pytest.raises(corestore.ConfigError,
+                       match="max_faults = '3' must be an integer >= 1"):
+        corestore.open(wrong_type)

@@ -1,0 +1,54 @@
+"""The checks ``corestore.open()`` makes before it opens a database file, shared with
+``corestore profiles --check`` so the pre-deploy gate refuses exactly what ``open()`` refuses,
+with the same message.
+
+:func:`check_path` settles the database path (absolute, real; its directory must exist; a
+read-only profile needs the file). :func:`check_profile` runs it and then everything about the
+plugins (:func:`corestore.registry.build_hook_caller`: lookup, settings, constructors, each
+plugin's ``check_profile(profile)``, hook validation). ``open()`` calls the same two functions.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Iterable
+
+import attrs
+
+from .errors import ConfigError
+from .registry import build_hook_caller, env_plugins
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .profiles import Profile
+    from .registry import HookCaller
+
+__all__ = ["check_path", "check_profile"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_path(profile: "Profile") -> "Profile":
+    """``profile`` with its path made absolute and real; :class:`ConfigError` when ``open()``
+    could not use it: a directory, a missing parent directory (corestore never creates one), a
+    read-only profile whose file does not exist. ``:memory:`` passes as is."""
+    path = profile.path
+    if path == ":memory:":
+        return profile
+    path = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+    parent = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory; give the path of a database file inside it")
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{path}: parent directory {parent} does not exist; corestore does not create directories")
+    if profile.read_only and not os.path.exists(path):
+        raise ConfigError(f"{path}: read-only profile {profile.name!r}, but the file does not exist")
+    return attrs.evolve(profile, path=path)
+
+
+def check_profile(profile: "Profile", *, extra: Iterable[str] | None = None) -> "tuple[Profile, HookCaller, dict[str, Any]]":
+    """Every check ``open()`` makes short of opening the file: :func:`check_path`, then the
+    plugins and their hooks (``extra`` defaults to ``$CORESTORE_PLUGINS``). Returns the checked
+    profile, the hook caller and the plugin instances (unused by the CLI, which only checks)."""
+    checked = check_path(profile)
+    hooks, instances = build_hook_caller(checked, extra=env_plugins() if extra is None else extra)
+    return checked, hooks, instances
