@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import attrs
 import peewee
 
-from .classify import driver_error
+from .classify import driver_error, error_codes
 from .database import make_database
 from .errors import (
     BusyError,
@@ -112,9 +112,15 @@ class _Txn:
     """A store transaction (write: ``BEGIN IMMEDIATE`` unless told; read: ``BEGIN DEFERRED``).
 
     Pushed onto peewee's transaction stack, so an inner ``db.atomic()`` becomes a savepoint.
+    While it holds the thread's connection it is the database's ``_state.active``. ``qo`` counts
+    the read scopes open on it (``PRAGMA query_only`` is on while it is above 0); ``direct``
+    marks the transaction a bare ``db.begin()`` opened (not on peewee's stack; it ends at
+    ``db.commit()`` / ``db.rollback()``); ``peewee`` marks :class:`_DbTxn`.
     """
 
-    __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result")
+    __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result",
+                 "qo", "direct", "exiting")
+    peewee = False
 
     def __init__(self, store: "Store", kind: str, *, lock_type: str | None, name: str | None,
                  op: Operation | None = None, report: bool = True) -> None:
@@ -128,6 +134,9 @@ class _Txn:
         self.report = report
         self._savepoint: Any = None
         self.result: Any = None
+        self.qo = 0
+        self.direct = False
+        self.exiting = False
 
     # peewee's transaction API, for code that calls txn.commit()/rollback() inside the block
     def commit(self, begin: bool = True) -> None:
@@ -158,6 +167,80 @@ class _Txn:
         def inner(*args: Any, **kwargs: Any) -> T:
             with _Txn(self.store, self.kind, lock_type=self.lock_type, name=self.name):
                 return fn(*args, **kwargs)
+
+        return inner
+
+
+class _DbTxn(_Txn):
+    """peewee's ``db.transaction()`` (and so ``atomic()`` at depth 0, ``session_start()``,
+    ``batch_commit()``) through the store, with peewee's semantics and call sequence.
+
+    Entered at depth 0 it is a store write transaction: policies, then BEGIN through
+    ``db.begin()``; on exit COMMIT through ``db.commit()`` and ``db._run_commit_callbacks()``
+    (ROLLBACK through ``db.rollback()`` on an error), as peewee's ``_transaction`` does. Entered
+    inside another transaction it only joins (pushed, nothing issued), as in peewee. Committed or
+    rolled back with ``begin=False`` after being popped (``session_commit()``), it ends there.
+    """
+
+    __slots__ = ("_args",)
+    peewee = True
+
+    def __init__(self, store: "Store", args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        lock = args[0] if args else kwargs.get("lock_type")
+        super().__init__(store, "write", lock_type=store._lock_name(lock), name="transaction")
+        self._args = (args, dict(kwargs))
+
+    def __enter__(self) -> "_DbTxn":
+        db = self.store.database
+        if db.transaction_depth() == 0:
+            return super().__enter__()  # type: ignore[return-value]
+        db.push_transaction(self)  # peewee: a nested transaction() only joins the open one
+        self.nested = True
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if self.nested:
+            self.store.database.pop_transaction()
+            return False
+        return self.store._end_db(self, exc)
+
+    def _ends_here(self, begin: bool) -> bool:
+        return (not begin and not self.exiting and self.record is not None
+                and self not in self.store.database._state.transactions)
+
+    def commit(self, begin: bool = True) -> None:
+        db = self.store.database
+        ends = self._ends_here(begin)
+        try:
+            db.commit()
+            self.store._run_callbacks()
+            if begin:
+                db.begin(self.lock_type)
+        finally:
+            if ends:
+                self.store._finish(self)
+
+    def rollback(self, begin: bool = True) -> None:
+        db = self.store.database
+        ends = self._ends_here(begin)
+        try:
+            db.rollback()
+            self.store._clear_callbacks()
+            if begin:
+                db.begin(self.lock_type)
+        finally:
+            if ends:
+                self.store._finish(self)
+
+    def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # a fresh transaction per call, as peewee
+        import functools
+
+        args, kwargs = self._args
+
+        @functools.wraps(fn)
+        def inner(*a: Any, **k: Any) -> T:
+            with _DbTxn(self.store, args, kwargs):
+                return fn(*a, **k)
 
         return inner
 
@@ -496,7 +579,7 @@ class Store:
         self.database.bind(models)
 
     # -- transactions (internal) ---------------------------------------------------------------
-    def _transaction_cm(self, kind: str, *, lock_type: str | None, name: str | None) -> _Txn:
+    def _lock_name(self, lock_type: Any) -> str | None:
         if lock_type not in _BEGIN:
             upper = str(lock_type).upper()
             if upper not in _BEGIN:
@@ -504,24 +587,20 @@ class Store:
                     f"{self.path}: lock type {lock_type!r} is not allowed; allowed: DEFERRED, IMMEDIATE, EXCLUSIVE",
                     classification=Classification(kind=ErrorKind.PROGRAMMING, name="BAD_LOCK_TYPE"), path=self.path,
                 )
-            lock_type = upper
-        return _Txn(self, kind, lock_type=lock_type, name=name)
+            return upper
+        return lock_type  # type: ignore[no-any-return]
+
+    def _transaction_cm(self, kind: str, *, lock_type: str | None, name: str | None) -> _Txn:
+        return _Txn(self, kind, lock_type=self._lock_name(lock_type), name=name)
+
+    def _db_transaction(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _DbTxn:
+        return _DbTxn(self, args, kwargs)
 
     def _begin(self, txn: _Txn) -> _Txn:
         db = self.database
-        if db._state.transactions:
-            top = db.top_transaction()
-            if txn.kind == "write" and isinstance(top, _Txn) and top.kind == "read":
-                raise QueryError(
-                    f"{self.path}: transaction() inside read(): a read transaction cannot write; "
-                    "open the write transaction outside the read",
-                    classification=Classification(kind=ErrorKind.PROGRAMMING, name="WRITE_IN_READ"),
-                    path=self.path,
-                )
-            txn.nested = True
-            txn._savepoint = db.savepoint()
-            txn._savepoint.__enter__()
-            return txn
+        state = db._state
+        if state.transactions and not txn.direct:
+            return self._begin_nested(txn)
         if self._closed and not self._draining:
             raise StoreClosedError(f"{self.path}: the store was closed", path=self.path)
         if txn.kind == "write" and self.profile.read_only:
@@ -537,17 +616,72 @@ class Store:
             hooks.before_operation(self, txn.op)
         record = self._acquire_for(txn.op, txn.report)
         txn.record = record
+        state.active = txn
         try:
-            record.conn.execute(_BEGIN[txn.lock_type])
-        except Exception as err:
+            if txn.kind == "read":  # a read cannot write: SQLite refuses any change while query_only is on
+                record.conn.execute("PRAGMA query_only = 1")
+                txn.qo = 1
+            if txn.peewee:
+                db.begin(txn.lock_type)  # peewee's call sequence: _transaction.__enter__ -> db.begin()
+            else:
+                record.conn.execute(_BEGIN[txn.lock_type])
+        except BaseException as err:
+            txn.record = None
+            state.active = None
+            self._leave_query_only(txn, record)
             db.release(record)
+            if not isinstance(err, Exception) or not _is_db_error(err):
+                raise
             raise self._failed(err, txn.op, committed=False, report=txn.report) from err
-        db.push_transaction(txn)
+        if not txn.direct:
+            db.push_transaction(txn)
         return txn
+
+    def _begin_nested(self, txn: _Txn) -> _Txn:
+        """``txn`` entered inside another transaction of this thread: a savepoint of it."""
+        db = self.database
+        top = db.top_transaction()
+        if isinstance(top, peewee._manual):
+            raise ValueError("Cannot enter atomic commit block while in manual commit mode.")  # peewee's error
+        if txn.kind == "write" and isinstance(top, _Txn) and top.kind == "read":
+            raise QueryError(
+                f"{self.path}: transaction() inside read(): a read transaction cannot write; "
+                "open the write transaction outside the read",
+                classification=Classification(kind=ErrorKind.PROGRAMMING, name="WRITE_IN_READ"),
+                path=self.path,
+            )
+        txn.nested = True
+        txn._savepoint = db.savepoint()
+        txn._savepoint.__enter__()
+        active = db._state.active
+        if txn.kind == "read" and active is not None:  # read() nested in a write: read-only while it lasts
+            if not active.qo:
+                active.record.conn.execute("PRAGMA query_only = 1")
+            active.qo += 1
+        return txn
+
+    def _leave_query_only(self, txn: _Txn, record: Any) -> None:
+        """Turn ``PRAGMA query_only`` off on ``record`` if ``txn`` turned it on; a connection
+        that cannot be switched back is dropped at release (never left read-only for a write)."""
+        if txn.qo:
+            txn.qo = 0
+            try:
+                record.conn.execute("PRAGMA query_only = 0")
+            except Exception:
+                logger.warning("%s: could not switch query_only off; the connection is dropped", self.path, exc_info=True)
+                record.doomed = True
 
     def _end(self, txn: _Txn, exc: BaseException | None) -> bool:
         if txn.nested:
-            return bool(txn._savepoint.__exit__(type(exc) if exc else None, exc, None))
+            try:
+                return bool(txn._savepoint.__exit__(type(exc) if exc else None, exc, None))
+            finally:
+                active = self.database._state.active
+                if txn.kind == "read" and active is not None and active.qo:
+                    active.qo -= 1
+                    if not active.qo:
+                        active.qo = 1
+                        self._leave_query_only(active, active.record)
         db = self.database
         record = txn.record
         conn = record.conn
@@ -568,6 +702,9 @@ class Store:
                 if isinstance(exc, StoreError) and exc.classification is not None:
                     self._note_fault(exc.classification, txn.op, exc, report=txn.report)
                     return False
+                refused = self._write_in_read(exc)
+                if refused is not None:  # a raw cursor's write inside read(): a caller error, not a fault
+                    raise refused from exc
                 raise self._failed(exc, txn.op, committed=False, report=txn.report) from exc
             try:
                 conn.execute("COMMIT")
@@ -585,6 +722,9 @@ class Store:
                         self._stats["uncertain_commits"] += 1
                 raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
         finally:
+            db._state.active = None
+            if txn.qo:
+                self._leave_query_only(txn, record)
             db.release(record)
         with self._stats_lock:
             self._stats["reads" if txn.kind == "read" else "transactions"] += 1
@@ -620,23 +760,170 @@ class Store:
             raise err
 
     def _commit_inside(self, txn: _Txn, begin: bool) -> None:
-        conn = txn.record.conn
-        conn.execute("COMMIT")
+        """``txn.commit()`` inside a ``store.transaction()`` block: as peewee's, through
+        ``db.commit()`` (a real COMMIT: invariants run) and ``db.begin()``; a nested one releases
+        its savepoint."""
+        if txn.nested:
+            txn._savepoint.commit(begin)
+            return
+        db = self.database
+        db.commit()
         self._run_callbacks()
         if begin:
-            conn.execute(f"BEGIN {txn.lock_type}" if txn.lock_type else "BEGIN")
+            db.begin(txn.lock_type)
 
     def _rollback_inside(self, txn: _Txn, begin: bool) -> None:
-        conn = txn.record.conn
-        if self._in_txn(conn):
-            conn.execute("ROLLBACK")
+        if txn.nested:
+            if _PEEWEE4:
+                txn._savepoint.rollback(begin)
+            else:  # peewee 3.17: ROLLBACK TO leaves the savepoint open; there is no begin argument
+                txn._savepoint.rollback()
+            return
+        db = self.database
+        db.rollback()
         self._clear_callbacks()
         if begin:
-            conn.execute(f"BEGIN {txn.lock_type}" if txn.lock_type else "BEGIN")
+            db.begin(txn.lock_type)
+
+    # -- peewee's begin()/commit()/rollback() on this thread's store transaction ------------
+    def _direct_begin(self, lock_type: str | None) -> None:
+        """``db.begin()`` with no store transaction on the thread: a store write transaction
+        (policies, the connection held) that ends at ``db.commit()`` or ``db.rollback()``."""
+        txn = _Txn(self, "write", lock_type=self._lock_name(lock_type), name="begin")
+        txn.direct = True
+        try:
+            self._begin(txn)
+        except BaseException:
+            if txn.op is not None:
+                self.hooks.after_operation(self, txn.op)
+            raise
+
+    def _begin_again(self, active: _Txn, lock_type: str | None) -> None:
+        """BEGIN on the connection ``active`` holds (peewee's re-BEGIN after an inner commit)."""
+        try:
+            active.record.conn.execute(_BEGIN[self._lock_name(lock_type)])
+        except Exception as err:
+            raise self._translate_in_transaction(err) from err
+
+    def _commit_active(self, txn: _Txn) -> None:
+        """COMMIT what ``txn`` holds (``db.commit()``): outcome as in :meth:`_end`, then the
+        post-commit policies. A bare ``db.begin()`` transaction ends here."""
+        conn = txn.record.conn
+        try:
+            try:
+                conn.execute("COMMIT")
+            except Exception as err:
+                committed: bool | None = None
+                if self._in_txn(conn):  # still inside: nothing was committed
+                    committed = False
+                    try:
+                        conn.execute("ROLLBACK")
+                    except Exception:
+                        logger.debug("%s: ROLLBACK after a failed COMMIT failed", self.path, exc_info=True)
+                self._clear_callbacks()
+                if committed is None:
+                    with self._stats_lock:
+                        self._stats["uncertain_commits"] += 1
+                raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
+            with self._stats_lock:
+                self._stats["reads" if txn.kind == "read" else "transactions"] += 1
+            if txn.kind == "write":
+                self._after_commit(conn, txn.op)
+            elif self.hooks.has_on_success:
+                self.hooks.on_success(self, txn.op)
+        finally:
+            if txn.direct:
+                self._finish(txn)
+
+    def _rollback_active(self, txn: _Txn) -> None:
+        """ROLLBACK what ``txn`` holds (``db.rollback()``), unless SQLite already rolled back."""
+        conn = txn.record.conn
+        try:
+            if self._in_txn(conn):
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception as err:
+                    raise self._translate_in_transaction(err) from err
+            with self._stats_lock:
+                self._stats["rollbacks"] += 1
+        finally:
+            if txn.direct:
+                self._finish(txn)
+
+    def _abandon_direct(self, txn: _Txn) -> None:
+        """``db.close()`` while a bare ``db.begin()`` transaction is open: roll it back and end it
+        (closing the sqlite3 connection would roll it back too)."""
+        try:
+            self._rollback_active(txn)
+        finally:
+            self._finish(txn)
+
+    def _end_db(self, txn: _Txn, exc: BaseException | None) -> bool:
+        """End a top-level :class:`_DbTxn` as peewee's ``_transaction.__exit__`` does (pop, then
+        ``commit(False)``, or ``rollback(False)`` on an error or a failed commit)."""
+        db = self.database
+        txn.exiting = True
+        db.pop_transaction()
+        try:
+            if exc is not None:
+                try:
+                    txn.rollback(False)
+                except Exception:  # the real error is `exc`; never mask it
+                    logger.debug("%s: ROLLBACK after an error failed", self.path, exc_info=True)
+                if not _is_db_error(exc):
+                    return False
+                if isinstance(exc, StoreError) and exc.classification is not None:
+                    self._note_fault(exc.classification, txn.op, exc, report=txn.report)
+                    return False
+                raise self._failed(exc, txn.op, committed=False, report=txn.report) from exc
+            try:
+                txn.commit(False)
+            except BaseException:
+                try:
+                    txn.rollback(False)
+                except Exception:
+                    logger.debug("%s: ROLLBACK after a failed COMMIT failed", self.path, exc_info=True)
+                raise
+            return False
+        finally:
+            self._finish(txn)
+
+    def _finish(self, txn: _Txn) -> None:
+        """Release the connection ``txn`` holds and end its operation (idempotent)."""
+        record = txn.record
+        if record is None:
+            return
+        txn.record = None
+        db = self.database
+        if db._state.active is txn:
+            db._state.active = None
+        try:
+            self._leave_query_only(txn, record)
+            db.release(record)
+        finally:
+            if txn.report and txn.op is not None:
+                self.hooks.after_operation(self, txn.op)
+
+    def _write_in_read(self, err: BaseException) -> ReadOnlyError | None:
+        """A ReadOnlyError if ``err`` is SQLite refusing a change because a read scope of this
+        thread's transaction has ``query_only`` on; None otherwise."""
+        active = self.database._state.active
+        if active is None or not active.qo:
+            return None
+        primary, extended, _name, message = error_codes(err)
+        if primary != 8 or extended not in (8, None):
+            return None
+        return ReadOnlyError(
+            f"{self.path}: a statement inside read() tried to modify the database ({message}); read() and "
+            "run(read=True) are read-only and nothing was written. Write inside store.transaction() or run(fn)",
+            classification=Classification(kind=ErrorKind.PROGRAMMING, code=8, extended_code=extended,
+                                          name="WRITE_IN_READ", message=message),
+            committed=False, path=self.path,
+        )
 
     def _with_connection(self, kind: str, fn: Callable[[Any], T], *, name: str | None = None) -> T:
         """Run ``fn(conn)`` on this thread's connection outside any transaction, as an operation."""
-        if self.database.in_transaction():
+        if self.database.in_transaction() or self.database._state.active is not None:
             raise QueryError(f"{self.path}: {name or kind} cannot run inside a transaction",
                              classification=Classification(kind=ErrorKind.PROGRAMMING, name="IN_TRANSACTION"), path=self.path)
         op = Operation(kind=kind, name=name)
@@ -753,10 +1040,13 @@ class Store:
         return cls(message, classification=c, committed=committed, path=self.path)
 
     def _translate_in_transaction(self, err: BaseException) -> BaseException:
-        if not _is_db_error(err):
+        if not _is_db_error(err) or isinstance(err, StoreError):
             return err
-        top = self.database.top_transaction()
-        op = top.op if isinstance(top, _Txn) else None
+        refused = self._write_in_read(err)
+        if refused is not None:
+            return refused
+        active = self.database._state.active
+        op = active.op if active is not None else None
         c = self._classify(err, op)
         return self._exception(err, c, committed=False)
 
@@ -781,7 +1071,7 @@ class Store:
         last = self._probe
         if last is not None and time.monotonic() - last[0] < self.probe_interval_s:
             return
-        if self.database.in_transaction():
+        if self.database.in_transaction() or self.database._state.active is not None:
             return  # this thread's connection is busy in its own transaction: keep the last result
         if not self._probe_lock.acquire(blocking=False):
             return
@@ -831,6 +1121,9 @@ _BEGIN = {None: "BEGIN", "": "BEGIN", "IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED"
 
 def _noop() -> None:
     return None
+
+
+_PEEWEE4 = hasattr(peewee.Database, "_run_commit_callbacks")
 
 
 # -- open --------------------------------------------------------------------------------------
