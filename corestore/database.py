@@ -51,7 +51,7 @@ class ConnectionRecord:
     """One thread's driver connection: its lock (held while a statement or transaction runs),
     the generation it was opened in, and whether it was closed or doomed from elsewhere."""
 
-    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "__weakref__")
+    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "active", "__weakref__")
 
     def __init__(self, conn: Any, generation: int) -> None:
         self.conn = conn
@@ -61,15 +61,16 @@ class ConnectionRecord:
         self.closed = False
         self.doomed = False
         self.busy = False
+        self.active: Any = None  # the store transaction holding it (set by the store, same thread)
 
 
 class _PolicyState(peewee._ConnectionLocal):  # type: ignore[misc, name-defined]
-    """peewee's per-thread connection state plus ``active``: the store transaction that holds
-    this thread's connection record (None when no store transaction is open on the thread)."""
+    """peewee's per-thread connection state; ``record`` (this thread's :class:`ConnectionRecord`)
+    is always present, None when the thread has no connection."""
 
     def reset(self) -> None:
         super().reset()
-        self.active = None
+        self.record = None
 
 
 def _misuse(message: str, name: str) -> QueryError:
@@ -243,7 +244,9 @@ class _PolicyMixin:
         if record is not None:
             if record.busy:
                 raise self._reentry_error()
-            self._lock_record(record)
+            lock = record.lock
+            if not lock.acquire(False) and not lock.acquire(True, self.lock_wait_s):
+                raise self._lock_timeout()
             if not record.closed and not record.doomed and record.generation == self.generation:
                 record.busy = True
                 return record
@@ -251,22 +254,21 @@ class _PolicyMixin:
             self._drop_stale(record)
         self.connect()  # type: ignore[attr-defined]
         record = state.record
-        self._lock_record(record)
+        if not record.lock.acquire(True, self.lock_wait_s):
+            raise self._lock_timeout()
         record.busy = True
         return record
 
-    def _lock_record(self, record: ConnectionRecord) -> None:
-        lock = record.lock
-        if not lock.acquire(False) and not lock.acquire(True, self.lock_wait_s):
-            raise BusyError(
-                f"{self.database}: waited {self.lock_wait_s:g} s (busy_timeout) for this thread's connection, "
-                "held by another thread closing it (invalidate() or close())",
-                classification=Classification(kind=ErrorKind.BUSY, name="CONNECTION_LOCK_TIMEOUT", retryable=True),
-                path=str(self.database),
-            )
+    def _lock_timeout(self) -> BusyError:
+        return BusyError(
+            f"{self.database}: waited {self.lock_wait_s:g} s (busy_timeout) for this thread's connection, "
+            "held by another thread closing it (invalidate() or close())",
+            classification=Classification(kind=ErrorKind.BUSY, name="CONNECTION_LOCK_TIMEOUT", retryable=True),
+            path=str(self.database),
+        )
 
     def _reentry_error(self) -> QueryError:
-        active = self._state.active  # type: ignore[attr-defined]
+        active = self._active()
         holder = f"a {active.kind} transaction ({active.name or 'unnamed'})" if active is not None else "a statement"
         err = _misuse(
             f"{self.database}: this thread's connection is already held by {holder} of this same thread, and "
@@ -305,7 +307,8 @@ class _PolicyMixin:
     # -- the policy layer --------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         state = self._state  # type: ignore[attr-defined]
-        if state.active is not None:  # the record was checked when the transaction began
+        record = state.record
+        if record is not None and record.active is not None:  # checked when the transaction began
             return state.conn.cursor()
         if not state.closed:
             record = getattr(state, "record", None)
@@ -319,12 +322,18 @@ class _PolicyMixin:
         return super().cursor(*args, **kwargs)  # type: ignore[misc]
 
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if self._state.active is not None:  # type: ignore[attr-defined]  # inside this thread's store transaction
+        record = self._state.record  # type: ignore[attr-defined]
+        if record is not None and record.active is not None:  # inside this thread's store transaction
             try:
                 return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
             except Exception as err:
                 raise self.store._translate_in_transaction(err) from err
         return self.store._autocommit(super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
+
+    def _active(self) -> Any:
+        """The store transaction holding this thread's connection, or None."""
+        record = self._state.record  # type: ignore[attr-defined]
+        return record.active if record is not None else None
 
     # -- peewee's transaction API -------------------------------------------------------------
     # atomic(), savepoint(), manual_commit(), session_*(), batch_commit(), connection_context()
@@ -339,7 +348,7 @@ class _PolicyMixin:
         """BEGIN. Inside a store transaction (its re-BEGIN after ``txn.commit()``): on its
         connection. Otherwise (``db.begin()`` called by the application) it opens a store write
         transaction that holds this thread's connection until :meth:`commit` or :meth:`rollback`."""
-        active = self._state.active  # type: ignore[attr-defined]
+        active = self._active()
         if lock_type is None:
             lock_type = getattr(self, "_lock_type", None)
         if active is None:
@@ -351,7 +360,7 @@ class _PolicyMixin:
         """COMMIT this thread's store transaction: the outcome is classified as in
         ``store.transaction()`` and the post-commit policies (invariants, ``on_success``) run
         after the real COMMIT. Without one, peewee's behaviour through the policy layer."""
-        active = self._state.active  # type: ignore[attr-defined]
+        active = self._active()
         if active is not None:
             self.store._commit_active(active)
             return None
@@ -367,7 +376,7 @@ class _PolicyMixin:
         """ROLLBACK this thread's store transaction (skipped when SQLite already rolled it back
         itself after an I/O error: a ROLLBACK that cannot succeed never masks the real error).
         Without one, peewee's behaviour through the policy layer."""
-        active = self._state.active  # type: ignore[attr-defined]
+        active = self._active()
         if active is not None:
             self.store._rollback_active(active)
             return None
@@ -380,7 +389,7 @@ class _PolicyMixin:
         """peewee's ``close()`` (its error inside a transaction). A transaction opened with a
         bare :meth:`begin` and never finished is rolled back first, as closing the sqlite3
         connection would."""
-        active = self._state.active  # type: ignore[attr-defined]
+        active = self._active()
         if active is not None and not self.in_transaction():  # type: ignore[attr-defined]
             self.store._abandon_direct(active)
         return bool(super().close())  # type: ignore[misc]

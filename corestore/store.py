@@ -108,19 +108,24 @@ def _is_db_error(err: BaseException) -> bool:
     return driver_error(err) is not None
 
 
+def _is_peewee_own(err: BaseException) -> bool:
+    """An error peewee raised itself (no driver error behind it: "Attempting to close database
+    while transaction is open", "Connection already opened"): it reaches the caller unchanged."""
+    return isinstance(err, peewee.PeeweeException) and not isinstance(err, StoreError) and driver_error(err) is None
+
+
 class _Txn:
     """A store transaction (write: ``BEGIN IMMEDIATE`` unless told; read: ``BEGIN DEFERRED``).
 
     Pushed onto peewee's transaction stack, so an inner ``db.atomic()`` becomes a savepoint.
-    While it holds the thread's connection it is the database's ``_state.active``. ``qo`` counts
+    While it holds the thread's connection it is that record's ``active``. ``qo`` counts
     the read scopes open on it (``PRAGMA query_only`` is on while it is above 0); ``direct``
     marks the transaction a bare ``db.begin()`` opened (not on peewee's stack; it ends at
     ``db.commit()`` / ``db.rollback()``); ``peewee`` marks :class:`_DbTxn`.
     """
 
     __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result",
-                 "qo", "direct", "exiting")
-    peewee = False
+                 "qo", "direct", "peewee")
 
     def __init__(self, store: "Store", kind: str, *, lock_type: str | None, name: str | None,
                  op: Operation | None = None, report: bool = True) -> None:
@@ -136,7 +141,7 @@ class _Txn:
         self.result: Any = None
         self.qo = 0
         self.direct = False
-        self.exiting = False
+        self.peewee = False
 
     # peewee's transaction API, for code that calls txn.commit()/rollback() inside the block
     def commit(self, begin: bool = True) -> None:
@@ -182,13 +187,14 @@ class _DbTxn(_Txn):
     rolled back with ``begin=False`` after being popped (``session_commit()``), it ends there.
     """
 
-    __slots__ = ("_args",)
-    peewee = True
+    __slots__ = ("_args", "exiting")
 
     def __init__(self, store: "Store", args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         lock = args[0] if args else kwargs.get("lock_type")
         super().__init__(store, "write", lock_type=store._lock_name(lock), name="transaction")
         self._args = (args, dict(kwargs))
+        self.peewee = True
+        self.exiting = False
 
     def __enter__(self) -> "_DbTxn":
         db = self.store.database
@@ -373,11 +379,13 @@ class Store:
         Never retried (use :meth:`run`). Nested in another store or peewee transaction it joins it
         as a savepoint; inside :meth:`read` it is an error.
         """
-        return self._transaction_cm("write", lock_type=lock_type, name=name)
+        if lock_type not in _BEGIN:
+            lock_type = self._lock_name(lock_type)
+        return _Txn(self, "write", lock_type=lock_type, name=name)
 
     def read(self, *, name: str | None = None) -> _Txn:
         """A read transaction (``BEGIN DEFERRED``): one consistent snapshot. Never retried."""
-        return self._transaction_cm("read", lock_type="DEFERRED", name=name)
+        return _Txn(self, "read", lock_type="DEFERRED", name=name)
 
     def run(self, fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
             idempotent: bool = False, name: str | None = None) -> T:
@@ -591,7 +599,9 @@ class Store:
         return lock_type  # type: ignore[no-any-return]
 
     def _transaction_cm(self, kind: str, *, lock_type: str | None, name: str | None) -> _Txn:
-        return _Txn(self, kind, lock_type=self._lock_name(lock_type), name=name)
+        if lock_type not in _BEGIN:
+            lock_type = self._lock_name(lock_type)
+        return _Txn(self, kind, lock_type=lock_type, name=name)
 
     def _db_transaction(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _DbTxn:
         return _DbTxn(self, args, kwargs)
@@ -614,9 +624,14 @@ class Store:
             txn.op = Operation(kind=txn.kind, name=txn.name)
         if hooks.has_before_operation:
             hooks.before_operation(self, txn.op)
-        record = self._acquire_for(txn.op, txn.report)
+        try:  # self._acquire_for(txn.op, txn.report), inlined: the hot path
+            record = db.acquire()
+        except StoreError as err:
+            if err.classification is not None:
+                self._note_fault(err.classification, txn.op, err, report=txn.report)
+            raise
         txn.record = record
-        state.active = txn
+        record.active = txn
         try:
             if txn.kind == "read":  # a read cannot write: SQLite refuses any change while query_only is on
                 record.conn.execute("PRAGMA query_only = 1")
@@ -627,14 +642,14 @@ class Store:
                 record.conn.execute(_BEGIN[txn.lock_type])
         except BaseException as err:
             txn.record = None
-            state.active = None
+            record.active = None
             self._leave_query_only(txn, record)
             db.release(record)
             if not isinstance(err, Exception) or not _is_db_error(err):
                 raise
             raise self._failed(err, txn.op, committed=False, report=txn.report) from err
         if not txn.direct:
-            db.push_transaction(txn)
+            state.transactions.append(txn)  # db.push_transaction(txn), without a second thread-local lookup
         return txn
 
     def _begin_nested(self, txn: _Txn) -> _Txn:
@@ -653,7 +668,7 @@ class Store:
         txn.nested = True
         txn._savepoint = db.savepoint()
         txn._savepoint.__enter__()
-        active = db._state.active
+        active = db._active()
         if txn.kind == "read" and active is not None:  # read() nested in a write: read-only while it lasts
             if not active.qo:
                 active.record.conn.execute("PRAGMA query_only = 1")
@@ -676,7 +691,7 @@ class Store:
             try:
                 return bool(txn._savepoint.__exit__(type(exc) if exc else None, exc, None))
             finally:
-                active = self.database._state.active
+                active = self.database._active()
                 if txn.kind == "read" and active is not None and active.qo:
                     active.qo -= 1
                     if not active.qo:
@@ -685,7 +700,8 @@ class Store:
         db = self.database
         record = txn.record
         conn = record.conn
-        db.pop_transaction()
+        state = db._state
+        state.transactions.pop()  # db.pop_transaction()
         in_txn = self._in_txn
         try:
             if exc is not None:
@@ -697,8 +713,8 @@ class Store:
                 self._clear_callbacks()
                 with self._stats_lock:
                     self._stats["rollbacks"] += 1
-                if not _is_db_error(exc):
-                    return False  # the caller's own exception propagates untouched
+                if not _is_db_error(exc) or _is_peewee_own(exc):
+                    return False  # the caller's own exception (or peewee's own error) propagates untouched
                 if isinstance(exc, StoreError) and exc.classification is not None:
                     self._note_fault(exc.classification, txn.op, exc, report=txn.report)
                     return False
@@ -722,7 +738,7 @@ class Store:
                         self._stats["uncertain_commits"] += 1
                 raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
         finally:
-            db._state.active = None
+            record.active = None
             if txn.qo:
                 self._leave_query_only(txn, record)
             db.release(record)
@@ -870,7 +886,7 @@ class Store:
                     txn.rollback(False)
                 except Exception:  # the real error is `exc`; never mask it
                     logger.debug("%s: ROLLBACK after an error failed", self.path, exc_info=True)
-                if not _is_db_error(exc):
+                if not _is_db_error(exc) or _is_peewee_own(exc):
                     return False
                 if isinstance(exc, StoreError) and exc.classification is not None:
                     self._note_fault(exc.classification, txn.op, exc, report=txn.report)
@@ -895,8 +911,8 @@ class Store:
             return
         txn.record = None
         db = self.database
-        if db._state.active is txn:
-            db._state.active = None
+        if record.active is txn:
+            record.active = None
         try:
             self._leave_query_only(txn, record)
             db.release(record)
@@ -907,7 +923,7 @@ class Store:
     def _write_in_read(self, err: BaseException) -> ReadOnlyError | None:
         """A ReadOnlyError if ``err`` is SQLite refusing a change because a read scope of this
         thread's transaction has ``query_only`` on; None otherwise."""
-        active = self.database._state.active
+        active = self.database._active()
         if active is None or not active.qo:
             return None
         primary, extended, _name, message = error_codes(err)
@@ -923,7 +939,7 @@ class Store:
 
     def _with_connection(self, kind: str, fn: Callable[[Any], T], *, name: str | None = None) -> T:
         """Run ``fn(conn)`` on this thread's connection outside any transaction, as an operation."""
-        if self.database.in_transaction() or self.database._state.active is not None:
+        if self.database.in_transaction() or self.database._active() is not None:
             raise QueryError(f"{self.path}: {name or kind} cannot run inside a transaction",
                              classification=Classification(kind=ErrorKind.PROGRAMMING, name="IN_TRANSACTION"), path=self.path)
         op = Operation(kind=kind, name=name)
@@ -1045,7 +1061,7 @@ class Store:
         refused = self._write_in_read(err)
         if refused is not None:
             return refused
-        active = self.database._state.active
+        active = self.database._active()
         op = active.op if active is not None else None
         c = self._classify(err, op)
         return self._exception(err, c, committed=False)
@@ -1071,7 +1087,7 @@ class Store:
         last = self._probe
         if last is not None and time.monotonic() - last[0] < self.probe_interval_s:
             return
-        if self.database.in_transaction() or self.database._state.active is not None:
+        if self.database.in_transaction() or self.database._active() is not None:
             return  # this thread's connection is busy in its own transaction: keep the last result
         if not self._probe_lock.acquire(blocking=False):
             return
