@@ -47,16 +47,13 @@ MODULES = ("models", "transactions", "db_tests", "fields", "schema", "manytomany
 
 #: Tests that pass plainly and deliberately not through a store, with the reason (the same list
 #: is on site/peewee-compatibility.md; tests/test_dropin.py tests each behaviour).
-DELIBERATE: dict[str, str] = {
-    "db_tests.TestDatabase.test_pragmas_permanent":
-        "PRAGMA journal_mode through the test's helper: the default profile's wal_guard owns the journal mode",
-}
+DELIBERATE: dict[str, str] = {}
 
 
 # -- the child: one test class, plainly or through a store -------------------------------------------
 def _load_tests_package(checkout: str) -> None:
-    """Make ``tests`` importable without running its ``__init__`` (which imports every module)."""
-    sys.path.insert(0, checkout)
+    """Make ``tests`` importable without running its ``__init__`` (which imports every module).
+    The checkout itself is not put on ``sys.path``: ``peewee`` is the installed release."""
     pkg = types.ModuleType("tests")
     pkg.__path__ = [os.path.join(checkout, "tests")]  # type: ignore[attr-defined]
     sys.modules["tests"] = pkg

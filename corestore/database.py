@@ -43,8 +43,6 @@ _FORGOTTEN: list[Any] = []
 #: Statement classification for autocommit statements (kept under its old name; see sqlkind).
 _is_read_sql = is_read_sql
 
-#: peewee 4 runs after_commit callbacks and checks for a closed connection in commit()/rollback().
-_PEEWEE4 = hasattr(peewee.Database, "_run_commit_callbacks")
 
 
 class ConnectionRecord:
@@ -359,31 +357,23 @@ class _PolicyMixin:
     def commit(self) -> None:
         """COMMIT this thread's store transaction: the outcome is classified as in
         ``store.transaction()`` and the post-commit policies (invariants, ``on_success``) run
-        after the real COMMIT. Without one, peewee's behaviour through the policy layer."""
+        after the real COMMIT. Without one (nothing to commit), the installed peewee's own
+        ``commit()``, with its own errors."""
         active = self._active()
         if active is not None:
             self.store._commit_active(active)
             return None
-        if _PEEWEE4:
-            if self.is_closed():  # type: ignore[attr-defined]
-                raise peewee.InterfaceError("Cannot commit, database connection not open.")
-        elif self.is_closed() or not self.store._in_txn(self._state.conn):  # type: ignore[attr-defined]
-            return None  # peewee 3.17: sqlite3's Connection.commit(), a no-op outside a transaction
-        self.execute_sql("COMMIT")
-        return None
+        return super().commit()  # type: ignore[misc, no-any-return]  # each peewee release's own
 
     def rollback(self) -> None:
         """ROLLBACK this thread's store transaction (skipped when SQLite already rolled it back
         itself after an I/O error: a ROLLBACK that cannot succeed never masks the real error).
-        Without one, peewee's behaviour through the policy layer."""
+        Without one, the installed peewee's own ``rollback()``."""
         active = self._active()
         if active is not None:
             self.store._rollback_active(active)
             return None
-        if _PEEWEE4 and self.is_closed():  # type: ignore[attr-defined]
-            raise peewee.InterfaceError("Cannot rollback, database connection not open.")
-        self.execute_sql("ROLLBACK")
-        return None
+        return super().rollback()  # type: ignore[misc, no-any-return]  # each peewee release's own
 
     def close(self) -> bool:
         """peewee's ``close()`` (its error inside a transaction). A transaction opened with a

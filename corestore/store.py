@@ -790,7 +790,7 @@ class Store:
 
     def _rollback_inside(self, txn: _Txn, begin: bool) -> None:
         if txn.nested:
-            if _PEEWEE4:
+            if _SAVEPOINT_ROLLBACK_BEGINS:
                 txn._savepoint.rollback(begin)
             else:  # peewee 3.17: ROLLBACK TO leaves the savepoint open; there is no begin argument
                 txn._savepoint.rollback()
@@ -1139,7 +1139,8 @@ def _noop() -> None:
     return None
 
 
-_PEEWEE4 = hasattr(peewee.Database, "_run_commit_callbacks")
+#: peewee >= 4: ``_savepoint.rollback(begin=True)`` (3.17: ``rollback()``, and it stays open)
+_SAVEPOINT_ROLLBACK_BEGINS = "begin" in peewee._savepoint.rollback.__code__.co_varnames
 
 
 # -- open --------------------------------------------------------------------------------------
