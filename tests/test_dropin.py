@@ -457,7 +457,8 @@ def test_sessions_on_many_threads(store: corestore.Store, db_path: str) -> None:
         except BaseException as err:  # reported to the main thread
             errors.append(err)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    # daemon threads and a bounded join: a hung session thread fails the test, it cannot hang pytest
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(4)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 60
