@@ -49,7 +49,8 @@ class ConnectionRecord:
     """One thread's driver connection: its lock (held while a statement or transaction runs),
     the generation it was opened in, and whether it was closed or doomed from elsewhere."""
 
-    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "active", "__weakref__")
+    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "active", "query_only",
+                 "__weakref__")
 
     def __init__(self, conn: Any, generation: int) -> None:
         self.conn = conn
@@ -60,6 +61,7 @@ class ConnectionRecord:
         self.doomed = False
         self.busy = False
         self.active: Any = None  # the store transaction holding it (set by the store, same thread)
+        self.query_only = False  # PRAGMA query_only is on (left on by a read transaction)
 
 
 class _PolicyState(peewee._ConnectionLocal):  # type: ignore[misc, name-defined]
@@ -317,7 +319,20 @@ class _PolicyMixin:
                 f"{self.database}: the store was closed; open it again with corestore.open()",
                 path=str(self.database),
             )
-        return super().cursor(*args, **kwargs)  # type: ignore[misc]
+        cursor = super().cursor(*args, **kwargs)  # type: ignore[misc]
+        record = state.record
+        if record is not None and record.query_only:  # the application's own cursor, after a read()
+            self.store._set_query_only(record, False)
+        return cursor
+
+    def connection(self) -> Any:
+        """peewee's ``connection()``; outside a store transaction the raw connection is
+        writable (``query_only``, left on by a read transaction, is switched off)."""
+        conn = super().connection()  # type: ignore[misc]
+        record = self._state.record  # type: ignore[attr-defined]
+        if record is not None and record.query_only and record.active is None:
+            self.store._set_query_only(record, False)
+        return conn
 
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
         record = self._state.record  # type: ignore[attr-defined]

@@ -634,8 +634,11 @@ class Store:
         record.active = txn
         try:
             if txn.kind == "read":  # a read cannot write: SQLite refuses any change while query_only is on
-                record.conn.execute("PRAGMA query_only = 1")
+                if not record.query_only:
+                    self._set_query_only(record, True)
                 txn.qo = 1
+            elif record.query_only:  # the connection's last transaction was a read
+                self._set_query_only(record, False)
             if txn.peewee:
                 db.begin(txn.lock_type)  # peewee's call sequence: _transaction.__enter__ -> db.begin()
             else:
@@ -643,7 +646,7 @@ class Store:
         except BaseException as err:
             txn.record = None
             record.active = None
-            self._leave_query_only(txn, record)
+            txn.qo = 0  # query_only may stay on: every write path switches it off first
             db.release(record)
             if not isinstance(err, Exception) or not _is_db_error(err):
                 raise
@@ -670,21 +673,37 @@ class Store:
         txn._savepoint.__enter__()
         active = db._active()
         if txn.kind == "read" and active is not None:  # read() nested in a write: read-only while it lasts
-            if not active.qo:
-                active.record.conn.execute("PRAGMA query_only = 1")
+            if not active.record.query_only:
+                self._set_query_only(active.record, True)
             active.qo += 1
         return txn
 
+    def _set_query_only(self, record: Any, on: bool) -> None:
+        """Switch ``PRAGMA query_only`` on ``record``'s connection.
+
+        It stays on after a read transaction (switching it costs a statement and makes SQLite
+        re-prepare the connection's cached statements), and every path that may write on the
+        connection switches it off first: a write transaction, an autocommit statement,
+        checkpoint/backup, and the application's own ``db.connection()`` / ``db.cursor()``
+        outside a store transaction. A connection that cannot be switched off is dropped at
+        release (never left read-only for a write)."""
+        try:
+            record.conn.execute("PRAGMA query_only = 1" if on else "PRAGMA query_only = 0")
+        except Exception:
+            if on:
+                raise
+            logger.warning("%s: could not switch query_only off; the connection is dropped", self.path, exc_info=True)
+            record.doomed = True
+            return
+        record.query_only = on
+
     def _leave_query_only(self, txn: _Txn, record: Any) -> None:
-        """Turn ``PRAGMA query_only`` off on ``record`` if ``txn`` turned it on; a connection
-        that cannot be switched back is dropped at release (never left read-only for a write)."""
+        """``txn`` ends with a read scope still open on a write (an error unwound it): switch
+        ``query_only`` off."""
         if txn.qo:
             txn.qo = 0
-            try:
-                record.conn.execute("PRAGMA query_only = 0")
-            except Exception:
-                logger.warning("%s: could not switch query_only off; the connection is dropped", self.path, exc_info=True)
-                record.doomed = True
+            if record.query_only:
+                self._set_query_only(record, False)
 
     def _end(self, txn: _Txn, exc: BaseException | None) -> bool:
         if txn.nested:
@@ -694,9 +713,8 @@ class Store:
                 active = self.database._active()
                 if txn.kind == "read" and active is not None and active.qo:
                     active.qo -= 1
-                    if not active.qo:
-                        active.qo = 1
-                        self._leave_query_only(active, active.record)
+                    if not active.qo and active.kind != "read":  # back in the write: writable again
+                        self._set_query_only(active.record, False)
         db = self.database
         record = txn.record
         conn = record.conn
@@ -740,7 +758,10 @@ class Store:
         finally:
             record.active = None
             if txn.qo:
-                self._leave_query_only(txn, record)
+                if txn.kind == "read":
+                    txn.qo = 0  # query_only stays on for the next read (see _set_query_only)
+                else:
+                    self._leave_query_only(txn, record)
             db.release(record)
         with self._stats_lock:
             self._stats["reads" if txn.kind == "read" else "transactions"] += 1
@@ -947,6 +968,8 @@ class Store:
             self.hooks.before_operation(self, op)
             record = self._acquire_for(op, True)
             try:
+                if record.query_only:
+                    self._set_query_only(record, False)
                 return fn(record.conn)
             except Exception as err:
                 raise self._failed(err, op, committed=False, report=True) from err
@@ -975,6 +998,8 @@ class Store:
             db = self.database
             record = self._acquire_for(op, True)
             try:
+                if record.query_only:  # left on by a read transaction: this statement may write
+                    self._set_query_only(record, False)
                 cursor = execute(sql, params, *args, **kwargs)
             except Exception as err:
                 if not _is_db_error(err):

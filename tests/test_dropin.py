@@ -403,6 +403,41 @@ def test_read_nested_in_a_write_is_read_only_while_it_lasts(store: corestore.Sto
                 Item.create(value=4)
 
 
+def test_every_write_path_works_after_a_read(store: corestore.Store, db_path: str) -> None:
+    """query_only stays on after a read() (no statement per read); every path that may write
+    switches it off first."""
+    Item = bind_model(store)
+    db = store.database
+    writes = [
+        lambda: Item.create(value=1),                                           # autocommit model call
+        lambda: db.execute_sql("insert into item (value) values (2)"),          # autocommit SQL
+        lambda: db.connection().execute("insert into item (value) values (3)"),  # the raw connection
+        lambda: db.cursor().execute("insert into item (value) values (4)"),     # a raw cursor
+        lambda: store.run(lambda: Item.create(value=5)),                        # store write transaction
+        lambda: db.atomic()(lambda: Item.insert_many([{"value": 6}]).execute())(),  # peewee's atomic()
+        lambda: [Item.create(value=7) for _ in db.batch_commit(range(1), 1)],
+    ]
+    for n, write in enumerate(writes, start=1):
+        with store.read():
+            Item.select().count()
+        with store.read():  # a second read: nothing to switch
+            pass
+        write()
+        assert count_from_outside(db_path) == n, n
+    with store.read():
+        pass
+    db.begin()
+    Item.create(value=8)
+    db.commit()
+    with store.read():
+        pass
+    assert store.checkpoint("PASSIVE")[0] == 0
+    with pytest.raises(ReadOnlyError):  # the raw connection inside read(): still refused by SQLite
+        with store.read():
+            db.connection().execute("insert into item (value) values (9)")
+    assert count_from_outside(db_path) == 8
+
+
 def test_read_only_error_is_public() -> None:
     assert "ReadOnlyError" in corestore.__all__
     assert issubclass(ReadOnlyError, corestore.StoreError) and issubclass(ReadOnlyError, peewee.OperationalError)
