@@ -9,8 +9,10 @@ cost of one transaction, start-up and imports cancelled out. The database lives 
 
 Cases: single-row write transactions (one ``INSERT`` through ``execute_sql``) with bare peewee
 ``db.atomic("IMMEDIATE")``, ``store.transaction()`` on the ``minimal`` and the ``default`` profile
-(synchronous evolved to NORMAL); and read transactions (one ``SELECT`` by primary key) with bare
-peewee ``db.atomic("DEFERRED")`` and ``store.read()`` on both profiles.
+(synchronous evolved to NORMAL); read transactions (one ``SELECT`` by primary key) with bare
+peewee ``db.atomic("DEFERRED")`` and ``store.read()`` on both profiles; and ``mixed``: a write
+transaction then a read transaction per iteration (a read that follows a write pays for
+switching ``PRAGMA query_only`` on, and the next write for switching it off).
 
 Not part of ``python -m benchmarks`` (it needs valgrind and takes minutes). Options:
 ``--only NAME`` (repeatable), ``--dir DIR`` (default ``/dev/shm``), ``--json FILE``.
@@ -35,6 +37,9 @@ CASES: dict[str, str] = {
     "peewee.read": 'bare peewee db.atomic("DEFERRED") + SELECT by id',
     "minimal.read": "store.read() + SELECT by id, minimal profile",
     "default.read": "store.read() + SELECT by id, default profile (synchronous=NORMAL)",
+    "peewee.mixed": 'bare peewee: a write transaction, then a read transaction (per pair)',
+    "minimal.mixed": "store.transaction() then store.read() (per pair), minimal profile",
+    "default.mixed": "store.transaction() then store.read() (per pair), default profile (synchronous=NORMAL)",
 }
 SMALL, LARGE = 200, 1200
 PRAGMAS: dict[str, Any] = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal", "wal_autocheckpoint": 1000}
@@ -80,8 +85,14 @@ def _child(case: str, n: int, directory: str) -> None:
         for i in range(n):
             with write_cm():
                 execute(INSERT, ("hot", i, PAYLOAD))
-    else:
+    elif what == "read":
         for i in range(n):
+            with read_cm():
+                execute(SELECT, (1 + i % _WARMUP,)).fetchone()
+    else:  # mixed: every read follows a write (the read path's worst case: query_only switches twice)
+        for i in range(n):
+            with write_cm():
+                execute(INSERT, ("hot", i, PAYLOAD))
             with read_cm():
                 execute(SELECT, (1 + i % _WARMUP,)).fetchone()
     close()
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.only or list(CASES):
         results[case] = measure(case, args.dir)
         print(f"{case:<16} {results[case]:>17,.0f}  {CASES[case]}", flush=True)
-    for what in ("write", "read"):
+    for what in ("write", "read", "mixed"):
         base = results.get(f"peewee.{what}")
         for who in ("minimal", "default"):
             got = results.get(f"{who}.{what}")
