@@ -44,7 +44,6 @@ _FORGOTTEN: list[Any] = []
 _is_read_sql = is_read_sql
 
 
-
 class ConnectionRecord:
     """One thread's driver connection: its lock (held while a statement or transaction runs),
     the generation it was opened in, and whether it was closed or doomed from elsewhere."""
@@ -97,9 +96,11 @@ class _BoundedLock:
                           "closing its own connection (a hook that uses store.database from on_open?); use the "
                           "connection the hook is given", "REENTRANT_CONNECT")
         if not self._lock.acquire(True, self.timeout):
-            raise BusyError(f"{self.what}: waited {self.timeout:g} s (busy_timeout) for another thread opening or "
-                            "closing its connection", classification=Classification(kind=ErrorKind.BUSY, name="CONNECT_LOCK_TIMEOUT",
-                                                                              retryable=True))
+            raise BusyError(
+                f"{self.what}: waited {self.timeout:g} s (busy_timeout) for another thread opening or closing "
+                "its connection",
+                classification=Classification(kind=ErrorKind.BUSY, name="CONNECT_LOCK_TIMEOUT", retryable=True),
+            )
         self._owner = me
         return self
 

@@ -119,7 +119,8 @@ class _Txn:
 
     Pushed onto peewee's transaction stack, so an inner ``db.atomic()`` becomes a savepoint.
     While it holds the thread's connection it is that record's ``active``. ``qo`` counts
-    the read scopes open on it (``PRAGMA query_only`` is on while it is above 0); ``direct``
+    the read scopes open on it (while above 0 the connection has ``PRAGMA query_only`` on, and
+    SQLite's refusal to write is a caller's ``ReadOnlyError``); ``direct``
     marks the transaction a bare ``db.begin()`` opened (not on peewee's stack; it ends at
     ``db.commit()`` / ``db.rollback()``); ``peewee`` marks :class:`_DbTxn`.
     """
