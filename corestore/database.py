@@ -7,8 +7,15 @@ idle connections from any thread and have busy ones closed by their owner at the
 transaction. After ``close()`` the database refuses to reconnect: no silent autoconnect.
 
 Statements outside any transaction (autocommit ``execute_sql``, model calls) still pass through
-``before_operation``, classification and ``on_fatal``; peewee's own ``atomic()`` and
-``transaction()`` at the top level become store transactions, and nested ones savepoints.
+``before_operation``, classification and ``on_fatal``. peewee's transaction API keeps peewee's own
+objects and call sequence (``atomic()`` decides between a transaction and a savepoint when it is
+entered, ``manual_commit()`` refuses ``atomic()``, sessions, ``batch_commit()``), and every
+BEGIN / COMMIT / ROLLBACK goes through :meth:`begin`, :meth:`commit` and :meth:`rollback`, which
+run them under the store's policies (see ``site/peewee-compatibility.md``).
+
+Nothing here waits without a bound: the connection record's lock and peewee's connect/close lock
+are taken with the profile's ``busy_timeout``, and a re-entry by the thread that already holds
+them is refused with an error that names the misuse instead of deadlocking.
 """
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from .errors import StoreClosedError
+from .errors import BusyError, Classification, ConfigError, ErrorKind, QueryError, StoreClosedError
+from .sqlkind import is_read_sql
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
@@ -32,14 +40,16 @@ logger = logging.getLogger(__name__)
 # closed: closing them in the child could checkpoint or unlink the parent's -wal.
 _FORGOTTEN: list[Any] = []
 
-_READ_PREFIXES = ("select", "with", "explain", "values")
+#: Statement classification for autocommit statements (kept under its old name; see sqlkind).
+_is_read_sql = is_read_sql
 
 
 class ConnectionRecord:
     """One thread's driver connection: its lock (held while a statement or transaction runs),
     the generation it was opened in, and whether it was closed or doomed from elsewhere."""
 
-    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "__weakref__")
+    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "active", "query_only",
+                 "__weakref__")
 
     def __init__(self, conn: Any, generation: int) -> None:
         self.conn = conn
@@ -49,13 +59,54 @@ class ConnectionRecord:
         self.closed = False
         self.doomed = False
         self.busy = False
+        self.active: Any = None  # the store transaction holding it (set by the store, same thread)
+        self.query_only = False  # PRAGMA query_only is on (left on by a read transaction)
 
 
-def _is_read_sql(sql: str) -> bool:
-    head = sql.lstrip()[:8].lower()
-    if head.startswith(_READ_PREFIXES):
-        return True
-    return head.startswith("pragma") and "=" not in sql
+class _PolicyState(peewee._ConnectionLocal):  # type: ignore[misc, name-defined]
+    """peewee's per-thread connection state; ``record`` (this thread's :class:`ConnectionRecord`)
+    is always present, None when the thread has no connection."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.record = None
+
+
+def _misuse(message: str, name: str) -> QueryError:
+    return QueryError(message, classification=Classification(kind=ErrorKind.PROGRAMMING, name=name))
+
+
+class _BoundedLock:
+    """peewee's connect/close lock, bounded: waits at most ``timeout`` seconds (then
+    :class:`BusyError`) and refuses a re-entry by the thread that holds it (a hook that uses the
+    database while its own connection is being opened) instead of deadlocking."""
+
+    __slots__ = ("_lock", "_owner", "timeout", "what")
+
+    def __init__(self, timeout: float, what: str) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self.timeout = timeout
+        self.what = what
+
+    def __enter__(self) -> "_BoundedLock":
+        me = threading.get_ident()
+        if self._owner == me:
+            raise _misuse(f"{self.what}: this thread re-entered the database's connect/close while opening or "
+                          "closing its own connection (a hook that uses store.database from on_open?); use the "
+                          "connection the hook is given", "REENTRANT_CONNECT")
+        if not self._lock.acquire(True, self.timeout):
+            raise BusyError(
+                f"{self.what}: waited {self.timeout:g} s (busy_timeout) for another thread opening or closing "
+                "its connection",
+                classification=Classification(kind=ErrorKind.BUSY, name="CONNECT_LOCK_TIMEOUT", retryable=True),
+            )
+        self._owner = me
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._owner = None
+        self._lock.release()
 
 
 class _PolicyMixin:
@@ -69,6 +120,9 @@ class _PolicyMixin:
         self._registry_lock = threading.Lock()
         self.generation = 0
         self.shut = False
+        busy_ms = store.profile.pragmas.get("busy_timeout")
+        #: how long a caller waits for a lock the store holds (the profile's busy_timeout; 5 s without one)
+        self.lock_wait_s = max(0.001, int(busy_ms) / 1000.0) if busy_ms is not None else 5.0
 
     # -- connections -----------------------------------------------------------------------
     @property
@@ -178,11 +232,22 @@ class _PolicyMixin:
 
     def acquire(self) -> ConnectionRecord:
         """This thread's connection record, fresh and locked, marked busy (for a transaction or
-        one autocommit statement). Reconnects when it was closed or invalidated elsewhere."""
+        one autocommit statement). Reconnects when it was closed or invalidated elsewhere.
+
+        Bounded: only another thread closing this record (``invalidate()``, ``close()``) can hold
+        its lock, and the wait for it ends after ``lock_wait_s`` in :class:`BusyError`. A record
+        is only ever acquired by its own thread, so finding it busy means this thread re-entered
+        (a hook or a callback running a statement while its own transaction holds the
+        connection): refused with :class:`QueryError` instead of a deadlock.
+        """
         state = self._state  # type: ignore[attr-defined]
         record = getattr(state, "record", None) if not state.closed else None
         if record is not None:
-            record.lock.acquire()
+            if record.busy:
+                raise self._reentry_error()
+            lock = record.lock
+            if not lock.acquire(False) and not lock.acquire(True, self.lock_wait_s):
+                raise self._lock_timeout()
             if not record.closed and not record.doomed and record.generation == self.generation:
                 record.busy = True
                 return record
@@ -190,9 +255,29 @@ class _PolicyMixin:
             self._drop_stale(record)
         self.connect()  # type: ignore[attr-defined]
         record = state.record
-        record.lock.acquire()
+        if not record.lock.acquire(True, self.lock_wait_s):
+            raise self._lock_timeout()
         record.busy = True
         return record
+
+    def _lock_timeout(self) -> BusyError:
+        return BusyError(
+            f"{self.database}: waited {self.lock_wait_s:g} s (busy_timeout) for this thread's connection, "
+            "held by another thread closing it (invalidate() or close())",
+            classification=Classification(kind=ErrorKind.BUSY, name="CONNECTION_LOCK_TIMEOUT", retryable=True),
+            path=str(self.database),
+        )
+
+    def _reentry_error(self) -> QueryError:
+        active = self._active()
+        holder = f"a {active.kind} transaction ({active.name or 'unnamed'})" if active is not None else "a statement"
+        err = _misuse(
+            f"{self.database}: this thread's connection is already held by {holder} of this same thread, and "
+            "something on the thread asked for it again outside that transaction (a store hook or callback "
+            "running a statement, or store.transaction()/read() after db.begin()); run it inside the open "
+            "transaction or after it ends", "REENTRANT_CONNECTION")
+        err.path = str(self.database)
+        return err
 
     def release(self, record: ConnectionRecord) -> None:
         record.busy = False
@@ -223,7 +308,8 @@ class _PolicyMixin:
     # -- the policy layer --------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         state = self._state  # type: ignore[attr-defined]
-        if state.transactions:  # the record was checked when the transaction began
+        record = state.record
+        if record is not None and record.active is not None:  # checked when the transaction began
             return state.conn.cursor()
         if not state.closed:
             record = getattr(state, "record", None)
@@ -234,27 +320,96 @@ class _PolicyMixin:
                 f"{self.database}: the store was closed; open it again with corestore.open()",
                 path=str(self.database),
             )
-        return super().cursor(*args, **kwargs)  # type: ignore[misc]
+        cursor = super().cursor(*args, **kwargs)  # type: ignore[misc]
+        record = state.record
+        if record is not None and record.query_only:  # the application's own cursor, after a read()
+            self.store._set_query_only(record, False)
+        return cursor
+
+    def connection(self) -> Any:
+        """peewee's ``connection()``; outside a store transaction the raw connection is
+        writable (``query_only``, left on by a read transaction, is switched off)."""
+        conn = super().connection()  # type: ignore[misc]
+        record = self._state.record  # type: ignore[attr-defined]
+        if record is not None and record.query_only and record.active is None:
+            self.store._set_query_only(record, False)
+        return conn
 
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if self._state.transactions:  # type: ignore[attr-defined]
+        record = self._state.record  # type: ignore[attr-defined]
+        if record is not None and record.active is not None:  # inside this thread's store transaction
             try:
                 return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
             except Exception as err:
                 raise self.store._translate_in_transaction(err) from err
-        return self.store._autocommit(super().execute_sql, sql, params, _is_read_sql(sql), args, kwargs)
+        return self.store._autocommit(super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
 
-    def atomic(self, *args: Any, **kwargs: Any) -> Any:
-        if self.transaction_depth() == 0:  # type: ignore[attr-defined]
-            lock = args[0] if args else kwargs.get("lock_type")
-            return self.store._transaction_cm("write", lock_type=lock, name="atomic")
-        return super().atomic(*args, **kwargs)  # type: ignore[misc]
+    def _active(self) -> Any:
+        """The store transaction holding this thread's connection, or None."""
+        record = self._state.record  # type: ignore[attr-defined]
+        return record.active if record is not None else None
 
+    # -- peewee's transaction API -------------------------------------------------------------
+    # atomic(), savepoint(), manual_commit(), session_*(), batch_commit(), connection_context()
+    # and `with db:` are peewee's own: they call transaction(), begin(), commit() and rollback()
+    # below exactly as on a plain SqliteDatabase, which is where the policies are applied.
     def transaction(self, *args: Any, **kwargs: Any) -> Any:
-        if self.transaction_depth() == 0:  # type: ignore[attr-defined]
-            lock = args[0] if args else kwargs.get("lock_type")
-            return self.store._transaction_cm("write", lock_type=lock, name="transaction")
-        return super().transaction(*args, **kwargs)  # type: ignore[misc]
+        """peewee's ``transaction()``: a store write transaction when entered at depth 0 (BEGIN
+        through :meth:`begin`, COMMIT through :meth:`commit`), joined (pushed only) when nested."""
+        return self.store._db_transaction(args, kwargs)
+
+    def begin(self, lock_type: str | None = None) -> None:
+        """BEGIN. Inside a store transaction (its re-BEGIN after ``txn.commit()``): on its
+        connection. Otherwise (``db.begin()`` called by the application) it opens a store write
+        transaction that holds this thread's connection until :meth:`commit` or :meth:`rollback`."""
+        active = self._active()
+        if lock_type is None:
+            lock_type = getattr(self, "_lock_type", None)
+        if active is None:
+            self.store._direct_begin(lock_type)
+            return
+        self.store._begin_again(active, lock_type)
+
+    def commit(self) -> None:
+        """COMMIT this thread's store transaction: the outcome is classified as in
+        ``store.transaction()`` and the post-commit policies (invariants, ``on_success``) run
+        after the real COMMIT. Without one (nothing to commit), the installed peewee's own
+        ``commit()``, with its own errors."""
+        active = self._active()
+        if active is not None:
+            self.store._commit_active(active)
+            return None
+        return super().commit()  # type: ignore[misc, no-any-return]  # each peewee release's own
+
+    def rollback(self) -> None:
+        """ROLLBACK this thread's store transaction (skipped when SQLite already rolled it back
+        itself after an I/O error: a ROLLBACK that cannot succeed never masks the real error).
+        Without one, the installed peewee's own ``rollback()``."""
+        active = self._active()
+        if active is not None:
+            self.store._rollback_active(active)
+            return None
+        return super().rollback()  # type: ignore[misc, no-any-return]  # each peewee release's own
+
+    def close(self) -> bool:
+        """peewee's ``close()`` (its error inside a transaction). A transaction opened with a
+        bare :meth:`begin` and never finished is rolled back first, as closing the sqlite3
+        connection would."""
+        active = self._active()
+        if active is not None and not self.in_transaction():  # type: ignore[attr-defined]
+            self.store._abandon_direct(active)
+        return bool(super().close())  # type: ignore[misc]
+
+    def init(self, database: Any, **kwargs: Any) -> None:
+        """Refused on a store's database: it would move the database off the path that the
+        store's cache, locks, breaker and quarantine are keyed on."""
+        if getattr(self, "_policy_ready", False):
+            raise ConfigError(
+                f"{self.database}: init() on a store's database is refused: the store's connections, init lock, "
+                "circuit breaker and quarantine belong to this path. Open a store for the other database with "
+                "corestore.open(path) and bind the models to its database (store.bind([...]))"
+            )
+        super().init(database, **kwargs)  # type: ignore[misc]
 
 
 class PolicySqliteDatabase(_PolicyMixin, peewee.SqliteDatabase):
@@ -278,4 +433,7 @@ def make_database(store: "Store", driver: str, database: str, **connect_params: 
     db = cls.__new__(cls)
     db._setup_policy(store)
     db.__init__(database, pragmas=None, timeout=None if driver == "apsw" else 0, **connect_params)
+    db._state = _PolicyState()
+    db._lock = _BoundedLock(db.lock_wait_s, f"{database}")
+    db._policy_ready = True
     return db

@@ -161,8 +161,13 @@ class PluginError(StoreError):
     """A plugin could not be found, imported, built or asked for."""
 
 
-class ReadOnlyError(StoreError):
-    """A write was refused before reaching SQLite because the store is read-only."""
+class ReadOnlyError(StoreError, peewee.OperationalError):
+    """A write was refused before it changed the file: the store's profile is read-only, or the
+    statement ran inside ``store.read()`` / ``store.run(fn, read=True)``.
+
+    A caller error: never counted by the circuit breaker, never passed to ``on_fatal``. Also a
+    ``peewee.OperationalError`` (what peewee raises for a write to a read-only database).
+    """
 
 
 class StoreClosedError(StoreError, peewee.InterfaceError):

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 import attrs
 import peewee
 
-from .classify import driver_error
+from .classify import driver_error, error_codes
 from .database import make_database
 from .errors import (
     BusyError,
@@ -110,13 +110,25 @@ def _is_db_error(err: BaseException) -> bool:
     return driver_error(err) is not None
 
 
+def _is_peewee_own(err: BaseException) -> bool:
+    """An error peewee raised itself (no driver error behind it: "Attempting to close database
+    while transaction is open", "Connection already opened"): it reaches the caller unchanged."""
+    return isinstance(err, peewee.PeeweeException) and not isinstance(err, StoreError) and driver_error(err) is None
+
+
 class _Txn:
     """A store transaction (write: ``BEGIN IMMEDIATE`` unless told; read: ``BEGIN DEFERRED``).
 
     Pushed onto peewee's transaction stack, so an inner ``db.atomic()`` becomes a savepoint.
+    While it holds the thread's connection it is that record's ``active``. ``qo`` counts
+    the read scopes open on it (while above 0 the connection has ``PRAGMA query_only`` on, and
+    SQLite's refusal to write is a caller's ``ReadOnlyError``); ``direct``
+    marks the transaction a bare ``db.begin()`` opened (not on peewee's stack; it ends at
+    ``db.commit()`` / ``db.rollback()``); ``peewee`` marks :class:`_DbTxn`.
     """
 
-    __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result")
+    __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result",
+                 "qo", "direct", "peewee")
 
     def __init__(self, store: "Store", kind: str, *, lock_type: str | None, name: str | None,
                  op: Operation | None = None, report: bool = True) -> None:
@@ -130,6 +142,9 @@ class _Txn:
         self.report = report
         self._savepoint: Any = None
         self.result: Any = None
+        self.qo = 0
+        self.direct = False
+        self.peewee = False
 
     # peewee's transaction API, for code that calls txn.commit()/rollback() inside the block
     def commit(self, begin: bool = True) -> None:
@@ -160,6 +175,81 @@ class _Txn:
         def inner(*args: Any, **kwargs: Any) -> T:
             with _Txn(self.store, self.kind, lock_type=self.lock_type, name=self.name):
                 return fn(*args, **kwargs)
+
+        return inner
+
+
+class _DbTxn(_Txn):
+    """peewee's ``db.transaction()`` (and so ``atomic()`` at depth 0, ``session_start()``,
+    ``batch_commit()``) through the store, with peewee's semantics and call sequence.
+
+    Entered at depth 0 it is a store write transaction: policies, then BEGIN through
+    ``db.begin()``; on exit COMMIT through ``db.commit()`` and ``db._run_commit_callbacks()``
+    (ROLLBACK through ``db.rollback()`` on an error), as peewee's ``_transaction`` does. Entered
+    inside another transaction it only joins (pushed, nothing issued), as in peewee. Committed or
+    rolled back with ``begin=False`` after being popped (``session_commit()``), it ends there.
+    """
+
+    __slots__ = ("_args", "exiting")
+
+    def __init__(self, store: "Store", args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        lock = args[0] if args else kwargs.get("lock_type")
+        super().__init__(store, "write", lock_type=store._lock_name(lock), name="transaction")
+        self._args = (args, dict(kwargs))
+        self.peewee = True
+        self.exiting = False
+
+    def __enter__(self) -> "_DbTxn":
+        db = self.store.database
+        if db.transaction_depth() == 0:
+            return super().__enter__()  # type: ignore[return-value]
+        db.push_transaction(self)  # peewee: a nested transaction() only joins the open one
+        self.nested = True
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if self.nested:
+            self.store.database.pop_transaction()
+            return False
+        return self.store._end_db(self, exc)
+
+    def _ends_here(self, begin: bool) -> bool:
+        return (not begin and not self.exiting and self.record is not None
+                and self not in self.store.database._state.transactions)
+
+    def commit(self, begin: bool = True) -> None:
+        db = self.store.database
+        ends = self._ends_here(begin)
+        try:
+            db.commit()
+            self.store._run_callbacks()
+            if begin:
+                db.begin(self.lock_type)
+        finally:
+            if ends:
+                self.store._finish(self)
+
+    def rollback(self, begin: bool = True) -> None:
+        db = self.store.database
+        ends = self._ends_here(begin)
+        try:
+            db.rollback()
+            self.store._clear_callbacks()
+            if begin:
+                db.begin(self.lock_type)
+        finally:
+            if ends:
+                self.store._finish(self)
+
+    def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # a fresh transaction per call, as peewee
+        import functools
+
+        args, kwargs = self._args
+
+        @functools.wraps(fn)
+        def inner(*a: Any, **k: Any) -> T:
+            with _DbTxn(self.store, args, kwargs):
+                return fn(*a, **k)
 
         return inner
 
@@ -292,11 +382,13 @@ class Store:
         Never retried (use :meth:`run`). Nested in another store or peewee transaction it joins it
         as a savepoint; inside :meth:`read` it is an error.
         """
-        return self._transaction_cm("write", lock_type=lock_type, name=name)
+        if lock_type not in _BEGIN:
+            lock_type = self._lock_name(lock_type)
+        return _Txn(self, "write", lock_type=lock_type, name=name)
 
     def read(self, *, name: str | None = None) -> _Txn:
         """A read transaction (``BEGIN DEFERRED``): one consistent snapshot. Never retried."""
-        return self._transaction_cm("read", lock_type="DEFERRED", name=name)
+        return _Txn(self, "read", lock_type="DEFERRED", name=name)
 
     def run(self, fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
             idempotent: bool = False, name: str | None = None) -> T:
@@ -499,7 +591,7 @@ class Store:
         self.database.bind(models)
 
     # -- transactions (internal) ---------------------------------------------------------------
-    def _transaction_cm(self, kind: str, *, lock_type: str | None, name: str | None) -> _Txn:
+    def _lock_name(self, lock_type: Any) -> str | None:
         if lock_type not in _BEGIN:
             upper = str(lock_type).upper()
             if upper not in _BEGIN:
@@ -507,24 +599,22 @@ class Store:
                     f"{self.path}: lock type {lock_type!r} is not allowed; allowed: DEFERRED, IMMEDIATE, EXCLUSIVE",
                     classification=Classification(kind=ErrorKind.PROGRAMMING, name="BAD_LOCK_TYPE"), path=self.path,
                 )
-            lock_type = upper
+            return upper
+        return lock_type  # type: ignore[no-any-return]
+
+    def _transaction_cm(self, kind: str, *, lock_type: str | None, name: str | None) -> _Txn:
+        if lock_type not in _BEGIN:
+            lock_type = self._lock_name(lock_type)
         return _Txn(self, kind, lock_type=lock_type, name=name)
+
+    def _db_transaction(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _DbTxn:
+        return _DbTxn(self, args, kwargs)
 
     def _begin(self, txn: _Txn) -> _Txn:
         db = self.database
-        if db._state.transactions:
-            top = db.top_transaction()
-            if txn.kind == "write" and isinstance(top, _Txn) and top.kind == "read":
-                raise QueryError(
-                    f"{self.path}: transaction() inside read(): a read transaction cannot write; "
-                    "open the write transaction outside the read",
-                    classification=Classification(kind=ErrorKind.PROGRAMMING, name="WRITE_IN_READ"),
-                    path=self.path,
-                )
-            txn.nested = True
-            txn._savepoint = db.savepoint()
-            txn._savepoint.__enter__()
-            return txn
+        state = db._state
+        if state.transactions and not txn.direct:
+            return self._begin_nested(txn)
         if self._closed and not self._draining:
             raise StoreClosedError(f"{self.path}: the store was closed", path=self.path)
         if txn.kind == "write" and self.profile.read_only:
@@ -538,23 +628,102 @@ class Store:
             txn.op = Operation(kind=txn.kind, name=txn.name)
         if hooks.has_before_operation:
             hooks.before_operation(self, txn.op)
-        record = self._acquire_for(txn.op, txn.report)
+        try:  # self._acquire_for(txn.op, txn.report), inlined: the hot path
+            record = db.acquire()
+        except StoreError as err:
+            if err.classification is not None:
+                self._note_fault(err.classification, txn.op, err, report=txn.report)
+            raise
         txn.record = record
+        record.active = txn
         try:
-            record.conn.execute(_BEGIN[txn.lock_type])
-        except Exception as err:
+            if txn.kind == "read":  # a read cannot write: SQLite refuses any change while query_only is on
+                if not record.query_only:
+                    self._set_query_only(record, True)
+                txn.qo = 1
+            elif record.query_only:  # the connection's last transaction was a read
+                self._set_query_only(record, False)
+            if txn.peewee:
+                db.begin(txn.lock_type)  # peewee's call sequence: _transaction.__enter__ -> db.begin()
+            else:
+                record.conn.execute(_BEGIN[txn.lock_type])
+        except BaseException as err:
+            txn.record = None
+            record.active = None
+            txn.qo = 0  # query_only may stay on: every write path switches it off first
             db.release(record)
+            if not isinstance(err, Exception) or not _is_db_error(err):
+                raise
             raise self._failed(err, txn.op, committed=False, report=txn.report) from err
-        db.push_transaction(txn)
+        if not txn.direct:
+            state.transactions.append(txn)  # db.push_transaction(txn), without a second thread-local lookup
         return txn
+
+    def _begin_nested(self, txn: _Txn) -> _Txn:
+        """``txn`` entered inside another transaction of this thread: a savepoint of it."""
+        db = self.database
+        top = db.top_transaction()
+        if isinstance(top, peewee._manual):
+            raise ValueError("Cannot enter atomic commit block while in manual commit mode.")  # peewee's error
+        if txn.kind == "write" and isinstance(top, _Txn) and top.kind == "read":
+            raise QueryError(
+                f"{self.path}: transaction() inside read(): a read transaction cannot write; "
+                "open the write transaction outside the read",
+                classification=Classification(kind=ErrorKind.PROGRAMMING, name="WRITE_IN_READ"),
+                path=self.path,
+            )
+        txn.nested = True
+        txn._savepoint = db.savepoint()
+        txn._savepoint.__enter__()
+        active = db._active()
+        if txn.kind == "read" and active is not None:  # read() nested in a write: read-only while it lasts
+            if not active.record.query_only:
+                self._set_query_only(active.record, True)
+            active.qo += 1
+        return txn
+
+    def _set_query_only(self, record: Any, on: bool) -> None:
+        """Switch ``PRAGMA query_only`` on ``record``'s connection.
+
+        It stays on after a read transaction (switching it costs a statement and makes SQLite
+        re-prepare the connection's cached statements), and every path that may write on the
+        connection switches it off first: a write transaction, an autocommit statement,
+        checkpoint/backup, and the application's own ``db.connection()`` / ``db.cursor()``
+        outside a store transaction. A connection that cannot be switched off is dropped at
+        release (never left read-only for a write)."""
+        try:
+            record.conn.execute("PRAGMA query_only = 1" if on else "PRAGMA query_only = 0")
+        except Exception:
+            if on:
+                raise
+            logger.warning("%s: could not switch query_only off; the connection is dropped", self.path, exc_info=True)
+            record.doomed = True
+            return
+        record.query_only = on
+
+    def _leave_query_only(self, txn: _Txn, record: Any) -> None:
+        """``txn`` ends with a read scope still open on a write (an error unwound it): switch
+        ``query_only`` off."""
+        if txn.qo:
+            txn.qo = 0
+            if record.query_only:
+                self._set_query_only(record, False)
 
     def _end(self, txn: _Txn, exc: BaseException | None) -> bool:
         if txn.nested:
-            return bool(txn._savepoint.__exit__(type(exc) if exc else None, exc, None))
+            try:
+                return bool(txn._savepoint.__exit__(type(exc) if exc else None, exc, None))
+            finally:
+                active = self.database._active()
+                if txn.kind == "read" and active is not None and active.qo:
+                    active.qo -= 1
+                    if not active.qo and active.kind != "read":  # back in the write: writable again
+                        self._set_query_only(active.record, False)
         db = self.database
         record = txn.record
         conn = record.conn
-        db.pop_transaction()
+        state = db._state
+        state.transactions.pop()  # db.pop_transaction()
         in_txn = self._in_txn
         try:
             if exc is not None:
@@ -566,11 +735,14 @@ class Store:
                 self._clear_callbacks()
                 with self._stats_lock:
                     self._stats["rollbacks"] += 1
-                if not _is_db_error(exc):
-                    return False  # the caller's own exception propagates untouched
+                if not _is_db_error(exc) or _is_peewee_own(exc):
+                    return False  # the caller's own exception (or peewee's own error) propagates untouched
                 if isinstance(exc, StoreError) and exc.classification is not None:
                     self._note_fault(exc.classification, txn.op, exc, report=txn.report)
                     return False
+                refused = self._write_in_read(exc)
+                if refused is not None:  # a raw cursor's write inside read(): a caller error, not a fault
+                    raise refused from exc
                 raise self._failed(exc, txn.op, committed=False, report=txn.report) from exc
             try:
                 conn.execute("COMMIT")
@@ -588,6 +760,12 @@ class Store:
                         self._stats["uncertain_commits"] += 1
                 raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
         finally:
+            record.active = None
+            if txn.qo:
+                if txn.kind == "read":
+                    txn.qo = 0  # query_only stays on for the next read (see _set_query_only)
+                else:
+                    self._leave_query_only(txn, record)
             db.release(record)
         with self._stats_lock:
             self._stats["reads" if txn.kind == "read" else "transactions"] += 1
@@ -623,23 +801,170 @@ class Store:
             raise err
 
     def _commit_inside(self, txn: _Txn, begin: bool) -> None:
-        conn = txn.record.conn
-        conn.execute("COMMIT")
+        """``txn.commit()`` inside a ``store.transaction()`` block: as peewee's, through
+        ``db.commit()`` (a real COMMIT: invariants run) and ``db.begin()``; a nested one releases
+        its savepoint."""
+        if txn.nested:
+            txn._savepoint.commit(begin)
+            return
+        db = self.database
+        db.commit()
         self._run_callbacks()
         if begin:
-            conn.execute(f"BEGIN {txn.lock_type}" if txn.lock_type else "BEGIN")
+            db.begin(txn.lock_type)
 
     def _rollback_inside(self, txn: _Txn, begin: bool) -> None:
-        conn = txn.record.conn
-        if self._in_txn(conn):
-            conn.execute("ROLLBACK")
+        if txn.nested:
+            if _SAVEPOINT_ROLLBACK_BEGINS:
+                txn._savepoint.rollback(begin)
+            else:  # peewee 3.17: ROLLBACK TO leaves the savepoint open; there is no begin argument
+                txn._savepoint.rollback()
+            return
+        db = self.database
+        db.rollback()
         self._clear_callbacks()
         if begin:
-            conn.execute(f"BEGIN {txn.lock_type}" if txn.lock_type else "BEGIN")
+            db.begin(txn.lock_type)
+
+    # -- peewee's begin()/commit()/rollback() on this thread's store transaction ------------
+    def _direct_begin(self, lock_type: str | None) -> None:
+        """``db.begin()`` with no store transaction on the thread: a store write transaction
+        (policies, the connection held) that ends at ``db.commit()`` or ``db.rollback()``."""
+        txn = _Txn(self, "write", lock_type=self._lock_name(lock_type), name="begin")
+        txn.direct = True
+        try:
+            self._begin(txn)
+        except BaseException:
+            if txn.op is not None:
+                self.hooks.after_operation(self, txn.op)
+            raise
+
+    def _begin_again(self, active: _Txn, lock_type: str | None) -> None:
+        """BEGIN on the connection ``active`` holds (peewee's re-BEGIN after an inner commit)."""
+        try:
+            active.record.conn.execute(_BEGIN[self._lock_name(lock_type)])
+        except Exception as err:
+            raise self._translate_in_transaction(err) from err
+
+    def _commit_active(self, txn: _Txn) -> None:
+        """COMMIT what ``txn`` holds (``db.commit()``): outcome as in :meth:`_end`, then the
+        post-commit policies. A bare ``db.begin()`` transaction ends here."""
+        conn = txn.record.conn
+        try:
+            try:
+                conn.execute("COMMIT")
+            except Exception as err:
+                committed: bool | None = None
+                if self._in_txn(conn):  # still inside: nothing was committed
+                    committed = False
+                    try:
+                        conn.execute("ROLLBACK")
+                    except Exception:
+                        logger.debug("%s: ROLLBACK after a failed COMMIT failed", self.path, exc_info=True)
+                self._clear_callbacks()
+                if committed is None:
+                    with self._stats_lock:
+                        self._stats["uncertain_commits"] += 1
+                raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
+            with self._stats_lock:
+                self._stats["reads" if txn.kind == "read" else "transactions"] += 1
+            if txn.kind == "write":
+                self._after_commit(conn, txn.op)
+            elif self.hooks.has_on_success:
+                self.hooks.on_success(self, txn.op)
+        finally:
+            if txn.direct:
+                self._finish(txn)
+
+    def _rollback_active(self, txn: _Txn) -> None:
+        """ROLLBACK what ``txn`` holds (``db.rollback()``), unless SQLite already rolled back."""
+        conn = txn.record.conn
+        try:
+            if self._in_txn(conn):
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception as err:
+                    raise self._translate_in_transaction(err) from err
+            with self._stats_lock:
+                self._stats["rollbacks"] += 1
+        finally:
+            if txn.direct:
+                self._finish(txn)
+
+    def _abandon_direct(self, txn: _Txn) -> None:
+        """``db.close()`` while a bare ``db.begin()`` transaction is open: roll it back and end it
+        (closing the sqlite3 connection would roll it back too)."""
+        try:
+            self._rollback_active(txn)
+        finally:
+            self._finish(txn)
+
+    def _end_db(self, txn: _Txn, exc: BaseException | None) -> bool:
+        """End a top-level :class:`_DbTxn` as peewee's ``_transaction.__exit__`` does (pop, then
+        ``commit(False)``, or ``rollback(False)`` on an error or a failed commit)."""
+        db = self.database
+        txn.exiting = True
+        db.pop_transaction()
+        try:
+            if exc is not None:
+                try:
+                    txn.rollback(False)
+                except Exception:  # the real error is `exc`; never mask it
+                    logger.debug("%s: ROLLBACK after an error failed", self.path, exc_info=True)
+                if not _is_db_error(exc) or _is_peewee_own(exc):
+                    return False
+                if isinstance(exc, StoreError) and exc.classification is not None:
+                    self._note_fault(exc.classification, txn.op, exc, report=txn.report)
+                    return False
+                raise self._failed(exc, txn.op, committed=False, report=txn.report) from exc
+            try:
+                txn.commit(False)
+            except BaseException:
+                try:
+                    txn.rollback(False)
+                except Exception:
+                    logger.debug("%s: ROLLBACK after a failed COMMIT failed", self.path, exc_info=True)
+                raise
+            return False
+        finally:
+            self._finish(txn)
+
+    def _finish(self, txn: _Txn) -> None:
+        """Release the connection ``txn`` holds and end its operation (idempotent)."""
+        record = txn.record
+        if record is None:
+            return
+        txn.record = None
+        db = self.database
+        if record.active is txn:
+            record.active = None
+        try:
+            self._leave_query_only(txn, record)
+            db.release(record)
+        finally:
+            if txn.report and txn.op is not None:
+                self.hooks.after_operation(self, txn.op)
+
+    def _write_in_read(self, err: BaseException) -> ReadOnlyError | None:
+        """A ReadOnlyError if ``err`` is SQLite refusing a change because a read scope of this
+        thread's transaction has ``query_only`` on; None otherwise."""
+        active = self.database._active()
+        if active is None or not active.qo:
+            return None
+        primary, extended, _name, message = error_codes(err)
+        if primary != 8 or extended not in (8, None):
+            return None
+        return ReadOnlyError(
+            f"{self.path}: a statement inside read() tried to modify the database ({message}); read() and "
+            "run(read=True) are read-only and nothing was written. Write inside store.transaction() or run(fn)",
+            classification=Classification(kind=ErrorKind.PROGRAMMING, code=8, extended_code=extended,
+                                          name="WRITE_IN_READ", message=message),
+            committed=False, path=self.path,
+        )
 
     def _with_connection(self, kind: str, fn: Callable[[Any], T], *, name: str | None = None) -> T:
         """Run ``fn(conn)`` on this thread's connection outside any transaction, as an operation."""
-        if self.database.in_transaction():
+        if self.database.in_transaction() or self.database._active() is not None:
             raise QueryError(f"{self.path}: {name or kind} cannot run inside a transaction",
                              classification=Classification(kind=ErrorKind.PROGRAMMING, name="IN_TRANSACTION"), path=self.path)
         op = Operation(kind=kind, name=name)
@@ -647,6 +972,8 @@ class Store:
             self.hooks.before_operation(self, op)
             record = self._acquire_for(op, True)
             try:
+                if record.query_only:
+                    self._set_query_only(record, False)
                 return fn(record.conn)
             except Exception as err:
                 raise self._failed(err, op, committed=False, report=True) from err
@@ -675,6 +1002,8 @@ class Store:
             db = self.database
             record = self._acquire_for(op, True)
             try:
+                if record.query_only:  # left on by a read transaction: this statement may write
+                    self._set_query_only(record, False)
                 cursor = execute(sql, params, *args, **kwargs)
             except Exception as err:
                 if not _is_db_error(err):
@@ -756,10 +1085,13 @@ class Store:
         return cls(message, classification=c, committed=committed, path=self.path)
 
     def _translate_in_transaction(self, err: BaseException) -> BaseException:
-        if not _is_db_error(err):
+        if not _is_db_error(err) or isinstance(err, StoreError):
             return err
-        top = self.database.top_transaction()
-        op = top.op if isinstance(top, _Txn) else None
+        refused = self._write_in_read(err)
+        if refused is not None:
+            return refused
+        active = self.database._active()
+        op = active.op if active is not None else None
         c = self._classify(err, op)
         return self._exception(err, c, committed=False)
 
@@ -789,7 +1121,7 @@ class Store:
         last = self._probe
         if last is not None and time.monotonic() - last[0] < self.probe_interval_s:
             return
-        if self.database.in_transaction():
+        if self.database.in_transaction() or self.database._active() is not None:
             return  # this thread's connection is busy in its own transaction: keep the last result
         if not self._probe_lock.acquire(blocking=False):
             return
@@ -839,6 +1171,10 @@ _BEGIN = {None: "BEGIN", "": "BEGIN", "IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED"
 
 def _noop() -> None:
     return None
+
+
+#: peewee >= 4: ``_savepoint.rollback(begin=True)`` (3.17: ``rollback()``, and it stays open)
+_SAVEPOINT_ROLLBACK_BEGINS = "begin" in peewee._savepoint.rollback.__code__.co_varnames
 
 
 # -- open --------------------------------------------------------------------------------------

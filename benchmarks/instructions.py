@@ -1,0 +1,161 @@
+"""CPU instructions per transaction, counted by callgrind: ``python -m benchmarks.instructions``.
+
+Wall-clock ratios on a shared two-core machine wander by a few per cent; an instruction count
+does not. Each case runs in a child process under ``valgrind --tool=callgrind`` twice, once with
+200 and once with 1200 transactions after the same set-up; the difference divided by 1000 is the
+cost of one transaction, start-up and imports cancelled out. The database lives on ``/dev/shm``
+(a RAM file system, so no fsync wait hides anything) with WAL, ``synchronous=NORMAL``,
+``busy_timeout=5000`` and ``wal_autocheckpoint=1000``, as ``benchmarks.bench_hotpath`` uses.
+
+Cases: single-row write transactions (one ``INSERT`` through ``execute_sql``) with bare peewee
+``db.atomic("IMMEDIATE")``, ``store.transaction()`` on the ``minimal`` and the ``default`` profile
+(synchronous evolved to NORMAL); read transactions (one ``SELECT`` by primary key) with bare
+peewee ``db.atomic("DEFERRED")`` and ``store.read()`` on both profiles; and ``mixed``: a write
+transaction then a read transaction per iteration (a read that follows a write pays for
+switching ``PRAGMA query_only`` on, and the next write for switching it off).
+
+Not part of ``python -m benchmarks`` (it needs valgrind and takes minutes). Options:
+``--only NAME`` (repeatable), ``--dir DIR`` (default ``/dev/shm``), ``--json FILE``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+__all__ = ["CASES", "measure", "main"]
+
+CASES: dict[str, str] = {
+    "peewee.write": 'bare peewee db.atomic("IMMEDIATE") + INSERT',
+    "minimal.write": "store.transaction() + INSERT, minimal profile",
+    "default.write": "store.transaction() + INSERT, default profile (synchronous=NORMAL)",
+    "peewee.read": 'bare peewee db.atomic("DEFERRED") + SELECT by id',
+    "minimal.read": "store.read() + SELECT by id, minimal profile",
+    "default.read": "store.read() + SELECT by id, default profile (synchronous=NORMAL)",
+    "peewee.mixed": 'bare peewee: a write transaction, then a read transaction (per pair)',
+    "minimal.mixed": "store.transaction() then store.read() (per pair), minimal profile",
+    "default.mixed": "store.transaction() then store.read() (per pair), default profile (synchronous=NORMAL)",
+}
+SMALL, LARGE = 200, 1200
+PRAGMAS: dict[str, Any] = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal", "wal_autocheckpoint": 1000}
+SCHEMA = "CREATE TABLE IF NOT EXISTS event (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, n INTEGER NOT NULL, payload TEXT)"
+INSERT = "INSERT INTO event (kind, n, payload) VALUES (?, ?, ?)"
+SELECT = "SELECT kind, n FROM event WHERE id = ?"
+PAYLOAD = "x" * 64
+_WARMUP = 50
+
+
+def _child(case: str, n: int, directory: str) -> None:
+    """Set up ``case`` in ``directory``, warm it up, then run ``n`` transactions."""
+    import attrs
+    import peewee
+
+    import corestore
+    from corestore.profiles import resolve_profile
+
+    who, what = case.split(".")
+    path = os.path.join(directory, f"{who}.db")
+    if who == "peewee":
+        ordered = sorted(PRAGMAS.items(), key=lambda kv: kv[0] != "busy_timeout")
+        db = peewee.SqliteDatabase(path, pragmas=ordered)
+        db.connect()
+        execute = db.execute_sql
+        execute(SCHEMA)
+        write_cm = lambda: db.atomic("IMMEDIATE")  # noqa: E731
+        read_cm = lambda: db.atomic("DEFERRED")  # noqa: E731
+        close = db.close
+    else:
+        profile = resolve_profile(who, config=None, path=path)
+        profile = attrs.evolve(profile, pragmas={**profile.pragmas, **PRAGMAS})
+        store = corestore.open(profile)
+        execute = store.database.execute_sql
+        execute(SCHEMA)
+        write_cm = store.transaction
+        read_cm = store.read
+        close = store.close
+    for i in range(_WARMUP):
+        with write_cm():
+            execute(INSERT, ("warm", i, PAYLOAD))
+    if what == "write":
+        for i in range(n):
+            with write_cm():
+                execute(INSERT, ("hot", i, PAYLOAD))
+    elif what == "read":
+        for i in range(n):
+            with read_cm():
+                execute(SELECT, (1 + i % _WARMUP,)).fetchone()
+    else:  # mixed: every read follows a write (the read path's worst case: query_only switches twice)
+        for i in range(n):
+            with write_cm():
+                execute(INSERT, ("hot", i, PAYLOAD))
+            with read_cm():
+                execute(SELECT, (1 + i % _WARMUP,)).fetchone()
+    close()
+
+
+def _instructions(outfile: str) -> int:
+    with open(outfile, encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"{outfile}: no instruction total found")
+
+
+def _run_once(case: str, n: int, directory: str) -> int:
+    work = tempfile.mkdtemp(prefix=f"corestore-instr-{case}-", dir=directory)
+    out = os.path.join(work, "callgrind.out")
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
+           "benchmarks.instructions", "--child", case, str(n), work]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{case} n={n}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+        return _instructions(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(case: str, directory: str = "/dev/shm") -> float:
+    """Instructions per transaction of ``case``: (run of 1200 - run of 200) / 1000."""
+    return (_run_once(case, LARGE, directory) - _run_once(case, SMALL, directory)) / (LARGE - SMALL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=sorted(CASES), help="measure only this case (repeatable)")
+    parser.add_argument("--dir", default="/dev/shm", help="where the databases live (default /dev/shm)")
+    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        case, n, directory = args.child
+        _child(case, int(n), directory)
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    results: dict[str, float] = {}
+    print(f"{'case':<16} {'instructions/txn':>17}  what")
+    for case in args.only or list(CASES):
+        results[case] = measure(case, args.dir)
+        print(f"{case:<16} {results[case]:>17,.0f}  {CASES[case]}", flush=True)
+    for what in ("write", "read", "mixed"):
+        base = results.get(f"peewee.{what}")
+        for who in ("minimal", "default"):
+            got = results.get(f"{who}.{what}")
+            if base and got:
+                print(f"{who}.{what} / peewee.{what} = {got / base:.3f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
