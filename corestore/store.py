@@ -584,25 +584,36 @@ class Store:
                     with self._stats_lock:
                         self._stats["uncertain_commits"] += 1
                 raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
+            checked = self._commit_invariants(conn, txn.op) if txn.kind == "write" else None
         finally:
-            db.release(record)
+            db.release(record)  # only now may close()/invalidate() close the connection
         with self._stats_lock:
             self._stats["reads" if txn.kind == "read" else "transactions"] += 1
         self._run_callbacks()
         if txn.kind == "write":
-            self._after_commit(conn, txn.op)
+            self._after_commit(checked, txn.op)
         elif self.hooks.has_on_success:
             self.hooks.on_success(self, txn.op)
         return False
 
-    def _after_commit(self, conn: Any, op: Operation | None) -> None:
-        hooks = self.hooks
-        if hooks.has_on_commit_invariant:
-            violations, raise_requested = hooks.on_commit_invariant(self, conn, op)
+    def _commit_invariants(self, conn: Any, op: Operation | None) -> tuple[list[Violation], bool] | None:
+        """Run ``on_commit_invariant`` on ``conn``. Called while the caller still holds the
+        connection's record (busy): a check runs statements on ``conn``, and a connection closed
+        by ``close()``/``invalidate()`` from another thread in the middle of a statement crashes
+        the process (the stdlib driver is not safe against a concurrent close)."""
+        if self.hooks.has_on_commit_invariant:
+            return self.hooks.on_commit_invariant(self, conn, op)
+        return None
+
+    def _after_commit(self, checked: tuple[list[Violation], bool] | None, op: Operation | None) -> None:
+        """After the record is released: report what :meth:`_commit_invariants` found, then
+        ``on_success``."""
+        if checked is not None:
+            violations, raise_requested = checked
             if violations:
                 self._report_violations(violations, op, raise_requested)
-        if hooks.has_on_success:
-            hooks.on_success(self, op)
+        if self.hooks.has_on_success:
+            self.hooks.on_success(self, op)
 
     def _report_violations(self, violations: list[Violation], op: Operation | None, raise_it: bool) -> None:
         """Log, count and report (``on_fatal`` with kind INVARIANT) violations found after a
@@ -671,6 +682,7 @@ class Store:
                 hooks.before_operation(self, op)
             db = self.database
             record = self._acquire_for(op, True)
+            record.cursor_out = is_read  # the caller may go on fetching after the release
             try:
                 cursor = execute(sql, params, *args, **kwargs)
             except Exception as err:
@@ -681,12 +693,14 @@ class Store:
                 if not is_read and c.kind in (ErrorKind.FATAL_IO, ErrorKind.TRANSIENT_IO, ErrorKind.CORRUPT):
                     committed = None  # the implicit COMMIT may or may not have reached the disk
                 raise self._failed(err, op, committed=committed, report=True, classification=c) from err
+            else:
+                checked = None if is_read else self._commit_invariants(record.conn, op)
             finally:
-                db.release(record)
+                db.release(record)  # after the invariants: they run statements on this connection
             with self._stats_lock:
                 self._stats["statements"] += 1
             if not is_read:
-                self._after_commit(record.conn, op)
+                self._after_commit(checked, op)
             elif hooks.has_on_success:
                 hooks.on_success(self, op)
             return cursor
@@ -976,7 +990,8 @@ def _after_fork_in_child() -> None:
         store._health_lock = threading.RLock()
         store._probe_lock = threading.Lock()
         store._fault_scope = threading.local()
-        store.database.forget_after_fork()
+        # corestore.forking already decided which files this child refuses and forgot (never
+        # closed) every inherited connection
         if store._anchor is not None:
             from .database import _FORGOTTEN
 
