@@ -222,6 +222,10 @@ class _PolicyMixin:
         self.connect()  # type: ignore[attr-defined]
         record = state.record
         record.lock.acquire()
+        if record.closed:  # closed by close()/invalidate() on another thread before it was locked
+            record.lock.release()
+            self._drop_stale(record)
+            return self.acquire()
         record.busy = True
         return record
 

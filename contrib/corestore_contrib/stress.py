@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from typing import Any
 
 import corestore
@@ -53,6 +54,7 @@ class _Round:
         self.committed: list[int] = []
         self.counts: collections.Counter[str] = collections.Counter()
         self.unexpected: list[str] = []
+        self.first_traceback: str | None = None
         self.threads = [threading.Thread(target=self._writer, args=(n,), name=f"writer-{n}") for n in range(writers)]
         self.threads += [threading.Thread(target=self._reader, name=f"reader-{n}") for n in range(readers)]
         self.threads += [threading.Thread(target=self._invalidator, name="invalidator"),
@@ -78,6 +80,8 @@ class _Round:
         except BaseException as err:  # noqa: BLE001 - everything else is a finding
             with self.lock:
                 self.unexpected.append(f"{what}: {type(err).__name__}: {err}")
+                if self.first_traceback is None:
+                    self.first_traceback = traceback.format_exc()
             return True
 
     def _writer(self, n: int) -> None:  # noqa: ARG002 - n names the thread
@@ -146,6 +150,7 @@ def stress(path: str, *, seconds: float = 5.0, round_s: float = 1.0, writers: in
     committed: list[int] = []
     counts: collections.Counter[str] = collections.Counter()
     unexpected: list[str] = []
+    first_traceback: str | None = None
     rounds = 0
     while rounds == 0 or time.monotonic() - started < seconds:
         r = _Round(path, profile, min(round_s, max(0.2, seconds)), writers, readers)
@@ -154,6 +159,7 @@ def stress(path: str, *, seconds: float = 5.0, round_s: float = 1.0, writers: in
         committed += r.committed
         counts.update(r.counts)
         unexpected += r.unexpected
+        first_traceback = first_traceback or r.first_traceback
     check = sqlite3.connect(path)
     try:
         rows = {k for (k,) in check.execute("SELECT k FROM stress")}
@@ -166,6 +172,7 @@ def stress(path: str, *, seconds: float = 5.0, round_s: float = 1.0, writers: in
         "seconds": round(time.monotonic() - started, 1), "rounds": rounds, "counts": dict(counts),
         "committed": len(committed), "rows": len(rows), "lost": lost[:10], "integrity": integrity,
         "unexpected": unexpected[:10], "unexpected_total": len(unexpected),
+        "first_traceback": first_traceback,
     }
     return summary
 
