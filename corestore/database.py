@@ -258,6 +258,10 @@ class _PolicyMixin:
         clean = True
         me = threading.current_thread()
         for record in records:
+            # Doomed: an owner between two statements lets go of it at once instead of taking
+            # it again (it then waits for the fork to end to open a fresh one).
+            record.doomed = True
+        for record in records:
             if record.thread is me and record.busy:
                 clean = False  # this thread forks from inside its own transaction
                 continue
@@ -299,6 +303,10 @@ class _PolicyMixin:
         self._held_for_fork = []
         self._opening = 0
         self._registry_lock = threading.Lock()
+        if isinstance(getattr(self, "_lock", None), type(threading.Lock())):
+            # peewee's connect() lock: a parent thread waiting to open a connection while the
+            # fork was prepared held it; in the child nobody would ever release it
+            self._lock = threading.Lock()
         state = self._state  # type: ignore[attr-defined]
         if state.conn is not None:
             _FORGOTTEN.append(state.conn)

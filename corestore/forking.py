@@ -93,7 +93,7 @@ def exit_open(db: "_PolicyMixin") -> None:
 # -- refusing in a child ----------------------------------------------------------------------
 def refusal_for(path: str, own: str | None = None) -> str | None:
     """Why ``path`` is refused in this (forked) process, or None."""
-    return own or _refuse_all or _refused.get(path)
+    return own or _refused.get(path) or _refuse_all
 
 
 def check(store: Any, own: str | None) -> None:
