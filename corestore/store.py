@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import attrs
 import peewee
 
+from . import opengate
 from .classify import driver_error
 from .database import make_database
 from .errors import (
@@ -713,6 +714,28 @@ class Store:
             return err.classification
         return self.hooks.classify_error(self, err, op)
 
+    def _open_operation(self) -> None:
+        """Open the store's first connection as an operation of kind ``"open"``:
+        ``before_operation`` first (a half-open circuit breaker admits it or refuses it; an open
+        one already refused in :func:`open` through its gate), then a failure to open is a
+        fault like any other (``on_fatal``: the breaker counts it). A successful open is not an
+        ``on_success``: it proves only that the header is readable, not that the file is
+        healthy (a half-open breaker waits for a real read or write to close)."""
+        hooks = self.hooks
+        op = Operation(kind="open")
+        try:
+            hooks.before_operation(self, op)
+            try:
+                self.database.connect()
+            except StoreError as err:
+                c = err.classification
+                # NOTADB at the first open is the caller's path, not a fault of the storage
+                if c is not None and c.code != 26 and not isinstance(err, CircuitOpenError):
+                    self._note_fault(c, op, err, report=True)
+                raise
+        finally:
+            hooks.after_operation(self, op)
+
     def _acquire_for(self, op: Operation | None, report: bool) -> Any:
         """This thread's connection for ``op``. Failing to open it is the operation's outcome:
         a fault is counted and reported (``on_fatal``, so the circuit breaker sees CANTOPEN)."""
@@ -927,6 +950,7 @@ def open(  # noqa: A001 - the public name is fixed by the design
     opened here, so a wrong file or journal mode fails now, not at the first write.
     """
     resolved = _resolve(target, profile, config)
+    opengate.check(resolved)  # e.g. an open circuit breaker for this file: refused, nothing touched
     key = (resolved.path, resolved)
     cacheable = resolved.path != ":memory:"
     if cacheable:
@@ -954,7 +978,7 @@ def _create(resolved: Profile, setup: Callable[[Store], Any] | None, key: Any) -
     with _cache_lock:
         _claim_driver(store)
     try:
-        store.database.connect()
+        store._open_operation()
         if setup is not None:
             with store.init_lock():
                 setup(store)

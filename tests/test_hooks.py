@@ -92,7 +92,7 @@ def test_hook_before_operation(tmp_path: Path, plugins) -> None:
         store.database.execute_sql("select * from t").fetchall()
     store.run(lambda: None, name="unit")
     assert [e[2:] for e in hooks_of("t_recorder", "before_operation")] == [
-        ("write", "statement"), ("write", "w"), ("read", "r"), ("write", "unit")]
+        ("open", None), ("write", "statement"), ("write", "w"), ("read", "r"), ("write", "unit")]
     # raising refuses the operation before any connection is touched
     opened = store.stats()["connections_opened"]
     with pytest.raises(PermissionError):
@@ -133,7 +133,7 @@ def test_hook_after_operation(tmp_path: Path, plugins) -> None:
             pass
     store.run(lambda: None, name="unit")
     after = [e[2:] for e in EVENTS if e[1] == "after_operation"]
-    assert after == [("write", "statement", 1), ("write", "ok", 1), ("write", "dup", 1),
+    assert after == [("open", None, 1), ("write", "statement", 1), ("write", "ok", 1), ("write", "dup", 1),
                      ("write", "forbidden", 1), ("write", "unit", 1)]
     # it comes after on_success for the same operation
     kinds = [e[1] for e in EVENTS if e[1] in ("on_success", "after_operation") and e[3] == "ok"]
