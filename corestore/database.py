@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
 import peewee
 
+from . import forking
 from .errors import BusyError, Classification, ConfigError, ErrorKind, QueryError, StoreClosedError
 from .sqlkind import is_read_sql
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
 
-__all__ = ["ConnectionRecord", "PolicySqliteDatabase", "make_database"]
+__all__ = ["ConnectionRecord", "PolicySqliteDatabase", "make_database", "all_databases"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +45,21 @@ _FORGOTTEN: list[Any] = []
 #: Statement classification for autocommit statements (kept under its old name; see sqlkind).
 _is_read_sql = is_read_sql
 
+# Every policy database of this process (what the fork hooks walk; see corestore.forking).
+_DATABASES: "weakref.WeakSet[_PolicyMixin]" = weakref.WeakSet()
+
+
+def all_databases() -> "list[_PolicyMixin]":
+    """Every store database alive in this process, closed or not."""
+    return list(_DATABASES)
+
 
 class ConnectionRecord:
     """One thread's driver connection: its lock (held while a statement or transaction runs),
     the generation it was opened in, and whether it was closed or doomed from elsewhere."""
 
     __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "active", "query_only",
-                 "__weakref__")
+                 "cursor_out", "__weakref__")
 
     def __init__(self, conn: Any, generation: int) -> None:
         self.conn = conn
@@ -61,6 +71,9 @@ class ConnectionRecord:
         self.busy = False
         self.active: Any = None  # the store transaction holding it (set by the store, same thread)
         self.query_only = False  # PRAGMA query_only is on (left on by a read transaction)
+        # True after an autocommit read: the caller may still be stepping the cursor it got, on
+        # its own thread, after the record was released (see _PolicyMixin.close_all).
+        self.cursor_out = False
 
 
 class _PolicyState(peewee._ConnectionLocal):  # type: ignore[misc, name-defined]
@@ -123,6 +136,10 @@ class _PolicyMixin:
         busy_ms = store.profile.pragmas.get("busy_timeout")
         #: how long a caller waits for a lock the store holds (the profile's busy_timeout; 5 s without one)
         self.lock_wait_s = max(0.001, int(busy_ms) / 1000.0) if busy_ms is not None else 5.0
+        self._opening = 0  # connections being opened now (not yet registered)
+        self._held_for_fork: list[ConnectionRecord] = []
+        self.fork_refusal: str | None = None  # set in a forked child: why this database is refused
+        _DATABASES.add(self)
 
     # -- connections -----------------------------------------------------------------------
     @property
@@ -138,19 +155,24 @@ class _PolicyMixin:
                 f"{self.database}: the store was closed; open it again with corestore.open()",
                 path=str(self.database),
             )
+        forking.check(self.store, self.fork_refusal)  # a child refused this file: before SQLite
         self._sweep_dead_threads()
-        conn = super()._connect()  # type: ignore[misc]
+        forking.enter_open(self)  # waits (bounded) while a fork is being prepared
         try:
-            self.store._init_connection(conn)
-        except BaseException:
+            conn = super()._connect()  # type: ignore[misc]
             try:
-                conn.close()
-            except Exception:  # pragma: no cover - closing a half-initialised connection
-                logger.debug("closing a refused connection failed", exc_info=True)
-            raise
-        record = ConnectionRecord(conn, self.generation)
-        with self._registry_lock:
-            self._records.add(record)
+                self.store._init_connection(conn)
+            except BaseException:
+                try:
+                    conn.close()
+                except Exception:  # pragma: no cover - closing a half-initialised connection
+                    logger.debug("closing a refused connection failed", exc_info=True)
+                raise
+            record = ConnectionRecord(conn, self.generation)
+            with self._registry_lock:
+                self._records.add(record)
+        finally:
+            forking.exit_open(self)
         self._state.record = record  # type: ignore[attr-defined]
         return conn
 
@@ -183,13 +205,20 @@ class _PolicyMixin:
         for record in dead:
             self._close_record(record, wait=False)
 
-    def _close_record(self, record: ConnectionRecord, *, wait: bool) -> bool:
-        """Close ``record`` now if idle (True); else doom it so its owner closes it (False)."""
+    def _close_record(self, record: ConnectionRecord, *, wait: bool, spare_cursor: bool = False) -> bool:
+        """Close ``record`` now if idle (True); else doom it so its owner closes it (False).
+
+        Never closes a connection while a thread uses it: a busy record (held for a transaction,
+        a statement or the post-commit checks) is only doomed, and its owner closes it when it
+        releases it. With ``spare_cursor`` an idle record whose last use was an autocommit read
+        on another thread is doomed too (its caller may still be fetching rows from it; the
+        stdlib driver is not safe against a close from another thread in the middle of that)."""
         if not record.lock.acquire(blocking=wait):
             record.doomed = True
             return False
         try:
-            if record.busy:
+            if record.busy or (spare_cursor and record.cursor_out and record.thread is not threading.current_thread()
+                               and record.thread.is_alive()):
                 record.doomed = True
                 return False
             if not record.closed:
@@ -213,7 +242,7 @@ class _PolicyMixin:
             records = list(self._records)
         busy = 0
         for record in records:
-            if not self._close_record(record, wait=False):
+            if not self._close_record(record, wait=False, spare_cursor=not shut):
                 busy += 1
         if not self.in_transaction():  # type: ignore[attr-defined]
             self._state.reset()  # type: ignore[attr-defined]
@@ -221,7 +250,9 @@ class _PolicyMixin:
         return busy
 
     def invalidate(self) -> int:
-        """Bump the generation: idle connections close now, busy ones at their transaction's end."""
+        """Bump the generation: idle connections close now, busy ones (and another thread's
+        connection whose autocommit read cursor may still be in use) when their owner releases
+        them or next uses the store."""
         with self._registry_lock:
             self.generation += 1
         return self.close_all(shut=False)
@@ -257,6 +288,10 @@ class _PolicyMixin:
         record = state.record
         if not record.lock.acquire(True, self.lock_wait_s):
             raise self._lock_timeout()
+        if record.closed:  # closed by close()/invalidate() on another thread before it was locked
+            record.lock.release()
+            self._drop_stale(record)
+            return self.acquire()
         record.busy = True
         return record
 
@@ -282,6 +317,11 @@ class _PolicyMixin:
     def release(self, record: ConnectionRecord) -> None:
         record.busy = False
         stale = record.doomed or record.generation != self.generation or self.shut
+        if stale and record.cursor_out and not self.shut:
+            # an autocommit read: its cursor goes back to the caller, who may still fetch rows;
+            # this thread closes the connection at its next statement (doomed), not now
+            record.doomed = True
+            stale = False
         record.lock.release()
         if stale:
             self._drop_stale(record)
@@ -293,12 +333,68 @@ class _PolicyMixin:
             state.reset()
             state.record = None
 
-    def forget_after_fork(self) -> None:
-        """In a forked child: drop every inherited connection without closing it."""
+    # -- fork (see corestore.forking) ---------------------------------------------------------
+    def hold_for_fork(self, deadline: float) -> bool:
+        """Before ``fork()``: close every idle connection and keep its record locked until the
+        fork is done, waiting until ``deadline`` (monotonic) for busy ones. True when no
+        connection of this database is left open (the child may then use the file)."""
         with self._registry_lock:
-            _FORGOTTEN.extend(r.conn for r in self._records)
-            self._records = set()
+            records = list(self._records)
+        clean = True
+        me = threading.current_thread()
+        for record in records:
+            # Doomed: an owner between two statements lets go of it at once instead of taking
+            # it again (it then waits for the fork to end to open a fresh one).
+            record.doomed = True
+        for record in records:
+            if record.thread is me and record.busy:
+                clean = False  # this thread forks from inside its own transaction
+                continue
+            if not record.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                clean = False  # still in use by another thread when the bound ran out
+                continue
+            self._held_for_fork.append(record)
+            if record.busy:  # pragma: no cover - busy is only set with the lock held
+                clean = False
+                continue
+            if not record.closed:
+                record.closed = True
+                try:
+                    record.conn.close()
+                except Exception:
+                    logger.warning("%s: closing a connection before fork() failed", self.database, exc_info=True)
+                    clean = False
+            with self._registry_lock:
+                self._records.discard(record)
+        return clean and self._opening == 0
+
+    def release_after_fork(self) -> None:
+        """In the parent after ``fork()``: let the owners of the held records go on (their next
+        statement opens a fresh connection)."""
+        held, self._held_for_fork = self._held_for_fork, []
+        for record in held:
+            record.lock.release()
+
+    def open_at_fork(self) -> bool:
+        """In a forked child, before :meth:`forget_after_fork`: whether the parent still had a
+        connection of this database open (or being opened) at the moment of ``fork()``."""
+        return self._opening > 0 or any(not r.closed for r in self._records)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop every inherited connection without closing it (closing it
+        here could checkpoint or unlink the parent's ``-wal`` and drop the parent's locks)."""
+        _FORGOTTEN.extend(r.conn for r in self._records if not r.closed)
+        self._records = set()
+        self._held_for_fork = []
+        self._opening = 0
         self._registry_lock = threading.Lock()
+        # peewee's connect()/close() lock (bounded, see _BoundedLock): a parent thread opening a
+        # connection while the fork was prepared held it; in the child nobody would release it
+        old = getattr(self, "_lock", None)
+        if isinstance(old, _BoundedLock):
+            self._lock = _BoundedLock(old.timeout, old.what)
+        elif old is not None:
+            self._lock = type(old)()
         state = self._state  # type: ignore[attr-defined]
         if state.conn is not None:
             _FORGOTTEN.append(state.conn)
@@ -313,7 +409,11 @@ class _PolicyMixin:
             return state.conn.cursor()
         if not state.closed:
             record = getattr(state, "record", None)
-            if record is not None and (record.closed or (record.generation != self.generation and not state.transactions)):
+            # A busy record is this thread's own, acquired for the statement running now (an
+            # autocommit execute_sql): it was checked then and is released (and dropped if stale)
+            # after the statement; dropping it here would wait for this thread's own lock.
+            if record is not None and not record.busy and (
+                    record.closed or (record.generation != self.generation and not state.transactions)):
                 self._drop_stale(record)
         if state.closed and self.shut:
             raise StoreClosedError(

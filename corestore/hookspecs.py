@@ -124,6 +124,10 @@ def classify_error(store: "Store", error: BaseException, operation: "Operation |
 def before_operation(store: "Store", operation: "Operation") -> None:
     """Called before a transaction or unit of work starts, before any connection is touched.
 
+    Also called, with ``operation.kind == "open"``, before a new store opens its first
+    connection inside :func:`corestore.open`: a failure to open then reaches ``on_fatal`` with
+    that operation (a successful open is not an ``on_success``).
+
     :param store: the store.
     :param operation: the unit of work about to start.
 

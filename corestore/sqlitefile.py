@@ -4,6 +4,11 @@ Closing *any* descriptor of a file drops *all* of the process's POSIX locks on i
 ones SQLite holds (site/operations.md, rule 2). So a process that has SQLite connections to a file reads its
 header through one read-only descriptor per file that stays open for the life of the process;
 sizes come from ``os.stat``. The doctor CLI, a separate process, may read freely.
+
+Every ``OSError`` here (other than a missing file, which each helper answers with None) is
+classified like SQLite's own errors and raised as the matching :class:`~corestore.StoreError`
+(see :mod:`corestore.oserrors`: EIO is FATAL_IO, ENOSPC FULL, EMFILE ENVIRONMENT, EACCES
+READONLY ...), never raw; the exception is also an ``OSError`` for callers that catch that.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import os
 import struct
 import threading
 from typing import NamedTuple
+
+from .oserrors import os_store_error
 
 __all__ = ["SqliteHeader", "parse_header", "read_header", "header_descriptor", "header_says_wal", "file_size", "MAGIC"]
 
@@ -58,20 +65,28 @@ def _fd_for(path: str) -> int | None:
         st = os.stat(path)
     except FileNotFoundError:
         return None
+    except OSError as err:
+        raise os_store_error(err, path, "stat of the database file", stat=True) from err
     key = (st.st_dev, st.st_ino)
     with _fd_lock:
         fd = _fds.get(key)
         if fd is None:
             # Kept open for the life of the process on purpose: closing it would drop SQLite's
             # POSIX locks on this file. One per (device, inode), so at most one per file.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                return None
+            except OSError as err:
+                raise os_store_error(err, path, "opening the database file to read its header") from err
             _fds[key] = fd
         return fd
 
 
 def header_descriptor(path: str) -> int | None:
     """The process-lifetime read-only descriptor of ``path`` (None if the file is missing), for
-    hot paths that ``os.pread`` a few header bytes themselves. Never close it."""
+    hot paths that ``os.pread`` a few header bytes themselves (and classify their own
+    ``OSError`` with :func:`corestore.oserrors.os_store_error`). Never close it."""
     return _fd_for(path)
 
 
@@ -84,7 +99,11 @@ def read_header(path: str) -> SqliteHeader | None:
     fd = _fd_for(path)
     if fd is None:
         return None
-    return parse_header(os.pread(fd, 100, 0))
+    try:
+        data = os.pread(fd, 100, 0)
+    except OSError as err:
+        raise os_store_error(err, path, "reading the database header") from err
+    return parse_header(data)
 
 
 def header_says_wal(path: str) -> bool | None:
@@ -99,3 +118,5 @@ def file_size(path: str) -> int | None:
         return os.stat(path).st_size
     except FileNotFoundError:
         return None
+    except OSError as err:
+        raise os_store_error(err, path, "stat", stat=True) from err

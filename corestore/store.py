@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 import attrs
 import peewee
 
+from . import opengate
 from .classify import driver_error, error_codes
 from .database import make_database
 from .errors import (
@@ -759,6 +760,7 @@ class Store:
                     with self._stats_lock:
                         self._stats["uncertain_commits"] += 1
                 raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
+            checked = self._commit_invariants(conn, txn.op) if txn.kind == "write" else None
         finally:
             record.active = None
             if txn.qo:
@@ -766,24 +768,34 @@ class Store:
                     txn.qo = 0  # query_only stays on for the next read (see _set_query_only)
                 else:
                     self._leave_query_only(txn, record)
-            db.release(record)
+            db.release(record)  # only now may close()/invalidate() close the connection
         with self._stats_lock:
             self._stats["reads" if txn.kind == "read" else "transactions"] += 1
         self._run_callbacks()
         if txn.kind == "write":
-            self._after_commit(conn, txn.op)
+            self._after_commit(checked, txn.op)
         elif self.hooks.has_on_success:
             self.hooks.on_success(self, txn.op)
         return False
 
-    def _after_commit(self, conn: Any, op: Operation | None) -> None:
-        hooks = self.hooks
-        if hooks.has_on_commit_invariant:
-            violations, raise_requested = hooks.on_commit_invariant(self, conn, op)
+    def _commit_invariants(self, conn: Any, op: Operation | None) -> tuple[list[Violation], bool] | None:
+        """Run ``on_commit_invariant`` on ``conn``. Called while the caller still holds the
+        connection's record (busy): a check runs statements on ``conn``, and a connection closed
+        by ``close()``/``invalidate()`` from another thread in the middle of a statement crashes
+        the process (the stdlib driver is not safe against a concurrent close)."""
+        if self.hooks.has_on_commit_invariant:
+            return self.hooks.on_commit_invariant(self, conn, op)
+        return None
+
+    def _after_commit(self, checked: tuple[list[Violation], bool] | None, op: Operation | None) -> None:
+        """After the record is released: report what :meth:`_commit_invariants` found, then
+        ``on_success``."""
+        if checked is not None:
+            violations, raise_requested = checked
             if violations:
                 self._report_violations(violations, op, raise_requested)
-        if hooks.has_on_success:
-            hooks.on_success(self, op)
+        if self.hooks.has_on_success:
+            self.hooks.on_success(self, op)
 
     def _report_violations(self, violations: list[Violation], op: Operation | None, raise_it: bool) -> None:
         """Log, count and report (``on_fatal`` with kind INVARIANT) violations found after a
@@ -868,8 +880,8 @@ class Store:
                 raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
             with self._stats_lock:
                 self._stats["reads" if txn.kind == "read" else "transactions"] += 1
-            if txn.kind == "write":
-                self._after_commit(conn, txn.op)
+            if txn.kind == "write":  # the record is still held here (released by _finish)
+                self._after_commit(self._commit_invariants(conn, txn.op), txn.op)
             elif self.hooks.has_on_success:
                 self.hooks.on_success(self, txn.op)
         finally:
@@ -1001,6 +1013,7 @@ class Store:
                 hooks.before_operation(self, op)
             db = self.database
             record = self._acquire_for(op, True)
+            record.cursor_out = is_read  # the caller may go on fetching after the release
             try:
                 if record.query_only:  # left on by a read transaction: this statement may write
                     self._set_query_only(record, False)
@@ -1013,12 +1026,14 @@ class Store:
                 if not is_read and c.kind in (ErrorKind.FATAL_IO, ErrorKind.TRANSIENT_IO, ErrorKind.CORRUPT):
                     committed = None  # the implicit COMMIT may or may not have reached the disk
                 raise self._failed(err, op, committed=committed, report=True, classification=c) from err
+            else:
+                checked = None if is_read else self._commit_invariants(record.conn, op)
             finally:
-                db.release(record)
+                db.release(record)  # after the invariants: they run statements on this connection
             with self._stats_lock:
                 self._stats["statements"] += 1
             if not is_read:
-                self._after_commit(record.conn, op)
+                self._after_commit(checked, op)
             elif hooks.has_on_success:
                 hooks.on_success(self, op)
             return cursor
@@ -1030,6 +1045,28 @@ class Store:
         if isinstance(err, StoreError) and err.classification is not None:
             return err.classification
         return self.hooks.classify_error(self, err, op)
+
+    def _open_operation(self) -> None:
+        """Open the store's first connection as an operation of kind ``"open"``:
+        ``before_operation`` first (a half-open circuit breaker admits it or refuses it; an open
+        one already refused in :func:`open` through its gate), then a failure to open is a
+        fault like any other (``on_fatal``: the breaker counts it). A successful open is not an
+        ``on_success``: it proves only that the header is readable, not that the file is
+        healthy (a half-open breaker waits for a real read or write to close)."""
+        hooks = self.hooks
+        op = Operation(kind="open")
+        try:
+            hooks.before_operation(self, op)
+            try:
+                self.database.connect()
+            except StoreError as err:
+                c = err.classification
+                # NOTADB at the first open is the caller's path, not a fault of the storage
+                if c is not None and c.code != 26 and not isinstance(err, CircuitOpenError):
+                    self._note_fault(c, op, err, report=True)
+                raise
+        finally:
+            hooks.after_operation(self, op)
 
     def _acquire_for(self, op: Operation | None, report: bool) -> Any:
         """This thread's connection for ``op``. Failing to open it is the operation's outcome:
@@ -1257,6 +1294,7 @@ def open(  # noqa: A001 - the public name is fixed by the design
     first connection is ready, before ``setup``.
     """
     resolved = _resolve(target, profile, config, enable, disable, settings)
+    opengate.check(resolved)  # e.g. an open circuit breaker for this file: refused, nothing touched
     key = (resolved.path, resolved)
     cacheable = resolved.path != ":memory:"
     if cacheable:
@@ -1284,7 +1322,7 @@ def _create(resolved: Profile, setup: Callable[[Store], Any] | None, key: Any) -
     with _cache_lock:
         _claim_driver(store)
     try:
-        store.database.connect()
+        store._open_operation()
         store.hooks.on_store_open(store)
         if setup is not None:
             with store.init_lock():
@@ -1321,7 +1359,8 @@ def _after_fork_in_child() -> None:
         store._health_lock = threading.RLock()
         store._probe_lock = threading.Lock()
         store._fault_scope = threading.local()
-        store.database.forget_after_fork()
+        # corestore.forking already decided which files this child refuses and forgot (never
+        # closed) every inherited connection
         if store._anchor is not None:
             from .database import _FORGOTTEN
 

@@ -131,8 +131,10 @@ def test_hook_before_operation_wrapper(tmp_path: Path, plugins) -> None:
     with pytest.raises(PermissionError):  # the refusal passes through the wrapper to the caller
         with store.transaction(name="forbidden"):
             raise AssertionError("never entered")
-    assert events("t_wrap_all", "before_operation") == [("enter", "w"), ("enter", "forbidden"), ("saw", "PermissionError")]
-    assert events("t_recorder", "before_operation") == [("write", "w")]  # t_gate raised first: the rest did not run
+    # (None: the store's first connection, an operation of kind "open")
+    assert events("t_wrap_all", "before_operation") == [("enter", None), ("enter", "w"), ("enter", "forbidden"),
+                                                        ("saw", "PermissionError")]
+    assert events("t_recorder", "before_operation") == [("open", None), ("write", "w")]  # t_gate raised first: the rest did not run
     store.close()
 
 
@@ -177,6 +179,7 @@ def test_hook_isolated_wrapper_is_refused(tmp_path: Path, plugins, hook: str) ->
 # -- ordering -----------------------------------------------------------------------------------
 def test_tryfirst_and_trylast_order_the_implementations(tmp_path: Path, plugins) -> None:
     store = open_with(tmp_path / "a.db", "t_last", "t_recorder", "t_first")
+    EVENTS.clear()  # the open operation's own calls are in the same order; look at one write
     with store.transaction(name="w"):
         pass
     assert [e[0] for e in EVENTS if e[1] == "before_operation"] == ["t_first", "t_recorder", "t_last"]

@@ -83,7 +83,8 @@ def test_hook_on_store_open(tmp_path: Path, plugins) -> None:
     with pytest.raises(RuntimeError, match="store refused by t_recorder"):
         corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("t_recorder",),
                                settings={"t_recorder": {"fail_store_open": True}}), setup=setup)
-    assert [e[1] for e in EVENTS] == ["on_open", "on_store_open", "on_close"]
+    # the first connection is an operation of kind "open" (before/after_operation around on_open)
+    assert [e[1] for e in EVENTS] == ["before_operation", "on_open", "after_operation", "on_store_open", "on_close"]
     assert not corestore.store.open_stores() or all(s.path != str(tmp_path / "b.db") for s in corestore.store.open_stores())
 
 
@@ -121,7 +122,7 @@ def test_hook_before_operation(tmp_path: Path, plugins) -> None:
         store.database.execute_sql("select * from t").fetchall()
     store.run(lambda: None, name="unit")
     assert [e[2:] for e in hooks_of("t_recorder", "before_operation")] == [
-        ("write", "statement"), ("write", "w"), ("read", "r"), ("write", "unit")]
+        ("open", None), ("write", "statement"), ("write", "w"), ("read", "r"), ("write", "unit")]
     # raising refuses the operation before any connection is touched
     opened = store.stats()["connections_opened"]
     with pytest.raises(PermissionError):
@@ -162,7 +163,7 @@ def test_hook_after_operation(tmp_path: Path, plugins) -> None:
             pass
     store.run(lambda: None, name="unit")
     after = [e[2:] for e in EVENTS if e[1] == "after_operation"]
-    assert after == [("write", "statement", 1), ("write", "ok", 1), ("write", "dup", 1),
+    assert after == [("open", None, 1), ("write", "statement", 1), ("write", "ok", 1), ("write", "dup", 1),
                      ("write", "forbidden", 1), ("write", "unit", 1)]
     # it comes after on_success for the same operation
     kinds = [e[1] for e in EVENTS if e[1] in ("on_success", "after_operation") and e[3] == "ok"]

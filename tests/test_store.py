@@ -243,9 +243,13 @@ def test_forked_child_writes_without_touching_parent_connections(db_path: str) -
     assert status == "ok", count
     assert count == 2 and proc.exitcode == 0
     assert opened_in_child == 1  # a fresh store (the cache was emptied), not the parent's
-    # the parent's connection is untouched and still works
-    assert parent.database.connection() is parent_conn
+    # the parent's idle connection was closed before fork() (the fork rule), never by the
+    # child; the parent's next statement opens a fresh one
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        parent_conn.execute("select 1")
+    opened = parent.stats()["connections_opened"]
     assert parent.database.execute_sql("select count(*) from t").fetchone()[0] == 2
+    assert parent.stats()["connections_opened"] == opened + 1
     parent.close()
     check = sqlite3.connect(db_path)
     assert check.execute("pragma integrity_check").fetchone()[0] == "ok"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import attrs
 
-from corestore import hookimpl
+from corestore import hookimpl, opengate
 from corestore.errors import CircuitOpenError, Classification, ConfigError, PluginError
 from corestore.health import HealthComponent, HealthStatus
 from corestore.settings import integer_at_least
@@ -406,6 +406,22 @@ class Breaker:
         if error is not None:
             raise error
 
+    def refuse_open(self, profile: Any) -> None:
+        """The open gate (:mod:`corestore.opengate`): while this breaker is OPEN (cooldown not
+        over) or ISOLATED, ``corestore.open()`` of a profile that enables the plugin is refused
+        with :class:`~corestore.CircuitOpenError` before a store is built or the file touched.
+        Otherwise it admits nothing: the open goes on as an operation of kind ``"open"``
+        through :meth:`admit` (a half-open breaker's probe), and its failure counts."""
+        state = self._state
+        if state is _CLOSED or state is BreakerState.HALF_OPEN:
+            return
+        if CircuitBreaker.name not in profile.plugins and CircuitBreaker.name not in _env_plugins():
+            return
+        now = self.clock()
+        if state is BreakerState.ISOLATED or (state is BreakerState.OPEN and now < self._open_until):
+            self._rejected += 1
+            raise self._rejection(state, now)
+
     def record_success(self, op: Any) -> None:
         """Count a successful outcome of ``op`` (once per operation)."""
         key = id(op)
@@ -653,6 +669,12 @@ class Breaker:
         self._probes = 0
 
 
+def _env_plugins() -> tuple[str, ...]:
+    from corestore.registry import env_plugins
+
+    return env_plugins()
+
+
 # -- the process-wide registry -------------------------------------------------------------------
 _registry: dict[str, Breaker] = {}
 _registry_lock = threading.Lock()
@@ -810,6 +832,7 @@ class CircuitBreaker:
                     breaker = None
                 if breaker is None:
                     breaker = _registry[store.path] = Breaker(store.path, self.settings, owner=who)
+                    opengate.register(store.path, CircuitBreaker.name, breaker.refuse_open)
             breaker._attach_store(store)
             self._breaker = breaker
         return breaker

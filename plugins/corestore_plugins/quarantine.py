@@ -345,6 +345,8 @@ class Quarantine:
     @hookimpl
     def before_operation(self, store: Any, operation: Any) -> None:
         """Refuse writes (and reads, unless allowed) while quarantined."""
+        if operation.kind == "open":  # opening reads the header only; the store's use is gated
+            return
         if self._record is None:
             if not self._due():
                 return

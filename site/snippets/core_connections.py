@@ -31,11 +31,13 @@ with store.read():
 assert count == 80
 
 if hasattr(os, "fork"):
+    # Forked while idle: the store closed its connections before fork(), so the child may use
+    # the file (a file still in use at fork() would be refused in the child with a FatalError).
     pid = os.fork()
-    if pid == 0:  # the child forgot (never closed) the parent's connections
+    if pid == 0:
         status = 1
         try:
-            child = corestore.open("shared.db")  # a fresh store, fresh connections
+            child = corestore.open("shared.db")  # a store of the child's own, fresh connections
             with child.transaction():
                 child.database.execute_sql("INSERT INTO hits VALUES (-1)")
             child.close()
