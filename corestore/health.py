@@ -9,7 +9,11 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
-__all__ = ["HealthStatus", "HealthComponent", "HealthReport", "worst_status", "to_jsonable"]
+__all__ = ["HealthStatus", "HealthComponent", "HealthReport", "worst_status", "to_jsonable", "EXIT_USAGE"]
+
+#: The CLI exit code for a usage or configuration error (beside :attr:`HealthStatus.exit_code`:
+#: 0 UP, 1 DEGRADED, 2 DOWN).
+EXIT_USAGE = 64
 
 
 class HealthStatus(str, enum.Enum):

@@ -24,8 +24,10 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import child_env, root_only
-from corestore import doctor
-from corestore.doctor import Severity, diagnose, filesystem_type, read_wal_summary
+from corestore import osprobe
+from corestore.doctor import Severity, diagnose
+from corestore.osprobe import filesystem_type
+from corestore.sqlitefile import read_wal_summary
 
 CLI = [sys.executable, "-m", "corestore.cli"]
 
@@ -393,8 +395,8 @@ def test_filesystem_type_from_mountinfo() -> None:
     assert filesystem_type("/srv/shared/local disk/app.db", mountinfo=MOUNTINFO)["type"] == "ext4"
     assert filesystem_type("/srv/sharedx/app.db", mountinfo=MOUNTINFO)["mount_point"] == "/"
     assert filesystem_type("/mnt/cloud/app.db", mountinfo=MOUNTINFO)["type"] == "fuse.gcsfuse"
-    assert doctor.is_network_filesystem("fuse.gcsfuse") and doctor.is_network_filesystem("cifs")
-    assert not doctor.is_network_filesystem("ext4") and not doctor.is_network_filesystem("tmpfs")
+    assert osprobe.is_network_filesystem("fuse.gcsfuse") and osprobe.is_network_filesystem("cifs")
+    assert not osprobe.is_network_filesystem("ext4") and not osprobe.is_network_filesystem("tmpfs")
     real = filesystem_type(__file__)  # this machine's own table
     assert real is not None and real["type"]
 
@@ -429,7 +431,7 @@ def test_wal_summary_stops_at_a_torn_frame(tmp_path: Path) -> None:
 
 # -- quarantine ----------------------------------------------------------------------------------------------
 def write_marker(db: Path, reason: str = "CORRUPT: SQLITE_CORRUPT: database disk image is malformed") -> Path:
-    from corestore_plugins.quarantine import write_marker as write
+    from corestore.sidecar_formats import write_marker as write
 
     return Path(write(db, {"format": "corestore-quarantine/1", "database": str(db), "reason": reason,
                            "since": "2026-01-01T00:00:00+00:00", "pid": 1, "evidence": {"files": {"database_bytes": 1}}}))

@@ -158,24 +158,19 @@ def test_a_non_utf8_marker_is_reported_not_a_crash(tmp_path: Path) -> None:
     Path(marker_path(db)).write_bytes(b'{"reason": "\xff\xfe broken"}')
     record = read_marker(db)
     assert record is not None and record["unreadable"] and "not UTF-8" in record["error"]
-    from corestore import doctor
-
     proc = run_cli("doctor", str(db))
     assert "Traceback" not in proc.stderr and "UnicodeDecodeError" not in proc.stderr, proc.stderr
     assert "unreadable quarantine marker" in proc.stdout and proc.returncode != 0
     proc = run_cli("doctor", str(db), "--clear-quarantine")
     assert "quarantine marker removed" in proc.stdout, proc.stdout + proc.stderr
     assert not os.path.exists(marker_path(db)) and db.read_bytes()[:16] == SQLITE_HEADER
-    # the core's own reader (used when the quarantine plugin is not installed) reports it too
+    # the core's reader (corestore.sidecar_formats: the one the plugin and the doctor share) reports it too
     Path(marker_path(db)).write_bytes(b"\xff\xfe")
-    saved = doctor._quarantine_module
-    doctor._quarantine_module = lambda: None  # type: ignore[assignment]  # plugin "not installed": no real way to uninstall it mid-run
-    try:
-        core = doctor.read_quarantine_marker(str(db))
-        assert core is not None and core["unreadable"] and "UnicodeDecodeError" in core["error"]
-        assert doctor.clear_quarantine_marker(str(db)) == core and not os.path.exists(marker_path(db))
-    finally:
-        doctor._quarantine_module = saved  # type: ignore[assignment]
+    from corestore import sidecar_formats
+
+    core = sidecar_formats.read_marker(str(db))
+    assert core is not None and core["unreadable"] and "UnicodeDecodeError" in core["error"]
+    assert sidecar_formats.clear_marker(str(db)) == core and not os.path.exists(marker_path(db))
 
 
 # == item 4: sidecars ============================================================================================

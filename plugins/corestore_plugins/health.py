@@ -30,12 +30,9 @@ takes the snapshot over (it is written with the child's pid): give each process 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import os
-import socket
-import tempfile
 import threading
 import time
 import weakref
@@ -45,6 +42,8 @@ import attrs
 
 from corestore import ConfigError, HealthComponent, HealthReport, HealthStatus, hookimpl
 from corestore.sidecar import sidecar_mode
+# the snapshot format is the core's (the CLI reads it too); re-exported here for plugin users
+from corestore.sidecar_formats import SNAPSHOT_SCHEMA, read_snapshot, resolve_snapshot_path, write_snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Profile, Store
@@ -52,9 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Health", "SNAPSHOT_SCHEMA", "read_snapshot", "resolve_snapshot_path", "snapshot_path_for"]
 
 logger = logging.getLogger(__name__)
-
-#: Version of the snapshot file's layout (the ``snapshot.schema`` key).
-SNAPSHOT_SCHEMA = 1
 
 _REFRESH = object()  # a write request without a report: build one (no probe) on the writer thread
 
@@ -77,26 +73,6 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-def resolve_snapshot_path(snapshot_path: str | None, db_path: str, config_dir: str | None = None) -> str | None:
-    """The absolute snapshot file for ``snapshot_path``; None when unset. A relative path is
-    relative to ``config_dir`` (the directory of the config file the profile came from, like the
-    database's own ``path``), else, for a profile built in code, to the database's directory
-    (``:memory:`` then needs an absolute path)."""
-    if not snapshot_path:
-        return None
-    expanded = os.path.expanduser(snapshot_path)
-    if os.path.isabs(expanded):
-        return os.path.normpath(expanded)
-    if config_dir:
-        return os.path.normpath(os.path.join(config_dir, expanded))
-    if db_path == ":memory:" or not db_path:
-        raise ConfigError(
-            f"settings.health: snapshot_path = {snapshot_path!r} is relative, but the database is "
-            f"{db_path or '(no path)'!r}: use an absolute path"
-        )
-    return os.path.normpath(os.path.join(os.path.dirname(db_path), expanded))
-
-
 def snapshot_path_for(profile: "Profile") -> str | None:
     """Where a store opened with ``profile`` writes its snapshot (None: the profile writes none,
     or does not enable ``health``). Validates the settings like the store would."""
@@ -106,22 +82,6 @@ def snapshot_path_for(profile: "Profile") -> str | None:
 
     settings = build_settings(Health, profile.settings_for("health"), where=profile.origin)
     return resolve_snapshot_path(settings.snapshot_path, profile.path, profile.config_dir)
-
-
-def read_snapshot(path: str) -> dict[str, Any]:
-    """Read and check a snapshot file; raises ``FileNotFoundError`` or ``ValueError``."""
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    try:
-        data = json.loads(raw)
-    except ValueError as err:
-        raise ValueError(f"{path}: not a corestore health snapshot (invalid JSON: {err})") from None
-    if (not isinstance(data, dict) or not isinstance(data.get("snapshot"), dict)
-            or data["snapshot"].get("schema") != SNAPSHOT_SCHEMA
-            or data.get("status") not in {s.value for s in HealthStatus}
-            or not isinstance(data.get("components"), dict)):
-        raise ValueError(f"{path}: not a corestore health snapshot (schema {SNAPSHOT_SCHEMA} expected)")
-    return data
 
 
 class Health:
@@ -353,19 +313,10 @@ class Health:
         """Write ``report`` to the snapshot file atomically; record the outcome for the component."""
         path = self._snapshot_file
         assert path is not None
-        data = report.to_dict()
-        data["snapshot"] = {
-            "schema": SNAPSHOT_SCHEMA,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "written_at": _iso(time.time()),
-            "closed": closed,
-            "transitions": self._transitions,
-        }
         try:
             mode = 0o644 if self.settings.snapshot_world_readable else sidecar_mode(self._db_path or "")
-            _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), fsync=self.settings.snapshot_fsync,
-                          mode=mode)
+            write_snapshot(path, report.to_dict(), closed=closed, transitions=self._transitions,
+                           fsync=self.settings.snapshot_fsync, mode=mode)
         except OSError as err:
             message = f"{type(err).__name__}: {err.strerror or err} ({path})"
             if message != self._last_error:
@@ -384,37 +335,6 @@ class Health:
         self._thread = None
         self._busy = False
         self._pending = None
-
-
-def _atomic_write(path: str, payload: bytes, *, fsync: bool, mode: int = 0o644) -> None:
-    """Temporary file in the same directory (``O_EXCL``: never through a planted link), write,
-    fsync, rename over ``path``, fsync the directory: a reader opens either the old complete file
-    or the new one. ``mode`` 0644 by default (``snapshot_world_readable``)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, mode)  # 0644 by default: a monitor running as another user may read it; it holds no secrets
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    if fsync:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def _iso(ts: float) -> str:

@@ -34,13 +34,12 @@ Behaviour:
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable
 
 import attrs
 
@@ -54,7 +53,16 @@ from corestore import (
     hookimpl,
 )
 from corestore.errors import ConfigError
-from corestore.sidecar import create_temporary, open_sidecar, read_sidecar, sidecar_path, unlink_sidecar
+# the marker format is the core's (the doctor reads it too); re-exported here for plugin users
+from corestore.sidecar_formats import (
+    MARKER_FORMAT,
+    MARKER_SUFFIX,
+    clear_marker,
+    format_marker,
+    marker_path,
+    read_marker,
+    write_marker,
+)
 from corestore.sqlitefile import read_header
 from corestore.settings import boolean, non_negative_seconds
 
@@ -71,149 +79,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The sidecar marker next to the database: ``<db>.corestore-quarantine``.
-MARKER_SUFFIX = ".corestore-quarantine"
-#: The ``format`` field of a marker written by this version.
-MARKER_FORMAT = "corestore-quarantine/1"
-
 _NOTADB = 26
 _FAULT_KINDS = tuple(k.name for k in ErrorKind if k not in (ErrorKind.BUSY, ErrorKind.CONSTRAINT,
                                                              ErrorKind.PROGRAMMING, ErrorKind.UNKNOWN))
-
-
-# -- the marker (also used by `corestore doctor --clear-quarantine`) ----------------------------
-def _database_path(path: str | os.PathLike[str]) -> str:
-    return os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
-
-
-def marker_path(path: str | os.PathLike[str]) -> str:
-    """The marker file of the database at ``path``: always ``<resolved db path>.corestore-quarantine``
-    (hashed when that name is too long, see :func:`corestore.sidecar.sidecar_path`).
-
-    The database path is resolved like ``corestore.open`` resolves it (absolute, symlinks
-    followed), so the doctor and the store agree on the sidecar. A path is always taken as the
-    database, even one that ends in the marker suffix: the result is never ``path`` itself.
-    """
-    return sidecar_path(_database_path(path), MARKER_SUFFIX)
-
-
-def _unreadable(target: str, error: str, raw: str | None = None) -> dict[str, Any]:
-    record: dict[str, Any] = {"marker": target, "reason": "unreadable quarantine marker", "unreadable": True,
-                              "error": error}
-    if raw is not None:
-        record["raw"] = raw
-    return record
-
-
-def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The quarantine record of the database at ``path``, or None when it is not quarantined.
-
-    A marker that exists but cannot be used (not UTF-8, not JSON, a symlink, another user's
-    file) still means "quarantined": the record then says
-    ``{"reason": "unreadable quarantine marker", "unreadable": True, "error": ...}``.
-    """
-    db = _database_path(path)
-    target = marker_path(path)
-    try:
-        data = read_sidecar(target, db, limit=1 << 20)
-    except OSError as err:
-        return _unreadable(target, f"{type(err).__name__}: {err}")
-    if data is None:
-        return None
-    try:
-        raw = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return _unreadable(target, f"not UTF-8: {err}", data[:2000].decode("utf-8", "replace"))
-    try:
-        record = json.loads(raw)
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as err:
-        return _unreadable(target, f"{type(err).__name__}: {err}", raw[:2000])
-    record.setdefault("marker", target)
-    return record
-
-
-def write_marker(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
-    """Write ``record`` as the marker of the database at ``path`` atomically (an ``O_EXCL``
-    temporary with the database's mode, fsync, rename, directory fsync); returns the marker path.
-    Raises ``OSError`` on failure (:class:`corestore.sidecar.SidecarError` when the existing marker
-    is not ours to replace)."""
-    db = _database_path(path)
-    target = marker_path(path)
-    directory = os.path.dirname(target) or "."
-    if os.path.lexists(target):  # never replace a planted symlink, another user's file or a database
-        os.close(open_sidecar(target, db, os.O_RDONLY, create=False))
-    data = json.dumps(dict(record), indent=2, sort_keys=True, default=str) + "\n"
-    fd, tmp = create_temporary(target, db)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return target
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover - some file systems refuse a directory fsync
-        pass
-    finally:
-        os.close(dfd)
-    return target
-
-
-def clear_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Remove the marker of the database at ``path``; returns the record it held (the evidence
-    removed), or None when there was none. For ``corestore doctor --clear-quarantine``.
-
-    Never removes the database: :func:`corestore.sidecar.unlink_sidecar` refuses the database's
-    own path and any file that starts with the SQLite header (``SidecarError``)."""
-    record = read_marker(path)
-    if record is None:
-        return None
-    if not unlink_sidecar(marker_path(path), _database_path(path)):
-        return None
-    return record
-
-
-def format_marker(record: Mapping[str, Any]) -> str:
-    """A human-readable summary of a marker record (what the doctor shows before clearing)."""
-    lines = [f"quarantined since {record.get('since', '?')}: {record.get('reason', '?')}"]
-    for key in ("database", "marker", "pid", "host"):
-        if record.get(key) is not None:
-            lines.append(f"  {key}: {record[key]}")
-    c = record.get("classification")
-    if isinstance(c, Mapping):
-        fields = ("kind", "name", "code", "extended_code", "source")
-        lines.append("  classification: " + ", ".join(f"{k}={c[k]}" for k in fields if c.get(k) is not None))
-        if c.get("message"):
-            lines.append(f"  message: {c['message']}")
-    op = record.get("operation")
-    if isinstance(op, Mapping):
-        keys = ("kind", "name", "attempt")
-        lines.append("  operation: " + ", ".join(f"{k}={op[k]}" for k in keys if op.get(k) is not None))
-    evidence = record.get("evidence")
-    if isinstance(evidence, Mapping):
-        for v in evidence.get("violations") or ():
-            if isinstance(v, Mapping):
-                lines.append(f"  violation {v.get('check')}: {v.get('message')}")
-                if v.get("evidence"):
-                    lines.append(f"    evidence: {json.dumps(v['evidence'], sort_keys=True, default=str)}")
-        for key in ("files", "header"):
-            if evidence.get(key):
-                lines.append(f"  {key}: {json.dumps(evidence[key], sort_keys=True, default=str)}")
-    if record.get("unreadable"):
-        lines.append(f"  marker unreadable: {record.get('error')}")
-    return "\n".join(lines)
 
 
 # -- settings ----------------------------------------------------------------------------------

@@ -1,12 +1,20 @@
-"""The ``corestore`` command line: ``demo``, ``plugins``, ``profiles`` (and ``doctor``,
-``health``). ``--json`` everywhere; exit codes 0 UP, 1 DEGRADED, 2 DOWN, 64 usage or config error.
+"""The ``corestore`` command line: ``plugins``, ``profiles``, ``demo``, ``doctor`` and ``health``,
+plus the commands of the ``corestore.cli`` entry-point group. ``--json`` everywhere; exit codes
+0 UP, 1 DEGRADED, 2 DOWN, 64 usage or config error.
 
 The CLI reads ``--config``, else ``$CORESTORE_CONFIG``, else ``./corestore.toml`` when present
 (the library itself never reads the working directory; a command run by a person may).
+
+The core's commands are plain functions listed in :data:`COMMANDS`; importing a module registers
+nothing. A command that lives outside the core (a contrib package, an application) is an entry
+point in the ``corestore.cli`` group whose target is a callable ``register(subparsers)`` that
+calls :func:`add_command` (site/cli.md, "Adding a command"). ``python -m corestore``,
+``python -m corestore.cli`` and the ``corestore`` console script all run :func:`main`.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -18,24 +26,41 @@ from typing import Any, Callable, Sequence
 
 import attrs
 
-from . import registry
-from .check import check_profile
-from .errors import ConfigError, PluginError, StoreError
-from .health import HealthStatus
-from .profiles import BUILTIN_PROFILES, ENV_CONFIG, load_config, resolve_profile
+from .. import registry
+from ..check import check_profile
+from ..errors import ConfigError, PluginError, StoreError
+from ..health import HealthStatus
+from ..profiles import BUILTIN_PROFILES, load_config, resolve_profile
+from . import doctor as _doctor
+from . import health as _health
+from ._common import EXIT_USAGE, AddArguments, Parser, Run, add_command, config_path, emit
 
-__all__ = ["main", "EXIT_USAGE", "build_parser", "COMMANDS"]
+__all__ = [
+    "main",
+    "EXIT_USAGE",
+    "build_parser",
+    "COMMANDS",
+    "CLI_ENTRY_POINT_GROUP",
+    "add_command",
+    "command",
+    "config_path",
+    "emit",
+]
 
 logger = logging.getLogger(__name__)
 
-EXIT_USAGE = 64
+#: Entry-point group of commands that live outside the core: ``name = "package.module:register"``,
+#: where ``register(subparsers)`` calls :func:`add_command`.
+CLI_ENTRY_POINT_GROUP = "corestore.cli"
 
-# name -> (help, add_arguments, run); later modules (doctor, health) register here too.
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+#: The core's commands: name -> (help, add_arguments, run), in ``--help`` order (filled below).
+COMMANDS: dict[str, tuple[str, AddArguments, Run]] = {}
 
 
-def command(name: str, help: str) -> Callable[[Callable[[argparse.ArgumentParser], None]], Callable[..., Any]]:
-    """Register a subcommand: decorate its ``add_arguments``; its runner is ``add_arguments.run``."""
+def command(name: str, help: str) -> Callable[[AddArguments], Callable[..., Any]]:
+    """Add a core command to :data:`COMMANDS` (for code in this module): decorate its
+    ``add_arguments``; its runner is ``add_arguments.run``. Commands outside the core use the
+    ``corestore.cli`` entry-point group instead."""
 
     def deco(add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[..., Any]:
         def bind(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -46,29 +71,6 @@ def command(name: str, help: str) -> Callable[[Callable[[argparse.ArgumentParser
         return add_arguments
 
     return deco
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 64, not argparse's 2 (DOWN)
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def config_path(args: argparse.Namespace) -> str | None:
-    """``--config``, else ``$CORESTORE_CONFIG``, else ``./corestore.toml`` if it exists."""
-    if getattr(args, "config", None):
-        return str(args.config)
-    if os.environ.get(ENV_CONFIG):
-        return os.environ[ENV_CONFIG]
-    return "corestore.toml" if os.path.isfile("corestore.toml") else None
-
-
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    """Print ``data`` as JSON with ``--json``, else the human ``text``."""
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
-    else:
-        print(text)
 
 
 # -- plugins -------------------------------------------------------------------------------------
@@ -105,8 +107,6 @@ def run_plugins(args: argparse.Namespace) -> int:
     emit(args, {"plugins": rows}, "\n".join(lines))
     return 0
 
-
-command("plugins", "list the plugins installed through entry points and the profiles enabling them")(_plugins_args).run(run_plugins)
 
 
 # -- profiles ------------------------------------------------------------------------------------
@@ -150,8 +150,6 @@ def run_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
-command("profiles", "show the resolved profiles and database bindings (--check validates them)")(_profiles_args).run(run_profiles)
-
 
 # -- demo ----------------------------------------------------------------------------------------
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -174,8 +172,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace, directory: str) -> int:
     import peewee
 
-    from .profiles import Profile
-    from .store import open as open_store
+    from ..profiles import Profile
+    from ..store import open as open_store
 
     path = os.path.join(directory, "demo.db")
     base = resolve_profile("default", config=load_config(config_path(args)), path=path)
@@ -275,23 +273,27 @@ def _run_demo(args: argparse.Namespace, directory: str) -> int:
     return report.status.exit_code
 
 
-command("demo", "run a short multi-threaded write workload on an embedded database and report")(_demo_args).run(run_demo)
+COMMANDS.update({
+    "plugins": ("list the plugins installed through entry points and the profiles enabling them", _plugins_args, run_plugins),
+    "profiles": ("show the resolved profiles and database bindings (--check validates them)", _profiles_args, run_profiles),
+    "demo": ("run a short multi-threaded write workload on an embedded database and report", _demo_args, run_demo),
+    "doctor": (_doctor.HELP, _doctor.add_arguments, _doctor.run_doctor),
+    "health": (_health.HELP, _health.add_arguments, _health.run_health),
+})
 
 
 # -- main ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="corestore", description="SQLite storage that survives real failures.")
+    """The parser of every command: the core's (:data:`COMMANDS`), then the entry points'."""
+    parser = Parser(prog="corestore", description="SQLite storage that survives real failures.")
     parser.add_argument("--config", help="TOML config (default: $CORESTORE_CONFIG, else ./corestore.toml if present)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     parser.add_argument("--version", action="version", version=f"corestore {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _load_optional_commands()
-    for name, (help_text, add_arguments, _run) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-        add_arguments(p)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        add_command(sub, name, help_text, add_arguments, run)
+    _load_optional_commands(sub)
     return parser
 
 
@@ -301,31 +303,38 @@ def _version() -> str:
 
         return importlib.metadata.version("corestore")
     except Exception:  # noqa: BLE001 - not installed as a distribution (a source tree)
-        from . import __version__
+        from .. import __version__
 
         return __version__
 
 
-def _load_optional_commands() -> None:
-    """Import the modules that register more commands (doctor, health)."""
-    import importlib
-
-    for module in ("corestore.doctor",):
+def _load_optional_commands(subparsers: Any) -> None:
+    """Add the commands of the ``corestore.cli`` entry-point group: each entry point's target is
+    called with ``subparsers`` and adds its command through :func:`add_command`. One that fails
+    to load or register, or that takes the name of a command already there, is logged and left
+    out: a broken extension must not take the rest of the CLI down."""
+    for ep in sorted(importlib.metadata.entry_points(group=CLI_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in subparsers.choices:
+            logger.warning("CLI extension %r (%s) left out: a command of that name exists", ep.name, ep.value)
+            continue
         try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+            register = ep.load()
+            if not callable(register):
+                raise TypeError(f"{ep.value} is not callable; a {CLI_ENTRY_POINT_GROUP} entry point names a "
+                                "function register(subparsers) that calls corestore.cli.add_command")
+            register(subparsers)
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            logger.warning("CLI extension %r (%s) failed to load: %s: %s", ep.name, ep.value, type(err).__name__, err)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.command:
+    run = getattr(args, "_corestore_run", None)
+    if not args.command or run is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    _help, _add, run = COMMANDS[args.command]
     try:
         try:
             code = run(args)
@@ -353,10 +362,3 @@ def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:
                           "exit_code": code}, indent=2, sort_keys=True))
     return code
 
-
-if __name__ == "__main__":  # pragma: no cover
-    # `python -m corestore.cli` runs this file as __main__; commands registered by other modules
-    # (corestore.doctor) land in the imported corestore.cli's COMMANDS, so run that module's main.
-    from corestore.cli import main as _main
-
-    sys.exit(_main())

@@ -1,0 +1,6 @@
+"""``python -m corestore.cli``: the same as the ``corestore`` command."""
+import sys
+
+from corestore.cli import main
+
+sys.exit(main())

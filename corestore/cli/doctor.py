@@ -1,0 +1,119 @@
+"""``corestore doctor NAME|PATH``: print :func:`corestore.doctor.diagnose` of a database file
+(``--json``: :meth:`~corestore.findings.Diagnosis.to_dict`), and ``--clear-quarantine``: show
+the quarantine evidence, then remove the marker unless the check finds damage (``--force``).
+
+Exit codes: 0 UP, 1 DEGRADED, 2 DOWN, 64 usage or configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Callable, Mapping
+
+import attrs
+
+from ..doctor import diagnose
+from ..errors import ConfigError
+from ..findings import Diagnosis, Finding, Severity, format_diagnosis
+from ..sidecar_formats import clear_marker, format_marker, marker_path
+from ._common import config_path
+
+__all__ = ["HELP", "add_arguments", "run_doctor"]
+
+logger = logging.getLogger(__name__)
+
+HELP = "diagnose a SQLite file read-only: header, -wal/-shm, locks, quick_check, permissions, space"
+
+
+def _tty_progress(check: str) -> Callable[[float], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    last = [-1.0]
+
+    def show(seconds: float) -> None:
+        if last[0] < 0 or seconds - last[0] >= 0.2:
+            last[0] = seconds
+            sys.stderr.write(f"\r{check}: {seconds:6.1f} s ...")
+            sys.stderr.flush()
+
+    return show
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``corestore doctor``."""
+    p.add_argument("path", metavar="NAME|PATH",
+                   help="a database bound in [databases] of the config, or the database file (never created, never written)")
+    p.add_argument("--integrity", action="store_true", help="run integrity_check (slow, thorough) instead of quick_check")
+    p.add_argument("--clear-quarantine", action="store_true",
+                   help="show the quarantine evidence, then remove the marker (refused when the check finds damage)")
+    p.add_argument("--force", action="store_true", help="with --clear-quarantine: remove the marker even if the check fails")
+
+
+def _doctor_path(args: argparse.Namespace) -> str:
+    """The file for ``NAME|PATH``: a name bound in ``[databases]`` (like ``corestore health``),
+    else the path as given."""
+    from ..profiles import load_config
+    from ..store import _looks_like_bare_name
+
+    target = args.path
+    cfg = load_config(config_path(args))
+    binding = cfg.databases.get(target) if cfg else None
+    if binding is not None:
+        return binding.path
+    if _looks_like_bare_name(target) and not os.path.exists(target):
+        known = ", ".join(sorted(cfg.databases)) if cfg and cfg.databases else "(none)"
+        raise ConfigError(f"{cfg.source if cfg else 'no config file (pass --config or set CORESTORE_CONFIG)'}: "
+                          f"{target!r} is not bound in [databases] (bound: {known}); give a file path "
+                          f"(e.g. './{target}.db')")
+    return target
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """Run ``corestore doctor``; returns the exit code."""
+    check = "integrity_check" if args.integrity else "quick_check"
+    progress = _tty_progress(check)
+    diag = diagnose(_doctor_path(args), integrity=args.integrity, progress=progress)
+    if progress is not None:
+        sys.stderr.write("\r" + " " * 40 + "\r")
+        sys.stderr.flush()
+    if getattr(args, "clear_quarantine", False) and not diag.usage_error:
+        diag = _clear_quarantine(diag, force=args.force, as_json=getattr(args, "json", False))
+    if getattr(args, "json", False):
+        print(json.dumps(diag.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(format_diagnosis(diag))
+    return diag.exit_code
+
+
+def _clear_quarantine(diag: Diagnosis, *, force: bool, as_json: bool) -> Diagnosis:
+    found = diag.finding("quarantine")
+    if found is None or found.severity is Severity.OK:
+        note = Finding(check="clear-quarantine", severity=Severity.INFO, message="no quarantine marker to clear")
+        return attrs.evolve(diag, findings=diag.findings + (note,))
+    evidence = found.details.get("evidence")
+    if not as_json:
+        print(f"quarantine evidence ({marker_path(diag.path)}):")
+        if isinstance(evidence, Mapping):
+            print(format_marker(evidence))
+        else:
+            print(json.dumps(evidence, indent=2, sort_keys=True, default=str))
+    damage = [f for f in diag.findings if f.check in ("quick_check", "integrity_check", "header") and f.severity is Severity.ERROR]
+    if damage and not force:
+        note = Finding(check="clear-quarantine", severity=Severity.ERROR,
+                       message=f"refused: the {damage[0].check} check found damage; the marker stays",
+                       advice="recover the data first; --force removes the marker anyway", details={"evidence": evidence})
+        return attrs.evolve(diag, findings=diag.findings + (note,))
+    try:
+        cleared = clear_marker(diag.path)
+    except OSError as err:  # SidecarError: the "marker" is a database, or not ours to remove
+        note = Finding(check="clear-quarantine", severity=Severity.ERROR, message=f"refused: {err}",
+                       advice="inspect the file by hand; corestore never removes a database", details={"evidence": evidence})
+        return attrs.evolve(diag, findings=diag.findings + (note,))
+    findings = tuple(f for f in diag.findings if f.check != "quarantine")
+    note = Finding(check="clear-quarantine", severity=Severity.OK,
+                   message="quarantine marker removed" + (" (forced despite damage)" if damage else ""),
+                   details={"evidence": cleared if cleared is not None else evidence})
+    return attrs.evolve(diag, findings=findings + (note,))
