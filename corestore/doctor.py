@@ -20,7 +20,8 @@ Two cases where opening SQLite, even read-only, would change files are handled w
   holds it), then checks that the file did not change meanwhile (else it checks again ``mode=ro``).
 
 The command around it (``corestore doctor``, ``--clear-quarantine``) is in :mod:`corestore.cli.doctor`;
-the findings are :mod:`corestore.findings`, the lock and file-system probes
+the findings are :mod:`corestore.findings`, the checks of permissions, space and file system
+:mod:`corestore.doctor_environment`, the lock and file-system probes
 :mod:`corestore.osprobe`, the ``-wal`` reader :func:`corestore.sqlitefile.read_wal_summary`, the
 quarantine marker :mod:`corestore.sidecar_formats`.
 """
@@ -33,12 +34,13 @@ import sqlite3
 import stat
 import time
 import urllib.parse
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import attrs
 
+from .doctor_environment import filesystem_finding, human_size, owner, permissions_finding, space_finding
 from .findings import DOCTOR_SCHEMA, Diagnosis, Finding, Severity, format_diagnosis
-from .osprobe import LockHolder, filesystem_type, is_network_filesystem, open_by_processes, probe_locks
+from .osprobe import LockHolder, open_by_processes, probe_locks
 from .sidecar_formats import MARKER_SUFFIX, marker_path, read_marker
 from .sqlitefile import parse_header, read_wal_summary
 
@@ -50,26 +52,6 @@ JOURNAL_MAGIC = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"
 
 
 # -- the diagnosis ------------------------------------------------------------------------------------
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} bytes"  # pragma: no cover
-
-
-def _owner(st: os.stat_result) -> str:
-    try:
-        import grp
-        import pwd
-
-        user = pwd.getpwuid(st.st_uid).pw_name
-        group = grp.getgrgid(st.st_gid).gr_name
-    except (ImportError, KeyError):
-        return f"{st.st_uid}:{st.st_gid}"
-    return f"{user}:{group} ({st.st_uid}:{st.st_gid})"
-
 
 def _stat(path: str) -> os.stat_result | None:
     try:
@@ -165,7 +147,7 @@ def diagnose(
         return done()
     link_note = f" (via symlink {full})" if full != real else ""
     add(Finding(check="file", severity=Severity.OK,
-                message=f"regular file, {_human_size(st.st_size)}, owner {_owner(st)}, mode {stat.filemode(st.st_mode)}{link_note}",
+                message=f"regular file, {human_size(st.st_size)}, owner {owner(st)}, mode {stat.filemode(st.st_mode)}{link_note}",
                 details={"size": st.st_size, "uid": st.st_uid, "gid": st.st_gid, "mode": oct(stat.S_IMODE(st.st_mode)),
                          "symlink": full if full != real else None}))
 
@@ -176,7 +158,7 @@ def diagnose(
     except PermissionError as err:
         add(Finding(check="header", severity=Severity.ERROR, message=f"cannot read the file: {err.strerror}",
                     advice="run the doctor as the database's owner or as root"))
-        _permissions_finding(real, st, side_stats, add)
+        permissions_finding(real, st, side_stats, add)
         _quarantine_finding(real, add)
         return done()
     header = parse_header(head)
@@ -224,9 +206,9 @@ def diagnose(
             _sqlite_findings(real, header, wal_stat, in_use, integrity, progress, busy_timeout_s, add)
 
     # -- environment ----------------------------------------------------------------------------------------
-    _permissions_finding(real, st, side_stats, add)
-    _space_finding(real, st.st_size + (wal_stat.st_size if wal_stat else 0), add)
-    _filesystem_finding(real, header, mountinfo, add)
+    permissions_finding(real, st, side_stats, add)
+    space_finding(real, st.st_size + (wal_stat.st_size if wal_stat else 0), add)
+    filesystem_finding(real, header, mountinfo, add)
     _quarantine_finding(real, add)
     return done()
 
@@ -297,7 +279,7 @@ def _locks_finding(method: str, holders: list[LockHolder], openers: dict[int, di
 
 def _wal_findings(real: str, st: os.stat_result, header: Any, wal_stat: os.stat_result | None,
                   shm_stat: os.stat_result | None, in_use: bool, add: Callable[[Finding], None]) -> dict[str, Any] | None:
-    shm_text = f"; -shm {_human_size(shm_stat.st_size)}" if shm_stat is not None else "; no -shm"
+    shm_text = f"; -shm {human_size(shm_stat.st_size)}" if shm_stat is not None else "; no -shm"
     if wal_stat is None:
         sev = Severity.OK
         add(Finding(check="wal", severity=sev, message=f"no -wal file{shm_text}",
@@ -340,18 +322,18 @@ def _wal_findings(real: str, st: os.stat_result, header: Any, wal_stat: os.stat_
         mode_note = "; the header says rollback journal, yet SQLite will read this -wal"
     if in_use:
         add(Finding(check="wal", severity=Severity.WARNING if mode_note else Severity.OK,
-                    message=f"live -wal {_human_size(wal_stat.st_size)}: {counts}{shm_text}{mode_note}",
+                    message=f"live -wal {human_size(wal_stat.st_size)}: {counts}{shm_text}{mode_note}",
                     advice="a journal-mode change while processes use the file; check every process's profile" if mode_note else "",
                     details=details))
     elif tx:
         add(Finding(check="wal", severity=Severity.WARNING,
-                    message=f"leftover -wal {_human_size(wal_stat.st_size)} with no process using the database: {counts} not yet "
+                    message=f"leftover -wal {human_size(wal_stat.st_size)} with no process using the database: {counts} not yet "
                             f"in the database file (an unclean stop){mode_note}",
                     advice="do not delete -wal (it holds committed data); the next read-write open replays it",
                     details=details))
     else:
         add(Finding(check="wal", severity=Severity.INFO,
-                    message=f"leftover -wal {_human_size(wal_stat.st_size)} with no committed transaction to replay ({counts}){mode_note}",
+                    message=f"leftover -wal {human_size(wal_stat.st_size)} with no committed transaction to replay ({counts}){mode_note}",
                     advice="harmless; SQLite resets it at the next write", details=details))
     return summary
 
@@ -460,81 +442,6 @@ def _sqlite_error(check: str, err: BaseException, c: Any, opened: str, add: Call
                     details=details))
 
 
-def _permissions_finding(real: str, st: os.stat_result, side_stats: Mapping[str, os.stat_result | None],
-                         add: Callable[[Finding], None]) -> None:
-    directory = os.path.dirname(real)
-    details: dict[str, Any] = {
-        "readable": os.access(real, os.R_OK), "writable": os.access(real, os.W_OK),
-        "directory_writable": os.access(directory, os.W_OK | os.X_OK),
-        "owner": _owner(st), "mode": oct(stat.S_IMODE(st.st_mode)),
-    }
-    problems: list[str] = []
-    advice = ""
-    for name, side in side_stats.items():
-        if side is not None and (side.st_uid, side.st_gid) != (st.st_uid, st.st_gid):
-            details[f"{name}_owner"] = _owner(side)
-            problems.append(f"-{name} is owned by {_owner(side)}, the database by {_owner(st)}")
-            advice = "a process of another user (often root) created it; give it back to the database's owner (chown)"
-    if not stat.S_IMODE(st.st_mode) & 0o222:
-        problems.append("no write permission bit is set on the database")
-        advice = advice or "writers will fail with SQLITE_READONLY; chmod u+w if the application must write"
-    from .readonly import readonly_wal_problem
-
-    readonly_wal = readonly_wal_problem(real)
-    if readonly_wal is not None:
-        details["read_only_open"] = "fails"
-        problems.append("a read-only open (corestore health, a read-only profile) fails from this process: "
-                        + readonly_wal.split(": ", 1)[1].split(". Change one of", 1)[0])
-        advice = advice or ("Change one of" + readonly_wal.split(". Change one of", 1)[1])
-    text = (f"owner {_owner(st)}, mode {stat.filemode(st.st_mode)}; you can "
-            f"{'read' if details['readable'] else 'not read'}/{'write' if details['writable'] else 'not write'} it; "
-            f"directory {'writable' if details['directory_writable'] else 'NOT writable'} by you")
-    if problems:
-        add(Finding(check="permissions", severity=Severity.WARNING, message="; ".join(problems), advice=advice, details=details))
-    else:
-        add(Finding(check="permissions", severity=Severity.OK, message=text,
-                    advice="" if details["directory_writable"] else
-                    "writers need to create -wal/-journal in the directory (SQLITE_READONLY_DIRECTORY otherwise)",
-                    details=details))
-
-
-def _space_finding(real: str, data_size: int, add: Callable[[Finding], None]) -> None:
-    directory = os.path.dirname(real)
-    try:
-        vfs = os.statvfs(directory)
-    except (OSError, AttributeError):
-        return
-    free = vfs.f_bavail * vfs.f_frsize
-    total = vfs.f_blocks * vfs.f_frsize
-    details = {"free_bytes": free, "total_bytes": total, "free_inodes": vfs.f_favail if vfs.f_files else None,
-               "database_and_wal_bytes": data_size}
-    text = f"{_human_size(free)} free of {_human_size(total)} in {directory}"
-    if free < 1024 * 1024 or (vfs.f_files and vfs.f_favail == 0):
-        add(Finding(check="space", severity=Severity.ERROR, message=f"{text}{'; no free inode' if vfs.f_files and vfs.f_favail == 0 else ''}",
-                    advice="writes fail with SQLITE_FULL; free space first (never by deleting -wal or -journal)", details=details))
-    elif free < max(64 * 1024 * 1024, data_size):
-        add(Finding(check="space", severity=Severity.WARNING, message=f"{text}; less than the database needs to grow or vacuum",
-                    advice="free space before the next checkpoint or VACUUM", details=details))
-    else:
-        add(Finding(check="space", severity=Severity.OK, message=text, details=details))
-
-
-def _filesystem_finding(real: str, header: Any, mountinfo: str | None, add: Callable[[Finding], None]) -> None:
-    fs = filesystem_type(real, mountinfo=mountinfo)
-    if fs is None:
-        add(Finding(check="filesystem", severity=Severity.INFO, message="file-system type not determined on this platform"))
-        return
-    text = f"{fs['type']} mounted on {fs['mount_point']} ({fs['source']})"
-    if is_network_filesystem(fs["type"]):
-        wal = header is not None and header.is_wal
-        add(Finding(check="filesystem", severity=Severity.WARNING,
-                    message=f"{text}: a network or FUSE file system{'; this database is in WAL mode' if wal else ''}",
-                    advice="WAL needs shared memory and reliable locks: move the database to a local disk, "
-                           "or use journal_mode=DELETE from one machine only",
-                    details=fs))
-    else:
-        add(Finding(check="filesystem", severity=Severity.OK, message=text, details=fs))
-
 
 def _quarantine_finding(real: str, add: Callable[[Finding], None]) -> None:
     try:
@@ -553,3 +460,4 @@ def _quarantine_finding(real: str, add: Callable[[Finding], None]) -> None:
                 advice=f"writes are refused until the marker is removed: read the evidence (--json), "
                        f"then `corestore doctor --clear-quarantine {real}`",
                 details={"marker": marker_path(real), "evidence": marker}))
+

@@ -39,14 +39,18 @@ def _make_db(path: Path) -> Path:
     return path
 
 
-def _install_cli_entry_points(site: Path, module_source: str, **entry_points: str) -> None:
+SNIPPET = Path(__file__).resolve().parent.parent / "site" / "snippets" / "cli_extension.py"
+
+
+def _install_cli_entry_points(site: Path, modules: dict[str, str], **entry_points: str) -> None:
     """A distribution with ``[corestore.cli]`` entry points, as pip would leave it in site-packages."""
     info = site / "acme_cli_tools-1.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-cli-tools\nVersion: 1.0\n")
     lines = ["[corestore.cli]"] + [f"{name} = {target}" for name, target in entry_points.items()]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-    (site / "acme_cli.py").write_text(textwrap.dedent(module_source))
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
 
 
 def test_the_three_entry_forms_behave_the_same(tmp_path: Path) -> None:
@@ -94,7 +98,7 @@ def test_importing_the_doctor_registers_nothing_and_loads_no_plugin() -> None:
 
 def test_cli_entry_point_group_adds_commands(tmp_path: Path) -> None:
     site = tmp_path / "site"
-    _install_cli_entry_points(site, """
+    _install_cli_entry_points(site, {"acme_cli": SNIPPET.read_text(), "acme_more": """
         from corestore.cli import add_command, emit
 
         def _hello_args(p):
@@ -106,7 +110,7 @@ def test_cli_entry_point_group_adds_commands(tmp_path: Path) -> None:
             return args.code
 
         def register(subparsers):
-            add_command(subparsers, "acme-hello", "greet someone (an acme extension)", _hello_args, _hello)
+            add_command(subparsers, "acme-more", "greet someone else (an acme extension)", _hello_args, _hello)
 
         def register_doctor(subparsers):
             add_command(subparsers, "doctor", "a fake doctor", lambda p: None, lambda args: 99)
@@ -115,25 +119,28 @@ def test_cli_entry_point_group_adds_commands(tmp_path: Path) -> None:
             raise RuntimeError("acme is misconfigured")
 
         not_callable = 42
-    """, **{"acme-hello": "acme_cli:register", "doctor": "acme_cli:register_doctor",
-            "acme-broken": "acme_cli:broken", "acme-missing": "acme_cli:does_not_exist",
-            "acme-value": "acme_cli:not_callable"})
+    """}, **{"acme-hello": "acme_cli:register", "acme-more": "acme_more:register", "doctor": "acme_more:register_doctor",
+             "acme-broken": "acme_more:broken", "acme-missing": "acme_more:does_not_exist",
+             "acme-value": "acme_more:not_callable"})
     env = child_env()
     env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
     cli = [sys.executable, "-m", "corestore.cli"]
 
     helped = _run(cli, "--help", env=env)
-    assert helped.returncode == 0 and "acme-hello" in helped.stdout and "greet someone" in helped.stdout, helped.stderr
+    assert helped.returncode == 0, helped.stderr
+    assert "acme-hello" in helped.stdout and "greet someone" in helped.stdout and "acme-more" in helped.stdout
     for name in ("acme-broken", "acme-missing", "acme-value"):  # left out, named in a warning, the rest works
         assert name in helped.stderr and name not in helped.stdout, helped.stderr
     assert "acme is misconfigured" in helped.stderr and "not callable" in helped.stderr
     assert "'doctor'" in helped.stderr and "a command of that name exists" in helped.stderr
 
-    out = _run(cli, "--config", "/nowhere.toml", "acme-hello", "world", "--json", "--code", "1", env=env)
-    assert out.returncode == 1, out.stderr
-    assert json.loads(out.stdout) == {"hello": "world", "config": "/nowhere.toml"}
+    # site/snippets/cli_extension.py, the example of site/cli.md
+    out = _run(cli, "--config", "/nowhere.toml", "acme-hello", "world", "--json", env=env)
+    assert out.returncode == 0 and json.loads(out.stdout) == {"hello": "world", "config": "/nowhere.toml"}, out.stderr
     assert _run(cli, "acme-hello", "you", env=env).stdout.strip() == "hello you"
     assert _run(cli, "acme-hello", env=env).returncode == 64  # usage errors exit 64 in extensions too
+    out = _run(cli, "acme-more", "world", "--json", "--config", "/x.toml", "--code", "1", env=env)
+    assert out.returncode == 1 and json.loads(out.stdout) == {"hello": "world", "config": "/x.toml"}, out.stderr
 
     db = _make_db(tmp_path / "app.db")  # the core's doctor is not replaced by an extension of the same name
     doctor = _run(cli, "doctor", str(db), "--json", env=env)
