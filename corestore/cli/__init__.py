@@ -108,7 +108,6 @@ def run_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-
 # -- profiles ------------------------------------------------------------------------------------
 def _profiles_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true",
@@ -148,7 +147,6 @@ def run_profiles(args: argparse.Namespace) -> int:
         lines.append(f"  database {dname}: {d['path']} (profile {d['profile']})" + ("  [ok]" if args.check else ""))
     emit(args, {"config": cfg.source if cfg else None, "profiles": out, "databases": databases}, "\n".join(lines))
     return 0
-
 
 
 # -- demo ----------------------------------------------------------------------------------------
