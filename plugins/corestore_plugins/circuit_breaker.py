@@ -268,7 +268,6 @@ class Breaker:
         self._events: collections.deque[Transition] = collections.deque()
         self.transitions: collections.deque[Transition] = collections.deque(maxlen=_TRANSITIONS_KEPT)
         self._stores: dict[int, weakref.ref[Any]] = {}
-        _ALL_BREAKERS.add(self)
 
     def __repr__(self) -> str:
         return f"<Breaker {self.path!r} {self._state.name}>"
@@ -678,25 +677,29 @@ def _env_plugins() -> tuple[str, ...]:
 # -- the process-wide registry -------------------------------------------------------------------
 _registry: dict[str, Breaker] = {}
 _registry_lock = threading.Lock()
-_ALL_BREAKERS: "weakref.WeakSet[Breaker]" = weakref.WeakSet()
+_registry_pid = os.getpid()
+
+
+def _lock() -> threading.Lock:
+    """The registry lock of this process. The first use in a forked child makes a new one and
+    resets every inherited breaker (another thread of the parent may have held a lock at the
+    fork, and its operations never end here): ``on_fork_child`` calls it, and so does any
+    later lookup, so a child that inherited no store with the plugin is covered too."""
+    global _registry_lock, _registry_pid
+    if _registry_pid != os.getpid():
+        _registry_lock, _registry_pid = threading.Lock(), os.getpid()
+        for breaker in list(_registry.values()):
+            breaker._after_fork_in_child()
+    return _registry_lock
 
 
 def breaker_for(path: str | os.PathLike[str]) -> Breaker | None:
     """The breaker this process keeps for the database file at ``path`` (None if no store with
     the plugin has opened it)."""
     real = os.path.realpath(os.fspath(path))
-    with _registry_lock:
+    with _lock():
         return _registry.get(real)
 
-
-def _after_fork_in_child() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    for breaker in list(_ALL_BREAKERS):
-        breaker._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _describe(store: Any) -> str:
@@ -812,7 +815,7 @@ class CircuitBreaker:
     # -- attaching ------------------------------------------------------------------------------
     def _attach(self, store: "Store") -> Breaker:
         who = _describe(store)
-        with _registry_lock:
+        with _lock():
             if self._breaker is not None:
                 return self._breaker
             if store.memory:
@@ -842,6 +845,13 @@ class CircuitBreaker:
     def on_store_open(self, store: "Store") -> None:
         if self._breaker is None:
             self._attach(store)  # conflicting settings fail corestore.open() itself
+
+    @hookimpl
+    def on_fork_child(self, store: "Store") -> None:
+        """In a forked child (the core calls it): new registry lock, inherited breakers reset."""
+        _lock()
+        if self._breaker is not None:
+            self._breaker._after_fork_in_child()
 
     @hookimpl
     def before_operation(self, store: "Store", operation: "Operation") -> None:

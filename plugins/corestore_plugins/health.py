@@ -186,7 +186,6 @@ class Health:
         self._writes = 0
         self._last_write_at: float | None = None
         self._last_error: str | None = None
-        _instances.add(self)
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -379,6 +378,11 @@ class Health:
         self._writes += 1
         self._last_write_at = time.time()
 
+    @hookimpl
+    def on_fork_child(self, store: "Store") -> None:
+        """In a forked child (the core calls it): the writer thread and its lock belong to the parent."""
+        self._after_fork_in_child()
+
     def _after_fork_in_child(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._thread = None
@@ -420,13 +424,3 @@ def _atomic_write(path: str, payload: bytes, *, fsync: bool, mode: int = 0o644) 
 def _iso(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat()
 
-
-_instances: "weakref.WeakSet[Health]" = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for plugin in list(_instances):
-        plugin._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)

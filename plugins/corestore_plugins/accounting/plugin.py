@@ -495,6 +495,11 @@ class Accounting:
                          writer_stopped=thread is not None and not thread.is_alive() and not self._closing)
 
     @hookimpl
+    def on_fork_child(self, store: "Store") -> None:
+        """In a forked child: start empty (the core calls it; see :meth:`_after_fork_in_child`)."""
+        self._after_fork_in_child()
+
+    @hookimpl
     def on_close(self, store: "Store") -> None:
         """Drain (see :meth:`close`) before the store closes its connections."""
         self.close()
@@ -513,10 +518,4 @@ def _drain_at_exit() -> None:
             logger.exception("accounting: draining at exit failed")
 
 
-def _after_fork_in_child() -> None:
-    for acc in list(_INSTANCES):
-        acc._after_fork_in_child()
-
-
 atexit.register(_drain_at_exit)
-os.register_at_fork(after_in_child=_after_fork_in_child)
