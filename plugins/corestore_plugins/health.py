@@ -29,13 +29,11 @@ takes the snapshot over (it is written with the child's pid): give each process 
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import math
 import os
 import socket
-import tempfile
 import threading
 import time
 import weakref
@@ -44,7 +42,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from corestore import ConfigError, HealthComponent, HealthReport, HealthStatus, hookimpl
+from corestore.fileio import atomic_write as _atomic_write
 from corestore.sidecar import sidecar_mode
+from corestore.timefmt import iso as _iso
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Profile, Store
@@ -198,6 +198,22 @@ class Health:
         """How many times ``on_health_changed`` reached this plugin."""
         return self._transitions
 
+    def stats(self) -> dict[str, Any]:
+        """No I/O: ``transitions`` (``on_health_changed`` calls that reached the plugin),
+        ``last_transition`` (``{"previous", "current", "at"}`` or None), ``snapshot_path`` (None:
+        no snapshot), ``writes``, ``last_write_at`` (ISO, or None) and ``last_error`` (the last
+        snapshot write's failure, None once a write succeeded)."""
+        last = self._last_transition
+        return {
+            "transitions": self._transitions,
+            "last_transition": None if last is None else {"previous": last[0].value, "current": last[1].value,
+                                                          "at": _iso(last[2])},
+            "snapshot_path": self._snapshot_file,
+            "writes": self._writes,
+            "last_write_at": _iso(self._last_write_at) if self._last_write_at else None,
+            "last_error": self._last_error,
+        }
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every requested snapshot write is done; False on timeout."""
         with self._cond:
@@ -240,22 +256,23 @@ class Health:
         elif self._last_error is not None and self._pending is None and not self._busy:
             self._request(_REFRESH)  # the last write failed: try again (at most once per report)
         last = self._last_transition
+        st = self.stats()
         details: dict[str, Any] = {
-            "transitions": self._transitions,
+            "transitions": st["transitions"],
             "probe_interval_s": self.settings.probe_interval_s,
             "watch_interval_s": self.settings.watch_interval_s,
         }
-        if last is not None:
-            details["last_transition"] = {"previous": last[0].value, "current": last[1].value, "at": _iso(last[2])}
+        if st["last_transition"] is not None:
+            details["last_transition"] = st["last_transition"]
         status = HealthStatus.UP
         if self._snapshot_file is None:
             summary = f"{self._transitions} transition(s); no snapshot"
         else:
             details["snapshot"] = {
-                "path": self._snapshot_file,
-                "writes": self._writes,
-                "last_write_at": _iso(self._last_write_at) if self._last_write_at else None,
-                "last_error": self._last_error,
+                "path": st["snapshot_path"],
+                "writes": st["writes"],
+                "last_write_at": st["last_write_at"],
+                "last_error": st["last_error"],
             }
             if self._last_error is not None:
                 status = HealthStatus.DEGRADED
@@ -389,38 +406,4 @@ class Health:
         self._busy = False
         self._pending = None
 
-
-def _atomic_write(path: str, payload: bytes, *, fsync: bool, mode: int = 0o644) -> None:
-    """Temporary file in the same directory (``O_EXCL``: never through a planted link), write,
-    fsync, rename over ``path``, fsync the directory: a reader opens either the old complete file
-    or the new one. ``mode`` 0644 by default (``snapshot_world_readable``)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, mode)  # 0644 by default: a monitor running as another user may read it; it holds no secrets
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    if fsync:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat()
 

@@ -33,7 +33,6 @@ Behaviour:
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -53,10 +52,11 @@ from corestore import (
     HealthStatus,
     hookimpl,
 )
-from corestore.errors import ConfigError
+from corestore.errors import ConfigError, StoreError
 from corestore.sidecar import create_temporary, open_sidecar, read_sidecar, sidecar_path, unlink_sidecar
-from corestore.sqlitefile import read_header
+from corestore.sqlitefile import file_size, read_header
 from corestore.settings import boolean, non_negative_seconds
+from corestore.timefmt import iso as _iso
 
 __all__ = [
     "Quarantine",
@@ -239,14 +239,11 @@ def _kinds_converter(value: Any) -> tuple[str, ...]:
 
 
 
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _size(path: str) -> int | None:
+    """Evidence only: the file's size, None when it is missing or cannot be read."""
     try:
-        return os.stat(path).st_size
-    except OSError:
+        return file_size(path)
+    except StoreError:
         return None
 
 

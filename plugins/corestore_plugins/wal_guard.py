@@ -200,6 +200,23 @@ class WalGuard:
         self._expected: dict[str, int] | None = None
 
     # -- public state ----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """This process's view, under one lock, no I/O: ``connection_mode`` (what the last checked
+        connection runs), ``fallback`` (``"delete"`` while the rollback-journal fallback is in
+        effect, else None), ``fallback_reason``, ``switched_by_this_process``, ``switches`` and
+        ``connections_checked``. ``on_health`` adds the header's mode and the ``-wal`` size."""
+        with self._lock:
+            switches = self._switches
+            reason = self._fallback_reason
+            return {
+                "connection_mode": self._connection_mode,
+                "fallback": "delete" if reason is not None else None,
+                "fallback_reason": reason,
+                "switched_by_this_process": switches > 0,
+                "switches": switches,
+                "connections_checked": self._connections_checked,
+            }
+
     @property
     def switches(self) -> int:
         """How many times this store switched the *file* from rollback journal to WAL."""
@@ -499,21 +516,9 @@ class WalGuard:
         The only I/O: one ``pread`` of the 100-byte header through the process-wide descriptor and
         one ``stat`` of ``-wal``; no SQLite call.
         """
-        with self._lock:
-            switches = self._switches
-            reason = self._fallback_reason
-            connection_mode = self._connection_mode
-            checked = self._connections_checked
-        details: dict[str, Any] = {
-            "header_mode": None,
-            "connection_mode": connection_mode,
-            "fallback": "delete" if reason is not None else None,
-            "fallback_reason": reason,
-            "switched_by_this_process": switches > 0,
-            "switches": switches,
-            "wal_bytes": None,
-            "connections_checked": checked,
-        }
+        st = self.stats()
+        reason, connection_mode, checked = st["fallback_reason"], st["connection_mode"], st["connections_checked"]
+        details: dict[str, Any] = {"header_mode": None, **st, "wal_bytes": None}
         if store.memory:
             return HealthComponent(name=self.name, status=HealthStatus.UNKNOWN,
                                    summary="in-memory database: no journal file", details=details)

@@ -52,7 +52,6 @@ invites a retry that writes twice. ``on_violation = "raise"`` asks the core to r
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import threading
@@ -70,9 +69,10 @@ from corestore import (
     hookimpl,
 )
 from corestore.classify import classify_exception
-from corestore.errors import ConfigError
-from corestore.sqlitefile import SqliteHeader, header_descriptor, read_header
+from corestore.errors import ConfigError, StoreError
+from corestore.sqlitefile import SqliteHeader, file_size, header_descriptor, read_header
 from corestore.settings import integer_at_least, non_negative_seconds
+from corestore.timefmt import now_iso
 
 __all__ = ["WalInvariants", "ROLLBACK_MODES", "CHECKS"]
 
@@ -114,10 +114,6 @@ def _in_transaction(conn: Any) -> bool:
     if isinstance(value, bool):
         return value
     return not conn.getautocommit()
-
-
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 class _Snapshot:
@@ -477,7 +473,7 @@ class WalInvariants:
         with self._lock:
             self._counts["violations"] += len(violations)
             self._last_violation = {"check": first.check, "message": first.message,
-                                    "evidence": dict(first.evidence), "at": _now_iso(),
+                                    "evidence": dict(first.evidence), "at": now_iso(),
                                     "all_checks": [v.check for v in violations]}
             was_down, self._down, self._clean = self._down, True, 0
         if not was_down:
@@ -492,9 +488,10 @@ class WalInvariants:
 
 
 def _size(path: str) -> int | None:
+    """Evidence only: the file's size, None when it is missing or cannot be read."""
     try:
-        return os.stat(path).st_size
-    except OSError:
+        return file_size(path)
+    except StoreError:
         return None
 
 
