@@ -39,7 +39,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
 import attrs
 
@@ -52,11 +52,12 @@ from corestore import (
     HealthStatus,
     hookimpl,
 )
-from corestore.errors import ConfigError, StoreError
+from corestore.errors import ConfigError
 from corestore.sidecar import create_temporary, open_sidecar, read_sidecar, sidecar_path, unlink_sidecar
-from corestore.sqlitefile import file_size, read_header
 from corestore.settings import boolean, non_negative_seconds
 from corestore.timefmt import iso as _iso
+
+from ._quarantine_evidence import _kinds_converter, gather_evidence
 
 __all__ = [
     "Quarantine",
@@ -77,8 +78,6 @@ MARKER_SUFFIX = ".corestore-quarantine"
 MARKER_FORMAT = "corestore-quarantine/1"
 
 _NOTADB = 26
-_FAULT_KINDS = tuple(k.name for k in ErrorKind if k not in (ErrorKind.BUSY, ErrorKind.CONSTRAINT,
-                                                             ErrorKind.PROGRAMMING, ErrorKind.UNKNOWN))
 
 
 # -- the marker (also used by `corestore doctor --clear-quarantine`) ----------------------------
@@ -214,37 +213,6 @@ def format_marker(record: Mapping[str, Any]) -> str:
     if record.get("unreadable"):
         lines.append(f"  marker unreadable: {record.get('error')}")
     return "\n".join(lines)
-
-
-# -- settings ----------------------------------------------------------------------------------
-def _kinds_converter(value: Any) -> tuple[str, ...]:
-    if isinstance(value, (str, ErrorKind)):
-        value = (value,)
-    if not isinstance(value, Iterable):
-        raise ConfigError(f"kinds = {value!r} must be a list of error kinds; allowed: {', '.join(_FAULT_KINDS)}")
-    out = []
-    for item in value:
-        name = item.name if isinstance(item, ErrorKind) else str(item).strip().upper()
-        if name not in _FAULT_KINDS:
-            raise ConfigError(f"kinds: {item!r} is not a fault kind on_fatal reports; "
-                              f"allowed: {', '.join(_FAULT_KINDS)}")
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise ConfigError(f"kinds must name at least one kind; allowed: {', '.join(_FAULT_KINDS)}")
-    return tuple(out)
-
-
-
-
-
-
-def _size(path: str) -> int | None:
-    """Evidence only: the file's size, None when it is missing or cannot be read."""
-    try:
-        return file_size(path)
-    except StoreError:
-        return None
 
 
 class Quarantine:
@@ -512,24 +480,7 @@ class Quarantine:
 
     def _build_record(self, store: Any, error: BaseException, c: Classification, operation: Any) -> dict[str, Any]:
         now = time.time()
-        evidence: dict[str, Any] = {"error_type": type(error).__name__, "error": str(error)[:1000]}
-        violations = getattr(error, "violations", None)
-        if violations:
-            evidence["violations"] = [
-                {"check": v.check, "message": v.message, "evidence": dict(v.evidence)} for v in violations
-            ]
-        if not store.memory:
-            path = store.path
-            evidence["files"] = {"database_bytes": _size(path), "wal_bytes": _size(path + "-wal"),
-                                 "shm_bytes": _size(path + "-shm"), "journal_bytes": _size(path + "-journal")}
-            try:
-                header = read_header(path)
-            except OSError:
-                header = None
-            if header is not None:
-                evidence["header"] = {"journal_mode": header.journal_mode, "page_size": header.page_size,
-                                      "page_count": header.page_count, "change_counter": header.change_counter,
-                                      "page_count_valid": header.version_valid_for == header.change_counter}
+        evidence = gather_evidence(store, error)
         reason = f"{c.kind.name}: {c.name or c.kind.name}"
         if c.message:
             reason += f": {c.message}"

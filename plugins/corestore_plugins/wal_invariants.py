@@ -69,10 +69,12 @@ from corestore import (
     hookimpl,
 )
 from corestore.classify import classify_exception
-from corestore.errors import ConfigError, StoreError
-from corestore.sqlitefile import SqliteHeader, file_size, header_descriptor, read_header
+from corestore.errors import ConfigError
+from corestore.sqlitefile import header_descriptor, read_header
 from corestore.settings import integer_at_least, non_negative_seconds
 from corestore.timefmt import now_iso
+
+from ._wal_snapshot import _end_read, _in_transaction, _Inconclusive, _size, _Snapshot
 
 __all__ = ["WalInvariants", "ROLLBACK_MODES", "CHECKS"]
 
@@ -106,33 +108,6 @@ def _on_violation(instance: Any, attribute: Any, value: str) -> None:
 
 
 
-
-
-def _in_transaction(conn: Any) -> bool:
-    """Whether ``conn`` (sqlite3 or apsw) is inside a transaction."""
-    value = getattr(conn, "in_transaction", None)
-    if isinstance(value, bool):
-        return value
-    return not conn.getautocommit()
-
-
-class _Snapshot:
-    """What one read transaction saw: page count, page size, mode, sizes and header."""
-
-    __slots__ = ("page_count", "page_size", "mode", "file_bytes", "wal_bytes", "header")
-
-    def __init__(self, page_count: int, page_size: int, mode: str, file_bytes: int | None,
-                 wal_bytes: int | None, header: SqliteHeader | None) -> None:
-        self.page_count = page_count
-        self.page_size = page_size
-        self.mode = mode
-        self.file_bytes = file_bytes
-        self.wal_bytes = wal_bytes
-        self.header = header
-
-
-class _Inconclusive(Exception):
-    """The check could not conclude (busy, closed, in a transaction): stay silent."""
 
 
 class WalInvariants:
@@ -485,25 +460,3 @@ class WalInvariants:
                 violations=tuple(violations), path=path,
             )
         return violations
-
-
-def _size(path: str) -> int | None:
-    """Evidence only: the file's size, None when it is missing or cannot be read."""
-    try:
-        return file_size(path)
-    except StoreError:
-        return None
-
-
-def _end_read(conn: Any) -> None:
-    """End the check's read transaction (COMMIT of a read; ROLLBACK if that fails)."""
-    try:
-        if _in_transaction(conn):
-            conn.execute("COMMIT")
-    except Exception:
-        logger.debug("COMMIT of the invariant's read transaction failed; rolling back", exc_info=True)
-        try:
-            if _in_transaction(conn):
-                conn.execute("ROLLBACK")
-        except Exception:
-            logger.debug("ROLLBACK of the invariant's read transaction failed", exc_info=True)
