@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import attrs
@@ -147,8 +148,13 @@ class CircuitBreaker:
                     f"max_cooldown_s = {self.max_cooldown_s!r} must be >= cooldown_s = {self.cooldown_s!r}"
                 )
 
-    def __init__(self, settings: "CircuitBreaker.Settings | None" = None) -> None:
+    def __init__(self, settings: "CircuitBreaker.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
+        plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
+        every shipped plugin that reads the time."""
         self.settings = settings if settings is not None else CircuitBreaker.Settings()
+        self.clock: Callable[[], float] = clock
         self._breaker: Breaker | None = None
 
     def __repr__(self) -> str:
@@ -166,8 +172,14 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self.breaker.state
 
-    def snapshot(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
+        """The breaker's state and counters (:meth:`Breaker.snapshot`): the same ``stats()`` every
+        shipped plugin has."""
         return self.breaker.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The same as :meth:`stats` (kept for existing callers)."""
+        return self.stats()
 
     @property
     def transitions(self) -> list[Transition]:
@@ -190,7 +202,7 @@ class CircuitBreaker:
             if self._breaker is not None:
                 return self._breaker
             if store.memory:
-                breaker = Breaker(store.path, self.settings, owner=who)
+                breaker = Breaker(store.path, self.settings, owner=who, clock=self.clock)
             else:
                 breaker = _registry.get(store.path)
                 if breaker is not None and breaker.settings != self.settings:
@@ -205,7 +217,7 @@ class CircuitBreaker:
                                 store.path, who)
                     breaker = None
                 if breaker is None:
-                    breaker = _registry[store.path] = Breaker(store.path, self.settings, owner=who)
+                    breaker = _registry[store.path] = Breaker(store.path, self.settings, owner=who, clock=self.clock)
                     opengate.register(store.path, CircuitBreaker.name, breaker.refuse_open)
             breaker._attach_store(store)
             self._breaker = breaker

@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import attrs
 
@@ -169,8 +169,13 @@ class Health:
                               "sidecar allowed to be more permissive than the database); false: the database's mode"},
         )
 
-    def __init__(self, settings: "Health.Settings | None" = None) -> None:
+    def __init__(self, settings: "Health.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
+        plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
+        every shipped plugin that reads the time."""
         self.settings = settings if settings is not None else Health.Settings()
+        self.clock: Callable[[], float] = clock
         self._cond = threading.Condition(threading.Lock())
         self._store_ref: "weakref.ref[Store] | None" = None
         self._db_path: str | None = None
@@ -333,11 +338,11 @@ class Health:
 
     def _run(self) -> None:
         watch = self.settings.watch_interval_s
-        next_watch = time.monotonic() + watch if watch > 0 else math.inf
+        next_watch = self.clock() + watch if watch > 0 else math.inf
         while True:
             with self._cond:
                 while self._pending is None and not self._stopping:
-                    timeout = next_watch - time.monotonic()
+                    timeout = next_watch - self.clock()
                     if timeout <= 0:
                         break
                     self._cond.wait(None if math.isinf(timeout) else timeout)
@@ -352,7 +357,7 @@ class Health:
                 if store is None or store.closed:
                     return  # nothing left to report on (close() writes the final snapshot)
                 if job is None:  # the watcher's turn
-                    next_watch = time.monotonic() + watch
+                    next_watch = self.clock() + watch
                     store.health()  # a transition requests its own write
                     continue
                 report = store.health(probe=False) if job is _REFRESH else job

@@ -39,7 +39,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import attrs
 
@@ -271,8 +271,13 @@ class Quarantine:
             metadata={"help": "on CORRUPT, seconds of PRAGMA quick_check that must find damage first (0: no check)"},
         )
 
-    def __init__(self, settings: "Quarantine.Settings | None" = None) -> None:
+    def __init__(self, settings: "Quarantine.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
+        plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
+        every shipped plugin that reads the time."""
         self.settings = settings if settings is not None else self.Settings()
+        self.clock: Callable[[], float] = clock
         self._lock = threading.Lock()
         self._record: dict[str, Any] | None = None  # the quarantine, when in one
         self._marker_on_disk = False  # the current quarantine's marker was written or read
@@ -395,17 +400,18 @@ class Quarantine:
         failed one has ended), aborted after ``confirm_s``: ``"ok"``, what SQLite found, or why
         the check could not conclude. Uses the store's own driver and connection, never a second
         library or descriptor on the file (site/operations.md, rule 2)."""
-        deadline = time.monotonic() + self.settings.confirm_s
+        clock = self.clock
+        deadline = clock() + self.settings.confirm_s
         try:
             conn = store.database.cursor().connection
             if store.profile.driver == "apsw":
-                conn.setprogresshandler(lambda: time.monotonic() > deadline, 1000)
+                conn.setprogresshandler(lambda: clock() > deadline, 1000)
                 try:
                     row = conn.execute("PRAGMA quick_check(1)").fetchone()
                 finally:
                     conn.setprogresshandler(None)
             else:
-                conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+                conn.set_progress_handler(lambda: clock() > deadline, 1000)
                 try:
                     row = conn.execute("PRAGMA quick_check(1)").fetchone()
                 finally:
@@ -415,7 +421,7 @@ class Quarantine:
         return str(row[0]) if row else "inconclusive: no result"
 
     def _due(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next_check:
             return False
         self._next_check = now + self.settings.recheck_s

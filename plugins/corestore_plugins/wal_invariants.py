@@ -56,7 +56,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import attrs
 
@@ -155,8 +155,13 @@ class WalInvariants:
                               "rollback modes and a connection's first commit are always checked"},
         )
 
-    def __init__(self, settings: "WalInvariants.Settings | None" = None) -> None:
+    def __init__(self, settings: "WalInvariants.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
+        plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
+        every shipped plugin that reads the time."""
         self.settings = settings if settings is not None else self.Settings()
+        self.clock: Callable[[], float] = clock
         self._lock = threading.Lock()
         # id(connection) -> journal mode last seen on it. A hint only: a "wal" hint is re-verified
         # whenever a WAL check fails, a rollback hint is re-read inside every rollback check, so a
@@ -205,7 +210,7 @@ class WalInvariants:
         """Check the file after a COMMIT (see the module docs); report or raise violations."""
         mode = self._modes.get(id(connection))
         if mode == "wal":
-            now = time.monotonic()
+            now = self.clock()
             if now < self._next_wal_check:
                 return None  # checked less than wal_check_interval_s ago on a connection known to be WAL
             self._next_wal_check = now + self.settings.wal_check_interval_s
@@ -216,7 +221,7 @@ class WalInvariants:
             if mode is None:  # first commit on this connection: always checked
                 mode = self._learn_mode(connection)
                 self._fd = header_descriptor(path)  # the file may have been replaced since
-                self._next_wal_check = time.monotonic() + self.settings.wal_check_interval_s
+                self._next_wal_check = self.clock() + self.settings.wal_check_interval_s
             if mode == "wal":
                 violations = self._check_wal(path, connection)
             else:

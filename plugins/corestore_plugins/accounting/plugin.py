@@ -37,7 +37,7 @@ from .deadletter import DeadLetter, DeadLetterSink, default_path
 from .escalation import Escalation
 from .ledger import Ledger, percentiles
 from .rows import table_label
-from .status import component
+from .status import component, log_close
 from .settings import ON_FULL, ON_UNKNOWN_TABLE
 from .settings import Settings as _Settings
 from .batches import BATCHES_TABLE
@@ -100,9 +100,12 @@ class Accounting:
 
     Settings = _Settings
 
-    def __init__(self, settings: "Accounting.Settings | None" = None) -> None:
+    def __init__(self, settings: "Accounting.Settings | None" = None, *, clock: Clock | None = None) -> None:
+        """``clock`` drives the writer's waits and time-based rules (default the real clock; a
+        :class:`ManualClock` in tests); like every shipped plugin's ``clock`` keyword, but with
+        ``sleep(seconds, wake)`` too, since the writer waits on it. :meth:`use_clock` sets it later."""
         self.settings = settings if settings is not None else Accounting.Settings()
-        self.clock: Clock = SystemClock()
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._store: Store | None = None
         self._sink = DeadLetterSink(None)
         self._start_lock = threading.Lock()
@@ -333,25 +336,9 @@ class Accounting:
             ]
             durable = self._sink.write(letters, keep_unsaved=True)
             led.settle_leftovers(len(letters), durable=durable, seqs=[item[3] for item in in_flight + queued])
-            path = self._store.path if self._store is not None else "?"
-            if letters and not durable:
-                logger.critical(
-                    "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s and not saved to %s; "
-                    "all %d unsaved row(s) are held in memory only (Accounting.unsaved(), UnsavedDataError.rows) "
-                    "and are LOST when the process exits",
-                    path, len(letters), self.settings.drain_timeout_s,
-                    self._sink.path or "a dead-letter file (dead_letter = false)", len(self._sink.unsaved),
-                )
-            elif letters:
-                logger.error(
-                    "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s; dead-lettered to %s%s",
-                    path, len(letters), self.settings.drain_timeout_s,
-                    self._sink.path or "memory only (dead_letter = false): THEY ARE LOST when the process exits",
-                    f" ({len(in_flight)} from batch {batch_id}, whose COMMIT outcome is unknown: check {BATCHES_TABLE})"
-                    if (uncertain or stuck) and in_flight else "",
-                )
-            elif thread is not None:
-                logger.info("accounting: %s: closed; every accepted row settled", path)
+            log_close(self._store.path if self._store is not None else "?", letters, durable=durable, sink=self._sink,
+                      drain_timeout_s=self.settings.drain_timeout_s, in_flight=len(in_flight), batch_id=batch_id,
+                      uncertain=bool(uncertain or stuck), had_writer=thread is not None)
             self._closed = True
             report = self.stats()
             report.update(drained=not letters, left=len(letters), unsaved=len(self._sink.unsaved),

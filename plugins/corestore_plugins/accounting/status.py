@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 from corestore import HealthComponent, HealthStatus
 
-from .deadletter import DeadLetterSink
+from .batches import BATCHES_TABLE
+from .deadletter import DeadLetter, DeadLetterSink
 
 if TYPE_CHECKING:  # pragma: no cover
     from .settings import Settings
 
-__all__ = ["component"]
+__all__ = ["component", "log_close"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +58,26 @@ def component(name: str, st: dict[str, Any], sink: DeadLetterSink, *, settings: 
         if ep["active"]:
             summary += f"; recovering from {ep['last_error'] or 'a fault'}"
     return HealthComponent(name=name, status=status, summary=summary, details=details)
+
+
+def log_close(path: str, letters: list[DeadLetter], *, durable: bool, sink: DeadLetterSink, drain_timeout_s: float,
+              in_flight: int, batch_id: str | None, uncertain: bool, had_writer: bool) -> None:
+    """Log how ``close()`` ended: rows left and where they went (CRITICAL when only in memory)."""
+    if letters and not durable:
+        logger.critical(
+            "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s and not saved to %s; "
+            "all %d unsaved row(s) are held in memory only (Accounting.unsaved(), UnsavedDataError.rows) "
+            "and are LOST when the process exits",
+            path, len(letters), drain_timeout_s,
+            sink.path or "a dead-letter file (dead_letter = false)", len(sink.unsaved),
+        )
+    elif letters:
+        logger.error(
+            "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s; dead-lettered to %s%s",
+            path, len(letters), drain_timeout_s,
+            sink.path or "memory only (dead_letter = false): THEY ARE LOST when the process exits",
+            f" ({in_flight} from batch {batch_id}, whose COMMIT outcome is unknown: check {BATCHES_TABLE})"
+            if uncertain and in_flight else "",
+        )
+    elif had_writer:
+        logger.info("accounting: %s: closed; every accepted row settled", path)
