@@ -565,11 +565,11 @@ def test_atexit_drains_a_store_the_application_forgot_to_close(tmp_path: Path) -
 
 # -- configuration, binding, health ---------------------------------------------------------------------
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("on_full", "drop_newest", "on_full = 'drop_newest' is not allowed; allowed: reject, drop_oldest, block"),
-    ("queue_size", 0, "queue_size = 0 must be >= 1"),
+    ("on_full", "drop_newest", "on_full = 'drop_newest' is not allowed; allowed: 'reject', 'drop_oldest', 'block'"),
+    ("queue_size", 0, "queue_size = 0 must be an integer >= 1"),
     ("batch_size", "500", "batch_size = '500' must be an integer"),
-    ("max_latency_ms", -1, "max_latency_ms = -1 must be >= 0"),
-    ("refire_s", 0, "refire_s = 0 must be > 0"),
+    ("max_latency_ms", -1, "max_latency_ms = -1 must be a finite number >= 0"),
+    ("refire_s", 0, "refire_s = 0 must be a finite number > 0"),
     ("dead_letter", "yes", "dead_letter = 'yes' must be true or false"),
     ("ts_column", "", "ts_column = '' must be a non-empty string"),
     ("backoff_max_s", 0.01, "backoff_max_s = 0.01 must be >= backoff_initial_s = 0.05"),

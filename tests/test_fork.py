@@ -442,34 +442,3 @@ def test_apsw_store_follows_the_same_rule(db_path: str) -> None:
     assert refused["ok"] is False and refused["type"] == "FatalError" and "fork" in refused["message"]
     assert count(db_path) == 2
     store.close()
-
-
-# -- the plugins' fork hook ---------------------------------------------------------------------
-def test_hook_on_fork_child(tmp_path: Path, install_plugins: Any) -> None:
-    """A real os.fork(): in the child, each inherited store's plugins get on_fork_child once
-    (after the core's reset), one that raises is logged and skipped, the parent gets no call,
-    and the accounting plugin (which implements it) starts empty in the child."""
-    import plugin_fork
-
-    install_plugins(t_fork_raiser="plugin_fork:ForkRaiser", t_fork_recorder="plugin_fork:ForkRecorder")
-    plugin_fork.CALLS.clear()
-    path = str(tmp_path / "hook.db")
-    store = corestore.open(Profile(path=path, plugins=("t_fork_raiser", "t_fork_recorder", "accounting"),
-                                   pragmas={"journal_mode": "wal"}),
-                           setup=lambda s: s.database.execute_sql("CREATE TABLE usage (n INTEGER)"))
-    acc = store.plugin("accounting")
-    acc.submit("usage", {"n": 1})
-    assert acc.flush(10)
-
-    def child(ch: Forked) -> dict[str, Any]:
-        calls = [list(c) for c in plugin_fork.CALLS]
-        return {"calls": calls, "pid": os.getpid(), "accounting": store.plugin("accounting").stats()["accepted"]}
-
-    result = Forked(child).result(60)
-    assert result["ok"], result
-    value = result["value"]
-    assert value["calls"] == [["t_fork_recorder", value["pid"], store.path]]
-    assert value["accounting"] == 0  # the parent's counters stay in the parent
-    assert plugin_fork.CALLS == []  # never in the parent
-    assert acc.stats()["accepted"] == 1
-    store.close()

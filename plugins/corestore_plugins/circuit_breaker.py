@@ -29,7 +29,7 @@ import attrs
 from corestore import hookimpl, opengate
 from corestore.errors import ConfigError, PluginError
 from corestore.health import HealthComponent
-from corestore.settings import integer_at_least
+from corestore.settings import at_least_field, integer_at_least, number, optional
 
 from ._breaker_state import LANES, Breaker, BreakerState, Transition, _lock, _registry, breaker_for
 
@@ -48,31 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# -- settings validation -------------------------------------------------------------------------
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-
-
-def _number_above(low: float, *, inclusive: bool = False, optional: bool = False) -> Callable[[Any, Any, Any], None]:
-    def check(instance: Any, attribute: Any, value: Any) -> None:
-        if value is None and optional:
-            return
-        ok = _is_number(value) and (value >= low if inclusive else value > low)
-        if not ok:
-            bound = f">= {low:g}" if inclusive else f"> {low:g}"
-            extra = " (or leave it unset)" if optional else ""
-            raise ConfigError(f"{attribute.name} = {value!r} must be a number {bound}{extra}")
-
-    return check
-
-
-def _rate(instance: Any, attribute: Any, value: Any) -> None:
-    if not _is_number(value) or not 0 < value <= 1:
-        raise ConfigError(f"{attribute.name} = {value!r} must be a fraction in (0, 1], e.g. 0.5 for half of the calls")
-
 
 def _describe(store: Any) -> str:
     profile = store.profile
@@ -125,28 +100,24 @@ class CircuitBreaker:
     class Settings:
         failure_threshold: int = attrs.field(default=3, validator=integer_at_least(1), metadata={
             "help": "consecutive faults of one direction (reads or writes) that open the breaker"})
-        cooldown_s: float = attrs.field(default=30.0, validator=_number_above(0), metadata={
+        cooldown_s: float = attrs.field(default=30.0, validator=number(0, low_inclusive=False, noun="a number"), metadata={
             "help": "seconds an open breaker refuses everything before admitting a probe"})
-        backoff_factor: float = attrs.field(default=2.0, validator=_number_above(1, inclusive=True), metadata={
+        backoff_factor: float = attrs.field(default=2.0, validator=number(1, noun="a number"), metadata={
             "help": "cooldown multiplier on each consecutive re-trip (1 = constant cooldown)"})
-        max_cooldown_s: float = attrs.field(default=300.0, validator=_number_above(0), metadata={
+        max_cooldown_s: float = attrs.field(default=300.0, validator=attrs.validators.and_(
+            number(0, low_inclusive=False, noun="a number"), at_least_field("cooldown_s")), metadata={
             "help": "upper bound of the grown cooldown"})
         half_open_probes: int = attrs.field(default=1, validator=integer_at_least(1), metadata={
             "help": "operations admitted at once while half-open"})
         success_threshold: int = attrs.field(default=1, validator=integer_at_least(1), metadata={
             "help": "successful probes (of the direction that tripped it) that close the breaker"})
-        window_s: float | None = attrs.field(default=None, validator=_number_above(0, optional=True), metadata={
+        window_s: float | None = attrs.field(default=None, validator=optional(number(0, low_inclusive=False, noun="a number")), metadata={
             "help": "sliding window (seconds) of the failure-rate rule; unset turns the rule off"})
         min_calls: int = attrs.field(default=10, validator=integer_at_least(1), metadata={
             "help": "calls of one direction in the window before the rate rule can trip"})
-        failure_rate: float = attrs.field(default=0.5, validator=_rate, metadata={
+        failure_rate: float = attrs.field(default=0.5, validator=number(
+            0, 1, low_inclusive=False, what="a fraction in (0, 1], e.g. 0.5 for half of the calls"), metadata={
             "help": "fraction of failed calls in the window that opens the breaker"})
-
-        def __attrs_post_init__(self) -> None:
-            if self.max_cooldown_s < self.cooldown_s:
-                raise ConfigError(
-                    f"max_cooldown_s = {self.max_cooldown_s!r} must be >= cooldown_s = {self.cooldown_s!r}"
-                )
 
     def __init__(self, settings: "CircuitBreaker.Settings | None" = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -43,6 +43,7 @@ import attrs
 
 from corestore import ConfigError, HealthComponent, HealthReport, HealthStatus, hookimpl
 from corestore.fileio import atomic_write as _atomic_write
+from corestore.settings import boolean, non_empty_string, number, optional
 from corestore.sidecar import sidecar_mode
 from corestore.timefmt import iso as _iso
 
@@ -59,21 +60,12 @@ SNAPSHOT_SCHEMA = 1
 _REFRESH = object()  # a write request without a report: build one (no probe) on the writer thread
 
 
-def _interval(instance: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{attribute.name} = {value!r}: must be a finite number of seconds >= 0")
-
-
-def _optional_path(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:  # type: ignore[type-arg]
-    if value is None:
-        return
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{attribute.name} = {value!r}: must be a non-empty file path (or left unset)")
+_SECONDS = number(0, what="a finite number of seconds >= 0")
 
 
 def _to_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number of seconds, got {value!r}")
+        raise ConfigError(f"expected a number of seconds, got {value!r}")
     return float(value)
 
 
@@ -148,23 +140,23 @@ class Health:
     @attrs.frozen(kw_only=True)
     class Settings:
         probe_interval_s: float = attrs.field(
-            default=5.0, converter=_to_float, validator=_interval,
+            default=5.0, converter=_to_float, validator=_SECONDS,
             metadata={"help": "minimum seconds between two database probes (0: every health() call)"},
         )
         snapshot_path: str | None = attrs.field(
-            default=None, validator=_optional_path,
+            default=None, validator=optional(non_empty_string("a non-empty file path")),
             metadata={"help": "JSON report written atomically on each transition (relative to the database's directory)"},
         )
         snapshot_fsync: bool = attrs.field(
-            default=True, validator=attrs.validators.instance_of(bool),
+            default=True, validator=boolean,
             metadata={"help": "fsync the snapshot and its directory on each write"},
         )
         watch_interval_s: float = attrs.field(
-            default=0.0, converter=_to_float, validator=_interval,
+            default=0.0, converter=_to_float, validator=_SECONDS,
             metadata={"help": "call store.health() on the plugin's thread every interval (0: off)"},
         )
         snapshot_world_readable: bool = attrs.field(
-            default=True, validator=attrs.validators.instance_of(bool),
+            default=True, validator=boolean,
             metadata={"help": "snapshot mode 0644 so a monitor running as another user can read it (the one "
                               "sidecar allowed to be more permissive than the database); false: the database's mode"},
         )

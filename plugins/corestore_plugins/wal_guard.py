@@ -61,7 +61,7 @@ from corestore import (
     hookimpl,
 )
 from corestore.sqlitefile import SqliteHeader, file_size, read_header
-from corestore.settings import integer_at_least, non_negative_seconds
+from corestore.settings import at_least_field, integer_at_least, non_negative_seconds, one_of
 
 from ._wal_guard_sql import (
     _RESYNC_SQL, _RETRIED, _SYNCHRONOUS, _SYNCHRONOUS_NAMES, _classification, _describe_header, _is_core_cantopen,
@@ -76,13 +76,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_WAL_AUTOCHECKPOINT = 1000
 #: Allowed values of the ``fallback`` setting.
 FALLBACK_MODES = ("none", "delete")
+_FALLBACK_MEANINGS = {"none": "never leave WAL: refuse the open",
+                      "delete": "rollback-journal mode, only on a permanent WAL incompatibility of a file not yet in WAL"}
 
-def _fallback_mode(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if value not in FALLBACK_MODES:
-        raise ConfigError(
-            f"fallback = {value!r} is not allowed; allowed: 'none' (never leave WAL: refuse the open) or "
-            "'delete' (rollback-journal mode, only on a permanent WAL incompatibility of a file not yet in WAL)"
-        )
 
 
 class WalGuard:
@@ -112,21 +108,16 @@ class WalGuard:
     class Settings:
         """wal_guard's settings (see the class docstring's table)."""
 
-        fallback: str = attrs.field(default="none", validator=_fallback_mode, metadata={
+        fallback: str = attrs.field(default="none", validator=one_of(*FALLBACK_MODES, meanings=_FALLBACK_MEANINGS), metadata={
             "help": "'none' refuses the open on a permanent WAL incompatibility; 'delete' runs the file in "
                     "rollback-journal mode instead (never a file whose header says WAL)"})
         switch_attempts: int = attrs.field(default=5, validator=integer_at_least(1), metadata={
             "help": "attempts at switching to WAL on transient failures (IOERR, PROTOCOL, BUSY) before refusing"})
         backoff_base_s: float = attrs.field(default=0.05, validator=non_negative_seconds, metadata={
             "help": "delay after the first failed switch attempt, doubled per attempt, jittered"})
-        backoff_max_s: float = attrs.field(default=1.0, validator=non_negative_seconds, metadata={
+        backoff_max_s: float = attrs.field(default=1.0, validator=attrs.validators.and_(
+            non_negative_seconds, at_least_field("backoff_base_s")), metadata={
             "help": "ceiling of one delay between switch attempts"})
-
-        def __attrs_post_init__(self) -> None:
-            if self.backoff_max_s < self.backoff_base_s:
-                raise ConfigError(
-                    f"backoff_max_s = {self.backoff_max_s!r} must be >= backoff_base_s = {self.backoff_base_s!r}"
-                )
 
     def __init__(self, settings: "WalGuard.Settings | None" = None) -> None:
         self.settings = settings if settings is not None else WalGuard.Settings()

@@ -69,9 +69,8 @@ from corestore import (
     hookimpl,
 )
 from corestore.classify import classify_exception
-from corestore.errors import ConfigError
 from corestore.sqlitefile import header_descriptor, read_header
-from corestore.settings import integer_at_least, non_negative_seconds
+from corestore.settings import integer_at_least, non_negative_seconds, one_of
 from corestore.timefmt import now_iso
 
 from ._wal_snapshot import _end_read, _in_transaction, _Inconclusive, _size, _Snapshot
@@ -99,15 +98,6 @@ _SNAPSHOT_SQL = (
 )
 _WAL_BYTES = b"\x02\x02"
 _MODE_CACHE_LIMIT = 256  # connections remembered; a miss only costs one PRAGMA
-
-
-def _on_violation(instance: Any, attribute: Any, value: str) -> None:
-    if value not in ("report", "raise"):
-        raise ConfigError(f"on_violation = {value!r} is not allowed; allowed: 'report', 'raise'")
-
-
-
-
 
 
 class WalInvariants:
@@ -142,7 +132,7 @@ class WalInvariants:
         """Settings of :class:`WalInvariants`."""
 
         on_violation: str = attrs.field(
-            default="report", validator=_on_violation,
+            default="report", validator=one_of("report", "raise"),
             metadata={"help": "report (WARNING, health DOWN, on_fatal) or raise InvariantViolation(committed=True)"},
         )
         recover_after_checks: int = attrs.field(
