@@ -20,7 +20,6 @@ The state machine is :class:`Breaker` (in ``_breaker_state``) (thread-safe; its 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 

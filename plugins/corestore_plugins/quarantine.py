@@ -52,7 +52,6 @@ from corestore import (
     HealthStatus,
     hookimpl,
 )
-from corestore.errors import ConfigError
 from corestore.sidecar import create_temporary, open_sidecar, read_sidecar, sidecar_path, unlink_sidecar
 from corestore.settings import boolean, non_negative_seconds
 from corestore.timefmt import iso as _iso

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import peewee
 
-from corestore import ConfigError, HealthComponent, HealthStatus, PluginError, UnsavedDataError, hookimpl
+from corestore import ConfigError, HealthComponent, PluginError, UnsavedDataError, hookimpl
 
 from .clock import Clock, ManualClock, SystemClock
 from .deadletter import DeadLetter, DeadLetterSink, default_path
@@ -100,7 +100,7 @@ class Accounting:
 
     Settings = _Settings
 
-    def __init__(self, settings: "Accounting.Settings | None" = None, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: "_Settings | None" = None, *, clock: Clock | None = None) -> None:
         """``clock`` drives the writer's waits and time-based rules (default the real clock; a
         :class:`ManualClock` in tests); like every shipped plugin's ``clock`` keyword, but with
         ``sleep(seconds, wake)`` too, since the writer waits on it. :meth:`use_clock` sets it later."""
