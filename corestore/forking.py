@@ -24,6 +24,11 @@ What the store does (``os.register_at_fork``):
   store lives in its parent only and is refused too. Everything else works: a master that opens
   its stores at import and forks idle workers (gunicorn ``preload_app``) gets workers that open
   fresh connections.
+
+Then, still in the child, each store's plugins run their ``on_fork_child(store)`` hook (once per
+store, after the core's own reset above) to drop what belongs to the parent: queues, threads,
+locks. This module is the one place that registers fork handlers for stores and plugins; a
+plugin implements the hook instead of calling ``os.register_at_fork``.
 """
 from __future__ import annotations
 
@@ -159,6 +164,24 @@ def _after_in_child() -> None:
             _refused[path] = ("the thread that called fork() was inside a transaction on it"
                               if not others else "the parent still had a connection to it open at fork()")
         db.forget_after_fork()
+    _notify_plugins(dbs)
+
+
+def _notify_plugins(dbs: "list[_PolicyMixin]") -> None:
+    """Run ``on_fork_child`` for each store the child inherited, once per store."""
+    seen: set[int] = set()
+    for db in dbs:
+        store = db._store_ref()
+        if store is None or id(store) in seen:
+            continue
+        seen.add(id(store))
+        hooks = getattr(store, "hooks", None)
+        if hooks is None:
+            continue
+        try:
+            hooks.on_fork_child(store)
+        except Exception:  # noqa: BLE001 - isolated already; never let a fork handler raise in the child
+            logger.exception("%s: on_fork_child failed in the child", store.path)
 
 
 os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child)

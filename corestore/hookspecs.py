@@ -1,4 +1,4 @@
-"""The hooks corestore calls, grouped by lifecycle: open, operate, commit, fail, health, close.
+"""The hooks corestore calls, grouped by lifecycle: open, operate, commit, fail, health, close, fork.
 
 A plugin implements any subset with ``@corestore.hookimpl``. Every hook receives the
 :class:`~corestore.Store` it runs for, so one plugin class serves many stores (the core builds one
@@ -11,7 +11,7 @@ Hooks run with pluggy's semantics: ``tryfirst``/``trylast`` order the implementa
 isolated (a hook with a wrapper is dispatched by pluggy itself).
 
 Implementations of ``on_success``, ``after_operation``, ``on_fatal``, ``on_health``,
-``on_health_changed``, ``on_persistent_failure`` and ``on_close`` are *isolated* (marked with
+``on_health_changed``, ``on_persistent_failure``, ``on_close`` and ``on_fork_child`` are *isolated* (marked with
 :func:`isolated` below): one that raises is logged and skipped, and the others still run.
 Wrapper implementations are refused on those hooks with a :class:`~corestore.PluginError` at
 open (a wrapper cannot wrap implementations that each run on their own).
@@ -53,6 +53,7 @@ __all__ = [
     "on_health_changed",
     "on_persistent_failure",
     "on_close",
+    "on_fork_child",
 ]
 
 PROJECT = "corestore"
@@ -267,6 +268,30 @@ def on_close(store: "Store") -> None:
     (so a plugin can drain queued writes).
 
     :param store: the store.
+
+    Return None. Isolated: an implementation that raises is logged and skipped.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# fork
+# --------------------------------------------------------------------------------------------
+
+
+@isolated
+@hookspec
+def on_fork_child(store: "Store") -> None:
+    """Called in a child process right after ``os.fork()``, once per store the child inherited,
+    after the core has set the store's own state for the child (inherited connections forgotten,
+    refusals decided; see :mod:`corestore.forking`).
+
+    A plugin resets what belongs to the parent here: locks another thread of the parent may have
+    held at the fork, queues and threads that exist only in the parent, caches of the parent's
+    connections. It runs in the child before ``fork()`` returns there, with only the forking
+    thread alive: no I/O on the database, nothing that waits for another thread. The core is the
+    only caller of ``os.register_at_fork``; a plugin must not register its own handler.
+
+    :param store: the inherited store (it may be closed; the child may not be allowed to use it).
 
     Return None. Isolated: an implementation that raises is logged and skipped.
     """

@@ -447,6 +447,10 @@ class HookCaller:
         if unsaved is not None:
             raise unsaved
 
+    # -- fork ------------------------------------------------------------------------------
+    def on_fork_child(self, store: "Store") -> None:
+        self._isolated("on_fork_child", store)
+
     def _isolated(self, hook: str, *args: Any) -> None:
         for plugin, fn in self._calls[hook]:
             try:

@@ -14,18 +14,18 @@ importing a plugin: there is one reader per format.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .fileio import atomic_write
 from .health import HealthStatus
 from .sidecar import create_temporary, open_sidecar, read_sidecar, sidecar_path, unlink_sidecar
+from .timefmt import iso
 
 __all__ = [
     "MARKER_SUFFIX",
@@ -111,33 +111,11 @@ def write_marker(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str
     is not ours to replace)."""
     db = _database_path(path)
     target = marker_path(path)
-    directory = os.path.dirname(target) or "."
     if os.path.lexists(target):  # never replace a planted symlink, another user's file or a database
         os.close(open_sidecar(target, db, os.O_RDONLY, create=False))
     data = json.dumps(dict(record), indent=2, sort_keys=True, default=str) + "\n"
-    fd, tmp = create_temporary(target, db)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return target
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover - some file systems refuse a directory fsync
-        pass
-    finally:
-        os.close(dfd)
+    atomic_write(target, data.encode("utf-8"), mode=None, temporary=lambda t: create_temporary(t, db),
+                 directory_fsync_required=False)
     return target
 
 
@@ -227,45 +205,16 @@ def write_snapshot(path: str, report: Mapping[str, Any], *, closed: bool = False
                    fsync: bool = True, mode: int = 0o644) -> None:
     """Write ``report`` (a :meth:`HealthReport.to_dict` document) to ``path`` as a snapshot: the
     report plus the ``snapshot`` key (schema, this process's pid and host, the time, ``closed``,
-    ``transitions``), atomically (see :func:`_atomic_write`). Raises ``OSError`` on failure."""
+    ``transitions``), atomically (:func:`corestore.fileio.atomic_write`; ``mode`` 0644 by default: a monitor running
+    as another user may read it, it holds no secrets). Raises ``OSError`` on failure."""
     data = dict(report)
     data["snapshot"] = {
         "schema": SNAPSHOT_SCHEMA,
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "written_at": _dt.datetime.fromtimestamp(time.time(), _dt.timezone.utc).isoformat(),
+        "written_at": iso(time.time()),
         "closed": closed,
         "transitions": transitions,
     }
-    _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), fsync=fsync, mode=mode)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), fsync=fsync, mode=mode)
 
-
-def _atomic_write(path: str, payload: bytes, *, fsync: bool, mode: int = 0o644) -> None:
-    """Temporary file in the same directory (``O_EXCL``: never through a planted link), write,
-    fsync, rename over ``path``, fsync the directory: a reader opens either the old complete file
-    or the new one. ``mode`` 0644 by default (``snapshot_world_readable``)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, mode)  # 0644 by default: a monitor running as another user may read it; it holds no secrets
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    if fsync:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)

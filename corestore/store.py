@@ -27,7 +27,6 @@ import urllib.parse
 import uuid
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
-import attrs
 import peewee
 
 from . import opengate

@@ -336,7 +336,7 @@ def test_block_waits_for_room_then_gives_up(tmp_path: Path) -> None:
         t.start()
         # the ledger's count of submitters blocked for room (no public view of it): the thread
         # is inside submit(), waiting, before anything makes room
-        wait_until(lambda: acc._ledger.blocked == 1, "the submitter to block on the full queue")
+        wait_until(lambda: acc.stats()["blocked"] == 1, "the submitter to block on the full queue")
         assert got == []  # still waiting
         assert acc.flush(5)
         t.join(5)
@@ -565,11 +565,11 @@ def test_atexit_drains_a_store_the_application_forgot_to_close(tmp_path: Path) -
 
 # -- configuration, binding, health ---------------------------------------------------------------------
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("on_full", "drop_newest", "on_full = 'drop_newest' is not allowed; allowed: reject, drop_oldest, block"),
-    ("queue_size", 0, "queue_size = 0 must be >= 1"),
+    ("on_full", "drop_newest", "on_full = 'drop_newest' is not allowed; allowed: 'reject', 'drop_oldest', 'block'"),
+    ("queue_size", 0, "queue_size = 0 must be an integer >= 1"),
     ("batch_size", "500", "batch_size = '500' must be an integer"),
-    ("max_latency_ms", -1, "max_latency_ms = -1 must be >= 0"),
-    ("refire_s", 0, "refire_s = 0 must be > 0"),
+    ("max_latency_ms", -1, "max_latency_ms = -1 must be a finite number >= 0"),
+    ("refire_s", 0, "refire_s = 0 must be a finite number > 0"),
     ("dead_letter", "yes", "dead_letter = 'yes' must be true or false"),
     ("ts_column", "", "ts_column = '' must be a non-empty string"),
     ("backoff_max_s", 0.01, "backoff_max_s = 0.01 must be >= backoff_initial_s = 0.05"),
@@ -632,7 +632,7 @@ def test_hook_on_health(store: corestore.Store) -> None:
 
 def test_old_batch_ids_are_pruned_by_age(tmp_path: Path) -> None:
     """Batch ids start with their time (hex nanoseconds): pruning is a range delete on the key."""
-    from corestore_plugins._accounting_writer import batch_id_floor
+    from corestore_plugins.accounting.batches import batch_id_floor
 
     old, recent = batch_id_floor(time.time() - 7200) + "-b-x-1", batch_id_floor(time.time() - 60) + "-b-x-1"
 

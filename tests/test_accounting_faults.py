@@ -261,7 +261,7 @@ def test_drops_while_wedged_are_counted_and_fail_the_flush_that_covered_them(tmp
         waiter.start()
         # the ledger's list of flush() waiters (no public view of it): flush() has taken its
         # target (rows 0-9) before the late rows arrive
-        wait_until(lambda: acc._ledger.waiters, "flush() to register as a waiter")
+        wait_until(lambda: acc.stats()["waiters"], "flush() to register as a waiter")
         for i in range(10, 13):  # three more: the three oldest queued rows (5, 6, 7) are dropped
             assert acc.submit("plain", {"kind": "late", "n": i})
         st = acc.stats()

@@ -300,3 +300,59 @@ def test_hook_on_close(tmp_path: Path, plugins) -> None:
     assert hooks_of("t_recorder", "on_close") == [("t_recorder", "on_close")]  # t_raiser raised first; isolated
     again.close()
     assert len(hooks_of("t_recorder", "on_close")) == 1
+
+
+def test_hook_on_fork_child(tmp_path: Path, install_plugins) -> None:
+    """A real os.fork() (the child reports through a pipe; the parent waits with a deadline and
+    kills a child that overstays): in the child, each inherited store's plugins get
+    on_fork_child once, after the core's reset; one that raises is logged and skipped; the
+    parent gets no call; accounting (which implements it) starts empty in the child."""
+    import json
+    import os
+    import select
+    import signal
+    import time
+
+    import plugin_fork
+
+    install_plugins(t_fork_raiser="plugin_fork:ForkRaiser", t_fork_recorder="plugin_fork:ForkRecorder")
+    plugin_fork.CALLS.clear()
+    store = corestore.open(Profile(path=str(tmp_path / "hook.db"), plugins=("t_fork_raiser", "t_fork_recorder", "accounting"),
+                                   pragmas={"journal_mode": "wal"}),
+                           setup=lambda s: s.database.execute_sql("CREATE TABLE usage (n INTEGER)"))
+    acc = store.plugin("accounting")
+    acc.submit("usage", {"n": 1})
+    assert acc.flush(10)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave, never back into pytest
+        try:
+            os.close(read_end)
+            report = {"calls": [list(c) for c in plugin_fork.CALLS], "pid": os.getpid(),
+                      "accepted": store.plugin("accounting").stats()["accepted"]}
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 30
+    data = b""
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                pytest.fail("the forked child reported nothing within 30 s (a hang in on_fork_child?)")
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_end)
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    report = json.loads(data)
+    assert report["calls"] == [["t_fork_recorder", report["pid"], store.path]]
+    assert report["accepted"] == 0  # the parent's rows stay with the parent's writer
+    assert plugin_fork.CALLS == []  # never in the parent
+    assert acc.stats()["accepted"] == 1
+    store.close()

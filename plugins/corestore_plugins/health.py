@@ -29,21 +29,22 @@ takes the snapshot over (it is written with the child's pid): give each process 
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import math
 import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import attrs
 
 from corestore import ConfigError, HealthComponent, HealthReport, HealthStatus, hookimpl
+from corestore.settings import boolean, non_empty_string, number, optional
 from corestore.sidecar import sidecar_mode
 # the snapshot format is the core's (the CLI reads it too); re-exported here for plugin users
 from corestore.sidecar_formats import SNAPSHOT_SCHEMA, read_snapshot, resolve_snapshot_path, write_snapshot
+from corestore.timefmt import iso as _iso
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Profile, Store
@@ -55,21 +56,12 @@ logger = logging.getLogger(__name__)
 _REFRESH = object()  # a write request without a report: build one (no probe) on the writer thread
 
 
-def _interval(instance: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{attribute.name} = {value!r}: must be a finite number of seconds >= 0")
-
-
-def _optional_path(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:  # type: ignore[type-arg]
-    if value is None:
-        return
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{attribute.name} = {value!r}: must be a non-empty file path (or left unset)")
+_SECONDS = number(0, what="a finite number of seconds >= 0")
 
 
 def _to_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number of seconds, got {value!r}")
+        raise ConfigError(f"expected a number of seconds, got {value!r}")
     return float(value)
 
 
@@ -108,29 +100,34 @@ class Health:
     @attrs.frozen(kw_only=True)
     class Settings:
         probe_interval_s: float = attrs.field(
-            default=5.0, converter=_to_float, validator=_interval,
+            default=5.0, converter=_to_float, validator=_SECONDS,
             metadata={"help": "minimum seconds between two database probes (0: every health() call)"},
         )
         snapshot_path: str | None = attrs.field(
-            default=None, validator=_optional_path,
+            default=None, validator=optional(non_empty_string("a non-empty file path")),
             metadata={"help": "JSON report written atomically on each transition (relative to the database's directory)"},
         )
         snapshot_fsync: bool = attrs.field(
-            default=True, validator=attrs.validators.instance_of(bool),
+            default=True, validator=boolean,
             metadata={"help": "fsync the snapshot and its directory on each write"},
         )
         watch_interval_s: float = attrs.field(
-            default=0.0, converter=_to_float, validator=_interval,
+            default=0.0, converter=_to_float, validator=_SECONDS,
             metadata={"help": "call store.health() on the plugin's thread every interval (0: off)"},
         )
         snapshot_world_readable: bool = attrs.field(
-            default=True, validator=attrs.validators.instance_of(bool),
+            default=True, validator=boolean,
             metadata={"help": "snapshot mode 0644 so a monitor running as another user can read it (the one "
                               "sidecar allowed to be more permissive than the database); false: the database's mode"},
         )
 
-    def __init__(self, settings: "Health.Settings | None" = None) -> None:
+    def __init__(self, settings: "Health.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
+        plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
+        every shipped plugin that reads the time."""
         self.settings = settings if settings is not None else Health.Settings()
+        self.clock: Callable[[], float] = clock
         self._cond = threading.Condition(threading.Lock())
         self._store_ref: "weakref.ref[Store] | None" = None
         self._db_path: str | None = None
@@ -146,7 +143,6 @@ class Health:
         self._writes = 0
         self._last_write_at: float | None = None
         self._last_error: str | None = None
-        _instances.add(self)
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -158,6 +154,22 @@ class Health:
     def transitions(self) -> int:
         """How many times ``on_health_changed`` reached this plugin."""
         return self._transitions
+
+    def stats(self) -> dict[str, Any]:
+        """No I/O: ``transitions`` (``on_health_changed`` calls that reached the plugin),
+        ``last_transition`` (``{"previous", "current", "at"}`` or None), ``snapshot_path`` (None:
+        no snapshot), ``writes``, ``last_write_at`` (ISO, or None) and ``last_error`` (the last
+        snapshot write's failure, None once a write succeeded)."""
+        last = self._last_transition
+        return {
+            "transitions": self._transitions,
+            "last_transition": None if last is None else {"previous": last[0].value, "current": last[1].value,
+                                                          "at": _iso(last[2])},
+            "snapshot_path": self._snapshot_file,
+            "writes": self._writes,
+            "last_write_at": _iso(self._last_write_at) if self._last_write_at else None,
+            "last_error": self._last_error,
+        }
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every requested snapshot write is done; False on timeout."""
@@ -201,22 +213,23 @@ class Health:
         elif self._last_error is not None and self._pending is None and not self._busy:
             self._request(_REFRESH)  # the last write failed: try again (at most once per report)
         last = self._last_transition
+        st = self.stats()
         details: dict[str, Any] = {
-            "transitions": self._transitions,
+            "transitions": st["transitions"],
             "probe_interval_s": self.settings.probe_interval_s,
             "watch_interval_s": self.settings.watch_interval_s,
         }
-        if last is not None:
-            details["last_transition"] = {"previous": last[0].value, "current": last[1].value, "at": _iso(last[2])}
+        if st["last_transition"] is not None:
+            details["last_transition"] = st["last_transition"]
         status = HealthStatus.UP
         if self._snapshot_file is None:
             summary = f"{self._transitions} transition(s); no snapshot"
         else:
             details["snapshot"] = {
-                "path": self._snapshot_file,
-                "writes": self._writes,
-                "last_write_at": _iso(self._last_write_at) if self._last_write_at else None,
-                "last_error": self._last_error,
+                "path": st["snapshot_path"],
+                "writes": st["writes"],
+                "last_write_at": st["last_write_at"],
+                "last_error": st["last_error"],
             }
             if self._last_error is not None:
                 status = HealthStatus.DEGRADED
@@ -277,11 +290,11 @@ class Health:
 
     def _run(self) -> None:
         watch = self.settings.watch_interval_s
-        next_watch = time.monotonic() + watch if watch > 0 else math.inf
+        next_watch = self.clock() + watch if watch > 0 else math.inf
         while True:
             with self._cond:
                 while self._pending is None and not self._stopping:
-                    timeout = next_watch - time.monotonic()
+                    timeout = next_watch - self.clock()
                     if timeout <= 0:
                         break
                     self._cond.wait(None if math.isinf(timeout) else timeout)
@@ -296,7 +309,7 @@ class Health:
                 if store is None or store.closed:
                     return  # nothing left to report on (close() writes the final snapshot)
                 if job is None:  # the watcher's turn
-                    next_watch = time.monotonic() + watch
+                    next_watch = self.clock() + watch
                     store.health()  # a transition requests its own write
                     continue
                 report = store.health(probe=False) if job is _REFRESH else job
@@ -330,6 +343,11 @@ class Health:
         self._writes += 1
         self._last_write_at = time.time()
 
+    @hookimpl
+    def on_fork_child(self, store: "Store") -> None:
+        """In a forked child (the core calls it): the writer thread and its lock belong to the parent."""
+        self._after_fork_in_child()
+
     def _after_fork_in_child(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._thread = None
@@ -337,16 +355,3 @@ class Health:
         self._pending = None
 
 
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat()
-
-
-_instances: "weakref.WeakSet[Health]" = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for plugin in list(_instances):
-        plugin._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)

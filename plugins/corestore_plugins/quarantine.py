@@ -33,13 +33,12 @@ Behaviour:
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar
 
 import attrs
 
@@ -52,7 +51,6 @@ from corestore import (
     HealthStatus,
     hookimpl,
 )
-from corestore.errors import ConfigError
 # the marker format is the core's (the doctor reads it too); re-exported here for plugin users
 from corestore.sidecar_formats import (
     MARKER_FORMAT,
@@ -63,8 +61,10 @@ from corestore.sidecar_formats import (
     read_marker,
     write_marker,
 )
-from corestore.sqlitefile import read_header
 from corestore.settings import boolean, non_negative_seconds
+from corestore.timefmt import iso as _iso
+
+from ._quarantine_evidence import _kinds_converter, gather_evidence
 
 __all__ = [
     "Quarantine",
@@ -80,42 +80,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _NOTADB = 26
-_FAULT_KINDS = tuple(k.name for k in ErrorKind if k not in (ErrorKind.BUSY, ErrorKind.CONSTRAINT,
-                                                             ErrorKind.PROGRAMMING, ErrorKind.UNKNOWN))
 
 
-# -- settings ----------------------------------------------------------------------------------
-def _kinds_converter(value: Any) -> tuple[str, ...]:
-    if isinstance(value, (str, ErrorKind)):
-        value = (value,)
-    if not isinstance(value, Iterable):
-        raise ConfigError(f"kinds = {value!r} must be a list of error kinds; allowed: {', '.join(_FAULT_KINDS)}")
-    out = []
-    for item in value:
-        name = item.name if isinstance(item, ErrorKind) else str(item).strip().upper()
-        if name not in _FAULT_KINDS:
-            raise ConfigError(f"kinds: {item!r} is not a fault kind on_fatal reports; "
-                              f"allowed: {', '.join(_FAULT_KINDS)}")
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise ConfigError(f"kinds must name at least one kind; allowed: {', '.join(_FAULT_KINDS)}")
-    return tuple(out)
-
-
-
-
-
-
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _size(path: str) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
 
 
 class Quarantine:
@@ -174,8 +140,13 @@ class Quarantine:
             metadata={"help": "on CORRUPT, seconds of PRAGMA quick_check that must find damage first (0: no check)"},
         )
 
-    def __init__(self, settings: "Quarantine.Settings | None" = None) -> None:
+    def __init__(self, settings: "Quarantine.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
+        plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
+        every shipped plugin that reads the time."""
         self.settings = settings if settings is not None else self.Settings()
+        self.clock: Callable[[], float] = clock
         self._lock = threading.Lock()
         self._record: dict[str, Any] | None = None  # the quarantine, when in one
         self._marker_on_disk = False  # the current quarantine's marker was written or read
@@ -298,17 +269,18 @@ class Quarantine:
         failed one has ended), aborted after ``confirm_s``: ``"ok"``, what SQLite found, or why
         the check could not conclude. Uses the store's own driver and connection, never a second
         library or descriptor on the file (site/operations.md, rule 2)."""
-        deadline = time.monotonic() + self.settings.confirm_s
+        clock = self.clock
+        deadline = clock() + self.settings.confirm_s
         try:
             conn = store.database.cursor().connection
             if store.profile.driver == "apsw":
-                conn.setprogresshandler(lambda: time.monotonic() > deadline, 1000)
+                conn.setprogresshandler(lambda: clock() > deadline, 1000)
                 try:
                     row = conn.execute("PRAGMA quick_check(1)").fetchone()
                 finally:
                     conn.setprogresshandler(None)
             else:
-                conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+                conn.set_progress_handler(lambda: clock() > deadline, 1000)
                 try:
                     row = conn.execute("PRAGMA quick_check(1)").fetchone()
                 finally:
@@ -318,7 +290,7 @@ class Quarantine:
         return str(row[0]) if row else "inconclusive: no result"
 
     def _due(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next_check:
             return False
         self._next_check = now + self.settings.recheck_s
@@ -383,24 +355,7 @@ class Quarantine:
 
     def _build_record(self, store: Any, error: BaseException, c: Classification, operation: Any) -> dict[str, Any]:
         now = time.time()
-        evidence: dict[str, Any] = {"error_type": type(error).__name__, "error": str(error)[:1000]}
-        violations = getattr(error, "violations", None)
-        if violations:
-            evidence["violations"] = [
-                {"check": v.check, "message": v.message, "evidence": dict(v.evidence)} for v in violations
-            ]
-        if not store.memory:
-            path = store.path
-            evidence["files"] = {"database_bytes": _size(path), "wal_bytes": _size(path + "-wal"),
-                                 "shm_bytes": _size(path + "-shm"), "journal_bytes": _size(path + "-journal")}
-            try:
-                header = read_header(path)
-            except OSError:
-                header = None
-            if header is not None:
-                evidence["header"] = {"journal_mode": header.journal_mode, "page_size": header.page_size,
-                                      "page_count": header.page_count, "change_counter": header.change_counter,
-                                      "page_count_valid": header.version_valid_for == header.change_counter}
+        evidence = gather_evidence(store, error)
         reason = f"{c.kind.name}: {c.name or c.kind.name}"
         if c.message:
             reason += f": {c.message}"

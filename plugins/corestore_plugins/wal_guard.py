@@ -41,14 +41,11 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
-import sys
 import threading
 import time
 from typing import Any, ClassVar
 
 import attrs
-import peewee
 
 from corestore import (
     BusyError,
@@ -63,9 +60,13 @@ from corestore import (
     TransientError,
     hookimpl,
 )
-from corestore.classify import FLAGS_BY_KIND
 from corestore.sqlitefile import SqliteHeader, file_size, read_header
-from corestore.settings import integer_at_least, non_negative_seconds
+from corestore.settings import at_least_field, integer_at_least, non_negative_seconds, one_of
+
+from ._wal_guard_sql import (
+    _RESYNC_SQL, _RETRIED, _SYNCHRONOUS, _SYNCHRONOUS_NAMES, _classification, _describe_header, _is_core_cantopen,
+    _is_database_error, _is_protocol, _mode, _pragma_value,
+)
 
 __all__ = ["WalGuard", "DEFAULT_WAL_AUTOCHECKPOINT", "FALLBACK_MODES"]
 
@@ -75,76 +76,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_WAL_AUTOCHECKPOINT = 1000
 #: Allowed values of the ``fallback`` setting.
 FALLBACK_MODES = ("none", "delete")
+_FALLBACK_MEANINGS = {"none": "never leave WAL: refuse the open",
+                      "delete": "rollback-journal mode, only on a permanent WAL incompatibility of a file not yet in WAL"}
 
-# Kinds retried while switching: contention and the IOERR family (PROTOCOL is TRANSIENT_IO).
-_RETRIED = frozenset({ErrorKind.BUSY, ErrorKind.TRANSIENT_IO, ErrorKind.FATAL_IO})
-_PROTOCOL = 15
-_CANTOPEN = 14
-_SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3, "0": 0, "1": 1, "2": 2, "3": 3}
-_SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-_RESYNC_SQL = "SELECT count(*) FROM sqlite_master"
-
-
-
-
-
-
-def _fallback_mode(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if value not in FALLBACK_MODES:
-        raise ConfigError(
-            f"fallback = {value!r} is not allowed; allowed: 'none' (never leave WAL: refuse the open) or "
-            "'delete' (rollback-journal mode, only on a permanent WAL incompatibility of a file not yet in WAL)"
-        )
-
-
-def _classification(kind: ErrorKind, name: str, message: str, *, code: int | None = None,
-                    extended_code: int | None = None) -> Classification:
-    flags = FLAGS_BY_KIND[kind]
-    return Classification(kind=kind, code=code, extended_code=extended_code, name=name, message=message[:200],
-                          retryable=flags.retryable, trips_breaker=flags.trips_breaker, reopen=flags.reopen,
-                          source=WalGuard.name)
-
-
-def _is_database_error(err: BaseException) -> bool:
-    """A driver or peewee database error (never an application bug a classifier might misread)."""
-    if isinstance(err, (sqlite3.Error, peewee.DatabaseError, peewee.InterfaceError)):
-        return True
-    apsw = sys.modules.get("apsw")
-    return apsw is not None and isinstance(err, apsw.Error)
-
-
-def _is_protocol(c: Classification) -> bool:
-    code = c.extended_code if c.extended_code is not None else c.code
-    return code is not None and code & 0xFF == _PROTOCOL
-
-
-def _is_core_cantopen(c: Classification) -> bool:
-    """CANTOPEN as the core's table calls it (ENVIRONMENT): retried like a transient failure and
-    never a reason to downgrade, since it may be EMFILE (site/concepts/errors.md: retried briefly at open).
-    A plugin that answers ENVIRONMENT for it itself makes it permanent."""
-    code = c.extended_code if c.extended_code is not None else c.code
-    return c.source == "core" and code is not None and code & 0xFF == _CANTOPEN
-
-
-def _pragma_value(conn: Any, sql: str) -> Any:
-    """Run ``sql`` to completion and return the first column of its first row (None if none).
-
-    Every row is consumed: ``PRAGMA journal_mode=WAL`` returns its row before the implicit COMMIT
-    that writes the header, so an error there surfaces only when the statement is stepped to its end.
-    """
-    rows = conn.execute(sql).fetchall()
-    return rows[0][0] if rows else None
-
-
-def _mode(conn: Any, sql: str = "PRAGMA journal_mode") -> str:
-    value = _pragma_value(conn, sql)
-    return "" if value is None else str(value).lower()
-
-
-def _describe_header(header: SqliteHeader | None) -> str:
-    if header is None:
-        return "no database header yet (empty file)"
-    return f"header bytes 18-19 = {header.write_version},{header.read_version} ({header.journal_mode})"
 
 
 class WalGuard:
@@ -174,21 +108,16 @@ class WalGuard:
     class Settings:
         """wal_guard's settings (see the class docstring's table)."""
 
-        fallback: str = attrs.field(default="none", validator=_fallback_mode, metadata={
+        fallback: str = attrs.field(default="none", validator=one_of(*FALLBACK_MODES, meanings=_FALLBACK_MEANINGS), metadata={
             "help": "'none' refuses the open on a permanent WAL incompatibility; 'delete' runs the file in "
                     "rollback-journal mode instead (never a file whose header says WAL)"})
         switch_attempts: int = attrs.field(default=5, validator=integer_at_least(1), metadata={
             "help": "attempts at switching to WAL on transient failures (IOERR, PROTOCOL, BUSY) before refusing"})
         backoff_base_s: float = attrs.field(default=0.05, validator=non_negative_seconds, metadata={
             "help": "delay after the first failed switch attempt, doubled per attempt, jittered"})
-        backoff_max_s: float = attrs.field(default=1.0, validator=non_negative_seconds, metadata={
+        backoff_max_s: float = attrs.field(default=1.0, validator=attrs.validators.and_(
+            non_negative_seconds, at_least_field("backoff_base_s")), metadata={
             "help": "ceiling of one delay between switch attempts"})
-
-        def __attrs_post_init__(self) -> None:
-            if self.backoff_max_s < self.backoff_base_s:
-                raise ConfigError(
-                    f"backoff_max_s = {self.backoff_max_s!r} must be >= backoff_base_s = {self.backoff_base_s!r}"
-                )
 
     def __init__(self, settings: "WalGuard.Settings | None" = None) -> None:
         self.settings = settings if settings is not None else WalGuard.Settings()
@@ -200,6 +129,23 @@ class WalGuard:
         self._expected: dict[str, int] | None = None
 
     # -- public state ----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """This process's view, under one lock, no I/O: ``connection_mode`` (what the last checked
+        connection runs), ``fallback`` (``"delete"`` while the rollback-journal fallback is in
+        effect, else None), ``fallback_reason``, ``switched_by_this_process``, ``switches`` and
+        ``connections_checked``. ``on_health`` adds the header's mode and the ``-wal`` size."""
+        with self._lock:
+            switches = self._switches
+            reason = self._fallback_reason
+            return {
+                "connection_mode": self._connection_mode,
+                "fallback": "delete" if reason is not None else None,
+                "fallback_reason": reason,
+                "switched_by_this_process": switches > 0,
+                "switches": switches,
+                "connections_checked": self._connections_checked,
+            }
+
     @property
     def switches(self) -> int:
         """How many times this store switched the *file* from rollback journal to WAL."""
@@ -499,21 +445,9 @@ class WalGuard:
         The only I/O: one ``pread`` of the 100-byte header through the process-wide descriptor and
         one ``stat`` of ``-wal``; no SQLite call.
         """
-        with self._lock:
-            switches = self._switches
-            reason = self._fallback_reason
-            connection_mode = self._connection_mode
-            checked = self._connections_checked
-        details: dict[str, Any] = {
-            "header_mode": None,
-            "connection_mode": connection_mode,
-            "fallback": "delete" if reason is not None else None,
-            "fallback_reason": reason,
-            "switched_by_this_process": switches > 0,
-            "switches": switches,
-            "wal_bytes": None,
-            "connections_checked": checked,
-        }
+        st = self.stats()
+        reason, connection_mode, checked = st["fallback_reason"], st["connection_mode"], st["connections_checked"]
+        details: dict[str, Any] = {"header_mode": None, **st, "wal_bytes": None}
         if store.memory:
             return HealthComponent(name=self.name, status=HealthStatus.UNKNOWN,
                                    summary="in-memory database: no journal file", details=details)

@@ -52,12 +52,11 @@ invites a retry that writes twice. ``on_violation = "raise"`` asks the core to r
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import threading
 import time
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import attrs
 
@@ -70,9 +69,11 @@ from corestore import (
     hookimpl,
 )
 from corestore.classify import classify_exception
-from corestore.errors import ConfigError
-from corestore.sqlitefile import SqliteHeader, header_descriptor, read_header
-from corestore.settings import integer_at_least, non_negative_seconds
+from corestore.sqlitefile import header_descriptor, read_header
+from corestore.settings import integer_at_least, non_negative_seconds, one_of
+from corestore.timefmt import now_iso
+
+from ._wal_snapshot import _end_read, _in_transaction, _Inconclusive, _size, _Snapshot
 
 __all__ = ["WalInvariants", "ROLLBACK_MODES", "CHECKS"]
 
@@ -97,46 +98,6 @@ _SNAPSHOT_SQL = (
 )
 _WAL_BYTES = b"\x02\x02"
 _MODE_CACHE_LIMIT = 256  # connections remembered; a miss only costs one PRAGMA
-
-
-def _on_violation(instance: Any, attribute: Any, value: str) -> None:
-    if value not in ("report", "raise"):
-        raise ConfigError(f"on_violation = {value!r} is not allowed; allowed: 'report', 'raise'")
-
-
-
-
-
-
-def _in_transaction(conn: Any) -> bool:
-    """Whether ``conn`` (sqlite3 or apsw) is inside a transaction."""
-    value = getattr(conn, "in_transaction", None)
-    if isinstance(value, bool):
-        return value
-    return not conn.getautocommit()
-
-
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-class _Snapshot:
-    """What one read transaction saw: page count, page size, mode, sizes and header."""
-
-    __slots__ = ("page_count", "page_size", "mode", "file_bytes", "wal_bytes", "header")
-
-    def __init__(self, page_count: int, page_size: int, mode: str, file_bytes: int | None,
-                 wal_bytes: int | None, header: SqliteHeader | None) -> None:
-        self.page_count = page_count
-        self.page_size = page_size
-        self.mode = mode
-        self.file_bytes = file_bytes
-        self.wal_bytes = wal_bytes
-        self.header = header
-
-
-class _Inconclusive(Exception):
-    """The check could not conclude (busy, closed, in a transaction): stay silent."""
 
 
 class WalInvariants:
@@ -171,7 +132,7 @@ class WalInvariants:
         """Settings of :class:`WalInvariants`."""
 
         on_violation: str = attrs.field(
-            default="report", validator=_on_violation,
+            default="report", validator=one_of("report", "raise"),
             metadata={"help": "report (WARNING, health DOWN, on_fatal) or raise InvariantViolation(committed=True)"},
         )
         recover_after_checks: int = attrs.field(
@@ -184,8 +145,13 @@ class WalInvariants:
                               "rollback modes and a connection's first commit are always checked"},
         )
 
-    def __init__(self, settings: "WalInvariants.Settings | None" = None) -> None:
+    def __init__(self, settings: "WalInvariants.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
+        plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
+        every shipped plugin that reads the time."""
         self.settings = settings if settings is not None else self.Settings()
+        self.clock: Callable[[], float] = clock
         self._lock = threading.Lock()
         # id(connection) -> journal mode last seen on it. A hint only: a "wal" hint is re-verified
         # whenever a WAL check fails, a rollback hint is re-read inside every rollback check, so a
@@ -234,7 +200,7 @@ class WalInvariants:
         """Check the file after a COMMIT (see the module docs); report or raise violations."""
         mode = self._modes.get(id(connection))
         if mode == "wal":
-            now = time.monotonic()
+            now = self.clock()
             if now < self._next_wal_check:
                 return None  # checked less than wal_check_interval_s ago on a connection known to be WAL
             self._next_wal_check = now + self.settings.wal_check_interval_s
@@ -245,7 +211,7 @@ class WalInvariants:
             if mode is None:  # first commit on this connection: always checked
                 mode = self._learn_mode(connection)
                 self._fd = header_descriptor(path)  # the file may have been replaced since
-                self._next_wal_check = time.monotonic() + self.settings.wal_check_interval_s
+                self._next_wal_check = self.clock() + self.settings.wal_check_interval_s
             if mode == "wal":
                 violations = self._check_wal(path, connection)
             else:
@@ -477,7 +443,7 @@ class WalInvariants:
         with self._lock:
             self._counts["violations"] += len(violations)
             self._last_violation = {"check": first.check, "message": first.message,
-                                    "evidence": dict(first.evidence), "at": _now_iso(),
+                                    "evidence": dict(first.evidence), "at": now_iso(),
                                     "all_checks": [v.check for v in violations]}
             was_down, self._down, self._clean = self._down, True, 0
         if not was_down:
@@ -489,24 +455,3 @@ class WalInvariants:
                 violations=tuple(violations), path=path,
             )
         return violations
-
-
-def _size(path: str) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
-
-
-def _end_read(conn: Any) -> None:
-    """End the check's read transaction (COMMIT of a read; ROLLBACK if that fails)."""
-    try:
-        if _in_transaction(conn):
-            conn.execute("COMMIT")
-    except Exception:
-        logger.debug("COMMIT of the invariant's read transaction failed; rolling back", exc_info=True)
-        try:
-            if _in_transaction(conn):
-                conn.execute("ROLLBACK")
-        except Exception:
-            logger.debug("ROLLBACK of the invariant's read transaction failed", exc_info=True)

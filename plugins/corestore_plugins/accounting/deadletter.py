@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
+from corestore.fileio import fsync_directory, write_all
 from corestore.sidecar import open_sidecar
 
 __all__ = ["DeadLetter", "DeadLetterSink", "KEEP", "REASONS", "default_path"]
@@ -147,25 +148,9 @@ class DeadLetterSink:
         created = not os.path.exists(self.path)
         fd = open_sidecar(self.path, self.database or "", os.O_RDWR | os.O_APPEND, mode=0o600)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(os.path.dirname(self.path))
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+            fsync_directory(os.path.dirname(self.path), required=False)

@@ -14,33 +14,34 @@ batches to clear, and re-fired the restart signal.
 ``acc = store.plugin("accounting")``; ``acc.submit(table_or_model, row)`` returns at once (no
 I/O, no lock held across I/O: safe on an asyncio event loop) and says whether the row was
 accepted. One daemon writer thread per store writes batches; see
-:mod:`corestore_plugins._accounting_writer` for what happens to a batch,
-:mod:`corestore_plugins._accounting_escalation` for the fault episode and
-:mod:`corestore_plugins._accounting_ledger` for the counters and ``flush()``.
+:mod:`corestore_plugins.accounting.writer` for what happens to a batch,
+:mod:`corestore_plugins.accounting.escalation` for the fault episode and
+:mod:`corestore_plugins.accounting.ledger` for the counters and ``flush()``.
 """
 from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
-import attrs
 import peewee
 
-from corestore import ConfigError, HealthComponent, HealthStatus, PluginError, UnsavedDataError, hookimpl
-from corestore.settings import boolean
+from corestore import ConfigError, HealthComponent, PluginError, UnsavedDataError, hookimpl
 
-from ._accounting_clock import Clock, ManualClock, SystemClock
-from ._accounting_deadletter import DeadLetter, DeadLetterSink, default_path
-from ._accounting_escalation import Escalation
-from ._accounting_ledger import Ledger, percentiles
-from ._accounting_rows import table_label
-from ._accounting_writer import BATCHES_TABLE, Writer
+from .clock import Clock, ManualClock, SystemClock
+from .deadletter import DeadLetter, DeadLetterSink, default_path
+from .escalation import Escalation
+from .ledger import Ledger, percentiles
+from .rows import table_label
+from .status import component, log_close
+from .settings import ON_FULL, ON_UNKNOWN_TABLE
+from .settings import Settings as _Settings
+from .batches import BATCHES_TABLE
+from .writer import Writer
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Store
@@ -50,58 +51,9 @@ __all__ = ["Accounting", "DeadLetter", "Clock", "SystemClock", "ManualClock", "B
 
 logger = logging.getLogger(__name__)
 
-#: What ``submit()`` does when the queue holds ``queue_size`` rows.
-ON_FULL = ("reject", "drop_oldest", "block")
-
 _GRACE_S = 2.0  # after drain_timeout_s, how long close() lets a writer stuck inside SQLite finish
 _perf_ns = time.perf_counter_ns
 _now = time.time
-
-
-# -- settings validation ---------------------------------------------------------------------
-def _int_at_least(low: int) -> Callable[[Any, Any, Any], None]:
-    def check(instance: Any, attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{attribute.name} = {value!r} must be an integer")
-        if value < low:
-            raise ConfigError(f"{attribute.name} = {value!r} must be >= {low}")
-    return check
-
-
-def _float_at_least(low: float, *, strict: bool = False) -> Callable[[Any, Any, Any], None]:
-    def check(instance: Any, attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{attribute.name} = {value!r} must be a finite number")
-        if value < low or (strict and value == low):
-            raise ConfigError(f"{attribute.name} = {value!r} must be {'>' if strict else '>='} {low}")
-    return check
-
-
-def _optional_str(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigError(f"{attribute.name} = {value!r} must be a non-empty string (or left out)")
-
-
-#: What ``submit()`` does with a row for a table the database does not have.
-ON_UNKNOWN_TABLE = ("reject", "raise")
-
-
-def _on_unknown_table(instance: Any, attribute: Any, value: Any) -> None:
-    if value not in ON_UNKNOWN_TABLE:
-        raise ConfigError(f"on_unknown_table = {value!r} is not allowed; allowed: {', '.join(ON_UNKNOWN_TABLE)}")
-
-
-def _on_full(instance: Any, attribute: Any, value: Any) -> None:
-    if value not in ON_FULL:
-        raise ConfigError(f"on_full = {value!r} is not allowed; allowed: {', '.join(ON_FULL)}")
-
-
-
-
-def _check_backoff(instance: Any, attribute: Any, value: Any) -> None:
-    _float_at_least(0.0, strict=True)(instance, attribute, value)
-    if value < instance.backoff_initial_s:
-        raise ConfigError(f"backoff_max_s = {value!r} must be >= backoff_initial_s = {instance.backoff_initial_s!r}")
 
 
 _INSTANCES: "weakref.WeakSet[Accounting]" = weakref.WeakSet()
@@ -146,62 +98,14 @@ class Accounting:
 
     name: ClassVar[str] = "accounting"
 
-    @attrs.frozen(kw_only=True)
-    class Settings:
-        """The accounting settings (see the class docstring for the table)."""
+    Settings = _Settings
 
-        queue_size: int = attrs.field(default=10000, validator=_int_at_least(1),
-                                      metadata={"help": "rows the queue holds before on_full applies"})
-        on_full: str = attrs.field(default="reject", validator=_on_full,
-                                   metadata={"help": "full queue: reject | drop_oldest | block"})
-        block_timeout_s: float = attrs.field(default=1.0, validator=_float_at_least(0.0),
-                                             metadata={"help": "on_full=block: longest wait for room before rejecting"})
-        batch_size: int = attrs.field(default=500, validator=_int_at_least(1),
-                                      metadata={"help": "rows per batch transaction"})
-        max_latency_ms: float = attrs.field(default=50.0, validator=_float_at_least(0.0),
-                                            metadata={"help": "longest a row waits for its batch to fill (ms)"})
-        drain_timeout_s: float = attrs.field(default=5.0, validator=_float_at_least(0.0),
-                                             metadata={"help": "close(): time to write the backlog before dead-lettering it"})
-        ts_column: str | None = attrs.field(default=None, validator=_optional_str,
-                                            metadata={"help": "column set to the submit time (unix seconds) when a row lacks it"})
-        dead_letter: bool = attrs.field(default=True, validator=boolean,
-                                        metadata={"help": "append dead letters to a JSON-lines file beside the database"})
-        dead_letter_path: str | None = attrs.field(
-            default=None, validator=_optional_str,
-            metadata={"help": "the dead-letter file (default <db>.corestore-deadletter.jsonl)"})
-        backoff_initial_s: float = attrs.field(default=0.05, validator=_float_at_least(0.0, strict=True),
-                                               metadata={"help": "first wait after a faulted batch (doubles per retry)"})
-        backoff_max_s: float = attrs.field(default=5.0, validator=_check_backoff,
-                                           metadata={"help": "longest wait between retries of a faulted batch"})
-        reopen_after: int = attrs.field(default=3, validator=_int_at_least(1),
-                                        metadata={"help": "reopen the writer connection every N faulted batches"})
-        reopen_after_s: float = attrs.field(default=10.0, validator=_float_at_least(0.0, strict=True),
-                                            metadata={"help": "... or every N seconds of failing, whichever first"})
-        degraded_after: int = attrs.field(default=5, validator=_int_at_least(1),
-                                          metadata={"help": "health DEGRADED after N faulted batches"})
-        degraded_after_s: float = attrs.field(default=30.0, validator=_float_at_least(0.0, strict=True),
-                                              metadata={"help": "... or N seconds of failing, whichever first"})
-        persistent_after: int = attrs.field(default=40, validator=_int_at_least(1),
-                                            metadata={"help": "on_persistent_failure after N faulted batches"})
-        persistent_after_s: float = attrs.field(default=120.0, validator=_float_at_least(0.0, strict=True),
-                                                metadata={"help": "... or N seconds of failing, whichever first"})
-        refire_s: float = attrs.field(default=600.0, validator=_float_at_least(0.0, strict=True),
-                                      metadata={"help": "on_persistent_failure again every N seconds while failing"})
-        healthy_to_clear: int = attrs.field(default=3, validator=_int_at_least(1),
-                                            metadata={"help": "consecutive committed batches that end a fault episode"})
-        probe_interval_s: float = attrs.field(default=1.0, validator=_float_at_least(0.0, strict=True),
-                                              metadata={"help": "idle during a fault episode: probe batch interval"})
-        batch_retention_s: float = attrs.field(default=3600.0, validator=_float_at_least(0.0, strict=True),
-                                               metadata={"help": "how long batch ids stay in _corestore_batches"})
-        log_interval_s: float = attrs.field(default=60.0, validator=_float_at_least(0.0),
-                                            metadata={"help": "rejections and drops are logged at most once per interval"})
-        on_unknown_table: str = attrs.field(
-            default="reject", validator=_on_unknown_table,
-            metadata={"help": "a row for a table the database lacks: reject (submit returns False) | raise (ConfigError)"})
-
-    def __init__(self, settings: "Accounting.Settings | None" = None) -> None:
+    def __init__(self, settings: "_Settings | None" = None, *, clock: Clock | None = None) -> None:
+        """``clock`` drives the writer's waits and time-based rules (default the real clock; a
+        :class:`ManualClock` in tests); like every shipped plugin's ``clock`` keyword, but with
+        ``sleep(seconds, wake)`` too, since the writer waits on it. :meth:`use_clock` sets it later."""
         self.settings = settings if settings is not None else Accounting.Settings()
-        self.clock: Clock = SystemClock()
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._store: Store | None = None
         self._sink = DeadLetterSink(None)
         self._start_lock = threading.Lock()
@@ -222,7 +126,6 @@ class Accounting:
         )
         self._abandon = threading.Event()
         self._thread: threading.Thread | None = None
-        self._writer: Writer | None = None
         self._closing = False
         self._tables_ok: set[Any] = set()
         # the tables the writer last saw in sqlite_master (lowercase; None: not read yet), names
@@ -433,25 +336,9 @@ class Accounting:
             ]
             durable = self._sink.write(letters, keep_unsaved=True)
             led.settle_leftovers(len(letters), durable=durable, seqs=[item[3] for item in in_flight + queued])
-            path = self._store.path if self._store is not None else "?"
-            if letters and not durable:
-                logger.critical(
-                    "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s and not saved to %s; "
-                    "all %d unsaved row(s) are held in memory only (Accounting.unsaved(), UnsavedDataError.rows) "
-                    "and are LOST when the process exits",
-                    path, len(letters), self.settings.drain_timeout_s,
-                    self._sink.path or "a dead-letter file (dead_letter = false)", len(self._sink.unsaved),
-                )
-            elif letters:
-                logger.error(
-                    "accounting: %s: close: %d row(s) not written within drain_timeout_s=%.1f s; dead-lettered to %s%s",
-                    path, len(letters), self.settings.drain_timeout_s,
-                    self._sink.path or "memory only (dead_letter = false): THEY ARE LOST when the process exits",
-                    f" ({len(in_flight)} from batch {batch_id}, whose COMMIT outcome is unknown: check {BATCHES_TABLE})"
-                    if (uncertain or stuck) and in_flight else "",
-                )
-            elif thread is not None:
-                logger.info("accounting: %s: closed; every accepted row settled", path)
+            log_close(self._store.path if self._store is not None else "?", letters, durable=durable, sink=self._sink,
+                      drain_timeout_s=self.settings.drain_timeout_s, in_flight=len(in_flight), batch_id=batch_id,
+                      uncertain=bool(uncertain or stuck), had_writer=thread is not None)
             self._closed = True
             report = self.stats()
             report.update(drained=not letters, left=len(letters), unsaved=len(self._sink.unsaved),
@@ -486,7 +373,8 @@ class Accounting:
         ``in_flight``), ``batches``, ``faulted_batches``, ``reopens``, ``persistent_signals``,
         ``uncertain_commits``, ``isolated_batches``, ``probes``, ``episode`` (the fault episode),
         ``rejected_tables`` (rows refused for a table the database does not have, by table name;
-        they are counted in ``rejected`` too), ``unacknowledged_dead_letters``,
+        they are counted in ``rejected`` too), ``unacknowledged_dead_letters``, ``blocked``
+        (submitters waiting for room with ``on_full = "block"``), ``waiters`` (``flush()`` calls waiting),
         and latency percentiles ``enqueue_us`` (submit), ``batch_ms`` (batch transaction),
         ``delay_ms`` (submit to commit of a batch's oldest row).
 
@@ -536,10 +424,13 @@ class Accounting:
             store = self._store
             if store is None:
                 raise PluginError("accounting is not bound to a store (it binds when the store opens its first connection)")
-            writer = Writer(self, store)
+            writer = Writer(
+                store, settings=self.settings, ledger=self._ledger, episode=self._episode, clock=self.clock,
+                sink=self._sink, abandon=self._abandon, closing=lambda: self._closing,
+                tables_stale=lambda: self._tables_stale, tables_seen=self._tables_seen,
+            )
             name = "corestore-accounting[" + (os.path.basename(store.path) or store.path) + "]"
             thread = threading.Thread(target=writer.run, name=name, daemon=True)
-            self._writer = writer
             self._thread = thread
             thread.start()
 
@@ -586,44 +477,14 @@ class Accounting:
     def on_health(self, store: "Store") -> HealthComponent:
         """The ``accounting`` component: DEGRADED while a fault episode is past ``degraded_after``
         or the queue is full, DOWN if the writer thread died; details are the counters."""
-        st = self.stats()
-        ep = st["episode"]
         thread = self._thread
-        details = {k: st[k] for k in ("submitted", "accepted", "rejected", "dropped", "written", "dead_lettered",
-                                      "pending", "batches", "faulted_batches", "reopens", "persistent_signals",
-                                      "uncertain_commits", "rejected_tables", "unacknowledged_dead_letters")}
-        details["episode"] = ep
-        details["dead_letter_path"] = self._sink.path
-        details["enqueue_p99_us"] = st["enqueue_us"]["p99"]
-        details["batch_p99_ms"] = st["batch_ms"]["p99"]
-        details["unsaved"] = len(self._sink.unsaved)
-        if self._sink.unsaved:
-            status = HealthStatus.DOWN
-            summary = (f"{len(self._sink.unsaved)} accepted row(s) reached neither the database nor "
-                       f"{self._sink.path or 'a dead-letter file'}: only in memory (Accounting.unsaved())")
-        elif ep["tier"] in ("degraded", "persistent"):
-            status = HealthStatus.DEGRADED
-            summary = (f"writes failing for {ep['faulted_batches']} batch(es) / {ep['duration_s']:.0f} s "
-                       f"({ep['last_error']}); {st['pending']} row(s) pending")
-        elif thread is not None and not thread.is_alive() and not self._closing:
-            status, summary = HealthStatus.DOWN, "the writer thread stopped"
-        elif st["queued"] >= self.settings.queue_size:
-            status, summary = HealthStatus.DEGRADED, f"queue full ({st['queued']} rows; on_full={self.settings.on_full})"
-        elif st["rejected_tables"]:
-            status = HealthStatus.DEGRADED
-            tables = ", ".join(f"{t!r} ({n} row(s))" for t, n in sorted(st["rejected_tables"].items()))
-            summary = (f"rows refused for table(s) the database does not have: {tables}; fix the table name "
-                       "(acknowledge_unknown_tables() clears this)")
-        elif st["unacknowledged_dead_letters"]:
-            status = HealthStatus.DEGRADED
-            summary = (f"{st['unacknowledged_dead_letters']} row(s) dead-lettered (in {self._sink.path or 'memory only'}; "
-                       "see dead_letters()); acknowledge_dead_letters() clears this")
-        else:
-            status = HealthStatus.UP
-            summary = f"{st['pending']} pending, {st['written']} written"
-            if ep["active"]:
-                summary += f"; recovering from {ep['last_error'] or 'a fault'}"
-        return HealthComponent(name=self.name, status=status, summary=summary, details=details)
+        return component(self.name, self.stats(), self._sink, settings=self.settings,
+                         writer_stopped=thread is not None and not thread.is_alive() and not self._closing)
+
+    @hookimpl
+    def on_fork_child(self, store: "Store") -> None:
+        """In a forked child: start empty (the core calls it; see :meth:`_after_fork_in_child`)."""
+        self._after_fork_in_child()
 
     @hookimpl
     def on_close(self, store: "Store") -> None:
@@ -644,10 +505,4 @@ def _drain_at_exit() -> None:
             logger.exception("accounting: draining at exit failed")
 
 
-def _after_fork_in_child() -> None:
-    for acc in list(_INSTANCES):
-        acc._after_fork_in_child()
-
-
 atexit.register(_drain_at_exit)
-os.register_at_fork(after_in_child=_after_fork_in_child)

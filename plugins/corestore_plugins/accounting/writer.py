@@ -15,7 +15,7 @@ grouped per table. What happens next depends on how it ended:
   others written. If even that fails outside the rows (a deferred constraint at COMMIT), each
   row gets its own transaction.
 * a storage fault: the batch is kept and retried after an exponential backoff, never dropped;
-  the fault episode escalates (see ``_accounting_escalation``). An open circuit breaker is
+  the fault episode escalates (see ``accounting.escalation``). An open circuit breaker is
   waited out (``retry_after``) without touching the file. BUSY is waited out too, without
   counting as a fault.
 
@@ -26,78 +26,52 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from corestore import CircuitOpenError, ErrorKind, StoreClosedError, StoreError
 
-from ._accounting_deadletter import DeadLetter
-from ._accounting_escalation import DEGRADED, PERSISTENT, REOPEN
-from ._accounting_ledger import Item
-from ._accounting_rows import RowPlanner, quote, table_label
+from .batches import (
+    _CHECK, _CREATE, _PRUNE, _PRUNE_EVERY_S, _RECORD, BATCHES_TABLE, CALLER_KINDS, Abandoned, AlreadyCommitted, Outcome,
+    batch_id_floor, describe, kind_name, log_letters, message,
+)
+from .deadletter import DeadLetter, DeadLetterSink
+from .escalation import DEGRADED, PERSISTENT, REOPEN, Escalation
+from .ledger import Item, Ledger
+from .rows import RowPlanner, quote, table_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Store
 
-    from .accounting import Accounting
+    from .clock import Clock
+    from .settings import Settings
 
 __all__ = ["Writer", "BATCHES_TABLE", "CALLER_KINDS", "batch_id_floor"]
 
 logger = logging.getLogger(__name__)
 
-#: The bookkeeping table: one row per committed batch, pruned by age. A batch id starts with the
-#: time it was made (16 hex digits of ``time.time_ns()``), so ids sort by age and pruning is a
-#: range delete on the primary key (no second index to maintain on every batch).
-BATCHES_TABLE = "_corestore_batches"
-_CREATE = (
-    f"CREATE TABLE IF NOT EXISTS {BATCHES_TABLE} (batch_id TEXT PRIMARY KEY, committed_at REAL) WITHOUT ROWID",
-)
-_RECORD = f"INSERT INTO {BATCHES_TABLE} (batch_id, committed_at) VALUES (?, ?)"
-_CHECK = f"SELECT 1 FROM {BATCHES_TABLE} WHERE batch_id = ?"
-_PRUNE = f"DELETE FROM {BATCHES_TABLE} WHERE batch_id < ?"
-_PRUNE_EVERY_S = 60.0
-
-
-def batch_id_floor(unix_s: float) -> str:
-    """The smallest batch id made at or after ``unix_s`` (ids older than it sort below)."""
-    return f"{int(unix_s * 1e9):016x}"
-
-#: Kinds that mean the rows (or the code that submitted them) are at fault, not the storage.
-CALLER_KINDS = frozenset({ErrorKind.CONSTRAINT, ErrorKind.PROGRAMMING, ErrorKind.UNKNOWN})
-
-
-class _Abandoned(Exception):
-    """close() reached its deadline: stop now, leave the batch in flight."""
-
-
-class _AlreadyCommitted(Exception):
-    """The batch id is already in ``_corestore_batches``: an earlier attempt committed."""
-
-
-class _Outcome:
-    __slots__ = ("ok", "bad", "error")
-
-    def __init__(self, ok: bool, bad: list[tuple[Item, BaseException, str]] | None = None,
-                 error: BaseException | None = None) -> None:
-        self.ok = ok
-        self.bad = bad or []
-        self.error = error
-
-
 class Writer:
     """The writer loop of one :class:`~corestore_plugins.accounting.Accounting` (one thread)."""
 
-    def __init__(self, acc: "Accounting", store: "Store") -> None:
-        self.acc = acc
+    def __init__(self, store: "Store", *, settings: "Settings", ledger: Ledger, episode: Escalation, clock: Clock,
+                 sink: DeadLetterSink, abandon: threading.Event, closing: Callable[[], bool],
+                 tables_stale: Callable[[], bool], tables_seen: Callable[[frozenset[str]], None]) -> None:
+        """Handed its collaborators: ``abandon`` is set by ``close()`` at its deadline, ``closing()``
+        is True once ``close()`` began (drain without waits), ``tables_stale()`` asks for a schema
+        re-read and ``tables_seen(names)`` reports the tables the schema holds."""
         self.store = store
-        self.settings = acc.settings
-        self.ledger = acc._ledger
-        self.episode = acc._episode
-        self.clock = acc.clock
-        self.sink = acc._sink
-        self.abandon = acc._abandon
-        self.planner = RowPlanner(acc.settings.ts_column)
+        self.settings = settings
+        self.ledger = ledger
+        self.episode = episode
+        self.clock = clock
+        self.sink = sink
+        self.abandon = abandon
+        self.closing = closing
+        self.tables_stale = tables_stale
+        self.tables_seen = tables_seen
+        self.planner = RowPlanner(settings.ts_column)
         self.table_ready = False
         self.next_prune = -math.inf
         self.next_loss_log = -math.inf
@@ -124,14 +98,14 @@ class Writer:
                         else:
                             self._probe(batch_id)
                         break
-                    except (_Abandoned, StoreClosedError):
+                    except (Abandoned, StoreClosedError):
                         return
                     except Exception:  # noqa: BLE001 - a bug must not kill the writer and strand the queue
                         logger.exception("accounting: %s: the writer failed unexpectedly; the batch is kept and retried",
                                          self.store.path)
                         self._pause(backoff)
                         backoff = min(backoff * 2, self.settings.backoff_max_s)
-        except (_Abandoned, StoreClosedError):
+        except (Abandoned, StoreClosedError):
             return
         finally:
             self._log_losses(force=True)
@@ -146,11 +120,11 @@ class Writer:
             led.wake.clear()
             if self.abandon.is_set():
                 return None
-            if self.acc._tables_stale:
+            if self.tables_stale():
                 self._refresh_tables()
             with led.lock:
                 n = len(led.queue)
-                urgent = bool(led.waiters) or self.acc._closing
+                urgent = bool(led.waiters) or self.closing()
             if n and (n >= s.batch_size or urgent):
                 return led.take(s.batch_size)
             now = clock.monotonic()
@@ -165,7 +139,7 @@ class Writer:
                 clock.sleep(min(left, self._due(now) - now), led.wake)
                 continue
             first_seen = None
-            if self.acc._closing:
+            if self.closing():
                 return None
             wake_at = self._due(now)
             if self.episode.active:  # an idle queue still needs healthy batches to end the episode
@@ -186,7 +160,7 @@ class Writer:
         except Exception as err:  # noqa: BLE001 - a fault here is the batches' business
             logger.debug("accounting: %s: reading the table names failed: %s", store.path, err)
             return
-        self.acc._tables_seen(frozenset(str(r[0]).lower() for r in rows))
+        self.tables_seen(frozenset(str(r[0]).lower() for r in rows))
 
     def _due(self, now: float) -> float:
         """When the writer must wake up even without work: escalation or a loss report."""
@@ -212,7 +186,7 @@ class Writer:
         self.planner.forget()
         self.ledger.bump("isolated_batches")
         logger.info("accounting: %s: batch of %d row(s) refused (%s); retrying it row by row",
-                    self.store.path, len(batch), _describe(outcome.error))
+                    self.store.path, len(batch), describe(outcome.error))
         outcome = self._attempts(batch, batch_id, isolate=True)
         if outcome.ok:
             self._settle(batch, outcome.bad)
@@ -231,9 +205,9 @@ class Writer:
         """An empty batch (just its id) to learn whether the database writes again."""
         outcome = self._attempts([], probe_id, isolate=False, probe=True)
         if not outcome.ok:  # pragma: no cover - an empty batch has no caller error to make
-            logger.warning("accounting: %s: probe refused: %s", self.store.path, _describe(outcome.error))
+            logger.warning("accounting: %s: probe refused: %s", self.store.path, describe(outcome.error))
 
-    def _attempts(self, items: list[Item], unit_id: str, *, isolate: bool, probe: bool = False) -> _Outcome:
+    def _attempts(self, items: list[Item], unit_id: str, *, isolate: bool, probe: bool = False) -> Outcome:
         """Try ``items`` as one transaction until it commits or fails as a caller error."""
         s = self.settings
         backoff = s.backoff_initial_s
@@ -241,7 +215,7 @@ class Writer:
         uncertain_bad: list[tuple[Item, BaseException, str]] = []
         while True:
             if self.abandon.is_set():
-                raise _Abandoned()
+                raise Abandoned()
             self.last_attempt = self.clock.monotonic()
             try:
                 if uncertain:
@@ -249,16 +223,16 @@ class Writer:
                         self._success(items, probe, started=None)
                         logger.warning("accounting: %s: the uncertain COMMIT of batch %s did commit; not written twice",
                                        self.store.path, unit_id)
-                        return _Outcome(True, uncertain_bad)
+                        return Outcome(True, uncertain_bad)
                     uncertain = False
                     self._set_uncertain(False)
                 started = time.perf_counter()
                 bad = self._transaction(items, unit_id, isolate)
-            except _AlreadyCommitted:
+            except AlreadyCommitted:
                 self._success(items, probe, started=None)
                 logger.warning("accounting: %s: batch %s was already committed by an earlier attempt; not written twice",
                                self.store.path, unit_id)
-                return _Outcome(True, uncertain_bad)
+                return Outcome(True, uncertain_bad)
             except CircuitOpenError as err:
                 self._blocked(err)
                 wait = err.retry_after if err.retry_after is not None else s.backoff_max_s  # None: isolated
@@ -269,19 +243,19 @@ class Writer:
             except StoreError as err:
                 if err.committed is True:  # an InvariantViolation raised after a durable COMMIT
                     self._success(items, probe, started=None)
-                    return _Outcome(True, list(self._attempt_bad))
+                    return Outcome(True, list(self._attempt_bad))
                 c = err.classification
                 kind = c.kind if c is not None else ErrorKind.UNKNOWN
                 if err.committed is None:
                     (logger.debug if uncertain_seen else logger.warning)(
                         "accounting: %s: COMMIT outcome of batch %s unknown (%s); it is looked up in %s before any "
-                        "retry", self.store.path, unit_id, _describe(err), BATCHES_TABLE)
+                        "retry", self.store.path, unit_id, describe(err), BATCHES_TABLE)
                     uncertain = uncertain_seen = True
                     uncertain_bad = list(self._attempt_bad)
                     self._set_uncertain(True)
                     self.ledger.bump("uncertain_commits")
                 elif kind in CALLER_KINDS:
-                    return _Outcome(False, error=err)
+                    return Outcome(False, error=err)
                 if kind is ErrorKind.BUSY:
                     self._pause(backoff)
                 else:
@@ -289,12 +263,12 @@ class Writer:
                     self._pause(backoff)
                 backoff = min(backoff * 2, s.backoff_max_s)
                 continue
-            except _Abandoned:
+            except Abandoned:
                 raise
             except Exception as err:  # noqa: BLE001 - a driver refusing a value (TypeError, OverflowError...)
-                return _Outcome(False, error=err)
+                return Outcome(False, error=err)
             self._success(items, probe, started=started)
-            return _Outcome(True, bad)
+            return Outcome(True, bad)
 
     def _transaction(self, items: list[Item], unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
         store = self.store
@@ -312,7 +286,7 @@ class Writer:
                     raise
                 already = True
             if already:  # raised outside the handler: no driver error in its context for the core to see
-                raise _AlreadyCommitted()
+                raise AlreadyCommitted()
             planned = self.planner.plan(items, isolate=isolate, columns_of=lambda table: [
                 r[1] for r in conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()])
             bad = self._attempt_bad
@@ -380,7 +354,7 @@ class Writer:
 
     def _fault(self, err: StoreError) -> None:
         now = self.clock.monotonic()
-        desc = _describe(err)
+        desc = describe(err)
         with self.ledger.lock:
             self.ledger.faulted_batches += 1
             started, actions = self.episode.fault(now, desc)
@@ -456,7 +430,7 @@ class Writer:
         end = clock.monotonic() + max(0.0, seconds)
         while True:
             if self.abandon.is_set():
-                raise _Abandoned()
+                raise Abandoned()
             now = clock.monotonic()
             self._tick(now)
             self._log_losses(now=now)
@@ -469,7 +443,7 @@ class Writer:
         letters = []
         for (table, row, ts, _), err, reason in bad:
             letters.append(DeadLetter(table=table_label(table), row=row, submitted_at=ts, reason=reason,
-                                      kind=_kind_name(self, err), error=_message(err), batch_id=batch_id))
+                                      kind=kind_name(err, self._kind), error=message(err), batch_id=batch_id))
         return letters
 
     def _settle(self, batch: list[Item], bad: list[tuple[Item, BaseException, str]]) -> None:
@@ -478,7 +452,7 @@ class Writer:
         letters = self._letters(bad, batch_id)
         durable = self.sink.write(letters)
         if letters:
-            self._log_letters(letters)
+            log_letters(self.store.path, self.sink.path, letters)
         seqs = [item[3] for item, _, _ in bad]
         if not led.settle(batch, written=len(batch) - len(bad), dead=len(bad), durable_dead=durable, lost_seqs=seqs):
             logger.warning("accounting: %s: batch %s committed after close() had dead-lettered it (marked uncertain); "
@@ -490,7 +464,7 @@ class Writer:
         letters = self._letters(bad, None)
         durable = self.sink.write(letters)
         if letters:
-            self._log_letters(letters)
+            log_letters(self.store.path, self.sink.path, letters)
         with led.lock:
             if led.in_flight is not batch or not batch or batch[0] is not item:
                 return
@@ -501,15 +475,6 @@ class Writer:
                 if bad and not durable:
                     led.lose([item[3]])
                 led.wake_waiters()
-
-    def _log_letters(self, letters: list[DeadLetter]) -> None:
-        # The log names tables, reasons and kinds only: the error text may quote a value (it is
-        # in the dead-letter file, with the row).
-        where = self.sink.path or "memory only (dead_letter = false)"
-        tables = sorted({letter.table for letter in letters})
-        kinds = sorted({f"{letter.reason}/{letter.kind}" for letter in letters})
-        logger.warning("accounting: %s: %d row(s) of %s dead-lettered (%s) -> %s", self.store.path, len(letters),
-                       ", ".join(tables), ", ".join(kinds), where)
 
     def _log_losses(self, *, now: float | None = None, force: bool = False) -> None:
         led = self.ledger
@@ -530,30 +495,3 @@ class Writer:
 
     def _kind(self, err: BaseException) -> ErrorKind:
         return self.store.hooks.classify_error(self.store, err, None).kind
-
-
-def _describe(err: BaseException | None) -> str:
-    if err is None:
-        return "unknown error"
-    c = getattr(err, "classification", None)
-    if c is not None:
-        return c.name or c.kind.name
-    return type(err).__name__
-
-
-def _message(err: BaseException) -> str:
-    c = getattr(err, "classification", None)
-    if c is not None and c.message:
-        return c.message
-    return f"{type(err).__name__}: {err}"[:300]
-
-
-def _kind_name(writer: Writer, err: BaseException) -> str:
-    c = getattr(err, "classification", None)
-    if c is not None:
-        return c.kind.name
-    try:
-        kind = writer._kind(err)
-    except Exception:  # noqa: BLE001
-        return type(err).__name__
-    return kind.name if kind is not ErrorKind.UNKNOWN else type(err).__name__

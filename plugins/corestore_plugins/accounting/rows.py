@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 import peewee
 
-from ._accounting_ledger import Item
+from .ledger import Item
 
 __all__ = ["RowPlanner", "Planned", "Plan", "MAX_VARIABLES", "table_label", "quote"]
 

@@ -212,6 +212,8 @@ class Ledger:
                 "isolated_batches": self.isolated_batches,
                 "probes": self.probes,
                 "rejected_tables": dict(self.rejected_tables),
+                "blocked": self.blocked,
+                "waiters": len(self.waiters),
                 "_enqueue_ns": self.enqueue_ns[:n] if n < _RING else list(self.enqueue_ns),
                 "_batch_s": list(self.batch_s),
                 "_delay_s": list(self.delay_s),
