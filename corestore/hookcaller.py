@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -42,7 +43,8 @@ def _positional(impl: pluggy.HookImpl, hook: str) -> Callable[..., Any]:
     if names == spec:
         return fn
     source = f"lambda {', '.join(spec)}: fn({', '.join(names)})"
-    return eval(source, {"fn": fn})  # noqa: S307 - names come from the hookspec and pluggy, not input
+    adapter: Callable[..., Any] = eval(source, {"fn": fn})  # noqa: S307 - names come from the hookspec and pluggy, not input
+    return adapter
 
 
 def _source_tagging(fn: Callable[..., Any], plugin: str) -> Callable[..., Any]:
@@ -124,21 +126,21 @@ class HookCaller:
         return [impl.plugin_name for impl in self._impls[hook]]
 
     # -- open ------------------------------------------------------------------------------
-    def on_store_open(self, store: "Store") -> None:
+    def on_store_open(self, store: Store) -> None:
         if self._impls["on_store_open"]:
             self.pm.hook.on_store_open(store=store)
 
-    def on_open(self, store: "Store", connection: Any) -> None:
+    def on_open(self, store: Store, connection: Any) -> None:
         if self.has_on_open:
             self.pm.hook.on_open(store=store, connection=connection)
 
     # -- operate ---------------------------------------------------------------------------
-    def classify_error(self, store: "Store", error: BaseException, operation: Operation | None) -> Classification:
+    def classify_error(self, store: Store, error: BaseException, operation: Operation | None) -> Classification:
         if "classify_error" in self.wrapped:
             return self._classify_through_pluggy(store, error, operation)
         for plugin, fn in self._calls["classify_error"]:
             try:
-                result = fn(store, error, operation)
+                result: Classification | None = fn(store, error, operation)
             except Exception:
                 logger.exception("classify_error of plugin %r raised; asking the next one", plugin)
                 continue
@@ -150,7 +152,8 @@ class HookCaller:
 
         return classify_exception(error)
 
-    def _classify_through_pluggy(self, store: "Store", error: BaseException, operation: Operation | None) -> Classification:
+    def _classify_through_pluggy(self, store: Store, error: BaseException,
+                                 operation: Operation | None) -> Classification:
         """``classify_error`` with a wrapper: pluggy's dispatch (first non-None result, wrappers
         around it); classifying never fails, so an exception falls back to the core table."""
         from .classify import classify_exception
@@ -166,7 +169,7 @@ class HookCaller:
             return classify_exception(error)
         return result
 
-    def before_operation(self, store: "Store", operation: Operation) -> None:
+    def before_operation(self, store: Store, operation: Operation) -> None:
         if self.has_before_operation:
             direct = self._before_direct
             if direct is None:
@@ -175,14 +178,14 @@ class HookCaller:
             for _plugin, fn in self._calls["before_operation"]:
                 fn(store, operation)
 
-    def on_success(self, store: "Store", operation: Operation) -> None:
+    def on_success(self, store: Store, operation: Operation) -> None:
         for plugin, fn in self._calls["on_success"]:  # isolated, inlined: it runs on every commit
             try:
                 fn(store, operation)
             except Exception:
                 logger.exception("on_success of plugin %r raised; the other plugins still run", plugin)
 
-    def after_operation(self, store: "Store", operation: Operation | None) -> None:
+    def after_operation(self, store: Store, operation: Operation | None) -> None:
         if operation is None:
             return
         for plugin, fn in self._calls["after_operation"]:  # isolated, inlined: it runs on every operation
@@ -192,7 +195,7 @@ class HookCaller:
                 logger.exception("after_operation of plugin %r raised; the other plugins still run", plugin)
 
     # -- commit ----------------------------------------------------------------------------
-    def on_commit_invariant(self, store: "Store", connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
+    def on_commit_invariant(self, store: Store, connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
         """Collect violations from every implementation; returns ``(violations, raise_requested)``.
 
         An implementation asks for the violation to be *raised* to the caller by raising
@@ -224,7 +227,8 @@ class HookCaller:
                 violations.extend(result)
         return violations, raise_requested
 
-    def _invariants_through_pluggy(self, store: "Store", connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
+    def _invariants_through_pluggy(self, store: Store, connection: Any,
+                                   operation: Operation) -> tuple[list[Violation], bool]:
         """``on_commit_invariant`` with a wrapper: pluggy's dispatch (an exception stops the
         remaining implementations and passes through the wrappers, as in pluggy)."""
         try:
@@ -242,15 +246,16 @@ class HookCaller:
         return violations, False
 
     # -- fail ------------------------------------------------------------------------------
-    def on_fatal(self, store: "Store", error: BaseException, classification: Classification, operation: Operation | None) -> None:
+    def on_fatal(self, store: Store, error: BaseException, classification: Classification,
+                 operation: Operation | None) -> None:
         if self.has_on_fatal:
             self._isolated("on_fatal", store, error, classification, operation)
 
-    def on_persistent_failure(self, store: "Store", report: "HealthReport") -> None:
+    def on_persistent_failure(self, store: Store, report: HealthReport) -> None:
         self._isolated("on_persistent_failure", store, report)
 
     # -- health ----------------------------------------------------------------------------
-    def on_health(self, store: "Store") -> list[HealthComponent]:
+    def on_health(self, store: Store) -> list[HealthComponent]:
         components: list[HealthComponent] = []
         for plugin, fn in self._calls["on_health"]:
             try:
@@ -274,11 +279,11 @@ class HookCaller:
                     ))
         return components
 
-    def on_health_changed(self, store: "Store", previous: HealthStatus, current: HealthStatus) -> None:
+    def on_health_changed(self, store: Store, previous: HealthStatus, current: HealthStatus) -> None:
         self._isolated("on_health_changed", store, previous, current)
 
     # -- close -----------------------------------------------------------------------------
-    def on_close(self, store: "Store") -> None:
+    def on_close(self, store: Store) -> None:
         """Isolated like the others, except that an :class:`UnsavedDataError` (accepted data
         only in memory) is raised to ``store.close()``'s caller after every plugin ran."""
         unsaved: UnsavedDataError | None = None

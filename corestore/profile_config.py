@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import threading
 import tomllib
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -23,8 +24,8 @@ ENV_CONFIG = "CORESTORE_CONFIG"
 MAX_CONFIG_DEPTH = 32
 
 
-_PROFILE_KEYS = ("extends", "plugins", "enable", "disable", "pragmas", "settings", "retry", "read_only", "driver", "vfs",
-                 "init_timeout_s")
+_PROFILE_KEYS = ("extends", "plugins", "enable", "disable", "pragmas", "settings", "retry", "read_only", "driver",
+                 "vfs", "init_timeout_s")
 _DATABASE_KEYS = ("path", "profile") + tuple(k for k in _PROFILE_KEYS if k != "extends")
 
 
@@ -86,15 +87,16 @@ def load_config(path: str | os.PathLike[str] | None) -> Config | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{source}: line {line}: not valid UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); "
-                          "a TOML config file must be UTF-8") from None
+        raise ConfigError(f"{source}: line {line}: not valid UTF-8 (byte {data[err.start]:#04x} at offset "
+                          f"{err.start}); a TOML config file must be UTF-8") from None
     _check_depth(text, source)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: not valid TOML: {err}") from None
     except RecursionError:
-        raise ConfigError(f"{source}: nested more than Python can parse; at most {MAX_CONFIG_DEPTH} levels are allowed") from None
+        raise ConfigError(f"{source}: nested more than Python can parse; "
+                          f"at most {MAX_CONFIG_DEPTH} levels are allowed") from None
     config = _parse_config(raw, source)
     for name in config.profiles:  # resolve every profile once so errors surface at load
         resolve_profile(name, config=config, path="")
@@ -192,7 +194,8 @@ def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) 
 
 def _check_types(table: Mapping[str, Any], where: str) -> None:
     for key in ("plugins", "enable", "disable"):
-        if key in table and (not isinstance(table[key], (list, tuple)) or not all(isinstance(v, str) for v in table[key])):
+        if key in table and (not isinstance(table[key], (list, tuple))
+                             or not all(isinstance(v, str) for v in table[key])):
             raise ConfigError(f"{where}: key {key!r} must be a list of plugin names, got {table[key]!r}")
     for key in ("pragmas", "settings", "retry"):
         if key in table and not isinstance(table[key], Mapping):
@@ -224,7 +227,7 @@ def _check_types(table: Mapping[str, Any], where: str) -> None:
 
 def _merge(base: dict[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
     """Apply one profile/binding table on top of ``base`` (a resolved raw profile)."""
-    out = {
+    out: dict[str, Any] = {
         "plugins": list(base.get("plugins", [])),
         "pragmas": dict(base.get("pragmas", {})),
         "settings": {k: dict(v) for k, v in base.get("settings", {}).items()},
@@ -304,8 +307,10 @@ def with_overrides(
         raise ConfigError("corestore.open(): enable= and disable= take a list of plugin names, not a string")
     if settings is not None and not isinstance(settings, Mapping):
         raise ConfigError(f"corestore.open(): settings= must be a mapping of plugin name to a table, got {settings!r}")
-    raw: dict[str, Any] = {"plugins": list(profile.plugins),
-                           "settings": {k: dict(v.thaw() if hasattr(v, "thaw") else v) for k, v in profile.settings.items()}}
+    raw: dict[str, Any] = {
+        "plugins": list(profile.plugins),
+        "settings": {k: dict(v.thaw() if hasattr(v, "thaw") else v) for k, v in profile.settings.items()},
+    }
     table: dict[str, Any] = {"enable": list(enable), "disable": list(disable), "settings": dict(settings or {})}
     _check_types(table, "corestore.open()")
     merged = _merge(raw, table)

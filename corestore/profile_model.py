@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -88,7 +89,8 @@ def validate_pragma(name: str, value: Any, *, where: str = "<profile>") -> Any:
         raise ConfigError(f"{where}: pragma busy_timeout = {value!r} must be >= 0 (milliseconds) and <= {high} "
                           "(SQLite reads it into a C int)")
     if not low <= value <= high:
-        raise ConfigError(f"{where}: pragma {name} = {value!r} must be an integer from {low} to {high} (SQLite's limit)")
+        raise ConfigError(f"{where}: pragma {name} = {value!r} must be an integer from {low} to {high} "
+                          "(SQLite's limit)")
     return value
 
 
@@ -124,7 +126,8 @@ def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None: 
 
 def _count(instance: Any, attribute: attrs.Attribute, value: int) -> None:  # type: ignore[type-arg]
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
-        raise ConfigError(f"<profile>: retry.{attribute.name} = {value!r} must be an integer from 0 to 1000000 (attempts)")
+        raise ConfigError(f"<profile>: retry.{attribute.name} = {value!r} must be an integer from 0 to 1000000 "
+                          "(attempts)")
 
 
 @attrs.frozen(kw_only=True)
@@ -143,7 +146,7 @@ class RetryPolicy:
     budget_s: float = attrs.field(default=10.0, validator=_positive)
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], *, where: str = "<profile>") -> "RetryPolicy":
+    def from_mapping(cls, raw: Mapping[str, Any], *, where: str = "<profile>") -> RetryPolicy:
         fields = attrs.fields_dict(cls)
         for key, value in raw.items():
             if key not in fields:
@@ -171,7 +174,8 @@ def _vfs_validator(instance: Any, attribute: Any, value: Any) -> None:
     if value is None:
         return
     if not isinstance(value, str) or not value or "\x00" in value:
-        raise ConfigError(f"<profile>: vfs = {value!r} must be the name of a registered SQLite VFS (a non-empty string)")
+        raise ConfigError(f"<profile>: vfs = {value!r} must be the name of a registered SQLite VFS "
+                          "(a non-empty string)")
     if instance.driver != "apsw":
         raise ConfigError(f"<profile>: vfs = {value!r} needs driver = 'apsw' (the sqlite3 driver cannot select a VFS); "
                           f"driver is {instance.driver!r}")
@@ -219,7 +223,7 @@ class Profile:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], *, name: str = "custom", origin: str = "<code>",
-                     config_dir: str | None = None) -> "Profile":
+                     config_dir: str | None = None) -> Profile:
         """Build a profile from a plain mapping (no inheritance), naming ``origin`` in errors."""
         allowed = ("path", "driver", "vfs", "pragmas", "plugins", "settings", "retry", "read_only", "init_timeout_s")
         for key in raw:
@@ -234,7 +238,8 @@ class Profile:
 
     def settings_for(self, plugin: str) -> Mapping[str, Any]:
         """The raw settings table for ``plugin`` (empty when the profile sets none)."""
-        return self.settings.get(plugin, FrozenMap())
+        table: Mapping[str, Any] = self.settings.get(plugin, FrozenMap())
+        return table
 
 
 def _builtin_default_pragmas() -> dict[str, Any]:

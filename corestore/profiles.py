@@ -22,10 +22,21 @@ Resolution rules (also on the site's profile reference):
 from __future__ import annotations
 
 from .profile_config import ENV_CONFIG, MAX_CONFIG_DEPTH, Binding, Config, load_config, resolve_profile, with_overrides
-from .profile_model import BUILTIN_PROFILES, DEFAULT_PLUGINS, DRIVERS, KNOWN_PRAGMAS, Profile, RetryPolicy, validate_pragma
 
 # the pragma tables the docs build renders (site/_hooks.py reads them from here)
-from .profile_model import _BOOL_PRAGMAS, _ENUM_PRAGMAS, _INT_PRAGMA_RANGES, _INT_PRAGMAS  # noqa: F401
+from .profile_model import (  # noqa: F401
+    _BOOL_PRAGMAS,
+    _ENUM_PRAGMAS,
+    _INT_PRAGMA_RANGES,
+    _INT_PRAGMAS,
+    BUILTIN_PROFILES,
+    DEFAULT_PLUGINS,
+    DRIVERS,
+    KNOWN_PRAGMAS,
+    Profile,
+    RetryPolicy,
+    validate_pragma,
+)
 
 __all__ = [
     "Profile",

@@ -21,7 +21,8 @@ import importlib.metadata
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -94,12 +95,16 @@ def load_plugin_class(name: str, *, where: str = "<profile>") -> type:
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # SystemExit, GeneratorExit ... at import must not end the process
-        raise PluginError(f"{where}: plugin {name!r} ({ep.value}) failed to import: {type(err).__name__}: {err}") from err
+        raise PluginError(
+            f"{where}: plugin {name!r} ({ep.value}) failed to import: {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(cls, type):
         raise PluginError(f"{where}: plugin {name!r} ({ep.value}) is not a class")
     declared = getattr(cls, "name", None)
     if declared != name:
-        raise PluginError(f"{where}: plugin class {cls.__qualname__} declares name {declared!r}, but its entry point is {name!r}")
+        raise PluginError(
+            f"{where}: plugin class {cls.__qualname__} declares name {declared!r}, but its entry point is {name!r}"
+        )
     with _class_lock:
         _class_cache[name] = cls
     return cls
@@ -132,24 +137,25 @@ def build_settings(cls: type, raw: Mapping[str, Any], *, where: str) -> Any:
     Unknown keys and values its validators refuse are a :class:`ConfigError` naming ``where``,
     the key and what is allowed.
     """
+    plugin: str = getattr(cls, "name", cls.__qualname__)  # load_plugin_class checked it is there
     settings_cls = getattr(cls, "Settings", None)
     if settings_cls is None:
         if raw:
-            raise ConfigError(f"{where} settings.{cls.name}: plugin {cls.name!r} takes no settings; got {', '.join(raw)}")
+            raise ConfigError(f"{where} settings.{plugin}: plugin {plugin!r} takes no settings; got {', '.join(raw)}")
         return None
     fields = attrs.fields_dict(settings_cls)
     for key in raw:
         if key not in fields:
             raise ConfigError(
-                f"{where} settings.{cls.name}: unknown key {key!r}; allowed: {', '.join(fields)}"
+                f"{where} settings.{plugin}: unknown key {key!r}; allowed: {', '.join(fields)}"
             )
     values = {k: (v.thaw() if hasattr(v, "thaw") else v) for k, v in raw.items()}
     try:
         return settings_cls(**values)
     except ConfigError as err:
-        raise ConfigError(f"{where} settings.{cls.name}: {err}") from None
+        raise ConfigError(f"{where} settings.{plugin}: {err}") from None
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where} settings.{cls.name}: {readable_validation_error(err)}") from None
+        raise ConfigError(f"{where} settings.{plugin}: {readable_validation_error(err)}") from None
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
@@ -196,7 +202,7 @@ def settings_help(cls: type) -> list[dict[str, str]]:
     for field in attrs.fields(settings_cls):
         default = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()  # type: ignore[union-attr]
+            default = default.factory()
         ftype = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         rows.append({
             "name": field.name,
@@ -207,7 +213,7 @@ def settings_help(cls: type) -> list[dict[str, str]]:
     return rows
 
 
-def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple[HookCaller, dict[str, Any]]:
+def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[HookCaller, dict[str, Any]]:
     """Import and instantiate the profile's plugins, register them (hooks run in profile order)
     and return the caller with the instances by name.
 
@@ -224,7 +230,8 @@ def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple
     installed = discover()
     for key in unknown_settings:
         if key not in installed:
-            raise ConfigError(f"{where}: settings.{key}: no installed plugin is called {key!r}; installed: {', '.join(sorted(installed))}")
+            raise ConfigError(f"{where}: settings.{key}: no installed plugin is called {key!r}; "
+                              f"installed: {', '.join(sorted(installed))}")
     instances: dict[str, Any] = {}
     for name in names:
         here = f"{ENV_PLUGINS} (environment variable)" if name in extra else where
@@ -267,7 +274,8 @@ def _check_pending(pm: pluggy.PluginManager, where: str) -> None:
         plugin = pm.get_name(err.plugin) or repr(err.plugin)
         unknown = next((name for name in vars(pm.hook) if not name.startswith("_")
                         and not getattr(pm.hook, name).has_spec()
-                        and any(i.plugin is err.plugin and not i.optionalhook for i in getattr(pm.hook, name).get_hookimpls())),
+                        and any(i.plugin is err.plugin and not i.optionalhook
+                                for i in getattr(pm.hook, name).get_hookimpls())),
                        "?")
         close = difflib.get_close_matches(unknown, hookspecs.HOOK_NAMES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

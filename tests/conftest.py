@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 import corestore
-import plugin_fixtures
 from corestore import registry
+
+import plugin_fixtures
 
 # The plugin reaches users through the pytest11 entry point (an installed corestore); a checkout
 # without it, or a run with plugin autoloading off, loads it here.

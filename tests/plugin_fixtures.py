@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 
 from corestore import Classification, ErrorKind, HealthComponent, HealthStatus, Violation, hookimpl
-
 
 
 class EventLog(list[tuple[Any, ...]]):
@@ -77,11 +77,12 @@ class Recorder:
 
     @attrs.frozen(kw_only=True)
     class Settings:
-        label: str = attrs.field(default="rec", validator=attrs.validators.instance_of(str), metadata={"help": "a label"})
+        label: str = attrs.field(default="rec", validator=attrs.validators.instance_of(str),
+                                 metadata={"help": "a label"})
         fail_open: bool = attrs.field(default=False, metadata={"help": "raise in on_open"})
         fail_store_open: bool = attrs.field(default=False, metadata={"help": "raise in on_store_open"})
 
-    def __init__(self, settings: "Recorder.Settings") -> None:
+    def __init__(self, settings: Recorder.Settings) -> None:
         self.settings = settings
 
     @hookimpl
@@ -207,7 +208,7 @@ class Checker:
     class Settings:
         raise_it: bool = attrs.field(default=False, metadata={"help": "raise the violation"})
 
-    def __init__(self, settings: "Checker.Settings") -> None:
+    def __init__(self, settings: Checker.Settings) -> None:
         self.settings = settings
 
     @hookimpl
@@ -231,7 +232,7 @@ class Wrapper:
         return (yield)
 
 
-AFTER_COMMIT: list = []
+AFTER_COMMIT: list[Callable[[], Any]] = []
 
 
 class CommitCallback:

@@ -129,7 +129,8 @@ def test_plugins_use_only_public_core_modules() -> None:
         for name in imported_modules(path, "corestore_plugins")
         if name.split(".")[0] == "corestore" and any(part.startswith("_") for part in name.split(".")[1:2])
     )
-    assert not private, "plugins import corestore's public modules only: " + ", ".join(f"{f} imports {m}" for f, m in private)
+    assert not private, "plugins import corestore's public modules only: " + ", ".join(
+        f"{f} imports {m}" for f, m in private)
 
 
 def test_pending_violations_are_still_real() -> None:
