@@ -12,13 +12,16 @@ import os
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import corestore
 from corestore import registry
+from corestore_contrib.pytest_plugin import build_profile
 
-import plugin_fixtures
+if TYPE_CHECKING:
+    from plugin_fixtures import EventLog
 
 # The plugin reaches users through the pytest11 entry point (an installed corestore); a checkout
 # without it, or a run with plugin autoloading off, loads it here.
@@ -45,8 +48,14 @@ def _close_leftover_stores() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def events() -> Iterator[plugin_fixtures.EventLog]:
+def events() -> Iterator[EventLog]:
     """A fresh log of the hook calls the test plugins see during this test."""
+    # imported here, not at the top: importing the test plugins with conftest shifts when the
+    # cyclic GC runs, and test_hooks.py::test_hook_on_fatal on peewee 3.17 depends on that (a
+    # closed store's statements, kept alive by exception tracebacks in reference cycles, keep
+    # SQLite's handle open until collected; its final close then checkpoints the WAL)
+    import plugin_fixtures
+
     log = plugin_fixtures.EventLog()
     previous = plugin_fixtures.activate(log)
     yield log
@@ -81,10 +90,11 @@ def install_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 @pytest.fixture
-def minimal(db_path: str) -> Iterator[corestore.Store]:
-    """A store on a fresh file with the ``minimal`` profile (WAL + NORMAL for speed)."""
-    profile = corestore.Profile(path=db_path, name="minimal",
-                                pragmas={"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"})
+def minimal(db_path: str, tmp_path: Path) -> Iterator[corestore.Store]:
+    """``tmp_store``'s profile family on ``db_path``: the built-in ``minimal`` profile with WAL +
+    NORMAL (for speed), built by the pytest plugin's ``build_profile``."""
+    profile = build_profile("minimal", {"path": db_path, "pragmas": {"journal_mode": "wal", "synchronous": "normal"}},
+                            tmp_path=tmp_path)
     store = corestore.open(profile)
     yield store
     while not store.closed:
