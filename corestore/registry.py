@@ -1,4 +1,4 @@
-"""Plugin discovery and the typed hook caller.
+"""Plugin discovery, settings building and wiring a store's hook caller.
 
 Plugins are found through entry points in the ``corestore`` group, read with
 ``importlib.metadata``; a plugin module is imported only when a profile enables it (never
@@ -7,37 +7,42 @@ found the same way as third-party ones.
 
 Each store gets its own ``pluggy.PluginManager`` holding just its profile's plugins, wrapped in a
 :class:`HookCaller`: the only code in corestore that calls hooks. It decides once, at open, which
-hooks have implementations, so a hook nobody implements costs nothing on the hot path.
+hooks have implementations, so a hook nobody implements costs nothing on the hot path. The
+caller itself lives in :mod:`corestore.hookcaller`; it is importable from here as well.
+
+Plugin classes are imported once per process and cached by name. A test that installs or
+removes entry points at run time calls :func:`clear_cache` (or :func:`refresh_entry_points`) so
+the next lookup reads the installed entry points again.
 """
 from __future__ import annotations
 
 import difflib
 import importlib.metadata
-import inspect
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
 
 from . import hookspecs
 from .classify import CoreClassifier
-from .errors import Classification, ConfigError, InvariantViolation, PluginError, UnsavedDataError
-from .health import HealthComponent, HealthStatus
-from .operation import Operation, Violation
+from .errors import ConfigError, PluginError
+from .hookcaller import HookCaller
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .health import HealthReport
     from .profiles import Profile
-    from .store import Store
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ENV_PLUGINS",
     "discover",
+    "env_plugins",
     "load_plugin_class",
+    "clear_cache",
+    "refresh_entry_points",
     "build_settings",
     "readable_validation_error",
     "settings_help",
@@ -90,15 +95,40 @@ def load_plugin_class(name: str, *, where: str = "<profile>") -> type:
     except KeyboardInterrupt:
         raise
     except BaseException as err:  # SystemExit, GeneratorExit ... at import must not end the process
-        raise PluginError(f"{where}: plugin {name!r} ({ep.value}) failed to import: {type(err).__name__}: {err}") from err
+        raise PluginError(
+            f"{where}: plugin {name!r} ({ep.value}) failed to import: {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(cls, type):
         raise PluginError(f"{where}: plugin {name!r} ({ep.value}) is not a class")
     declared = getattr(cls, "name", None)
     if declared != name:
-        raise PluginError(f"{where}: plugin class {cls.__qualname__} declares name {declared!r}, but its entry point is {name!r}")
+        raise PluginError(
+            f"{where}: plugin class {cls.__qualname__} declares name {declared!r}, but its entry point is {name!r}"
+        )
     with _class_lock:
         _class_cache[name] = cls
     return cls
+
+
+def clear_cache(*names: str) -> None:
+    """Forget the cached plugin classes called ``names`` (all of them when none is given).
+
+    For tests and tools that install or remove entry points while the process runs: the next
+    :func:`load_plugin_class` (and so the next ``corestore.open()``) looks the name up in the
+    installed entry points again. Stores already open keep the plugin instances they have.
+    """
+    with _class_lock:
+        if not names:
+            _class_cache.clear()
+        for name in names:
+            _class_cache.pop(name, None)
+
+
+def refresh_entry_points(*names: str) -> None:
+    """:func:`clear_cache` plus ``importlib.invalidate_caches()``: call it after writing a new
+    ``.dist-info`` (or a plugin module) onto ``sys.path`` so it is found."""
+    importlib.invalidate_caches()
+    clear_cache(*names)
 
 
 def build_settings(cls: type, raw: Mapping[str, Any], *, where: str) -> Any:
@@ -107,24 +137,25 @@ def build_settings(cls: type, raw: Mapping[str, Any], *, where: str) -> Any:
     Unknown keys and values its validators refuse are a :class:`ConfigError` naming ``where``,
     the key and what is allowed.
     """
+    plugin: str = getattr(cls, "name", cls.__qualname__)  # load_plugin_class checked it is there
     settings_cls = getattr(cls, "Settings", None)
     if settings_cls is None:
         if raw:
-            raise ConfigError(f"{where} settings.{cls.name}: plugin {cls.name!r} takes no settings; got {', '.join(raw)}")
+            raise ConfigError(f"{where} settings.{plugin}: plugin {plugin!r} takes no settings; got {', '.join(raw)}")
         return None
     fields = attrs.fields_dict(settings_cls)
     for key in raw:
         if key not in fields:
             raise ConfigError(
-                f"{where} settings.{cls.name}: unknown key {key!r}; allowed: {', '.join(fields)}"
+                f"{where} settings.{plugin}: unknown key {key!r}; allowed: {', '.join(fields)}"
             )
     values = {k: (v.thaw() if hasattr(v, "thaw") else v) for k, v in raw.items()}
     try:
         return settings_cls(**values)
     except ConfigError as err:
-        raise ConfigError(f"{where} settings.{cls.name}: {err}") from None
+        raise ConfigError(f"{where} settings.{plugin}: {err}") from None
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where} settings.{cls.name}: {readable_validation_error(err)}") from None
+        raise ConfigError(f"{where} settings.{plugin}: {readable_validation_error(err)}") from None
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
@@ -171,7 +202,7 @@ def settings_help(cls: type) -> list[dict[str, str]]:
     for field in attrs.fields(settings_cls):
         default = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()  # type: ignore[union-attr]
+            default = default.factory()
         ftype = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         rows.append({
             "name": field.name,
@@ -182,284 +213,7 @@ def settings_help(cls: type) -> list[dict[str, str]]:
     return rows
 
 
-_SPEC_ARGS: dict[str, tuple[str, ...]] = {
-    name: tuple(inspect.signature(getattr(hookspecs, name)).parameters) for name in hookspecs.HOOK_NAMES
-}
-
-
-def _positional(impl: pluggy.HookImpl, hook: str) -> Callable[..., Any]:
-    """A callable taking the hook's arguments positionally, in spec order: the implementation
-    itself when it takes them all (the hot path: no dict, no pluggy dispatch), else a generated
-    adapter passing just the subset it asked for (as fast as a direct call)."""
-    spec = _SPEC_ARGS[hook]
-    fn = impl.function
-    names = tuple(impl.argnames)
-    if names == spec:
-        return fn
-    source = f"lambda {', '.join(spec)}: fn({', '.join(names)})"
-    return eval(source, {"fn": fn})  # noqa: S307 - names come from the hookspec and pluggy, not input
-
-
-def _source_tagging(fn: Callable[..., Any], plugin: str) -> Callable[..., Any]:
-    """``fn`` (a ``classify_error`` implementation) with its answer's ``source`` set to ``plugin``,
-    for the dispatch through pluggy, where the caller does not see which implementation answered."""
-
-    def tagged(*args: Any) -> Any:
-        result = fn(*args)
-        if result is not None and getattr(result, "source", plugin) != plugin:
-            result = attrs.evolve(result, source=plugin)
-        return result
-
-    return tagged
-
-
-def _is_wrapper(impl: pluggy.HookImpl) -> bool:
-    return bool(impl.hookwrapper or impl.wrapper)
-
-
-class HookCaller:
-    """One method per hook; the only caller of hooks in corestore.
-
-    Every hook is dispatched with pluggy's semantics (``tryfirst``/``trylast`` order,
-    ``firstresult``, wrappers). A hook without wrapper implementations is called directly, in
-    pluggy's order (the hot path: no dict, no pluggy dispatch); a hook with a wrapper goes
-    through pluggy's own ``pm.hook`` call. ``has_<hook>`` booleans, fixed at construction, let
-    the hot path skip hooks nobody implements. Isolated hooks (see
-    :data:`corestore.hookspecs.ISOLATED_HOOKS`) call each implementation on its own, so one that
-    raises is logged and does not stop the others; a wrapper on one of them is refused here with
-    a :class:`PluginError` naming the plugin and the hook.
-    """
-
-    def __init__(self, pm: pluggy.PluginManager) -> None:
-        self.pm = pm
-        self._impls: dict[str, tuple[pluggy.HookImpl, ...]] = {}
-        #: hooks with at least one wrapper implementation: dispatched through ``pm.hook``
-        self.wrapped: frozenset[str] = frozenset()
-        wrapped = set()
-        for name in hookspecs.HOOK_NAMES:
-            impls = tuple(reversed(getattr(pm.hook, name).get_hookimpls()))  # pluggy's call order
-            for impl in impls:
-                if not _is_wrapper(impl):
-                    continue
-                if name in hookspecs.ISOLATED_HOOKS:
-                    raise PluginError(
-                        f"plugin {impl.plugin_name!r}: hook {name} is isolated (each implementation runs on "
-                        "its own, one that raises does not stop the others) and cannot be implemented as a wrapper; "
-                        "implement it as a plain @hookimpl"
-                    )
-                wrapped.add(name)
-            self._impls[name] = impls
-        self.wrapped = frozenset(wrapped)
-        self._calls: dict[str, tuple[tuple[str, Callable[..., Any]], ...]] = {
-            name: tuple((impl.plugin_name, _positional(impl, name)) for impl in impls if not _is_wrapper(impl))
-            for name, impls in self._impls.items()
-        }
-        if "classify_error" in self.wrapped:
-            # pluggy dispatches it: tag each answer with the plugin that gave it (this manager
-            # belongs to this store alone, so its implementations are ours to adapt)
-            for impl in self._impls["classify_error"]:
-                if not _is_wrapper(impl):
-                    impl.function = _source_tagging(impl.function, impl.plugin_name)  # type: ignore[misc]
-        self.has_on_open = bool(self._impls["on_open"])
-        self.has_before_operation = bool(self._impls["before_operation"])
-        self.has_on_success = bool(self._impls["on_success"])
-        self.has_on_commit_invariant = bool(self._impls["on_commit_invariant"])
-        self.has_on_fatal = bool(self._impls["on_fatal"])
-        self.has_after_operation = bool(self._impls["after_operation"])
-        # before_operation runs on every operation's path: its implementations are called
-        # directly, in pluggy's order, the first raise stopping the rest (what pluggy does
-        # without wrappers, for a third of the cost); through pluggy when one is a wrapper.
-        before = self._impls["before_operation"]
-        self._before_direct = None if "before_operation" in self.wrapped else before
-        self.has_operation_hooks = (self.has_before_operation or self.has_on_success or self.has_on_commit_invariant
-                                    or self.has_after_operation)
-
-    def implementers(self, hook: str) -> list[str]:
-        """Names of the plugins implementing ``hook``, in call order."""
-        return [impl.plugin_name for impl in self._impls[hook]]
-
-    # -- open ------------------------------------------------------------------------------
-    def on_store_open(self, store: "Store") -> None:
-        if self._impls["on_store_open"]:
-            self.pm.hook.on_store_open(store=store)
-
-    def on_open(self, store: "Store", connection: Any) -> None:
-        if self.has_on_open:
-            self.pm.hook.on_open(store=store, connection=connection)
-
-    # -- operate ---------------------------------------------------------------------------
-    def classify_error(self, store: "Store", error: BaseException, operation: Operation | None) -> Classification:
-        if "classify_error" in self.wrapped:
-            return self._classify_through_pluggy(store, error, operation)
-        for plugin, fn in self._calls["classify_error"]:
-            try:
-                result = fn(store, error, operation)
-            except Exception:
-                logger.exception("classify_error of plugin %r raised; asking the next one", plugin)
-                continue
-            if result is not None:
-                if result.source != plugin:
-                    result = attrs.evolve(result, source=plugin)
-                return result
-        from .classify import classify_exception  # the core table always answers
-
-        return classify_exception(error)
-
-    def _classify_through_pluggy(self, store: "Store", error: BaseException, operation: Operation | None) -> Classification:
-        """``classify_error`` with a wrapper: pluggy's dispatch (first non-None result, wrappers
-        around it); classifying never fails, so an exception falls back to the core table."""
-        from .classify import classify_exception
-
-        try:
-            result = self.pm.hook.classify_error(store=store, error=error, operation=operation)
-        except Exception:
-            logger.exception("classify_error raised (through its wrappers); the core table decides")
-            result = None
-        if not isinstance(result, Classification):
-            if result is not None:
-                logger.warning("classify_error returned %r, not a Classification; the core table decides", result)
-            return classify_exception(error)
-        return result
-
-    def before_operation(self, store: "Store", operation: Operation) -> None:
-        if self.has_before_operation:
-            direct = self._before_direct
-            if direct is None:
-                self.pm.hook.before_operation(store=store, operation=operation)
-                return
-            for _plugin, fn in self._calls["before_operation"]:
-                fn(store, operation)
-
-    def on_success(self, store: "Store", operation: Operation) -> None:
-        for plugin, fn in self._calls["on_success"]:  # isolated, inlined: it runs on every commit
-            try:
-                fn(store, operation)
-            except Exception:
-                logger.exception("on_success of plugin %r raised; the other plugins still run", plugin)
-
-    def after_operation(self, store: "Store", operation: Operation | None) -> None:
-        if operation is None:
-            return
-        for plugin, fn in self._calls["after_operation"]:  # isolated, inlined: it runs on every operation
-            try:
-                fn(store, operation)
-            except Exception:
-                logger.exception("after_operation of plugin %r raised; the other plugins still run", plugin)
-
-    # -- commit ----------------------------------------------------------------------------
-    def on_commit_invariant(self, store: "Store", connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
-        """Collect violations from every implementation; returns ``(violations, raise_requested)``.
-
-        An implementation asks for the violation to be *raised* to the caller by raising
-        :class:`~corestore.InvariantViolation` (its ``violations`` are collected; the core raises
-        one ``InvariantViolation(committed=True)`` after every check ran). Any other exception
-        becomes a violation itself: it runs after a durable commit, so it must not surface as a
-        retryable error.
-        """
-        if "on_commit_invariant" in self.wrapped:
-            return self._invariants_through_pluggy(store, connection, operation)
-        violations: list[Violation] = []
-        raise_requested = False
-        for plugin, fn in self._calls["on_commit_invariant"]:
-            try:
-                result = fn(store, connection, operation)
-            except InvariantViolation as err:
-                raise_requested = True
-                violations.extend(err.violations or [Violation(check=f"{plugin}.raised", message=str(err))])
-                continue
-            except Exception as err:
-                logger.exception("on_commit_invariant of plugin %r raised after a durable commit", plugin)
-                violations.append(Violation(
-                    check=f"{plugin}.error",
-                    message=f"invariant check raised {type(err).__name__}: {err}",
-                    evidence={},
-                ))
-                continue
-            if result:
-                violations.extend(result)
-        return violations, raise_requested
-
-    def _invariants_through_pluggy(self, store: "Store", connection: Any, operation: Operation) -> tuple[list[Violation], bool]:
-        """``on_commit_invariant`` with a wrapper: pluggy's dispatch (an exception stops the
-        remaining implementations and passes through the wrappers, as in pluggy)."""
-        try:
-            results = self.pm.hook.on_commit_invariant(store=store, connection=connection, operation=operation)
-        except InvariantViolation as err:
-            return list(err.violations or [Violation(check="on_commit_invariant.raised", message=str(err))]), True
-        except Exception as err:
-            logger.exception("on_commit_invariant raised (through its wrappers) after a durable commit")
-            return [Violation(check="on_commit_invariant.error",
-                              message=f"invariant check raised {type(err).__name__}: {err}", evidence={})], False
-        violations: list[Violation] = []
-        for result in results or ():
-            if result:
-                violations.extend(result)
-        return violations, False
-
-    # -- fail ------------------------------------------------------------------------------
-    def on_fatal(self, store: "Store", error: BaseException, classification: Classification, operation: Operation | None) -> None:
-        if self.has_on_fatal:
-            self._isolated("on_fatal", store, error, classification, operation)
-
-    def on_persistent_failure(self, store: "Store", report: "HealthReport") -> None:
-        self._isolated("on_persistent_failure", store, report)
-
-    # -- health ----------------------------------------------------------------------------
-    def on_health(self, store: "Store") -> list[HealthComponent]:
-        components: list[HealthComponent] = []
-        for plugin, fn in self._calls["on_health"]:
-            try:
-                result = fn(store)
-            except Exception as err:
-                logger.warning("on_health of plugin %r raised %s: %s", plugin, type(err).__name__, err)
-                components.append(HealthComponent(
-                    name=plugin, status=HealthStatus.UNKNOWN,
-                    summary=f"health check raised {type(err).__name__}: {err}",
-                ))
-                continue
-            if result is None:
-                continue
-            for item in result if isinstance(result, (list, tuple)) else [result]:
-                if isinstance(item, HealthComponent):
-                    components.append(item)
-                else:  # a wrong return value must not break the report either
-                    components.append(HealthComponent(
-                        name=plugin, status=HealthStatus.UNKNOWN,
-                        summary=f"on_health returned {type(item).__name__}, not a HealthComponent",
-                    ))
-        return components
-
-    def on_health_changed(self, store: "Store", previous: HealthStatus, current: HealthStatus) -> None:
-        self._isolated("on_health_changed", store, previous, current)
-
-    # -- close -----------------------------------------------------------------------------
-    def on_close(self, store: "Store") -> None:
-        """Isolated like the others, except that an :class:`UnsavedDataError` (accepted data
-        only in memory) is raised to ``store.close()``'s caller after every plugin ran."""
-        unsaved: UnsavedDataError | None = None
-        for plugin, fn in self._calls["on_close"]:
-            try:
-                fn(store)
-            except UnsavedDataError as err:
-                unsaved = unsaved or err
-            except Exception:
-                logger.exception("on_close of plugin %r raised; the other plugins still run", plugin)
-        if unsaved is not None:
-            raise unsaved
-
-    # -- fork ------------------------------------------------------------------------------
-    def on_fork_child(self, store: "Store") -> None:
-        self._isolated("on_fork_child", store)
-
-    def _isolated(self, hook: str, *args: Any) -> None:
-        for plugin, fn in self._calls[hook]:
-            try:
-                fn(*args)
-            except Exception:
-                logger.exception("%s of plugin %r raised; the other plugins still run", hook, plugin)
-
-
-def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple[HookCaller, dict[str, Any]]:
+def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[HookCaller, dict[str, Any]]:
     """Import and instantiate the profile's plugins, register them (hooks run in profile order)
     and return the caller with the instances by name.
 
@@ -476,7 +230,8 @@ def build_hook_caller(profile: "Profile", *, extra: Iterable[str] = ()) -> tuple
     installed = discover()
     for key in unknown_settings:
         if key not in installed:
-            raise ConfigError(f"{where}: settings.{key}: no installed plugin is called {key!r}; installed: {', '.join(sorted(installed))}")
+            raise ConfigError(f"{where}: settings.{key}: no installed plugin is called {key!r}; "
+                              f"installed: {', '.join(sorted(installed))}")
     instances: dict[str, Any] = {}
     for name in names:
         here = f"{ENV_PLUGINS} (environment variable)" if name in extra else where
@@ -519,7 +274,8 @@ def _check_pending(pm: pluggy.PluginManager, where: str) -> None:
         plugin = pm.get_name(err.plugin) or repr(err.plugin)
         unknown = next((name for name in vars(pm.hook) if not name.startswith("_")
                         and not getattr(pm.hook, name).has_spec()
-                        and any(i.plugin is err.plugin and not i.optionalhook for i in getattr(pm.hook, name).get_hookimpls())),
+                        and any(i.plugin is err.plugin and not i.optionalhook
+                                for i in getattr(pm.hook, name).get_hookimpls())),
                        "?")
         close = difflib.get_close_matches(unknown, hookspecs.HOOK_NAMES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

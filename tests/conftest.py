@@ -1,22 +1,34 @@
-"""Shared fixtures: temporary databases, subprocess helpers and test plugins installed through
-real entry points (a ``.dist-info`` directory on ``sys.path``, as pip would leave it)."""
+"""Shared fixtures: temporary databases, a fresh event log per test and test plugins installed
+through real entry points (a ``.dist-info`` directory on ``sys.path``, as pip would leave it).
+
+Helpers that are not fixtures (child interpreters, a lock holder) are in ``helpers.py``; nothing
+imports from this file. The store fixtures users get (``tmp_store``, ``failpoint``,
+``preload_failpoint``, the ``corestore_profile`` marker) come from the project's pytest plugin,
+loaded once here.
+"""
 from __future__ import annotations
 
-import importlib
 import os
-import subprocess
-import sys
-import textwrap
+from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 import corestore
 from corestore import registry
+from corestore_contrib.pytest_plugin import build_profile
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
+if TYPE_CHECKING:
+    from plugin_fixtures import EventLog
+
+# The plugin reaches users through the pytest11 entry point (an installed corestore); a checkout
+# without it, or a run with plugin autoloading off, loads it here.
+if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") or "corestore_contrib.pytest_plugin" not in {
+    ep.value for ep in metadata.entry_points(group="pytest11")
+}:
+    pytest_plugins = ["corestore_contrib.pytest_plugin"]
 
 
 @pytest.fixture
@@ -35,69 +47,30 @@ def _close_leftover_stores() -> Iterator[None]:
             store.close()
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """Environment for a child Python that can import corestore, its plugins and the tests."""
-    env = dict(os.environ)
-    paths = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "contrib"), str(TESTS)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.update(extra)
-    return env
+@pytest.fixture(autouse=True)
+def events() -> Iterator[EventLog]:
+    """A fresh log of the hook calls the test plugins see during this test."""
+    # imported here, not at the top: importing the test plugins with conftest shifts when the
+    # cyclic GC runs, and test_hooks.py::test_hook_on_fatal on peewee 3.17 depends on that (a
+    # closed store's statements, kept alive by exception tracebacks in reference cycles, keep
+    # SQLite's handle open until collected; its final close then checkpoints the WAL)
+    import plugin_fixtures
 
-
-def drop_file_capabilities() -> None:
-    """``preexec_fn``: drop CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from the
-    bounding set, so the exec'd child (still root) obeys file permissions like any user."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_CAPBSET_DROP = 24
-    for cap in (1, 2, 3):  # DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
-def run_python(code: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
-               drop_caps: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (``sys.argv[1:]`` = ``args``); with ``drop_caps``
-    the child runs without the file-permission capabilities (root bypasses permissions)."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True, text=True, timeout=timeout, env=env or child_env(),
-        preexec_fn=drop_file_capabilities if drop_caps else None,
-    )
-
-
-class Holder:
-    """Another process holding ``BEGIN IMMEDIATE`` on a file until released."""
-
-    def __init__(self, path: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], isolation_level=None); "
-             "c.execute('begin immediate'); print('held', flush=True); sys.stdin.readline(); c.execute('commit')",
-             path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "held"
-
-    def release(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write("\n")
-            self.proc.stdin.flush()
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+    log = plugin_fixtures.EventLog()
+    previous = plugin_fixtures.activate(log)
+    yield log
+    plugin_fixtures.activate(previous)
 
 
 @pytest.fixture
-def install_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+def install_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
     """Install entry points in the ``corestore`` group as a real ``.dist-info`` on ``sys.path``.
 
     ``install_plugins(name="module:Class", ...)``; modules are looked up on ``sys.path`` (the
     tests directory is on it, so ``plugin_fixtures:Recorder`` works).
     """
     counter = {"n": 0}
+    installed: list[str] = []
 
     def install(dist: str = "corestore-test-plugins", **entry_points: str) -> Path:
         counter["n"] += 1
@@ -108,22 +81,20 @@ def install_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable
         lines = ["[corestore]"] + [f"{name} = {target}" for name, target in entry_points.items()]
         (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
         monkeypatch.syspath_prepend(str(site))
-        importlib.invalidate_caches()
-        for name in entry_points:
-            registry._class_cache.pop(name, None)
+        registry.refresh_entry_points(*entry_points)
+        installed.extend(entry_points)
         return site
 
     yield install
-    for name in list(registry._class_cache):
-        if registry._class_cache[name].__module__ in ("plugin_fixtures",) or name.startswith("t_"):
-            registry._class_cache.pop(name, None)
+    registry.clear_cache(*installed)  # the entry points leave sys.path with this test
 
 
 @pytest.fixture
-def minimal(db_path: str) -> Iterator[corestore.Store]:
-    """A store on a fresh file with the ``minimal`` profile (WAL + NORMAL for speed)."""
-    profile = corestore.Profile(path=db_path, name="minimal",
-                                pragmas={"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"})
+def minimal(db_path: str, tmp_path: Path) -> Iterator[corestore.Store]:
+    """``tmp_store``'s profile family on ``db_path``: the built-in ``minimal`` profile with WAL +
+    NORMAL (for speed), built by the pytest plugin's ``build_profile``."""
+    profile = build_profile("minimal", {"path": db_path, "pragmas": {"journal_mode": "wal", "synchronous": "normal"}},
+                            tmp_path=tmp_path)
     store = corestore.open(profile)
     yield store
     while not store.closed:

@@ -2,33 +2,87 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
 from corestore import Classification, ErrorKind, HealthComponent, HealthStatus, Violation, hookimpl
 
-EVENTS: list[tuple[str, ...]] = []
-_lock = threading.Lock()
+
+class EventLog(list[tuple[Any, ...]]):
+    """The hook calls the test plugins saw, in order, as ``(plugin, hook, ...)`` tuples.
+
+    One per test: the ``events`` fixture (conftest.py, autouse) makes a fresh log and
+    :func:`activate` s it, so no test sees another's calls and none clears a shared list by hand.
+    Appends are thread-safe (hooks run on the threads that use the store).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def record(self, *event: Any) -> None:
+        with self._lock:
+            self.append(tuple(event))
+
+
+_active = EventLog()  # a child process that imports the test plugins records here
+
+
+def activate(log: EventLog) -> EventLog:
+    """Make ``log`` the one the test plugins write to; returns the one it replaces."""
+    global _active
+    previous, _active = _active, log
+    return previous
+
+
+def active() -> EventLog:
+    """The log the test plugins write to now (the current test's ``events``)."""
+    return _active
+
+
+class _ActiveEvents:
+    """:data:`EVENTS`: a read view of the current test's log, for modules that filter it in
+    module-level helpers (the ``events`` fixture is the same object as ``active()``)."""
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(list(_active))
+
+    def __len__(self) -> int:
+        return len(_active)
+
+    def __contains__(self, item: object) -> bool:
+        return item in _active
+
+    def __getitem__(self, index: Any) -> Any:
+        return _active[index]
+
+    def clear(self) -> None:
+        """Forget what was recorded so far in this test (to look at one later step alone)."""
+        _active.clear()
+
+
+EVENTS = _ActiveEvents()
 
 
 def record(*event: Any) -> None:
-    with _lock:
-        EVENTS.append(tuple(event))
+    _active.record(*event)
 
 
 class Recorder:
-    """Records every hook call into :data:`EVENTS` as ``(plugin, hook, ...)``."""
+    """Records every hook call into the current test's :class:`EventLog` as ``(plugin, hook, ...)``."""
 
     name = "t_recorder"
 
     @attrs.frozen(kw_only=True)
     class Settings:
-        label: str = attrs.field(default="rec", validator=attrs.validators.instance_of(str), metadata={"help": "a label"})
+        label: str = attrs.field(default="rec", validator=attrs.validators.instance_of(str),
+                                 metadata={"help": "a label"})
         fail_open: bool = attrs.field(default=False, metadata={"help": "raise in on_open"})
         fail_store_open: bool = attrs.field(default=False, metadata={"help": "raise in on_store_open"})
 
-    def __init__(self, settings: "Recorder.Settings") -> None:
+    def __init__(self, settings: Recorder.Settings) -> None:
         self.settings = settings
 
     @hookimpl
@@ -154,7 +208,7 @@ class Checker:
     class Settings:
         raise_it: bool = attrs.field(default=False, metadata={"help": "raise the violation"})
 
-    def __init__(self, settings: "Checker.Settings") -> None:
+    def __init__(self, settings: Checker.Settings) -> None:
         self.settings = settings
 
     @hookimpl
@@ -178,7 +232,7 @@ class Wrapper:
         return (yield)
 
 
-AFTER_COMMIT: list = []
+AFTER_COMMIT: list[Callable[[], Any]] = []
 
 
 class CommitCallback:

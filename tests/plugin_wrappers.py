@@ -169,7 +169,7 @@ class Picky:
         high: int = attrs.field(default=2, validator=attrs.validators.instance_of(int), metadata={"help": "high"})
         mode: str = attrs.field(default="a", validator=attrs.validators.in_(("a", "b")), metadata={"help": "mode"})
 
-    def __init__(self, settings: "Picky.Settings") -> None:
+    def __init__(self, settings: Picky.Settings) -> None:
         from corestore import ConfigError
 
         if settings.low >= settings.high:

@@ -23,7 +23,7 @@ from corestore import ConfigError, HealthStatus, PluginError, Profile
 from corestore_contrib.waiting import wait_until
 from corestore_plugins.accounting import BATCHES_TABLE, Accounting, ManualClock
 
-from conftest import run_python
+from helpers import run_python
 
 WAL = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"}
 SCHEMA = "CREATE TABLE usage (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, n INTEGER UNIQUE, ts REAL)"
@@ -678,7 +678,7 @@ def test_docs_snippet_runs(snippet: str, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from conftest import child_env
+    from helpers import child_env
 
     if snippet == "accounting_outage.py":
         pytest.importorskip("apsw", reason="the outage snippet runs over the failpoint VFS (apsw)")

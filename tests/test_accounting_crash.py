@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env
+from helpers import child_env
 
 CHILD = textwrap.dedent(
     """

@@ -59,7 +59,6 @@ def recorded(hook: str) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def recorder(install_plugins: Any) -> None:
     install_plugins(t_recorder="plugin_fixtures:Recorder")
-    EVENTS.clear()
 
 
 # -- the wedge ----------------------------------------------------------------------------------------

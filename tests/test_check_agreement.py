@@ -14,7 +14,7 @@ import pytest
 import corestore
 from corestore import ConfigError, PluginError
 
-from conftest import child_env
+from helpers import child_env
 
 # (id, TOML, None when both must accept it, else a fragment of the message both must give)
 CASES: list[tuple[str, str, str | None]] = [

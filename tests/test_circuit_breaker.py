@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -34,12 +33,9 @@ from corestore import (
 )
 from corestore_plugins.circuit_breaker import Breaker, BreakerState, CircuitBreaker, breaker_for
 
-from conftest import child_env
+from helpers import child_env
 from plugin_fixtures import EVENTS
 
-# The plugin reaches users through the pytest11 entry point; a checkout without it loads it here.
-if "corestore_contrib.pytest_plugin" not in {ep.value for ep in entry_points(group="pytest11")}:
-    pytest_plugins = ["corestore_contrib.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PRAGMAS = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"}
@@ -377,7 +373,6 @@ def test_hook_on_health_changed(tmp_path: Path, fp_store: Callable[..., corestor
     """Every transition logs one WARNING and reaches on_health_changed through the store's
     aggregation (once per change of the aggregate status, no separate listener API)."""
     install_plugins(t_recorder="plugin_fixtures:Recorder")
-    EVENTS.clear()
     store = fp_store({"cooldown_s": 10}, CB, "t_recorder")
     breaker, clock = with_clock(store)
     caplog.set_level(logging.WARNING, logger="corestore_plugins.circuit_breaker")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env
+from helpers import child_env
 
 ENTRY_FORMS = {
     "python -m corestore": [sys.executable, "-m", "corestore"],

@@ -23,7 +23,7 @@ import pytest
 import corestore
 from corestore import Profile, hookimpl
 
-from conftest import child_env, run_python
+from helpers import child_env, run_python
 
 
 class InvalidateDuringCheck:

@@ -41,7 +41,7 @@ import corestore
 from corestore import ErrorKind, HealthStatus, hookspecs, registry
 from corestore.profiles import BUILTIN_PROFILES, KNOWN_PRAGMAS, RetryPolicy, load_config, resolve_profile
 
-from conftest import ROOT, child_env
+from helpers import ROOT, child_env
 
 SITE = ROOT / "site"
 SNIPPETS = SITE / "snippets"
@@ -377,7 +377,7 @@ def test_own_toml_snippets_are_valid_config(tmp_path: Path, install_plugins, mon
             if toml.name.startswith(OWN_SNIPPET_PREFIXES):
                 validate_config(toml, f"site/snippets/{toml.name}")
     finally:
-        registry._class_cache.pop("acme_fault_budget", None)
+        registry.clear_cache("acme_fault_budget")
         sys.modules.pop("acme_policy", None)
 
 
@@ -413,7 +413,7 @@ def test_example_plugin_through_its_entry_point_and_a_real_store(tmp_path: Path,
             finally:
                 store.close()
     finally:
-        registry._class_cache.pop("acme_fault_budget", None)
+        registry.clear_cache("acme_fault_budget")
         sys.modules.pop("acme_policy", None)
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import child_env, root_only
+from helpers import child_env, root_only
 from corestore import osprobe
 from corestore.doctor import Severity, diagnose
 from corestore.osprobe import filesystem_type

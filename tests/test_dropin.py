@@ -21,7 +21,7 @@ from corestore import Profile, ReadOnlyError
 from corestore.sqlkind import is_read_sql
 from plugin_fixtures import EVENTS
 
-from conftest import run_python
+from helpers import run_python
 
 PRAGMAS = {"busy_timeout": 2000, "journal_mode": "wal", "synchronous": "normal"}
 
@@ -29,7 +29,6 @@ PRAGMAS = {"busy_timeout": 2000, "journal_mode": "wal", "synchronous": "normal"}
 @pytest.fixture
 def recorder(install_plugins: Any) -> None:
     install_plugins(t_recorder="plugin_fixtures:Recorder")
-    EVENTS.clear()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 import corestore
 from corestore import ErrorKind, Profile
 
-from conftest import Holder, child_env, root_only, run_python
+from helpers import Holder, child_env, root_only, run_python
 
 DRIVERS = ["sqlite3", pytest.param("apsw", marks=pytest.mark.skipif(
     __import__("importlib").util.find_spec("apsw") is None, reason="apsw not installed"))]

@@ -97,7 +97,6 @@ def test_uncertain_commit_is_never_retried_or_written_twice(preload_failpoint, t
 @pytest.fixture
 def recorder(install_plugins):
     install_plugins(t_recorder="plugin_fixtures:Recorder")
-    EVENTS.clear()
 
 
 def wal_store(failpoint, tmp_path: Path, *plugins: str, **pragmas) -> corestore.Store:

@@ -12,15 +12,12 @@ import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
 import corestore
 
-if "corestore_contrib.pytest_plugin" not in {ep.value for ep in entry_points(group="pytest11")}:
-    pytest_plugins = ["corestore_contrib.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "site"

@@ -11,7 +11,6 @@ import os
 import sqlite3
 import sys
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,6 @@ from corestore_contrib.failpoint import (
     preload_counters,
 )
 
-if "corestore_contrib.pytest_plugin" not in {ep.value for ep in entry_points(group="pytest11")}:
-    pytest_plugins = ["corestore_contrib.pytest_plugin"]
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload failpoint needs Linux")
 WAL_FULL = {"journal_mode": "wal", "synchronous": "full"}

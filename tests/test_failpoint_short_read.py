@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,8 +34,6 @@ import pytest
 
 from corestore_contrib.failpoint import PreloadFailpoint
 
-if "corestore_contrib.pytest_plugin" not in {ep.value for ep in entry_points(group="pytest11")}:
-    pytest_plugins = ["corestore_contrib.pytest_plugin"]
 
 VALUE = "x" * 3000  # one row filling most of one 4096-byte page: its tail lies in the page's second half
 PROBE = f"SELECT v = '{VALUE}', length(v), instr(v, char(0)), (SELECT count(*) FROM t) FROM t WHERE id = 1"

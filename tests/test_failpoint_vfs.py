@@ -6,7 +6,6 @@ scenario the file passes ``PRAGMA integrity_check`` and every row whose commit r
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import attrs
@@ -19,9 +18,6 @@ from corestore import ErrorKind  # noqa: E402
 from corestore_contrib.failpoint import FailpointVFS, integrity_check, resolve_code  # noqa: E402
 from corestore_contrib.waiting import wait_until  # noqa: E402
 
-# The plugin reaches users through the pytest11 entry point; a checkout without it loads it here.
-if "corestore_contrib.pytest_plugin" not in {ep.value for ep in entry_points(group="pytest11")}:
-    pytest_plugins = ["corestore_contrib.pytest_plugin"]
 
 WAL = {"journal_mode": "wal", "synchronous": "full"}
 

@@ -26,7 +26,7 @@ import pytest
 import corestore
 from corestore import FatalError, Profile, forking
 
-from conftest import child_env
+from helpers import child_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not sys.platform.startswith("linux"),
                                 reason="fork() and /proc/locks (Linux)")

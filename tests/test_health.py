@@ -12,22 +12,18 @@ import sys
 import textwrap
 import threading
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import corestore
-from conftest import ROOT, child_env
+from helpers import ROOT, child_env
 from corestore import ConfigError, HealthComponent, HealthStatus, Profile, StoreError, hookimpl
 from corestore.health import worst_status
 from corestore_contrib.waiting import wait_until
 from corestore_plugins.health import Health, read_snapshot
 
-# The failpoint fixtures reach users through the pytest11 entry point; a checkout loads them here.
-if "corestore_contrib.pytest_plugin" not in {ep.value for ep in entry_points(group="pytest11")}:
-    pytest_plugins = ["corestore_contrib.pytest_plugin"]
 
 PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000}
 

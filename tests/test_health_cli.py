@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import child_env
+from helpers import child_env
 
 CLI = [sys.executable, "-m", "corestore.cli"]
 

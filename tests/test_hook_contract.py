@@ -18,16 +18,11 @@ import corestore
 from corestore import ErrorKind, InvariantViolation, PluginError, Profile
 from corestore.hookspecs import HOOK_NAMES, ISOLATED_HOOKS
 
-from conftest import Holder, child_env
+from helpers import Holder, child_env
 from plugin_fixtures import EVENTS
 from plugin_wrappers import ISOLATED_WRAPPERS
 
 PRAGMAS = {"busy_timeout": 200, "journal_mode": "wal", "synchronous": "normal"}
-
-
-@pytest.fixture(autouse=True)
-def _clear_events() -> None:
-    EVENTS.clear()
 
 
 @pytest.fixture

@@ -12,12 +12,7 @@ from corestore import ErrorKind, HealthStatus, InvariantViolation, Profile
 from corestore.hookspecs import HOOK_NAMES
 
 from plugin_fixtures import EVENTS
-from conftest import Holder
-
-
-@pytest.fixture(autouse=True)
-def _clear_events() -> None:
-    EVENTS.clear()
+from helpers import Holder
 
 
 @pytest.fixture

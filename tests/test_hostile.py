@@ -35,7 +35,7 @@ from corestore.settings import number, one_of, optional
 from corestore.sidecar import SQLITE_HEADER, SidecarError, sidecar_path, unlink_sidecar
 from corestore_plugins.quarantine import MARKER_SUFFIX, clear_marker, marker_path, read_marker, write_marker
 
-from conftest import child_env, root_only, run_python
+from helpers import child_env, root_only, run_python
 
 NOBODY = 65534
 CLI = [sys.executable, "-m", "corestore.cli"]

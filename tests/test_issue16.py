@@ -22,7 +22,7 @@ import pytest
 import corestore
 from corestore import ConfigError, HealthStatus, Profile
 
-from conftest import child_env
+from helpers import child_env
 
 WAL = {"busy_timeout": 2000, "journal_mode": "wal", "synchronous": "normal"}
 
@@ -220,7 +220,7 @@ def test_the_guide_example_gives_readable_settings_errors(tmp_path: Path, instal
             assert out.returncode == 64 and message in out.stderr and "Attribute(" not in out.stderr, out.stderr
     finally:
         sys.modules.pop("acme_policy", None)
-        corestore.registry._class_cache.pop("acme_fault_budget", None)
+        corestore.registry.clear_cache("acme_fault_budget")
 
 
 # -- 8. CLI paper cuts --------------------------------------------------------------------------------------

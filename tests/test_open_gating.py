@@ -12,7 +12,6 @@ import sqlite3
 import statistics
 import sys
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ from corestore.oserrors import KIND_BY_ERRNO, classify_os_error, os_store_error
 from corestore.sqlitefile import read_header
 from corestore_contrib.failpoint import PreloadFailpoint, preload_counters
 
-if "corestore_contrib.pytest_plugin" not in {ep.value for ep in entry_points(group="pytest11")}:
-    pytest_plugins = ["corestore_contrib.pytest_plugin"]
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload failpoint needs Linux")
 

@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 BASE = '''
 import unittest

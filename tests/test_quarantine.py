@@ -30,8 +30,7 @@ from corestore_plugins.quarantine import (
     write_marker,
 )
 
-import plugin_fixtures
-from conftest import ROOT, child_env
+from helpers import ROOT, child_env
 
 PS = 4096
 
@@ -46,10 +45,9 @@ def _profile(path: Path | str, *, plugins: tuple[str, ...] = ("quarantine", "t_r
 
 
 @pytest.fixture
-def recorder(install_plugins: Any) -> list[tuple[Any, ...]]:
+def recorder(install_plugins: Any, events: Any) -> list[tuple[Any, ...]]:
     install_plugins(t_recorder="plugin_fixtures:Recorder")
-    plugin_fixtures.EVENTS.clear()
-    return plugin_fixtures.EVENTS
+    return events
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import corestore
 from corestore import PluginError, Profile
 from corestore.registry import discover, load_plugin_class
 
-from conftest import child_env, run_python
+from helpers import child_env, run_python
 import plugin_fixtures
 
 
@@ -130,3 +130,30 @@ def test_two_stores_run_different_policies(tmp_path: Path, install_plugins) -> N
     assert b.hooks.implementers("before_operation") == ["t_recorder"]
     a.close()
     b.close()
+
+
+def test_clear_cache_reads_a_reinstalled_entry_point_again(install_plugins) -> None:
+    """Plugin classes are cached by name; ``registry.clear_cache(name)`` is the public way to make
+    the next lookup read the installed entry points again (a test that reinstalls a name)."""
+    from corestore import registry
+
+    install_plugins(t_recorder="plugin_fixtures:Recorder")
+    assert load_plugin_class("t_recorder") is plugin_fixtures.Recorder
+    install_plugins("corestore-test-plugins-2", t_recorder="plugin_fixtures:Toggle")
+    # refresh_entry_points() (what install_plugins calls) forgot the class: the new target is read
+    with pytest.raises(PluginError, match="declares name 't_toggle', but its entry point is 't_recorder'"):
+        load_plugin_class("t_recorder")
+    registry.clear_cache()  # all names
+    with pytest.raises(PluginError, match="declares name 't_toggle'"):
+        load_plugin_class("t_recorder")
+
+
+def test_clear_cache_keeps_a_cached_class_until_called(install_plugins) -> None:
+    from corestore import registry
+
+    install_plugins(t_recorder="plugin_fixtures:Recorder")
+    assert load_plugin_class("t_recorder") is plugin_fixtures.Recorder
+    install_plugins("corestore-test-plugins-2", t_gate="plugin_fixtures:Gate")  # t_recorder not reinstalled
+    assert load_plugin_class("t_recorder") is plugin_fixtures.Recorder  # still the cached class
+    registry.clear_cache("t_recorder")
+    assert load_plugin_class("t_recorder") is plugin_fixtures.Recorder  # read again, same target

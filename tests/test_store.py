@@ -67,7 +67,7 @@ def test_two_processes_never_overlap_in_setup(tmp_path: Path, db_path: str) -> N
     import subprocess
     import sys
 
-    from conftest import child_env
+    from helpers import child_env
 
     out = tmp_path / "spans.jsonl"
     procs = [subprocess.Popen([sys.executable, "-c", SETUP_CHILD, db_path, str(out)], env=child_env()) for _ in range(2)]

@@ -40,7 +40,7 @@ from corestore.profiles import BUILTIN_PROFILES
 from corestore.sqlitefile import read_header
 from corestore_plugins.wal_guard import DEFAULT_WAL_AUTOCHECKPOINT, WalGuard
 
-from conftest import ROOT, child_env
+from helpers import ROOT, child_env
 
 apsw = pytest.importorskip("apsw")
 from corestore_contrib.failpoint import FailpointVFS, PreloadFailpoint  # noqa: E402  (needs apsw)

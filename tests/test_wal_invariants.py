@@ -26,7 +26,7 @@ from corestore import ConfigError, HealthStatus, InvariantViolation, Profile
 from corestore_plugins.wal_invariants import CHECKS, WalInvariants
 
 import plugin_fixtures
-from conftest import ROOT, child_env
+from helpers import ROOT, child_env
 
 PS = 4096  # SQLite's default page size, used by every file below
 
@@ -123,7 +123,6 @@ def _torn_unit(store: corestore.Store, path: str, cut_to: int) -> Any:
 
 def test_hook_on_commit_invariant_reports_a_truncated_delete_file(tmp_path: Path, install_plugins: Any) -> None:
     install_plugins(t_recorder="plugin_fixtures:Recorder")
-    plugin_fixtures.EVENTS.clear()
     store, path = _delete_mode_store(tmp_path)
     store = corestore.open(_profile(path, mode="delete", plugins=("wal_invariants", "t_recorder")))
     assert store.hooks.implementers("on_commit_invariant") == ["wal_invariants", "t_recorder"]

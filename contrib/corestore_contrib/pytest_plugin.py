@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -74,7 +75,7 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture
-def failpoint() -> Iterator["FailpointVFS"]:
+def failpoint() -> Iterator[FailpointVFS]:
     """A fresh failpoint VFS (unique name), healed and unregistered at teardown."""
     try:
         from corestore_contrib.failpoint import FailpointVFS
@@ -101,7 +102,7 @@ def _close_stores_over(vfs: str) -> None:
 
 
 @pytest.fixture
-def preload_failpoint(tmp_path: Path) -> Iterator["PreloadFailpoint"]:
+def preload_failpoint(tmp_path: Path) -> Iterator[PreloadFailpoint]:
     """Control of the preload shim for children run with ``.run(...)`` / ``.start(...)``."""
     from corestore_contrib.failpoint import FailpointUnavailable, PreloadFailpoint, build_shim
 
@@ -138,7 +139,7 @@ def _profile_request(request: pytest.FixtureRequest) -> tuple[Any, dict[str, Any
 
 
 def build_profile(base: Any, fields: Mapping[str, Any], *, tmp_path: Path,
-                  failpoint_name: str | None = None) -> "corestore.Profile":
+                  failpoint_name: str | None = None) -> corestore.Profile:
     """The profile ``tmp_store`` opens (public so a test can build the same profile for a child
     process or a second store)."""
     import attrs
@@ -164,7 +165,7 @@ def build_profile(base: Any, fields: Mapping[str, Any], *, tmp_path: Path,
 
 
 @pytest.fixture
-def tmp_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator["corestore.Store"]:
+def tmp_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[corestore.Store]:
     """A store on ``tmp_path / "store.db"``; see the module docs for choosing its profile."""
     import corestore
 

@@ -1,0 +1,260 @@
+"""The profile value types: :class:`Profile`, :class:`RetryPolicy`, the pragma rules and the
+built-in profiles. Import them from :mod:`corestore.profiles` (the face of this module and
+:mod:`corestore.profile_config`).
+
+A :class:`Profile` is frozen, deeply immutable and hashable, so ``attrs.evolve(profile, ...)``
+gives a new one and the store cache keys on the value.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError
+from .frozen import FrozenMap, freeze
+from .settings import C_INT_MAX, INT64_MAX, number
+
+__all__ = [
+    "Profile",
+    "RetryPolicy",
+    "BUILTIN_PROFILES",
+    "DEFAULT_PLUGINS",
+    "DRIVERS",
+    "KNOWN_PRAGMAS",
+    "validate_pragma",
+]
+DEFAULT_PLUGINS = ("wal_guard", "wal_invariants", "circuit_breaker", "health")
+DRIVERS = ("sqlite3", "apsw")
+
+# Pragmas a profile may set, with the values SQLite accepts where they are an enumeration.
+_ENUM_PRAGMAS: dict[str, tuple[str, ...]] = {
+    "journal_mode": ("delete", "truncate", "persist", "memory", "wal", "off"),
+    "synchronous": ("off", "normal", "full", "extra", "0", "1", "2", "3"),
+    "locking_mode": ("normal", "exclusive"),
+    "temp_store": ("default", "file", "memory", "0", "1", "2"),
+    "auto_vacuum": ("none", "full", "incremental", "0", "1", "2"),
+    "secure_delete": ("on", "off", "fast", "0", "1", "true", "false"),
+}
+_BOOL_PRAGMAS = frozenset({
+    "foreign_keys", "fullfsync", "checkpoint_fullfsync", "recursive_triggers", "cell_size_check",
+    "trusted_schema", "query_only", "defer_foreign_keys", "automatic_index", "reverse_unordered_selects",
+    "ignore_check_constraints", "legacy_alter_table", "read_uncommitted",
+})
+_INT_PRAGMAS = frozenset({
+    "busy_timeout", "cache_size", "wal_autocheckpoint", "journal_size_limit", "mmap_size", "page_size",
+    "max_page_count", "threads", "analysis_limit", "cache_spill", "soft_heap_limit", "hard_heap_limit",
+    "user_version", "application_id",
+})
+KNOWN_PRAGMAS = frozenset(_ENUM_PRAGMAS) | _BOOL_PRAGMAS | _INT_PRAGMAS
+# SQLite reads these into a C int (the others into a 64-bit integer): (lowest, highest) allowed.
+_INT_PRAGMA_RANGES: dict[str, tuple[int, int]] = {
+    "busy_timeout": (0, C_INT_MAX),
+    "wal_autocheckpoint": (-C_INT_MAX - 1, C_INT_MAX),
+    "cache_size": (-C_INT_MAX - 1, C_INT_MAX),
+    "threads": (0, C_INT_MAX),
+    "analysis_limit": (0, C_INT_MAX),
+    "page_size": (512, 65536),
+    "user_version": (-C_INT_MAX - 1, C_INT_MAX),
+    "application_id": (-C_INT_MAX - 1, C_INT_MAX),
+    "cache_spill": (-C_INT_MAX - 1, C_INT_MAX),
+}
+
+
+def validate_pragma(name: str, value: Any, *, where: str = "<profile>") -> Any:
+    """Check one pragma name and value; return the value normalised (lowercase strings, bools
+    as 0/1). Raises :class:`ConfigError` naming ``where`` and what is allowed."""
+    if name not in KNOWN_PRAGMAS:
+        raise ConfigError(
+            f"{where}: unknown pragma {name!r}; allowed: {', '.join(sorted(KNOWN_PRAGMAS))}"
+        )
+    if name in _ENUM_PRAGMAS:
+        text = str(value).lower()
+        if isinstance(value, bool) or text not in _ENUM_PRAGMAS[name]:
+            raise ConfigError(
+                f"{where}: pragma {name} = {value!r} is not allowed; allowed: {', '.join(_ENUM_PRAGMAS[name])}"
+            )
+        return text
+    if name in _BOOL_PRAGMAS:
+        if isinstance(value, bool) or value in (0, 1):
+            return int(value)
+        raise ConfigError(f"{where}: pragma {name} = {value!r} must be true or false")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: pragma {name} = {value!r} must be an integer")
+    low, high = _INT_PRAGMA_RANGES.get(name, (-INT64_MAX - 1, INT64_MAX))
+    if name == "busy_timeout" and not low <= value <= high:
+        raise ConfigError(f"{where}: pragma busy_timeout = {value!r} must be >= 0 (milliseconds) and <= {high} "
+                          "(SQLite reads it into a C int)")
+    if not low <= value <= high:
+        raise ConfigError(f"{where}: pragma {name} = {value!r} must be an integer from {low} to {high} "
+                          "(SQLite's limit)")
+    return value
+
+
+def _pragmas_converter(value: Mapping[str, Any] | None) -> FrozenMap:
+    return FrozenMap({k: validate_pragma(k, v) for k, v in (value or {}).items()})
+
+
+def _settings_converter(value: Mapping[str, Any] | None) -> FrozenMap:
+    out: dict[str, Any] = {}
+    for plugin, table in (value or {}).items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"<profile>: settings.{plugin} must be a table of settings, got {table!r}")
+        out[plugin] = freeze(table)
+    return FrozenMap(out)
+
+
+def _plugins_converter(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    names = tuple(str(v) for v in (value or ()))
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"<profile>: plugin(s) listed twice: {', '.join(sorted(dup))}")
+    return names
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"<profile>: retry.{attribute.name} = {value!r} must be a finite number >= 0")
+    if value < 0:
+        raise ConfigError(f"<profile>: retry.{attribute.name} = {value!r} must be >= 0")
+
+
+def _count(instance: Any, attribute: attrs.Attribute, value: int) -> None:  # type: ignore[type-arg]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise ConfigError(f"<profile>: retry.{attribute.name} = {value!r} must be an integer from 0 to 1000000 "
+                          "(attempts)")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How ``store.run()`` retries: BUSY and TRANSIENT_IO within ``budget_s`` seconds in total
+    (and the call's deadline), at most ``busy_attempts`` / ``transient_attempts`` attempts, with
+    jittered exponential backoff from ``base_delay_s`` to ``max_delay_s``. ``fatal_attempts`` > 1
+    retries FATAL_IO after reopening the connection (off by default: a failing disk is not
+    retried into)."""
+
+    busy_attempts: int = attrs.field(default=8, validator=_count)
+    transient_attempts: int = attrs.field(default=4, validator=_count)
+    fatal_attempts: int = attrs.field(default=1, validator=_count)
+    base_delay_s: float = attrs.field(default=0.005, validator=_positive)
+    max_delay_s: float = attrs.field(default=0.5, validator=_positive)
+    budget_s: float = attrs.field(default=10.0, validator=_positive)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, where: str = "<profile>") -> RetryPolicy:
+        fields = attrs.fields_dict(cls)
+        for key, value in raw.items():
+            if key not in fields:
+                raise ConfigError(f"{where}: unknown retry key {key!r}; allowed: {', '.join(fields)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}: retry.{key} = {value!r} must be a number")
+        try:
+            return cls(**raw)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def _retry_converter(value: RetryPolicy | Mapping[str, Any] | None) -> RetryPolicy:
+    if isinstance(value, RetryPolicy):
+        return value
+    return RetryPolicy.from_mapping(value or {})
+
+
+def _driver_validator(instance: Any, attribute: Any, value: str) -> None:
+    if value not in DRIVERS:
+        raise ConfigError(f"<profile>: driver = {value!r} is not allowed; allowed: {', '.join(DRIVERS)}")
+
+
+def _vfs_validator(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigError(f"<profile>: vfs = {value!r} must be the name of a registered SQLite VFS "
+                          "(a non-empty string)")
+    if instance.driver != "apsw":
+        raise ConfigError(f"<profile>: vfs = {value!r} needs driver = 'apsw' (the sqlite3 driver cannot select a VFS); "
+                          f"driver is {instance.driver!r}")
+
+
+_init_timeout = number(0, 86400.0, low_inclusive=False, unit="seconds")
+
+
+def _init_timeout_validator(instance: Any, attribute: Any, value: Any) -> None:
+    try:
+        _init_timeout(instance, attribute, value)
+    except ConfigError as err:
+        raise ConfigError(f"<profile>: {err}") from None
+
+
+@attrs.frozen(kw_only=True)
+class Profile:
+    """The resolved, frozen policy of one store.
+
+    ``plugins`` is ordered: hooks run in this order (the first listed answers ``classify_error``
+    first). ``settings`` maps a plugin name to its raw settings table, converted into the
+    plugin's ``Settings`` class at open. ``origin`` says where the profile came from (for error
+    messages) and takes no part in equality.
+
+    A profile built in code is named ``"custom"`` unless given a ``name``: it starts empty (no
+    plugins, no pragmas; SQLite's own defaults), it is not the built-in ``default``. To start
+    from ``default`` in code use ``corestore.open(path, enable=[...], disable=[...],
+    settings={...})``. ``config_dir`` is the directory of the config file the profile came from
+    (None in code): relative paths in plugin settings (``health.snapshot_path``) are relative to it.
+    """
+
+    name: str = "custom"
+    path: str = ""
+    driver: str = attrs.field(default="sqlite3", validator=_driver_validator)
+    vfs: str | None = attrs.field(default=None, validator=_vfs_validator)
+    pragmas: FrozenMap = attrs.field(factory=FrozenMap, converter=_pragmas_converter)
+    plugins: tuple[str, ...] = attrs.field(default=(), converter=_plugins_converter)
+    settings: FrozenMap = attrs.field(factory=FrozenMap, converter=_settings_converter)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, converter=_retry_converter)
+    read_only: bool = False
+    #: Longest wait for the cross-process init lock (``setup`` and the WAL switch run under it).
+    init_timeout_s: float = attrs.field(default=30.0, validator=_init_timeout_validator)
+    config_dir: str | None = None
+    origin: str = attrs.field(default="<code>", eq=False, repr=False)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, name: str = "custom", origin: str = "<code>",
+                     config_dir: str | None = None) -> Profile:
+        """Build a profile from a plain mapping (no inheritance), naming ``origin`` in errors."""
+        allowed = ("path", "driver", "vfs", "pragmas", "plugins", "settings", "retry", "read_only", "init_timeout_s")
+        for key in raw:
+            if key not in allowed:
+                raise ConfigError(f"{origin}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+        try:
+            return cls(name=name, origin=origin, config_dir=config_dir, **dict(raw))
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("<profile>", origin, 1)) from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{origin}: {err}") from None
+
+    def settings_for(self, plugin: str) -> Mapping[str, Any]:
+        """The raw settings table for ``plugin`` (empty when the profile sets none)."""
+        table: Mapping[str, Any] = self.settings.get(plugin, FrozenMap())
+        return table
+
+
+def _builtin_default_pragmas() -> dict[str, Any]:
+    pragmas: dict[str, Any] = {
+        "busy_timeout": 5000,
+        "journal_mode": "wal",
+        "synchronous": "full",
+        "wal_autocheckpoint": 1000,
+    }
+    if sys.platform == "darwin":  # plain fsync is not durable on macOS
+        pragmas.update(fullfsync=1, checkpoint_fullfsync=1)
+    return pragmas
+
+
+BUILTIN_PROFILES: Mapping[str, Mapping[str, Any]] = FrozenMap({
+    "default": {"plugins": list(DEFAULT_PLUGINS), "pragmas": _builtin_default_pragmas()},
+    "minimal": {"plugins": [], "pragmas": {"busy_timeout": 5000}},
+})
