@@ -16,6 +16,17 @@ run them under the store's policies (see ``site/peewee-compatibility.md``).
 Nothing here waits without a bound: the connection record's lock and peewee's connect/close lock
 are taken with the profile's ``busy_timeout``, and a re-entry by the thread that already holds
 them is refused with an error that names the misuse instead of deadlocking.
+
+**The store link.** The database never calls the store's private methods. The store hands it a
+:class:`~corestore.backends.StoreLink` (the store's implementation is
+:data:`corestore.link.LINK`) whose members take the store as first argument: preparing a
+new connection, translating an error, running an autocommit statement, and peewee's
+``transaction()``/``begin()``/``commit()``/``rollback()``/``close()`` inside a store transaction.
+The database holds its store only weakly (``store``), so a store nobody closed is still freed.
+
+The engine-specific subclasses (``PolicySqliteDatabase``, ``PolicyAPSWDatabase``) and how they are
+built for a profile live in the backend (:mod:`corestore.backends.sqlite`); :class:`PolicyMixin`
+and :func:`build_database` are what a backend builds them from.
 """
 from __future__ import annotations
 
@@ -32,9 +43,11 @@ from .errors import BusyError, Classification, ConfigError, ErrorKind, QueryErro
 from .sqlkind import is_read_sql
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .backends import StoreLink
     from .store import Store
 
-__all__ = ["ConnectionRecord", "PolicySqliteDatabase", "make_database", "all_databases"]
+__all__ = ["ConnectionRecord", "PolicyMixin", "build_database", "forget_connection", "all_databases",
+           "PolicySqliteDatabase"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +59,18 @@ _FORGOTTEN: list[Any] = []
 _is_read_sql = is_read_sql
 
 # Every policy database of this process (what the fork hooks walk; see corestore.forking).
-_DATABASES: "weakref.WeakSet[_PolicyMixin]" = weakref.WeakSet()
+_DATABASES: "weakref.WeakSet[PolicyMixin]" = weakref.WeakSet()
 
 
-def all_databases() -> "list[_PolicyMixin]":
+def all_databases() -> "list[PolicyMixin]":
     """Every store database alive in this process, closed or not."""
     return list(_DATABASES)
+
+
+def forget_connection(conn: Any) -> None:
+    """In a forked child: keep ``conn`` (inherited from the parent) referenced forever, never
+    closed (closing it could checkpoint or unlink the parent's ``-wal``)."""
+    _FORGOTTEN.append(conn)
 
 
 class ConnectionRecord:
@@ -122,13 +141,16 @@ class _BoundedLock:
         self._lock.release()
 
 
-class _PolicyMixin:
-    """Mixed into peewee's SqliteDatabase / APSWDatabase by :func:`make_database`."""
+class PolicyMixin:
+    """The policy layer, mixed into a peewee database class by a backend (see
+    :mod:`corestore.backends.sqlite`) and set up by :func:`build_database`."""
 
     _store_ref: "weakref.ref[Store]"
 
-    def _setup_policy(self, store: "Store") -> None:
+    def _setup_policy(self, store: "Store", link: "StoreLink") -> None:
         self._store_ref = weakref.ref(store)
+        self._link = link
+        self._autocommit = link.autocommit  # bound once: the autocommit statement's path
         self._records: set[ConnectionRecord] = set()
         self._registry_lock = threading.Lock()
         self.generation = 0
@@ -161,7 +183,7 @@ class _PolicyMixin:
         try:
             conn = super()._connect()  # type: ignore[misc]
             try:
-                self.store._init_connection(conn)
+                self._link.init_connection(self.store, conn)
             except BaseException:
                 try:
                     conn.close()
@@ -184,7 +206,7 @@ class _PolicyMixin:
         except StoreClosedError:
             raise
         except Exception as err:
-            translated = self.store._translate_open_error(err)
+            translated = self._link.translate_open_error(self.store, err)
             if translated is err:
                 raise  # already a StoreError (e.g. from on_open): keep its own __cause__
             raise translated from err
@@ -423,7 +445,7 @@ class _PolicyMixin:
         cursor = super().cursor(*args, **kwargs)  # type: ignore[misc]
         record = state.record
         if record is not None and record.query_only:  # the application's own cursor, after a read()
-            self.store._set_query_only(record, False)
+            self._link.set_query_only(self.store, record, False)
         return cursor
 
     def connection(self) -> Any:
@@ -432,7 +454,7 @@ class _PolicyMixin:
         conn = super().connection()  # type: ignore[misc]
         record = self._state.record  # type: ignore[attr-defined]
         if record is not None and record.query_only and record.active is None:
-            self.store._set_query_only(record, False)
+            self._link.set_query_only(self.store, record, False)
         return conn
 
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -441,8 +463,8 @@ class _PolicyMixin:
             try:
                 return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
             except Exception as err:
-                raise self.store._translate_in_transaction(err) from err
-        return self.store._autocommit(super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
+                raise self._link.translate_in_transaction(self.store, err) from err
+        return self._autocommit(self.store, super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
 
     def _active(self) -> Any:
         """The store transaction holding this thread's connection, or None."""
@@ -456,7 +478,7 @@ class _PolicyMixin:
     def transaction(self, *args: Any, **kwargs: Any) -> Any:
         """peewee's ``transaction()``: a store write transaction when entered at depth 0 (BEGIN
         through :meth:`begin`, COMMIT through :meth:`commit`), joined (pushed only) when nested."""
-        return self.store._db_transaction(args, kwargs)
+        return self._link.db_transaction(self.store, args, kwargs)
 
     def begin(self, lock_type: str | None = None) -> None:
         """BEGIN. Inside a store transaction (its re-BEGIN after ``txn.commit()``): on its
@@ -466,9 +488,9 @@ class _PolicyMixin:
         if lock_type is None:
             lock_type = getattr(self, "_lock_type", None)
         if active is None:
-            self.store._direct_begin(lock_type)
+            self._link.direct_begin(self.store, lock_type)
             return
-        self.store._begin_again(active, lock_type)
+        self._link.begin_again(self.store, active, lock_type)
 
     def commit(self) -> None:
         """COMMIT this thread's store transaction: the outcome is classified as in
@@ -477,7 +499,7 @@ class _PolicyMixin:
         ``commit()``, with its own errors."""
         active = self._active()
         if active is not None:
-            self.store._commit_active(active)
+            self._link.commit_active(self.store, active)
             return None
         return super().commit()  # type: ignore[misc, no-any-return]  # each peewee release's own
 
@@ -487,7 +509,7 @@ class _PolicyMixin:
         Without one, the installed peewee's own ``rollback()``."""
         active = self._active()
         if active is not None:
-            self.store._rollback_active(active)
+            self._link.rollback_active(self.store, active)
             return None
         return super().rollback()  # type: ignore[misc, no-any-return]  # each peewee release's own
 
@@ -497,7 +519,7 @@ class _PolicyMixin:
         connection would."""
         active = self._active()
         if active is not None and not self.in_transaction():  # type: ignore[attr-defined]
-            self.store._abandon_direct(active)
+            self._link.abandon_direct(self.store, active)
         return bool(super().close())  # type: ignore[misc]
 
     def init(self, database: Any, **kwargs: Any) -> None:
@@ -512,28 +534,26 @@ class _PolicyMixin:
         super().init(database, **kwargs)  # type: ignore[misc]
 
 
-class PolicySqliteDatabase(_PolicyMixin, peewee.SqliteDatabase):
-    """The store's database for the stdlib ``sqlite3`` driver."""
+#: the old private name (corestore.forking imports it)
+_PolicyMixin = PolicyMixin
 
 
-_db_classes: dict[str, type] = {"sqlite3": PolicySqliteDatabase}
-
-
-def make_database(store: "Store", driver: str, database: str, **connect_params: Any) -> Any:
-    """Build the policy database for ``driver`` (``"sqlite3"`` or ``"apsw"``)."""
-    cls = _db_classes.get(driver)
-    if cls is None and driver == "apsw":
-        from playhouse.apsw_ext import APSWDatabase
-
-        cls = _db_classes["apsw"] = type("PolicyAPSWDatabase", (_PolicyMixin, APSWDatabase), {
-            "__doc__": "The store's database for the apsw driver.",
-            "__module__": __name__,
-        })
-    assert cls is not None
+def build_database(cls: type, store: "Store", link: "StoreLink", database: str, **kwargs: Any) -> Any:
+    """An instance of ``cls`` (a backend's subclass of :class:`PolicyMixin` and a peewee database)
+    for ``store``, talking to it through ``link``; ``kwargs`` go to peewee's ``__init__``."""
     db = cls.__new__(cls)
-    db._setup_policy(store)
-    db.__init__(database, pragmas=None, timeout=None if driver == "apsw" else 0, **connect_params)
+    db._setup_policy(store, link)
+    db.__init__(database, **kwargs)
     db._state = _PolicyState()
     db._lock = _BoundedLock(db.lock_wait_s, f"{database}")
     db._policy_ready = True
     return db
+
+
+def __getattr__(name: str) -> Any:
+    """``PolicySqliteDatabase`` moved to :mod:`corestore.backends.sqlite`."""
+    if name == "PolicySqliteDatabase":
+        from .backends import sqlite
+
+        return getattr(sqlite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
