@@ -46,8 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backends import StoreLink
     from .store import Store
 
-__all__ = ["ConnectionRecord", "PolicyMixin", "build_database", "forget_connection", "all_databases",
-           "PolicySqliteDatabase"]
+__all__ = ["ConnectionRecord", "PolicyMixin", "build_database", "forget_connection", "all_databases"]
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from .transaction import BEGIN, _Txn, after_commit, begin_txn, commit_invariants
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
 
-__all__ = ["_DbTxn", "db_transaction", "direct_begin", "begin_again", "commit_active", "rollback_active",
+__all__ = ["db_transaction", "direct_begin", "begin_again", "commit_active", "rollback_active",
            "abandon_direct", "end_db"]
 
 logger = logging.getLogger(__name__)
