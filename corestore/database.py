@@ -24,9 +24,11 @@ new connection, translating an error, running an autocommit statement, and peewe
 ``transaction()``/``begin()``/``commit()``/``rollback()``/``close()`` inside a store transaction.
 The database holds its store only weakly (``store``), so a store nobody closed is still freed.
 
-The engine-specific subclasses (``PolicySqliteDatabase``, ``PolicyAPSWDatabase``) and how they are
-built for a profile live in the backend (:mod:`corestore.backends.sqlite`); :class:`PolicyMixin`
-and :func:`build_database` are what a backend builds them from.
+A thread's connection record and the bounded connect/close lock are in
+:mod:`corestore.connections`. The engine-specific subclasses (``PolicySqliteDatabase``,
+``PolicyAPSWDatabase``) and how they are built for a profile live in the backend
+(:mod:`corestore.backends.sqlite`); :class:`PolicyMixin` and :func:`build_database` are what a
+backend builds them from.
 """
 from __future__ import annotations
 
@@ -36,9 +38,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import peewee
-
 from . import forking
+from .connections import BoundedLock, ConnectionRecord, PolicyState, misuse
 from .errors import BusyError, Classification, ConfigError, ErrorKind, QueryError, StoreClosedError
 from .sqlkind import is_read_sql
 
@@ -70,74 +71,6 @@ def forget_connection(conn: Any) -> None:
     """In a forked child: keep ``conn`` (inherited from the parent) referenced forever, never
     closed (closing it could checkpoint or unlink the parent's ``-wal``)."""
     _FORGOTTEN.append(conn)
-
-
-class ConnectionRecord:
-    """One thread's driver connection: its lock (held while a statement or transaction runs),
-    the generation it was opened in, and whether it was closed or doomed from elsewhere."""
-
-    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "active", "query_only",
-                 "cursor_out", "__weakref__")
-
-    def __init__(self, conn: Any, generation: int) -> None:
-        self.conn = conn
-        self.lock = threading.Lock()
-        self.generation = generation
-        self.thread = threading.current_thread()
-        self.closed = False
-        self.doomed = False
-        self.busy = False
-        self.active: Any = None  # the store transaction holding it (set by the store, same thread)
-        self.query_only = False  # PRAGMA query_only is on (left on by a read transaction)
-        # True after an autocommit read: the caller may still be stepping the cursor it got, on
-        # its own thread, after the record was released (see _PolicyMixin.close_all).
-        self.cursor_out = False
-
-
-class _PolicyState(peewee._ConnectionLocal):  # type: ignore[misc, name-defined]
-    """peewee's per-thread connection state; ``record`` (this thread's :class:`ConnectionRecord`)
-    is always present, None when the thread has no connection."""
-
-    def reset(self) -> None:
-        super().reset()
-        self.record = None
-
-
-def _misuse(message: str, name: str) -> QueryError:
-    return QueryError(message, classification=Classification(kind=ErrorKind.PROGRAMMING, name=name))
-
-
-class _BoundedLock:
-    """peewee's connect/close lock, bounded: waits at most ``timeout`` seconds (then
-    :class:`BusyError`) and refuses a re-entry by the thread that holds it (a hook that uses the
-    database while its own connection is being opened) instead of deadlocking."""
-
-    __slots__ = ("_lock", "_owner", "timeout", "what")
-
-    def __init__(self, timeout: float, what: str) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-        self.timeout = timeout
-        self.what = what
-
-    def __enter__(self) -> "_BoundedLock":
-        me = threading.get_ident()
-        if self._owner == me:
-            raise _misuse(f"{self.what}: this thread re-entered the database's connect/close while opening or "
-                          "closing its own connection (a hook that uses store.database from on_open?); use the "
-                          "connection the hook is given", "REENTRANT_CONNECT")
-        if not self._lock.acquire(True, self.timeout):
-            raise BusyError(
-                f"{self.what}: waited {self.timeout:g} s (busy_timeout) for another thread opening or closing "
-                "its connection",
-                classification=Classification(kind=ErrorKind.BUSY, name="CONNECT_LOCK_TIMEOUT", retryable=True),
-            )
-        self._owner = me
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._owner = None
-        self._lock.release()
 
 
 class PolicyMixin:
@@ -327,7 +260,7 @@ class PolicyMixin:
     def _reentry_error(self) -> QueryError:
         active = self._active()
         holder = f"a {active.kind} transaction ({active.name or 'unnamed'})" if active is not None else "a statement"
-        err = _misuse(
+        err = misuse(
             f"{self.database}: this thread's connection is already held by {holder} of this same thread, and "
             "something on the thread asked for it again outside that transaction (a store hook or callback "
             "running a statement, or store.transaction()/read() after db.begin()); run it inside the open "
@@ -409,11 +342,11 @@ class PolicyMixin:
         self._held_for_fork = []
         self._opening = 0
         self._registry_lock = threading.Lock()
-        # peewee's connect()/close() lock (bounded, see _BoundedLock): a parent thread opening a
+        # peewee's connect()/close() lock (bounded, see BoundedLock): a parent thread opening a
         # connection while the fork was prepared held it; in the child nobody would release it
         old = getattr(self, "_lock", None)
-        if isinstance(old, _BoundedLock):
-            self._lock = _BoundedLock(old.timeout, old.what)
+        if isinstance(old, BoundedLock):
+            self._lock = BoundedLock(old.timeout, old.what)
         elif old is not None:
             self._lock = type(old)()
         state = self._state  # type: ignore[attr-defined]
@@ -543,8 +476,8 @@ def build_database(cls: type, store: "Store", link: "StoreLink", database: str, 
     db = cls.__new__(cls)
     db._setup_policy(store, link)
     db.__init__(database, **kwargs)
-    db._state = _PolicyState()
-    db._lock = _BoundedLock(db.lock_wait_s, f"{database}")
+    db._state = PolicyState()
+    db._lock = BoundedLock(db.lock_wait_s, f"{database}")
     db._policy_ready = True
     return db
 
