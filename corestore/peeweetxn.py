@@ -128,7 +128,7 @@ def begin_again(store: "Store", active: _Txn, lock_type: str | None) -> None:
 
 
 def commit_active(store: "Store", txn: _Txn) -> None:
-    """COMMIT what ``txn`` holds (``db.commit()``): outcome as in :meth:`_end`, then the
+    """COMMIT what ``txn`` holds (``db.commit()``): outcome as in :func:`~corestore.transaction.end_txn`, then the
     post-commit policies. A bare ``db.begin()`` transaction ends here."""
     conn = txn.record.conn
     try:

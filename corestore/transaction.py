@@ -146,8 +146,8 @@ class _Txn:
 
 def run(store: "Store", fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
         idempotent: bool = False, name: str | None = None) -> T:
-    """Run ``fn()`` inside :meth:`transaction` (``read=True``: :meth:`read`), retried as a
-    whole by policy: BUSY and TRANSIENT_IO within the profile's retry budget and
+    """``store.run()``: ``fn()`` inside ``store.transaction()`` (``read=True``: ``store.read()``),
+    retried as a whole by policy: BUSY and TRANSIENT_IO within the profile's retry budget and
     ``deadline_s`` (whichever is shorter), FATAL_IO only when the profile's
     ``retry.fatal_attempts`` allows (after a reopen). Once COMMIT was issued nothing is
     retried unless ``idempotent=True``. ``on_fatal`` hears about the final failure only: a
@@ -237,7 +237,7 @@ def begin_txn(store: "Store", txn: _Txn) -> _Txn:
         txn.op = Operation(kind=txn.kind, name=txn.name)
     if hooks.has_before_operation:
         hooks.before_operation(store, txn.op)
-    try:  # acquire_for(store, txn.op, txn.report), inlined: the hot path
+    try:  # statements.acquire_for(store, txn.op, txn.report), inlined: the hot path
         record = db.acquire()
     except StoreError as err:
         if err.classification is not None:
@@ -377,7 +377,7 @@ def end_txn(store: "Store", txn: _Txn, exc: BaseException | None) -> bool:
         record.active = None
         if txn.qo:
             if txn.kind == "read":
-                txn.qo = 0  # query_only stays on for the next read (see _set_query_only)
+                txn.qo = 0  # query_only stays on for the next read (see set_query_only)
             else:
                 leave_query_only(store, txn, record)
         db.release(record)  # only now may close()/invalidate() close the connection
@@ -402,7 +402,7 @@ def commit_invariants(store: "Store", conn: Any, op: Operation | None) -> tuple[
 
 
 def after_commit(store: "Store", checked: tuple[list[Violation], bool] | None, op: Operation | None) -> None:
-    """After the record is released: report what :meth:`_commit_invariants` found, then
+    """After the record is released: report what :func:`commit_invariants` found, then
     ``on_success``."""
     if checked is not None:
         violations, raise_requested = checked
