@@ -28,7 +28,7 @@ from .backends import Backend, backend_for
 from .errors import CircuitOpenError, Classification, ConfigError, PluginError, StoreError
 from .health import HealthComponent, HealthReport, HealthStatus
 from .link import LINK
-from .opening import _looks_like_bare_name, open, open_stores, release
+from .opening import _looks_like_bare_name, open, open_stores, release  # noqa: F401 - doctor imports the first from here
 from .operation import Operation
 from .profiles import Profile
 from .raising import note_fault
@@ -41,9 +41,6 @@ __all__ = ["Store", "open", "open_stores"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: kept importable here: ``corestore.doctor`` asks it (moved to :mod:`corestore.opening`)
-_looks_like_bare_name = _looks_like_bare_name
 
 
 class Store:
