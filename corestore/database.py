@@ -82,7 +82,6 @@ class PolicyMixin:
     def _setup_policy(self, store: "Store", link: "StoreLink") -> None:
         self._store_ref = weakref.ref(store)
         self._link = link
-        self._autocommit = link.autocommit  # bound once: the autocommit statement's path
         self._records: set[ConnectionRecord] = set()
         self._registry_lock = threading.Lock()
         self.generation = 0
@@ -396,7 +395,7 @@ class PolicyMixin:
                 return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
             except Exception as err:
                 raise self._link.translate_in_transaction(self.store, err) from err
-        return self._autocommit(self.store, super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
+        return self._link.autocommit(self.store, super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
 
     def _active(self) -> Any:
         """The store transaction holding this thread's connection, or None."""
@@ -457,7 +456,7 @@ class PolicyMixin:
     def init(self, database: Any, **kwargs: Any) -> None:
         """Refused on a store's database: it would move the database off the path that the
         store's cache, locks, breaker and quarantine are keyed on."""
-        if getattr(self, "_policy_ready", False):
+        if isinstance(getattr(self, "_state", None), PolicyState):  # built (build_database sets it last)
             raise ConfigError(
                 f"{self.database}: init() on a store's database is refused: the store's connections, init lock, "
                 "circuit breaker and quarantine belong to this path. Open a store for the other database with "
@@ -476,9 +475,8 @@ def build_database(cls: type, store: "Store", link: "StoreLink", database: str, 
     db = cls.__new__(cls)
     db._setup_policy(store, link)
     db.__init__(database, **kwargs)
-    db._state = PolicyState()
     db._lock = BoundedLock(db.lock_wait_s, f"{database}")
-    db._policy_ready = True
+    db._state = PolicyState()  # last: from now on init() is refused
     return db
 
 
