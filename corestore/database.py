@@ -16,6 +16,19 @@ run them under the store's policies (see ``site/peewee-compatibility.md``).
 Nothing here waits without a bound: the connection record's lock and peewee's connect/close lock
 are taken with the profile's ``busy_timeout``, and a re-entry by the thread that already holds
 them is refused with an error that names the misuse instead of deadlocking.
+
+**The store link.** The database never calls the store's private methods. The store hands it a
+:class:`~corestore.backends.StoreLink` (the store's implementation is
+:data:`corestore.link.LINK`) whose members take the store as first argument: preparing a
+new connection, translating an error, running an autocommit statement, and peewee's
+``transaction()``/``begin()``/``commit()``/``rollback()``/``close()`` inside a store transaction.
+The database holds its store only weakly (``store``), so a store nobody closed is still freed.
+
+A thread's connection record and the bounded connect/close lock are in
+:mod:`corestore.connections`. The engine-specific subclasses (``PolicySqliteDatabase``,
+``PolicyAPSWDatabase``) and how they are built for a profile live in the backend
+(:mod:`corestore.backends.sqlite`); :class:`PolicyMixin` and :func:`build_database` are what a
+backend builds them from.
 """
 from __future__ import annotations
 
@@ -25,16 +38,16 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import peewee
-
 from . import forking
+from .connections import BoundedLock, ConnectionRecord, PolicyState, misuse
 from .errors import BusyError, Classification, ConfigError, ErrorKind, QueryError, StoreClosedError
 from .sqlkind import is_read_sql
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .backends import StoreLink
     from .store import Store
 
-__all__ = ["ConnectionRecord", "PolicySqliteDatabase", "make_database", "all_databases"]
+__all__ = ["ConnectionRecord", "PolicyMixin", "build_database", "forget_connection", "all_databases"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,89 +59,32 @@ _FORGOTTEN: list[Any] = []
 _is_read_sql = is_read_sql
 
 # Every policy database of this process (what the fork hooks walk; see corestore.forking).
-_DATABASES: "weakref.WeakSet[_PolicyMixin]" = weakref.WeakSet()
+_DATABASES: "weakref.WeakSet[PolicyMixin]" = weakref.WeakSet()
 
 
-def all_databases() -> "list[_PolicyMixin]":
+def all_databases() -> "list[PolicyMixin]":
     """Every store database alive in this process, closed or not."""
     return list(_DATABASES)
 
 
-class ConnectionRecord:
-    """One thread's driver connection: its lock (held while a statement or transaction runs),
-    the generation it was opened in, and whether it was closed or doomed from elsewhere."""
-
-    __slots__ = ("conn", "lock", "generation", "thread", "closed", "doomed", "busy", "active", "query_only",
-                 "cursor_out", "__weakref__")
-
-    def __init__(self, conn: Any, generation: int) -> None:
-        self.conn = conn
-        self.lock = threading.Lock()
-        self.generation = generation
-        self.thread = threading.current_thread()
-        self.closed = False
-        self.doomed = False
-        self.busy = False
-        self.active: Any = None  # the store transaction holding it (set by the store, same thread)
-        self.query_only = False  # PRAGMA query_only is on (left on by a read transaction)
-        # True after an autocommit read: the caller may still be stepping the cursor it got, on
-        # its own thread, after the record was released (see _PolicyMixin.close_all).
-        self.cursor_out = False
+def forget_connection(conn: Any) -> None:
+    """In a forked child: keep ``conn`` (inherited from the parent) referenced forever, never
+    closed (closing it could checkpoint or unlink the parent's ``-wal``)."""
+    _FORGOTTEN.append(conn)
 
 
-class _PolicyState(peewee._ConnectionLocal):  # type: ignore[misc, name-defined]
-    """peewee's per-thread connection state; ``record`` (this thread's :class:`ConnectionRecord`)
-    is always present, None when the thread has no connection."""
-
-    def reset(self) -> None:
-        super().reset()
-        self.record = None
-
-
-def _misuse(message: str, name: str) -> QueryError:
-    return QueryError(message, classification=Classification(kind=ErrorKind.PROGRAMMING, name=name))
-
-
-class _BoundedLock:
-    """peewee's connect/close lock, bounded: waits at most ``timeout`` seconds (then
-    :class:`BusyError`) and refuses a re-entry by the thread that holds it (a hook that uses the
-    database while its own connection is being opened) instead of deadlocking."""
-
-    __slots__ = ("_lock", "_owner", "timeout", "what")
-
-    def __init__(self, timeout: float, what: str) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-        self.timeout = timeout
-        self.what = what
-
-    def __enter__(self) -> "_BoundedLock":
-        me = threading.get_ident()
-        if self._owner == me:
-            raise _misuse(f"{self.what}: this thread re-entered the database's connect/close while opening or "
-                          "closing its own connection (a hook that uses store.database from on_open?); use the "
-                          "connection the hook is given", "REENTRANT_CONNECT")
-        if not self._lock.acquire(True, self.timeout):
-            raise BusyError(
-                f"{self.what}: waited {self.timeout:g} s (busy_timeout) for another thread opening or closing "
-                "its connection",
-                classification=Classification(kind=ErrorKind.BUSY, name="CONNECT_LOCK_TIMEOUT", retryable=True),
-            )
-        self._owner = me
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._owner = None
-        self._lock.release()
-
-
-class _PolicyMixin:
-    """Mixed into peewee's SqliteDatabase / APSWDatabase by :func:`make_database`."""
+class PolicyMixin:
+    """The policy layer, mixed into a peewee database class by a backend (see
+    :mod:`corestore.backends.sqlite`) and set up by :func:`build_database`."""
 
     _store_ref: "weakref.ref[Store]"
 
-    def _setup_policy(self, store: "Store") -> None:
+    def _setup_policy(self, store: "Store", link: "StoreLink") -> None:
         self._store_ref = weakref.ref(store)
+        # the instance has 30 attributes with peewee's own: CPython (3.11+) shares the keys of at
+        # most 30 per class, and one more makes every attribute read of the database slower (about
+        # 1 % per default-profile transaction, measured with benchmarks.instructions)
+        self._link = link
         self._records: set[ConnectionRecord] = set()
         self._registry_lock = threading.Lock()
         self.generation = 0
@@ -161,7 +117,7 @@ class _PolicyMixin:
         try:
             conn = super()._connect()  # type: ignore[misc]
             try:
-                self.store._init_connection(conn)
+                self._link.init_connection(self.store, conn)
             except BaseException:
                 try:
                     conn.close()
@@ -184,7 +140,7 @@ class _PolicyMixin:
         except StoreClosedError:
             raise
         except Exception as err:
-            translated = self.store._translate_open_error(err)
+            translated = self._link.translate_open_error(self.store, err)
             if translated is err:
                 raise  # already a StoreError (e.g. from on_open): keep its own __cause__
             raise translated from err
@@ -306,7 +262,7 @@ class _PolicyMixin:
     def _reentry_error(self) -> QueryError:
         active = self._active()
         holder = f"a {active.kind} transaction ({active.name or 'unnamed'})" if active is not None else "a statement"
-        err = _misuse(
+        err = misuse(
             f"{self.database}: this thread's connection is already held by {holder} of this same thread, and "
             "something on the thread asked for it again outside that transaction (a store hook or callback "
             "running a statement, or store.transaction()/read() after db.begin()); run it inside the open "
@@ -388,11 +344,11 @@ class _PolicyMixin:
         self._held_for_fork = []
         self._opening = 0
         self._registry_lock = threading.Lock()
-        # peewee's connect()/close() lock (bounded, see _BoundedLock): a parent thread opening a
+        # peewee's connect()/close() lock (bounded, see BoundedLock): a parent thread opening a
         # connection while the fork was prepared held it; in the child nobody would release it
         old = getattr(self, "_lock", None)
-        if isinstance(old, _BoundedLock):
-            self._lock = _BoundedLock(old.timeout, old.what)
+        if isinstance(old, BoundedLock):
+            self._lock = BoundedLock(old.timeout, old.what)
         elif old is not None:
             self._lock = type(old)()
         state = self._state  # type: ignore[attr-defined]
@@ -423,7 +379,7 @@ class _PolicyMixin:
         cursor = super().cursor(*args, **kwargs)  # type: ignore[misc]
         record = state.record
         if record is not None and record.query_only:  # the application's own cursor, after a read()
-            self.store._set_query_only(record, False)
+            self._link.set_query_only(self.store, record, False)
         return cursor
 
     def connection(self) -> Any:
@@ -432,7 +388,7 @@ class _PolicyMixin:
         conn = super().connection()  # type: ignore[misc]
         record = self._state.record  # type: ignore[attr-defined]
         if record is not None and record.query_only and record.active is None:
-            self.store._set_query_only(record, False)
+            self._link.set_query_only(self.store, record, False)
         return conn
 
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -441,8 +397,8 @@ class _PolicyMixin:
             try:
                 return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
             except Exception as err:
-                raise self.store._translate_in_transaction(err) from err
-        return self.store._autocommit(super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
+                raise self._link.translate_in_transaction(self.store, err) from err
+        return self._link.autocommit(self.store, super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
 
     def _active(self) -> Any:
         """The store transaction holding this thread's connection, or None."""
@@ -456,7 +412,7 @@ class _PolicyMixin:
     def transaction(self, *args: Any, **kwargs: Any) -> Any:
         """peewee's ``transaction()``: a store write transaction when entered at depth 0 (BEGIN
         through :meth:`begin`, COMMIT through :meth:`commit`), joined (pushed only) when nested."""
-        return self.store._db_transaction(args, kwargs)
+        return self._link.db_transaction(self.store, args, kwargs)
 
     def begin(self, lock_type: str | None = None) -> None:
         """BEGIN. Inside a store transaction (its re-BEGIN after ``txn.commit()``): on its
@@ -466,9 +422,9 @@ class _PolicyMixin:
         if lock_type is None:
             lock_type = getattr(self, "_lock_type", None)
         if active is None:
-            self.store._direct_begin(lock_type)
+            self._link.direct_begin(self.store, lock_type)
             return
-        self.store._begin_again(active, lock_type)
+        self._link.begin_again(self.store, active, lock_type)
 
     def commit(self) -> None:
         """COMMIT this thread's store transaction: the outcome is classified as in
@@ -477,7 +433,7 @@ class _PolicyMixin:
         ``commit()``, with its own errors."""
         active = self._active()
         if active is not None:
-            self.store._commit_active(active)
+            self._link.commit_active(self.store, active)
             return None
         return super().commit()  # type: ignore[misc, no-any-return]  # each peewee release's own
 
@@ -487,7 +443,7 @@ class _PolicyMixin:
         Without one, the installed peewee's own ``rollback()``."""
         active = self._active()
         if active is not None:
-            self.store._rollback_active(active)
+            self._link.rollback_active(self.store, active)
             return None
         return super().rollback()  # type: ignore[misc, no-any-return]  # each peewee release's own
 
@@ -497,13 +453,13 @@ class _PolicyMixin:
         connection would."""
         active = self._active()
         if active is not None and not self.in_transaction():  # type: ignore[attr-defined]
-            self.store._abandon_direct(active)
+            self._link.abandon_direct(self.store, active)
         return bool(super().close())  # type: ignore[misc]
 
     def init(self, database: Any, **kwargs: Any) -> None:
         """Refused on a store's database: it would move the database off the path that the
         store's cache, locks, breaker and quarantine are keyed on."""
-        if getattr(self, "_policy_ready", False):
+        if isinstance(getattr(self, "_state", None), PolicyState):  # built (build_database sets it last)
             raise ConfigError(
                 f"{self.database}: init() on a store's database is refused: the store's connections, init lock, "
                 "circuit breaker and quarantine belong to this path. Open a store for the other database with "
@@ -512,28 +468,21 @@ class _PolicyMixin:
         super().init(database, **kwargs)  # type: ignore[misc]
 
 
-class PolicySqliteDatabase(_PolicyMixin, peewee.SqliteDatabase):
-    """The store's database for the stdlib ``sqlite3`` driver."""
-
-
-_db_classes: dict[str, type] = {"sqlite3": PolicySqliteDatabase}
-
-
-def make_database(store: "Store", driver: str, database: str, **connect_params: Any) -> Any:
-    """Build the policy database for ``driver`` (``"sqlite3"`` or ``"apsw"``)."""
-    cls = _db_classes.get(driver)
-    if cls is None and driver == "apsw":
-        from playhouse.apsw_ext import APSWDatabase
-
-        cls = _db_classes["apsw"] = type("PolicyAPSWDatabase", (_PolicyMixin, APSWDatabase), {
-            "__doc__": "The store's database for the apsw driver.",
-            "__module__": __name__,
-        })
-    assert cls is not None
+def build_database(cls: type, store: "Store", link: "StoreLink", database: str, **kwargs: Any) -> Any:
+    """An instance of ``cls`` (a backend's subclass of :class:`PolicyMixin` and a peewee database)
+    for ``store``, talking to it through ``link``; ``kwargs`` go to peewee's ``__init__``."""
     db = cls.__new__(cls)
-    db._setup_policy(store)
-    db.__init__(database, pragmas=None, timeout=None if driver == "apsw" else 0, **connect_params)
-    db._state = _PolicyState()
-    db._lock = _BoundedLock(db.lock_wait_s, f"{database}")
-    db._policy_ready = True
+    db._setup_policy(store, link)
+    db.__init__(database, **kwargs)
+    db._lock = BoundedLock(db.lock_wait_s, f"{database}")
+    db._state = PolicyState()  # last: from now on init() is refused
     return db
+
+
+def __getattr__(name: str) -> Any:
+    """``PolicySqliteDatabase`` moved to :mod:`corestore.backends.sqlite`."""
+    if name == "PolicySqliteDatabase":
+        from .backends import sqlite
+
+        return getattr(sqlite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import time
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 import attrs
 
-__all__ = ["Operation", "Violation", "OperationKind"]
-
-OperationKind = Literal["read", "write", "open", "batch", "checkpoint"]
-_KINDS = ("read", "write", "open", "batch", "checkpoint")
+__all__ = ["Operation", "Violation"]
 
 
 @attrs.frozen(kw_only=True, slots=True)
 class Operation:
     """One unit of work as plugins see it.
 
-    ``kind`` is ``"read" | "write" | "open" | "batch" | "checkpoint"``; ``name`` an optional label
+    ``kind`` is ``"read" | "write" | "open" | "checkpoint"``; ``name`` an optional label
     from the caller; ``attempt`` counts from 1 across ``run()`` retries; ``started`` and
     ``deadline`` are ``time.monotonic()`` values (``deadline`` None when unbounded).
     """
 
-    kind: str  # one of _KINDS; not validated per instance: the core builds one per operation (hot path)
+    kind: str  # one of the kinds above; not validated per instance: the core builds one per operation (hot path)
     name: str | None = None
     attempt: int = 1
     started: float = attrs.field(factory=time.monotonic)

@@ -1,257 +1,46 @@
 """The Store: one database file under one profile, its connections, transactions and policies.
 
-``corestore.open`` returns the same :class:`Store` for the same real path and the same resolved
-profile value in one process (reference-counted; ``close()`` releases one reference) and
-initialises it exactly once, however many threads race. The store owns the connections (see
-:mod:`corestore.database`), runs transactions, and asks its plugins, through the
+``corestore.open`` (:mod:`corestore.opening`) returns the same :class:`Store` for the same real
+path and the same resolved profile value in one process (reference-counted; ``close()`` releases
+one reference) and initialises it exactly once, however many threads race. The store owns the
+connections (see :mod:`corestore.database`), runs transactions, and asks its plugins, through the
 :class:`~corestore.registry.HookCaller`, what to do at each moment that matters.
 
-Truthful outcomes: on IOERR and FULL SQLite has already rolled back, so the store issues ROLLBACK
-only when the connection is still in a transaction (a failing ROLLBACK never masks the real
-error). An error from the COMMIT statement leaves the outcome unknown (``committed=None``)
-unless the connection is visibly still inside its transaction (then nothing was committed: it is
-rolled back and ``committed=False``). After a successful COMMIT nothing surfaces as a retryable
-error, and ``run()`` never retries a unit whose COMMIT was issued unless it is ``idempotent``.
+This module is the store's public face. The machinery behind it lives beside it, split along its
+seams: :mod:`corestore.transaction` (transactions, their outcomes, ``run()`` and its retry rules),
+:mod:`corestore.peeweetxn` (peewee's transaction API on a store), :mod:`corestore.statements`
+(work outside a transaction), :mod:`corestore.raising` (from a database error to the caller's
+exception and the fault it counts), :mod:`corestore.opening` (``open()``, the cache, driver
+claims, fork reset), :mod:`corestore.link` (what the database may ask of its store) and
+:mod:`corestore.backends` (everything specific to SQLite).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import random
 import sqlite3
-import sys
 import threading
 import time
-import urllib.parse
-import uuid
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
-import peewee
-
-from . import opengate
-from .classify import driver_error, error_codes
-from .database import make_database
-from .errors import (
-    BusyError,
-    CircuitOpenError,
-    Classification,
-    ConfigError,
-    ConstraintError,
-    CorruptionError,
-    ErrorKind,
-    FatalError,
-    InvariantViolation,
-    PluginError,
-    QueryError,
-    ReadOnlyError,
-    StoreClosedError,
-    StoreError,
-    TransientError,
-)
+from .backends import Backend, backend_for
+from .errors import CircuitOpenError, Classification, ConfigError, PluginError, StoreError
 from .health import HealthComponent, HealthReport, HealthStatus
-from .initlock import InitLock
-from .operation import Operation, Violation
-from .check import check_path
-from .readonly import readonly_wal_problem
-from .profiles import Config, Profile, load_config, resolve_profile, with_overrides
+from .link import LINK
+from .opening import open, open_stores, release
+from .operation import Operation
+from .profiles import Profile
+from .raising import note_fault
 from .registry import build_hook_caller, env_plugins
+from .statements import with_connection
+from .transaction import BEGIN, _Txn, lock_name, noop, run
 
 __all__ = ["Store", "open", "open_stores"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_EXCEPTION_FOR_KIND: dict[ErrorKind, type[StoreError]] = {
-    ErrorKind.BUSY: BusyError,
-    ErrorKind.TRANSIENT_IO: TransientError,
-    ErrorKind.FATAL_IO: FatalError,
-    ErrorKind.FULL: FatalError,
-    ErrorKind.READONLY: FatalError,
-    ErrorKind.ENVIRONMENT: FatalError,
-    ErrorKind.CORRUPT: CorruptionError,
-    ErrorKind.CONSTRAINT: ConstraintError,
-    ErrorKind.PROGRAMMING: QueryError,
-    ErrorKind.INVARIANT: InvariantViolation,
-    ErrorKind.UNKNOWN: StoreError,
-}
-
-_ADVICE: dict[ErrorKind, str] = {
-    ErrorKind.BUSY: "another connection held the lock past the busy timeout; retry later or use store.run()",
-    ErrorKind.TRANSIENT_IO: "a transient storage fault; store.run() retries it within the profile's budget",
-    ErrorKind.FATAL_IO: "the disk reported an I/O error; check the device and the kernel log (`corestore doctor PATH`)",
-    ErrorKind.CORRUPT: "the file is damaged; stop writing, keep the -wal and -shm files, run `corestore doctor PATH`",
-    ErrorKind.FULL: "the disk is full; free space, then retry",
-    ErrorKind.READONLY: "the file or its directory is not writable by this process",
-    ErrorKind.ENVIRONMENT: "the environment refuses this database (permissions, missing directory, file system)",
-    ErrorKind.CONSTRAINT: "the data broke a constraint",
-    ErrorKind.PROGRAMMING: "the statement is wrong (syntax, missing table, misuse)",
-    ErrorKind.INVARIANT: "a post-commit invariant failed; the data IS committed, do not retry",
-    ErrorKind.UNKNOWN: "an unexpected database error",
-}
-
-_DB_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, peewee.DatabaseError, peewee.InterfaceError)
-
-# -- the process-wide store cache ---------------------------------------------------------
-_cache: dict[tuple[str, Profile], "Store"] = {}
-_cache_lock = threading.Lock()
-_key_locks: dict[tuple[str, Profile], threading.Lock] = {}
-_drivers: dict[str, tuple[str, int]] = {}  # real path -> (driver, open stores)
-_all_stores: "set[Store]" = set()
-
-
-def _is_db_error(err: BaseException) -> bool:
-    if isinstance(err, _DB_ERRORS):
-        return True
-    apsw = sys.modules.get("apsw")
-    if apsw is not None and isinstance(err, apsw.Error):
-        return True
-    return driver_error(err) is not None
-
-
-def _is_peewee_own(err: BaseException) -> bool:
-    """An error peewee raised itself (no driver error behind it: "Attempting to close database
-    while transaction is open", "Connection already opened"): it reaches the caller unchanged."""
-    return isinstance(err, peewee.PeeweeException) and not isinstance(err, StoreError) and driver_error(err) is None
-
-
-class _Txn:
-    """A store transaction (write: ``BEGIN IMMEDIATE`` unless told; read: ``BEGIN DEFERRED``).
-
-    Pushed onto peewee's transaction stack, so an inner ``db.atomic()`` becomes a savepoint.
-    While it holds the thread's connection it is that record's ``active``. ``qo`` counts
-    the read scopes open on it (while above 0 the connection has ``PRAGMA query_only`` on, and
-    SQLite's refusal to write is a caller's ``ReadOnlyError``); ``direct``
-    marks the transaction a bare ``db.begin()`` opened (not on peewee's stack; it ends at
-    ``db.commit()`` / ``db.rollback()``); ``peewee`` marks :class:`_DbTxn`.
-    """
-
-    __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result",
-                 "qo", "direct", "peewee")
-
-    def __init__(self, store: "Store", kind: str, *, lock_type: str | None, name: str | None,
-                 op: Operation | None = None, report: bool = True) -> None:
-        self.store = store
-        self.kind = kind
-        self.lock_type = lock_type
-        self.name = name
-        self.op = op
-        self.record: Any = None
-        self.nested = False
-        self.report = report
-        self._savepoint: Any = None
-        self.result: Any = None
-        self.qo = 0
-        self.direct = False
-        self.peewee = False
-
-    # peewee's transaction API, for code that calls txn.commit()/rollback() inside the block
-    def commit(self, begin: bool = True) -> None:
-        self.store._commit_inside(self, begin)
-
-    def rollback(self, begin: bool = True) -> None:
-        self.store._rollback_inside(self, begin)
-
-    def __enter__(self) -> "_Txn":
-        try:
-            return self.store._begin(self)
-        except BaseException:
-            if self.report and self.op is not None and not self.nested:
-                self.store.hooks.after_operation(self.store, self.op)
-            raise
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        try:
-            return self.store._end(self, exc)
-        finally:  # run() reports its own attempts (report=False)
-            if self.report and self.op is not None and not self.nested:
-                self.store.hooks.after_operation(self.store, self.op)
-
-    def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # decorator use, like peewee
-        import functools
-
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> T:
-            with _Txn(self.store, self.kind, lock_type=self.lock_type, name=self.name):
-                return fn(*args, **kwargs)
-
-        return inner
-
-
-class _DbTxn(_Txn):
-    """peewee's ``db.transaction()`` (and so ``atomic()`` at depth 0, ``session_start()``,
-    ``batch_commit()``) through the store, with peewee's semantics and call sequence.
-
-    Entered at depth 0 it is a store write transaction: policies, then BEGIN through
-    ``db.begin()``; on exit COMMIT through ``db.commit()`` and ``db._run_commit_callbacks()``
-    (ROLLBACK through ``db.rollback()`` on an error), as peewee's ``_transaction`` does. Entered
-    inside another transaction it only joins (pushed, nothing issued), as in peewee. Committed or
-    rolled back with ``begin=False`` after being popped (``session_commit()``), it ends there.
-    """
-
-    __slots__ = ("_args", "exiting")
-
-    def __init__(self, store: "Store", args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-        lock = args[0] if args else kwargs.get("lock_type")
-        super().__init__(store, "write", lock_type=store._lock_name(lock), name="transaction")
-        self._args = (args, dict(kwargs))
-        self.peewee = True
-        self.exiting = False
-
-    def __enter__(self) -> "_DbTxn":
-        db = self.store.database
-        if db.transaction_depth() == 0:
-            return super().__enter__()  # type: ignore[return-value]
-        db.push_transaction(self)  # peewee: a nested transaction() only joins the open one
-        self.nested = True
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if self.nested:
-            self.store.database.pop_transaction()
-            return False
-        return self.store._end_db(self, exc)
-
-    def _ends_here(self, begin: bool) -> bool:
-        return (not begin and not self.exiting and self.record is not None
-                and self not in self.store.database._state.transactions)
-
-    def commit(self, begin: bool = True) -> None:
-        db = self.store.database
-        ends = self._ends_here(begin)
-        try:
-            db.commit()
-            self.store._run_callbacks()
-            if begin:
-                db.begin(self.lock_type)
-        finally:
-            if ends:
-                self.store._finish(self)
-
-    def rollback(self, begin: bool = True) -> None:
-        db = self.store.database
-        ends = self._ends_here(begin)
-        try:
-            db.rollback()
-            self.store._clear_callbacks()
-            if begin:
-                db.begin(self.lock_type)
-        finally:
-            if ends:
-                self.store._finish(self)
-
-    def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # a fresh transaction per call, as peewee
-        import functools
-
-        args, kwargs = self._args
-
-        @functools.wraps(fn)
-        def inner(*a: Any, **k: Any) -> T:
-            with _DbTxn(self.store, args, kwargs):
-                return fn(*a, **k)
-
-        return inner
 
 
 class Store:
@@ -290,82 +79,13 @@ class Store:
         self._fault_scope = threading.local()  # depth > 0 while this thread reports a fault (on_fatal)
         self.probe_interval_s = 5.0
         self.memory = profile.path == ":memory:"
-        self._anchor: Any = None
-        self.init_lock_obj = InitLock.for_path(self.path)
+        self.backend: Backend = backend_for(profile)
+        self.init_lock_obj = self.backend.init_lock(self.path)
         self.hooks, self.plugins = build_hook_caller(profile, extra=env_plugins())
-        self.database = self._make_database()
-        self._in_txn: Callable[[Any], bool] = (
-            (lambda conn: not conn.getautocommit()) if profile.driver == "apsw" else (lambda conn: conn.in_transaction)
-        )
-        self._run_callbacks: Callable[[], None] = getattr(self.database, "_run_commit_callbacks", _noop)  # peewee >= 4
-        self._clear_callbacks: Callable[[], None] = getattr(self.database, "_clear_commit_callbacks", _noop)
-
-    # -- construction ----------------------------------------------------------------------
-    def _make_database(self) -> Any:
-        profile = self.profile
-        params: dict[str, Any] = {}
-        target = self.path
-        if profile.driver == "sqlite3":
-            params["check_same_thread"] = False
-            if self.memory:
-                target = f"file:corestore-mem-{uuid.uuid4().hex}?mode=memory&cache=shared"
-                params["uri"] = True
-                self._anchor = sqlite3.connect(target, uri=True, check_same_thread=False)
-            elif profile.read_only:
-                target = f"file:{urllib.parse.quote(self.path)}?mode=ro"
-                params["uri"] = True
-        else:
-            import apsw
-
-            flags = apsw.SQLITE_OPEN_URI
-            if self.memory:
-                target = f"file:corestore-mem-{uuid.uuid4().hex}?mode=memory&cache=shared"
-                flags |= apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-                self._anchor = apsw.Connection(target, flags=flags, vfs=profile.vfs) if profile.vfs else apsw.Connection(target, flags=flags)
-            elif profile.read_only:
-                target = f"file:{urllib.parse.quote(self.path)}?mode=ro"
-                flags |= apsw.SQLITE_OPEN_READONLY
-            else:
-                target = f"file:{urllib.parse.quote(self.path)}"
-                flags |= apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-            params["flags"] = flags
-            if profile.vfs:
-                params["vfs"] = profile.vfs
-        return make_database(self, profile.driver, target, **params)
-
-    def _init_connection(self, conn: Any) -> None:
-        """Prepare a new driver connection: pragmas (``busy_timeout`` first), the journal mode
-        under the init lock with its returned value checked, then ``on_open`` hooks."""
-        pragmas = dict(self.profile.pragmas)
-        busy = pragmas.pop("busy_timeout", None)
-        if busy is not None:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
-        if not self.memory:  # read the header now: a file that is not a database fails at open
-            conn.execute("PRAGMA schema_version").fetchone()
-        wanted = pragmas.pop("journal_mode", None)
-        for name, value in pragmas.items():
-            conn.execute(f"PRAGMA {name} = {value}")
-        if wanted is not None and not self.profile.read_only and "wal_guard" not in self.plugins:
-            self._apply_journal_mode(conn, wanted)
-        with self._stats_lock:
-            self._stats["connections_opened"] += 1
-        self.hooks.on_open(self, conn)
-
-    def _apply_journal_mode(self, conn: Any, wanted: str) -> None:
-        current = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        if current == wanted:
-            return
-        with self.init_lock():
-            got = str(conn.execute(f"PRAGMA journal_mode = {wanted}").fetchone()[0]).lower()
-        if got != wanted:
-            raise FatalError(
-                f"{self.path}: SQLite refused journal_mode={wanted} and kept {got!r}; corestore never "
-                f"runs in a journal mode other than the one the profile asks for (profile {self.profile.name!r}). "
-                "Fix the file system or ask for the mode SQLite can use.",
-                classification=Classification(kind=ErrorKind.ENVIRONMENT, name="JOURNAL_MODE_REFUSED",
-                                              message=f"journal_mode={wanted} returned {got}", trips_breaker=True),
-                path=self.path,
-            )
+        self.database, self._anchor = self.backend.make_database(self, LINK)
+        self._in_txn: Callable[[Any], bool] = self.backend.in_transaction_test(profile.driver)
+        self._run_callbacks: Callable[[], None] = getattr(self.database, "_run_commit_callbacks", noop)  # peewee >= 4
+        self._clear_callbacks: Callable[[], None] = getattr(self.database, "_clear_commit_callbacks", noop)
 
     # -- public API ------------------------------------------------------------------------
     @property
@@ -382,8 +102,8 @@ class Store:
         Never retried (use :meth:`run`). Nested in another store or peewee transaction it joins it
         as a savepoint; inside :meth:`read` it is an error.
         """
-        if lock_type not in _BEGIN:
-            lock_type = self._lock_name(lock_type)
+        if lock_type not in BEGIN:
+            lock_type = lock_name(self, lock_type)
         return _Txn(self, "write", lock_type=lock_type, name=name)
 
     def read(self, *, name: str | None = None) -> _Txn:
@@ -399,54 +119,7 @@ class Store:
         retried unless ``idempotent=True``. ``on_fatal`` hears about the final failure only: a
         run is one outcome, however many attempts it took.
         """
-        policy = self.profile.retry
-        started = time.monotonic()
-        budget = policy.budget_s if deadline_s is None else min(policy.budget_s, deadline_s)
-        deadline = started + budget
-        attempts: dict[ErrorKind, int] = {}
-        attempt = 0
-        kind = "read" if read else "write"
-        while True:
-            attempt += 1
-            op = Operation(kind=kind, name=name, attempt=attempt, started=started,
-                           deadline=None if deadline_s is None else started + deadline_s)
-            txn = _Txn(self, kind, lock_type="DEFERRED" if read else "IMMEDIATE", name=name, op=op, report=False)
-            result: Any = None
-            try:
-                with txn:
-                    result = fn()
-                    txn.result = result
-                return result
-            except InvariantViolation as err:
-                err.result = txn.result
-                raise
-            except StoreError as err:
-                c = err.classification
-                if c is None or not self._may_retry(err, c, attempts, policy, deadline, idempotent):
-                    if c is not None and c.is_fault:
-                        self._fire_on_fatal(err, c, op)
-                    raise
-                with self._stats_lock:
-                    self._stats["retries"] += 1
-                    if c.kind is ErrorKind.BUSY:
-                        self._stats["busy_waits"] += 1
-                n = attempts[c.kind]
-                delay = min(policy.max_delay_s, policy.base_delay_s * (2 ** (n - 1)))
-                delay = random.uniform(delay / 2, delay)
-                time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-            finally:
-                self.hooks.after_operation(self, op)
-
-    def _may_retry(self, err: StoreError, c: Classification, attempts: dict[ErrorKind, int], policy: Any,
-                   deadline: float, idempotent: bool) -> bool:
-        if err.committed is True or (err.committed is None and not idempotent):
-            return False  # COMMIT was issued: never retried unless the caller said it is safe
-        limit = {ErrorKind.BUSY: policy.busy_attempts, ErrorKind.TRANSIENT_IO: policy.transient_attempts,
-                 ErrorKind.FATAL_IO: policy.fatal_attempts}.get(c.kind, 0)
-        if c.kind is not ErrorKind.FATAL_IO and not c.retryable:
-            return False
-        attempts[c.kind] = attempts.get(c.kind, 0) + 1
-        return attempts[c.kind] < limit and time.monotonic() < deadline
+        return run(self, fn, read=read, deadline_s=deadline_s, idempotent=idempotent, name=name)
 
     def plugin(self, which: str | type) -> Any:
         """The plugin instance enabled for this store, by name or class.
@@ -484,7 +157,7 @@ class Store:
         mode = mode.upper()
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise ConfigError(f"{self.path}: checkpoint mode {mode!r} is not allowed; allowed: PASSIVE, FULL, RESTART, TRUNCATE")
-        row = self._with_connection("checkpoint", lambda conn: conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
+        row = with_connection(self, "checkpoint", lambda conn: conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
         return (int(row[0]), int(row[1]), int(row[2]))
 
     def backup(self, dest: str | os.PathLike[str]) -> str:
@@ -509,7 +182,7 @@ class Store:
                 finally:
                     target.close()
 
-        self._with_connection("checkpoint", copy, name="backup")
+        with_connection(self, "checkpoint", copy, name="backup")
         return dest
 
     def stats(self) -> dict[str, Any]:
@@ -554,17 +227,8 @@ class Store:
     def close(self) -> None:
         """Release one reference; the last one runs ``on_close`` hooks (plugins drain), closes
         every connection and refuses to reconnect. Idempotent."""
-        with _cache_lock:
-            if self._closed:
-                return
-            self._refs -= 1
-            if self._refs > 0:
-                return
-            self._closed = True
-            if self._key is not None and _cache.get(self._key) is self:
-                del _cache[self._key]
-            _release_driver(self)
-            _all_stores.discard(self)
+        if not release(self):
+            return
         try:
             self._draining = True
             self.hooks.on_close(self)
@@ -590,461 +254,6 @@ class Store:
         """Bind peewee models to this store's database."""
         self.database.bind(models)
 
-    # -- transactions (internal) ---------------------------------------------------------------
-    def _lock_name(self, lock_type: Any) -> str | None:
-        if lock_type not in _BEGIN:
-            upper = str(lock_type).upper()
-            if upper not in _BEGIN:
-                raise QueryError(
-                    f"{self.path}: lock type {lock_type!r} is not allowed; allowed: DEFERRED, IMMEDIATE, EXCLUSIVE",
-                    classification=Classification(kind=ErrorKind.PROGRAMMING, name="BAD_LOCK_TYPE"), path=self.path,
-                )
-            return upper
-        return lock_type  # type: ignore[no-any-return]
-
-    def _transaction_cm(self, kind: str, *, lock_type: str | None, name: str | None) -> _Txn:
-        if lock_type not in _BEGIN:
-            lock_type = self._lock_name(lock_type)
-        return _Txn(self, kind, lock_type=lock_type, name=name)
-
-    def _db_transaction(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _DbTxn:
-        return _DbTxn(self, args, kwargs)
-
-    def _begin(self, txn: _Txn) -> _Txn:
-        db = self.database
-        state = db._state
-        if state.transactions and not txn.direct:
-            return self._begin_nested(txn)
-        if self._closed and not self._draining:
-            raise StoreClosedError(f"{self.path}: the store was closed", path=self.path)
-        if txn.kind == "write" and self.profile.read_only:
-            raise ReadOnlyError(
-                f"{self.path}: profile {self.profile.name!r} is read-only; writes are refused before reaching SQLite",
-                classification=Classification(kind=ErrorKind.READONLY, name="READ_ONLY_PROFILE"),
-                path=self.path,
-            )
-        hooks = self.hooks
-        if txn.op is None and (hooks.has_operation_hooks or hooks.has_on_fatal):
-            txn.op = Operation(kind=txn.kind, name=txn.name)
-        if hooks.has_before_operation:
-            hooks.before_operation(self, txn.op)
-        try:  # self._acquire_for(txn.op, txn.report), inlined: the hot path
-            record = db.acquire()
-        except StoreError as err:
-            if err.classification is not None:
-                self._note_fault(err.classification, txn.op, err, report=txn.report)
-            raise
-        txn.record = record
-        record.active = txn
-        try:
-            if txn.kind == "read":  # a read cannot write: SQLite refuses any change while query_only is on
-                if not record.query_only:
-                    self._set_query_only(record, True)
-                txn.qo = 1
-            elif record.query_only:  # the connection's last transaction was a read
-                self._set_query_only(record, False)
-            if txn.peewee:
-                db.begin(txn.lock_type)  # peewee's call sequence: _transaction.__enter__ -> db.begin()
-            else:
-                record.conn.execute(_BEGIN[txn.lock_type])
-        except BaseException as err:
-            txn.record = None
-            record.active = None
-            txn.qo = 0  # query_only may stay on: every write path switches it off first
-            db.release(record)
-            if not isinstance(err, Exception) or not _is_db_error(err):
-                raise
-            raise self._failed(err, txn.op, committed=False, report=txn.report) from err
-        if not txn.direct:
-            state.transactions.append(txn)  # db.push_transaction(txn), without a second thread-local lookup
-        return txn
-
-    def _begin_nested(self, txn: _Txn) -> _Txn:
-        """``txn`` entered inside another transaction of this thread: a savepoint of it."""
-        db = self.database
-        top = db.top_transaction()
-        if isinstance(top, peewee._manual):
-            raise ValueError("Cannot enter atomic commit block while in manual commit mode.")  # peewee's error
-        if txn.kind == "write" and isinstance(top, _Txn) and top.kind == "read":
-            raise QueryError(
-                f"{self.path}: transaction() inside read(): a read transaction cannot write; "
-                "open the write transaction outside the read",
-                classification=Classification(kind=ErrorKind.PROGRAMMING, name="WRITE_IN_READ"),
-                path=self.path,
-            )
-        txn.nested = True
-        txn._savepoint = db.savepoint()
-        txn._savepoint.__enter__()
-        active = db._active()
-        if txn.kind == "read" and active is not None:  # read() nested in a write: read-only while it lasts
-            if not active.record.query_only:
-                self._set_query_only(active.record, True)
-            active.qo += 1
-        return txn
-
-    def _set_query_only(self, record: Any, on: bool) -> None:
-        """Switch ``PRAGMA query_only`` on ``record``'s connection.
-
-        It stays on after a read transaction (switching it costs a statement and makes SQLite
-        re-prepare the connection's cached statements), and every path that may write on the
-        connection switches it off first: a write transaction, an autocommit statement,
-        checkpoint/backup, and the application's own ``db.connection()`` / ``db.cursor()``
-        outside a store transaction. A connection that cannot be switched off is dropped at
-        release (never left read-only for a write)."""
-        try:
-            record.conn.execute("PRAGMA query_only = 1" if on else "PRAGMA query_only = 0")
-        except Exception:
-            if on:
-                raise
-            logger.warning("%s: could not switch query_only off; the connection is dropped", self.path, exc_info=True)
-            record.doomed = True
-            return
-        record.query_only = on
-
-    def _leave_query_only(self, txn: _Txn, record: Any) -> None:
-        """``txn`` ends with a read scope still open on a write (an error unwound it): switch
-        ``query_only`` off."""
-        if txn.qo:
-            txn.qo = 0
-            if record.query_only:
-                self._set_query_only(record, False)
-
-    def _end(self, txn: _Txn, exc: BaseException | None) -> bool:
-        if txn.nested:
-            try:
-                return bool(txn._savepoint.__exit__(type(exc) if exc else None, exc, None))
-            finally:
-                active = self.database._active()
-                if txn.kind == "read" and active is not None and active.qo:
-                    active.qo -= 1
-                    if not active.qo and active.kind != "read":  # back in the write: writable again
-                        self._set_query_only(active.record, False)
-        db = self.database
-        record = txn.record
-        conn = record.conn
-        state = db._state
-        state.transactions.pop()  # db.pop_transaction()
-        in_txn = self._in_txn
-        try:
-            if exc is not None:
-                if in_txn(conn):
-                    try:
-                        conn.execute("ROLLBACK")
-                    except Exception:  # the real error is `exc`; never mask it
-                        logger.debug("%s: ROLLBACK after an error failed", self.path, exc_info=True)
-                self._clear_callbacks()
-                with self._stats_lock:
-                    self._stats["rollbacks"] += 1
-                if not _is_db_error(exc) or _is_peewee_own(exc):
-                    return False  # the caller's own exception (or peewee's own error) propagates untouched
-                if isinstance(exc, StoreError) and exc.classification is not None:
-                    self._note_fault(exc.classification, txn.op, exc, report=txn.report)
-                    return False
-                refused = self._write_in_read(exc)
-                if refused is not None:  # a raw cursor's write inside read(): a caller error, not a fault
-                    raise refused from exc
-                raise self._failed(exc, txn.op, committed=False, report=txn.report) from exc
-            try:
-                conn.execute("COMMIT")
-            except Exception as err:
-                committed: bool | None = None
-                if in_txn(conn):  # still inside: nothing was committed
-                    committed = False
-                    try:
-                        conn.execute("ROLLBACK")
-                    except Exception:
-                        logger.debug("%s: ROLLBACK after a failed COMMIT failed", self.path, exc_info=True)
-                self._clear_callbacks()
-                if committed is None:
-                    with self._stats_lock:
-                        self._stats["uncertain_commits"] += 1
-                raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
-            checked = self._commit_invariants(conn, txn.op) if txn.kind == "write" else None
-        finally:
-            record.active = None
-            if txn.qo:
-                if txn.kind == "read":
-                    txn.qo = 0  # query_only stays on for the next read (see _set_query_only)
-                else:
-                    self._leave_query_only(txn, record)
-            db.release(record)  # only now may close()/invalidate() close the connection
-        with self._stats_lock:
-            self._stats["reads" if txn.kind == "read" else "transactions"] += 1
-        self._run_callbacks()
-        if txn.kind == "write":
-            self._after_commit(checked, txn.op)
-        elif self.hooks.has_on_success:
-            self.hooks.on_success(self, txn.op)
-        return False
-
-    def _commit_invariants(self, conn: Any, op: Operation | None) -> tuple[list[Violation], bool] | None:
-        """Run ``on_commit_invariant`` on ``conn``. Called while the caller still holds the
-        connection's record (busy): a check runs statements on ``conn``, and a connection closed
-        by ``close()``/``invalidate()`` from another thread in the middle of a statement crashes
-        the process (the stdlib driver is not safe against a concurrent close)."""
-        if self.hooks.has_on_commit_invariant:
-            return self.hooks.on_commit_invariant(self, conn, op)
-        return None
-
-    def _after_commit(self, checked: tuple[list[Violation], bool] | None, op: Operation | None) -> None:
-        """After the record is released: report what :meth:`_commit_invariants` found, then
-        ``on_success``."""
-        if checked is not None:
-            violations, raise_requested = checked
-            if violations:
-                self._report_violations(violations, op, raise_requested)
-        if self.hooks.has_on_success:
-            self.hooks.on_success(self, op)
-
-    def _report_violations(self, violations: list[Violation], op: Operation | None, raise_it: bool) -> None:
-        """Log, count and report (``on_fatal`` with kind INVARIANT) violations found after a
-        durable commit; raise ``InvariantViolation(committed=True)`` only when a check asked."""
-        text = "; ".join(f"{v.check}: {v.message}" for v in violations)
-        with self._stats_lock:
-            self._stats["violations"] += len(violations)
-        logger.warning("%s: post-commit invariant violated (the data is committed): %s", self.path, text)
-        c = Classification(kind=ErrorKind.INVARIANT, name="CORESTORE_INVARIANT", message=text, trips_breaker=True,
-                           source=violations[0].check.split(".")[0])
-        err = InvariantViolation(f"{self.path}: post-commit invariant violated (the data IS committed; do not retry): {text}",
-                                 classification=c, violations=tuple(violations), path=self.path)
-        self._note_fault(c, op, err, report=True)
-        if raise_it:
-            raise err
-
-    def _commit_inside(self, txn: _Txn, begin: bool) -> None:
-        """``txn.commit()`` inside a ``store.transaction()`` block: as peewee's, through
-        ``db.commit()`` (a real COMMIT: invariants run) and ``db.begin()``; a nested one releases
-        its savepoint."""
-        if txn.nested:
-            txn._savepoint.commit(begin)
-            return
-        db = self.database
-        db.commit()
-        self._run_callbacks()
-        if begin:
-            db.begin(txn.lock_type)
-
-    def _rollback_inside(self, txn: _Txn, begin: bool) -> None:
-        if txn.nested:
-            if _SAVEPOINT_ROLLBACK_BEGINS:
-                txn._savepoint.rollback(begin)
-            else:  # peewee 3.17: ROLLBACK TO leaves the savepoint open; there is no begin argument
-                txn._savepoint.rollback()
-            return
-        db = self.database
-        db.rollback()
-        self._clear_callbacks()
-        if begin:
-            db.begin(txn.lock_type)
-
-    # -- peewee's begin()/commit()/rollback() on this thread's store transaction ------------
-    def _direct_begin(self, lock_type: str | None) -> None:
-        """``db.begin()`` with no store transaction on the thread: a store write transaction
-        (policies, the connection held) that ends at ``db.commit()`` or ``db.rollback()``."""
-        txn = _Txn(self, "write", lock_type=self._lock_name(lock_type), name="begin")
-        txn.direct = True
-        try:
-            self._begin(txn)
-        except BaseException:
-            if txn.op is not None:
-                self.hooks.after_operation(self, txn.op)
-            raise
-
-    def _begin_again(self, active: _Txn, lock_type: str | None) -> None:
-        """BEGIN on the connection ``active`` holds (peewee's re-BEGIN after an inner commit)."""
-        try:
-            active.record.conn.execute(_BEGIN[self._lock_name(lock_type)])
-        except Exception as err:
-            raise self._translate_in_transaction(err) from err
-
-    def _commit_active(self, txn: _Txn) -> None:
-        """COMMIT what ``txn`` holds (``db.commit()``): outcome as in :meth:`_end`, then the
-        post-commit policies. A bare ``db.begin()`` transaction ends here."""
-        conn = txn.record.conn
-        try:
-            try:
-                conn.execute("COMMIT")
-            except Exception as err:
-                committed: bool | None = None
-                if self._in_txn(conn):  # still inside: nothing was committed
-                    committed = False
-                    try:
-                        conn.execute("ROLLBACK")
-                    except Exception:
-                        logger.debug("%s: ROLLBACK after a failed COMMIT failed", self.path, exc_info=True)
-                self._clear_callbacks()
-                if committed is None:
-                    with self._stats_lock:
-                        self._stats["uncertain_commits"] += 1
-                raise self._failed(err, txn.op, committed=committed, report=txn.report) from err
-            with self._stats_lock:
-                self._stats["reads" if txn.kind == "read" else "transactions"] += 1
-            if txn.kind == "write":  # the record is still held here (released by _finish)
-                self._after_commit(self._commit_invariants(conn, txn.op), txn.op)
-            elif self.hooks.has_on_success:
-                self.hooks.on_success(self, txn.op)
-        finally:
-            if txn.direct:
-                self._finish(txn)
-
-    def _rollback_active(self, txn: _Txn) -> None:
-        """ROLLBACK what ``txn`` holds (``db.rollback()``), unless SQLite already rolled back."""
-        conn = txn.record.conn
-        try:
-            if self._in_txn(conn):
-                try:
-                    conn.execute("ROLLBACK")
-                except Exception as err:
-                    raise self._translate_in_transaction(err) from err
-            with self._stats_lock:
-                self._stats["rollbacks"] += 1
-        finally:
-            if txn.direct:
-                self._finish(txn)
-
-    def _abandon_direct(self, txn: _Txn) -> None:
-        """``db.close()`` while a bare ``db.begin()`` transaction is open: roll it back and end it
-        (closing the sqlite3 connection would roll it back too)."""
-        try:
-            self._rollback_active(txn)
-        finally:
-            self._finish(txn)
-
-    def _end_db(self, txn: _Txn, exc: BaseException | None) -> bool:
-        """End a top-level :class:`_DbTxn` as peewee's ``_transaction.__exit__`` does (pop, then
-        ``commit(False)``, or ``rollback(False)`` on an error or a failed commit)."""
-        db = self.database
-        txn.exiting = True
-        db.pop_transaction()
-        try:
-            if exc is not None:
-                try:
-                    txn.rollback(False)
-                except Exception:  # the real error is `exc`; never mask it
-                    logger.debug("%s: ROLLBACK after an error failed", self.path, exc_info=True)
-                if not _is_db_error(exc) or _is_peewee_own(exc):
-                    return False
-                if isinstance(exc, StoreError) and exc.classification is not None:
-                    self._note_fault(exc.classification, txn.op, exc, report=txn.report)
-                    return False
-                raise self._failed(exc, txn.op, committed=False, report=txn.report) from exc
-            try:
-                txn.commit(False)
-            except BaseException:
-                try:
-                    txn.rollback(False)
-                except Exception:
-                    logger.debug("%s: ROLLBACK after a failed COMMIT failed", self.path, exc_info=True)
-                raise
-            return False
-        finally:
-            self._finish(txn)
-
-    def _finish(self, txn: _Txn) -> None:
-        """Release the connection ``txn`` holds and end its operation (idempotent)."""
-        record = txn.record
-        if record is None:
-            return
-        txn.record = None
-        db = self.database
-        if record.active is txn:
-            record.active = None
-        try:
-            self._leave_query_only(txn, record)
-            db.release(record)
-        finally:
-            if txn.report and txn.op is not None:
-                self.hooks.after_operation(self, txn.op)
-
-    def _write_in_read(self, err: BaseException) -> ReadOnlyError | None:
-        """A ReadOnlyError if ``err`` is SQLite refusing a change because a read scope of this
-        thread's transaction has ``query_only`` on; None otherwise."""
-        active = self.database._active()
-        if active is None or not active.qo:
-            return None
-        primary, extended, _name, message = error_codes(err)
-        if primary != 8 or extended not in (8, None):
-            return None
-        return ReadOnlyError(
-            f"{self.path}: a statement inside read() tried to modify the database ({message}); read() and "
-            "run(read=True) are read-only and nothing was written. Write inside store.transaction() or run(fn)",
-            classification=Classification(kind=ErrorKind.PROGRAMMING, code=8, extended_code=extended,
-                                          name="WRITE_IN_READ", message=message),
-            committed=False, path=self.path,
-        )
-
-    def _with_connection(self, kind: str, fn: Callable[[Any], T], *, name: str | None = None) -> T:
-        """Run ``fn(conn)`` on this thread's connection outside any transaction, as an operation."""
-        if self.database.in_transaction() or self.database._active() is not None:
-            raise QueryError(f"{self.path}: {name or kind} cannot run inside a transaction",
-                             classification=Classification(kind=ErrorKind.PROGRAMMING, name="IN_TRANSACTION"), path=self.path)
-        op = Operation(kind=kind, name=name)
-        try:
-            self.hooks.before_operation(self, op)
-            record = self._acquire_for(op, True)
-            try:
-                if record.query_only:
-                    self._set_query_only(record, False)
-                return fn(record.conn)
-            except Exception as err:
-                raise self._failed(err, op, committed=False, report=True) from err
-            finally:
-                self.database.release(record)
-        finally:
-            self.hooks.after_operation(self, op)
-
-    # -- statements outside transactions -----------------------------------------------------
-    def _autocommit(self, execute: Callable[..., Any], sql: str, params: Any, is_read: bool,
-                    args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        if self._closed and not self._draining:
-            raise StoreClosedError(f"{self.path}: the store was closed", path=self.path)
-        if not is_read and self.profile.read_only:
-            raise ReadOnlyError(
-                f"{self.path}: profile {self.profile.name!r} is read-only; the statement was refused before reaching SQLite",
-                classification=Classification(kind=ErrorKind.READONLY, name="READ_ONLY_PROFILE"), path=self.path,
-            )
-        hooks = self.hooks
-        op = None
-        if hooks.has_operation_hooks or hooks.has_on_fatal:
-            op = Operation(kind="read" if is_read else "write", name="statement")
-        try:
-            if hooks.has_before_operation:
-                hooks.before_operation(self, op)
-            db = self.database
-            record = self._acquire_for(op, True)
-            record.cursor_out = is_read  # the caller may go on fetching after the release
-            try:
-                if record.query_only:  # left on by a read transaction: this statement may write
-                    self._set_query_only(record, False)
-                cursor = execute(sql, params, *args, **kwargs)
-            except Exception as err:
-                if not _is_db_error(err):
-                    raise
-                c = self._classify(err, op)
-                committed: bool | None = False
-                if not is_read and c.kind in (ErrorKind.FATAL_IO, ErrorKind.TRANSIENT_IO, ErrorKind.CORRUPT):
-                    committed = None  # the implicit COMMIT may or may not have reached the disk
-                raise self._failed(err, op, committed=committed, report=True, classification=c) from err
-            else:
-                checked = None if is_read else self._commit_invariants(record.conn, op)
-            finally:
-                db.release(record)  # after the invariants: they run statements on this connection
-            with self._stats_lock:
-                self._stats["statements"] += 1
-            if not is_read:
-                self._after_commit(checked, op)
-            elif hooks.has_on_success:
-                hooks.on_success(self, op)
-            return cursor
-        finally:
-            hooks.after_operation(self, op)
-
-    # -- errors ---------------------------------------------------------------------------------
-    def _classify(self, err: BaseException, op: Operation | None) -> Classification:
-        if isinstance(err, StoreError) and err.classification is not None:
-            return err.classification
-        return self.hooks.classify_error(self, err, op)
-
     def _open_operation(self) -> None:
         """Open the store's first connection as an operation of kind ``"open"``:
         ``before_operation`` first (a half-open circuit breaker admits it or refuses it; an open
@@ -1062,93 +271,10 @@ class Store:
                 c = err.classification
                 # NOTADB at the first open is the caller's path, not a fault of the storage
                 if c is not None and c.code != 26 and not isinstance(err, CircuitOpenError):
-                    self._note_fault(c, op, err, report=True)
+                    note_fault(self, c, op, err, report=True)
                 raise
         finally:
             hooks.after_operation(self, op)
-
-    def _acquire_for(self, op: Operation | None, report: bool) -> Any:
-        """This thread's connection for ``op``. Failing to open it is the operation's outcome:
-        a fault is counted and reported (``on_fatal``, so the circuit breaker sees CANTOPEN)."""
-        try:
-            return self.database.acquire()
-        except StoreError as err:
-            if err.classification is not None:
-                self._note_fault(err.classification, op, err, report=report)
-            raise
-
-    def _note_fault(self, c: Classification, op: Operation | None, err: BaseException, *, report: bool) -> None:
-        if c.is_fault:
-            with self._stats_lock:
-                self._stats["faults"] += 1
-                self._faults_by_kind[c.kind.name] = self._faults_by_kind.get(c.kind.name, 0) + 1
-            self._last_fault = (time.time(), c)
-        if c.reopen:
-            self.invalidate()
-        if report and c.is_fault:
-            self._fire_on_fatal(err, c, op)
-
-    def _fire_on_fatal(self, err: BaseException, c: Classification, op: Operation | None) -> None:
-        """``on_fatal`` on the failing caller's thread: a ``health()`` called from inside it (a
-        plugin escalating) never runs the database probe (site/plugins/health.md)."""
-        scope = self._fault_scope
-        scope.depth = getattr(scope, "depth", 0) + 1
-        try:
-            self.hooks.on_fatal(self, err, c, op)
-        finally:
-            scope.depth -= 1
-
-    def _failed(self, err: BaseException, op: Operation | None, *, committed: bool | None, report: bool,
-                classification: Classification | None = None) -> BaseException:
-        """Classify ``err``, apply the verdict (reopen, ``on_fatal``), return what to raise."""
-        if isinstance(err, StoreError) and err.classification is not None and classification is None:
-            if committed is None and err.committed is not None:
-                err.committed = None
-            self._note_fault(err.classification, op, err, report=report)
-            return err
-        c = classification or self._classify(err, op)
-        exc = self._exception(err, c, committed)
-        self._note_fault(c, op, exc, report=report)
-        return exc
-
-    def _exception(self, err: BaseException, c: Classification, committed: bool | None) -> StoreError:
-        cls = _EXCEPTION_FOR_KIND.get(c.kind, StoreError)
-        what = c.name or c.kind.name
-        state = {True: "committed", False: "not committed", None: "outcome UNKNOWN (the COMMIT itself failed)"}[committed]
-        message = f"{self.path}: {what}: {c.message or err}; {state}; {_ADVICE.get(c.kind, '')}"
-        if cls is InvariantViolation:
-            return InvariantViolation(message, classification=c, path=self.path)
-        return cls(message, classification=c, committed=committed, path=self.path)
-
-    def _translate_in_transaction(self, err: BaseException) -> BaseException:
-        if not _is_db_error(err) or isinstance(err, StoreError):
-            return err
-        refused = self._write_in_read(err)
-        if refused is not None:
-            return refused
-        active = self.database._active()
-        op = active.op if active is not None else None
-        c = self._classify(err, op)
-        return self._exception(err, c, committed=False)
-
-    def _translate_open_error(self, err: BaseException) -> BaseException:
-        if isinstance(err, StoreError) or not _is_db_error(err):
-            return err
-        c = self._classify(err, Operation(kind="open"))
-        if c.extended_code == 26 or c.code == 26:
-            return CorruptionError(
-                f"{self.path}: not a SQLite database (SQLITE_NOTADB: {c.message}); corestore will not touch it. "
-                "Check the path; `corestore doctor PATH` shows what the file is.",
-                classification=c, committed=False, path=self.path,
-            )
-        if self.profile.read_only and not self.memory:
-            problem = readonly_wal_problem(self.path)
-            if problem is not None:
-                return FatalError(f"{self.path}: {c.name or c.kind.name}: {problem}", classification=c,
-                                  committed=False, path=self.path)
-        if c.reopen:
-            self.invalidate()
-        return self._exception(err, c, committed=False)
 
     # -- health ---------------------------------------------------------------------------------
     def _maybe_probe(self) -> None:
@@ -1168,7 +294,7 @@ class Store:
             with self._stats_lock:
                 self._stats["health_probes"] += 1
             try:
-                self._with_connection("read", lambda conn: conn.execute("SELECT count(*) FROM sqlite_master").fetchone(),
+                with_connection(self, "read", lambda conn: conn.execute("SELECT count(*) FROM sqlite_master").fetchone(),
                                       name="health-probe")
                 status, summary = HealthStatus.UP, "probe ok"
             except CircuitOpenError:
@@ -1199,171 +325,3 @@ class Store:
         else:
             _mono, details["probed_at"], status, summary = probe
         return HealthComponent(name="database", status=status, summary=summary, details=details)
-
-
-_BEGIN = {None: "BEGIN", "": "BEGIN", "IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN DEFERRED",
-          "EXCLUSIVE": "BEGIN EXCLUSIVE"}
-
-
-def _noop() -> None:
-    return None
-
-
-#: peewee >= 4: ``_savepoint.rollback(begin=True)`` (3.17: ``rollback()``, and it stays open)
-_SAVEPOINT_ROLLBACK_BEGINS = "begin" in peewee._savepoint.rollback.__code__.co_varnames
-
-
-# -- open --------------------------------------------------------------------------------------
-def _looks_like_bare_name(target: str) -> bool:
-    return os.sep not in target and "/" not in target and not os.path.splitext(target)[1]
-
-
-def _resolve(target: str | os.PathLike[str] | Profile, profile: str | None, config: str | os.PathLike[str] | None,
-             enable: Iterable[str] = (), disable: Iterable[str] = (), settings: Mapping[str, Any] | None = None) -> Profile:
-    cfg: Config | None = load_config(config)
-    if isinstance(target, Profile):
-        if profile is not None:
-            raise ConfigError("corestore.open(Profile(...)): pass either a Profile or profile=, not both")
-        if not target.path:
-            raise ConfigError("corestore.open(Profile(...)): the profile has no path")
-        resolved = target
-    else:
-        name = os.fspath(target)
-        binding = cfg.databases.get(name) if cfg else None
-        if binding is not None:
-            resolved = resolve_profile(profile or binding.profile, config=cfg, path=binding.path, binding=binding)
-        elif name == ":memory:":
-            resolved = resolve_profile(profile or "default", config=cfg, path=name)
-        elif _looks_like_bare_name(name):
-            where = cfg.source if cfg else "no config file (pass config= or set CORESTORE_CONFIG)"
-            known = ", ".join(sorted(cfg.databases)) if cfg and cfg.databases else "(none)"
-            raise ConfigError(
-                f"{where}: {name!r} is not bound in [databases] (bound: {known}); a bare name must be bound, "
-                f"a file path needs a directory or a suffix (e.g. './{name}.db')"
-            )
-        else:
-            resolved = resolve_profile(profile or "default", config=cfg, path=name)
-    if enable or disable or settings:
-        resolved = with_overrides(resolved, enable=enable, disable=disable, settings=settings)
-    return check_path(resolved)
-
-
-def _claim_driver(store: Store) -> None:
-    if store.memory:
-        return
-    current = _drivers.get(store.path)
-    if current is not None and current[0] != store.profile.driver:
-        raise ConfigError(
-            f"{store.path}: already open in this process through driver {current[0]!r}; refusing driver "
-            f"{store.profile.driver!r} (their locks do not see each other: two drivers on one file can corrupt it)"
-        )
-    _drivers[store.path] = (store.profile.driver, (current[1] if current else 0) + 1)
-
-
-def _release_driver(store: Store) -> None:
-    current = _drivers.get(store.path)
-    if current is not None:
-        if current[1] <= 1:
-            del _drivers[store.path]
-        else:
-            _drivers[store.path] = (current[0], current[1] - 1)
-
-
-def open(  # noqa: A001 - the public name is fixed by the design
-    target: str | os.PathLike[str] | Profile,
-    *,
-    profile: str | None = None,
-    config: str | os.PathLike[str] | None = None,
-    setup: Callable[[Store], Any] | None = None,
-    enable: Iterable[str] = (),
-    disable: Iterable[str] = (),
-    settings: Mapping[str, Mapping[str, Any]] | None = None,
-) -> Store:
-    """Open (or share) the store for ``target``: a path, a name bound in ``[databases]``, or a
-    :class:`Profile`.
-
-    The same real path with the same resolved profile returns the same store (one more
-    reference). ``setup(store)`` runs once per store, under the init lock; a second open of a
-    cached store with a different ``setup`` is a :class:`ConfigError`. The first connection is
-    opened here, so a wrong file or journal mode fails now, not at the first write.
-
-    ``enable``, ``disable`` and ``settings`` compose on top of the profile in code, exactly like a
-    profile table's keys of the same names: ``enable`` appends plugins, ``disable`` removes them,
-    ``settings`` merges key by key into each plugin's table. ``on_store_open`` hooks run once the
-    first connection is ready, before ``setup``.
-    """
-    resolved = _resolve(target, profile, config, enable, disable, settings)
-    opengate.check(resolved)  # e.g. an open circuit breaker for this file: refused, nothing touched
-    key = (resolved.path, resolved)
-    cacheable = resolved.path != ":memory:"
-    if cacheable:
-        with _cache_lock:
-            key_lock = _key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            with _cache_lock:
-                store = _cache.get(key)
-                if store is not None:
-                    if setup is not None and store._setup is not None and setup is not store._setup:
-                        raise ConfigError(
-                            f"{resolved.path}: already open with setup={store._setup!r}; a second open passed a "
-                            f"different setup={setup!r} (one store runs one setup)"
-                        )
-                    if setup is not None and store._setup is None:
-                        raise ConfigError(f"{resolved.path}: already open without setup; a second open passed setup={setup!r}")
-                    store._refs += 1
-                    return store
-            return _create(resolved, setup, key)
-    return _create(resolved, setup, None)
-
-
-def _create(resolved: Profile, setup: Callable[[Store], Any] | None, key: Any) -> Store:
-    store = Store(resolved, setup=setup, key=key)
-    with _cache_lock:
-        _claim_driver(store)
-    try:
-        store._open_operation()
-        store.hooks.on_store_open(store)
-        if setup is not None:
-            with store.init_lock():
-                setup(store)
-    except BaseException:
-        with _cache_lock:
-            _release_driver(store)
-        store._key = None
-        store._refs = 1
-        store.close()
-        raise
-    with _cache_lock:
-        if key is not None:
-            _cache[key] = store
-        _all_stores.add(store)
-    return store
-
-
-def open_stores() -> list[Store]:
-    """Every store open in this process (for the CLI and tests)."""
-    with _cache_lock:
-        return list(_all_stores)
-
-
-def _after_fork_in_child() -> None:
-    global _cache_lock
-    _cache_lock = threading.Lock()
-    _key_locks.clear()
-    stores = list(_all_stores)
-    _cache.clear()
-    for store in stores:
-        store._lock = threading.Lock()
-        store._stats_lock = threading.Lock()
-        store._health_lock = threading.RLock()
-        store._probe_lock = threading.Lock()
-        store._fault_scope = threading.local()
-        # corestore.forking already decided which files this child refuses and forgot (never
-        # closed) every inherited connection
-        if store._anchor is not None:
-            from .database import _FORGOTTEN
-
-            _FORGOTTEN.append(store._anchor)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

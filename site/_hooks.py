@@ -242,7 +242,7 @@ def _errors(arg: str) -> str:
         raise ValueError(f"unknown errors marker argument {arg!r} (taxonomy)")
     from corestore.classify import FLAGS_BY_KIND, KIND_BY_CODE, SQLITE_CODES
     from corestore.errors import ErrorKind
-    from corestore.store import _EXCEPTION_FOR_KIND
+    from corestore.raising import EXCEPTION_FOR_KIND as _EXCEPTION_FOR_KIND
 
     primaries: dict[ErrorKind, list[str]] = {}
     overrides: dict[ErrorKind, list[str]] = {}

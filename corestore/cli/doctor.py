@@ -56,14 +56,14 @@ def _doctor_path(args: argparse.Namespace) -> str:
     """The file for ``NAME|PATH``: a name bound in ``[databases]`` (like ``corestore health``),
     else the path as given."""
     from ..profiles import load_config
-    from ..store import _looks_like_bare_name
+    from ..opening import looks_like_bare_name
 
     target = args.path
     cfg = load_config(config_path(args))
     binding = cfg.databases.get(target) if cfg else None
     if binding is not None:
         return binding.path
-    if _looks_like_bare_name(target) and not os.path.exists(target):
+    if looks_like_bare_name(target) and not os.path.exists(target):
         known = ", ".join(sorted(cfg.databases)) if cfg and cfg.databases else "(none)"
         raise ConfigError(f"{cfg.source if cfg else 'no config file (pass --config or set CORESTORE_CONFIG)'}: "
                           f"{target!r} is not bound in [databases] (bound: {known}); give a file path "

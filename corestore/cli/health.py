@@ -49,14 +49,14 @@ def _pid_alive(pid: Any) -> bool | None:
 
 def _resolve_target(args: argparse.Namespace) -> Any:
     from ..profiles import load_config, resolve_profile
-    from ..store import _looks_like_bare_name
+    from ..opening import looks_like_bare_name
 
     cfg = load_config(config_path(args))
     target = args.target
     binding = cfg.databases.get(target) if cfg else None
     if binding is not None:
         return resolve_profile(args.profile or binding.profile, config=cfg, path=binding.path, binding=binding)
-    if _looks_like_bare_name(target) and target != ":memory:":
+    if looks_like_bare_name(target) and target != ":memory:":
         known = ", ".join(sorted(cfg.databases)) if cfg and cfg.databases else "(none)"
         raise ConfigError(f"{cfg.source if cfg else 'no config file'}: {target!r} is not bound in [databases] "
                           f"(bound: {known}); give a file path (e.g. './{target}.db') or --config")
