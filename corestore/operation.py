@@ -10,15 +10,16 @@ import attrs
 
 __all__ = ["Operation", "Violation", "OperationKind"]
 
-OperationKind = Literal["read", "write", "open", "batch", "checkpoint"]
-_KINDS = ("read", "write", "open", "batch", "checkpoint")
+OperationKind = Literal["read", "write", "open", "batch", "checkpoint", "backup"]
+_KINDS = ("read", "write", "open", "batch", "checkpoint", "backup")
 
 
 @attrs.frozen(kw_only=True, slots=True)
 class Operation:
     """One unit of work as plugins see it.
 
-    ``kind`` is ``"read" | "write" | "open" | "batch" | "checkpoint"``; ``name`` an optional label
+    ``kind`` is ``"read" | "write" | "open" | "batch" | "checkpoint" | "backup"`` (``backup``: a
+    copy of the database through the backup API, which only reads it); ``name`` an optional label
     from the caller; ``attempt`` counts from 1 across ``run()`` retries; ``started`` and
     ``deadline`` are ``time.monotonic()`` values (``deadline`` None when unbounded).
     """

@@ -54,6 +54,7 @@ from .initlock import InitLock
 from .operation import Operation, Violation
 from .check import check_path
 from .readonly import readonly_wal_problem
+from .sqlitebugs import version_component
 from .profiles import Config, Profile, load_config, resolve_profile, with_overrides
 from .registry import build_hook_caller, env_plugins
 
@@ -395,30 +396,16 @@ class Store:
         row = self._with_connection("checkpoint", lambda conn: conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
         return (int(row[0]), int(row[1]), int(row[2]))
 
-    def backup(self, dest: str | os.PathLike[str]) -> str:
-        """Copy the database online to ``dest`` through SQLite's backup API; returns the path."""
-        dest = os.fspath(dest)
+    def backup(self, dest: str | os.PathLike[str], *, verify: str = "quick_check",
+               progress: Callable[[int, int], None] | None = None, step_pages: int = 256) -> str:
+        """Copy the database online to ``dest`` through SQLite's backup API, verified: a temporary
+        file beside ``dest``, fsynced, checked with ``verify`` (``"quick_check"`` or
+        ``"integrity_check"``), then renamed into place (see :mod:`corestore.backup`). Refuses a
+        ``dest`` with a ``-wal``/``-journal`` beside it or that is open. ``progress(copied, total)``
+        is called after each step of ``step_pages`` pages. Returns the path written."""
+        from .backup import run_backup
 
-        def copy(conn: Any) -> None:
-            if self.profile.driver == "apsw":
-                import apsw
-
-                target = apsw.Connection(dest)
-                try:
-                    with target.backup("main", conn, "main") as b:
-                        while not b.done:
-                            b.step(1024)
-                finally:
-                    target.close()
-            else:
-                target = sqlite3.connect(dest)
-                try:
-                    conn.backup(target)
-                finally:
-                    target.close()
-
-        self._with_connection("checkpoint", copy, name="backup")
-        return dest
+        return str(run_backup(self, dest, verify=verify, progress=progress, step_pages=step_pages)["path"])
 
     def stats(self) -> dict[str, Any]:
         """Core counters: transactions, reads, retries, busy waits, faults (and by kind),
@@ -444,7 +431,7 @@ class Store:
         if probe and not getattr(self._fault_scope, "depth", 0):
             self._maybe_probe()
         with self._health_lock:
-            components = [self._database_component()] + self.hooks.on_health(self)
+            components = [self._database_component(), version_component(self)] + self.hooks.on_health(self)
             report = HealthReport.from_components(components, database=self.path, profile=self.profile.name)
             previous, self._last_status = self._last_status, report.status
             self._last_report = report
