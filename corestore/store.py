@@ -388,12 +388,28 @@ class Store:
             self._stats["reopens"] += 1
         return self.database.invalidate()
 
-    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
-        """Run ``PRAGMA wal_checkpoint(mode)``; returns SQLite's (busy, log, checkpointed)."""
+    def checkpoint(self, mode: str = "PASSIVE", *, busy_timeout_ms: int | None = None,
+                   name: str | None = None) -> tuple[int, int, int]:
+        """Run ``PRAGMA wal_checkpoint(mode)``; returns SQLite's (busy, log, checkpointed).
+
+        ``busy_timeout_ms`` bounds, for this checkpoint only, how long FULL/RESTART/TRUNCATE wait
+        for the writer lock and for readers (the connection's own busy timeout is restored after).
+        """
         mode = mode.upper()
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise ConfigError(f"{self.path}: checkpoint mode {mode!r} is not allowed; allowed: PASSIVE, FULL, RESTART, TRUNCATE")
-        row = self._with_connection("checkpoint", lambda conn: conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
+
+        def run(conn: Any) -> Any:
+            if busy_timeout_ms is None:
+                return conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            before = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+            conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout_ms))}")
+            try:
+                return conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {before}")
+
+        row = self._with_connection("checkpoint", run, name=name)
         return (int(row[0]), int(row[1]), int(row[2]))
 
     def backup(self, dest: str | os.PathLike[str], *, verify: str = "quick_check",

@@ -31,9 +31,9 @@ other plugin sees the connection):
    profile sets ``fallback = "delete"`` and the header does not say WAL; otherwise it is an error
    that says what happened and what to do. An allowed downgrade logs one WARNING and makes the
    health component DEGRADED with the reason.
-5. ``busy_timeout``, ``synchronous``, ``wal_autocheckpoint`` (1000 unless the profile sets it) and
-   ``journal_size_limit`` are read back and compared with the profile; a mismatch is an error
-   naming the pragma.
+5. ``busy_timeout``, ``synchronous``, ``wal_autocheckpoint`` (1000 unless the profile sets it;
+   0 when ``checkpoint_governor`` is enabled, which owns checkpoints) and ``journal_size_limit``
+   are read back and compared with the profile; a mismatch is an error naming the pragma.
 
 No close-time checkpoint: SQLite checkpoints and removes ``-wal`` on the last close by itself.
 """
@@ -83,6 +83,7 @@ _CANTOPEN = 14
 _SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3, "0": 0, "1": 1, "2": 2, "3": 3}
 _SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 _RESYNC_SQL = "SELECT count(*) FROM sqlite_master"
+_GOVERNOR = "checkpoint_governor"  # when enabled it owns checkpoints: wal_autocheckpoint is 0, not 1000
 
 
 
@@ -466,6 +467,8 @@ class WalGuard:
             if "synchronous" in pragmas:
                 out["synchronous"] = _SYNCHRONOUS[str(pragmas["synchronous"]).lower()]
             autocheckpoint = int(pragmas.get("wal_autocheckpoint", DEFAULT_WAL_AUTOCHECKPOINT))
+            if _GOVERNOR in store.plugins:
+                autocheckpoint = 0  # the checkpoint governor owns checkpoints: SQLite's automatic ones are off
             out["wal_autocheckpoint"] = max(autocheckpoint, 0)  # SQLite reads 0 back for any value <= 0
             if "journal_size_limit" in pragmas:
                 out["journal_size_limit"] = max(int(pragmas["journal_size_limit"]), -1)  # < -1 reads back -1
@@ -474,7 +477,9 @@ class WalGuard:
 
     def _verify_pragmas(self, store: Any, conn: Any) -> None:
         expected = self._expected_pragmas(store)
-        if "wal_autocheckpoint" not in store.profile.pragmas:
+        if _GOVERNOR in store.plugins:
+            conn.execute("PRAGMA wal_autocheckpoint = 0").fetchall()
+        elif "wal_autocheckpoint" not in store.profile.pragmas:
             conn.execute(f"PRAGMA wal_autocheckpoint = {DEFAULT_WAL_AUTOCHECKPOINT}").fetchall()
         for name, want in expected.items():
             got = _pragma_value(conn, f"PRAGMA {name}")
