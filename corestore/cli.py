@@ -1,4 +1,4 @@
-"""The ``corestore`` command line: ``demo``, ``plugins``, ``profiles`` (and ``doctor``,
+"""The ``corestore`` command line: ``demo``, ``plugins``, ``profiles``, ``backup`` (and ``doctor``,
 ``health``). ``--json`` everywhere; exit codes 0 UP, 1 DEGRADED, 2 DOWN, 64 usage or config error.
 
 The CLI reads ``--config``, else ``$CORESTORE_CONFIG``, else ``./corestore.toml`` when present
@@ -276,6 +276,60 @@ def _run_demo(args: argparse.Namespace, directory: str) -> int:
 
 
 command("demo", "run a short multi-threaded write workload on an embedded database and report")(_demo_args).run(run_demo)
+
+
+# -- backup -------------------------------------------------------------------------------------
+def _backup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="SRC", help="the database to copy (a path; opened read-only)")
+    p.add_argument("dest", metavar="DEST", help="where the verified copy goes (replaced atomically)")
+    p.add_argument("--integrity", action="store_true", help="verify with integrity_check instead of quick_check")
+
+
+def _progress_bar() -> Callable[[int, int], None] | None:
+    """``pages copied / total`` as a bar on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(copied: int, total: int) -> None:
+        width = 30
+        done = int(width * copied / total) if total else width
+        sys.stderr.write(f"\rbackup: [{'#' * done}{'.' * (width - done)}] {copied}/{total} pages")
+        if copied >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    """Copy SRC to DEST through SQLite's backup API, verified before it is renamed into place.
+    SRC is opened read-only with no plugins (the command never changes it); exit 0 on success."""
+    from .profiles import Profile
+    from .store import open as open_store
+
+    src = os.path.abspath(args.src)
+    if not os.path.isfile(src):
+        raise ConfigError(f"{args.src}: no such database file (the backup command never creates one)")
+    from .backup import BackupRefused
+
+    store = open_store(Profile(name="backup", path=src, read_only=True))
+    try:
+        started = time.monotonic()
+        dest = store.backup(args.dest, verify="integrity_check" if args.integrity else "quick_check",
+                            progress=None if getattr(args, "json", False) else _progress_bar())
+    except BackupRefused as err:  # nothing was copied: a usage error (exit 64)
+        return _fail(args, err, EXIT_USAGE)
+    finally:
+        store.close()
+    size = os.stat(dest).st_size
+    data = {"command": "backup", "src": src, "dest": dest, "bytes": size,
+            "verified": "integrity_check" if args.integrity else "quick_check",
+            "seconds": round(time.monotonic() - started, 3), "exit_code": 0}
+    emit(args, data, f"backup of {src} verified ({data['verified']}) and written to {dest} ({size} bytes)")
+    return 0
+
+
+command("backup", "copy a database online, verify the copy, then rename it into place")(_backup_args).run(run_backup)
 
 
 # -- main ----------------------------------------------------------------------------------------
