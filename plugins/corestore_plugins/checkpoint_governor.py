@@ -20,7 +20,8 @@ What it does (``mode = "governed"``, the default):
 * A counter on the commit path (``on_success``; no system call) wakes the governor's thread every
   ``check_every`` operations; the thread also wakes every ``interval_s``. It ``stat``s ``-wal``;
   above ``target_wal_bytes`` it looks for readers pinning WAL frames in ``/proc/locks``
-  (:mod:`corestore_plugins._wal_readers`, never by opening ``-shm``). With such a reader the
+  (:mod:`corestore_plugins._wal_readers`, never by opening ``-shm``; readers of other processes:
+  this process's own write transactions hold read marks too). With such a reader the
   checkpoint could not complete and escalating would only stall the writers, so it runs none and
   reports the reader (pid, process, how long). Otherwise it runs ``TRUNCATE`` with a short busy
   timeout (``checkpoint_busy_ms``) inside the write gate (``write_gate`` plugin) when one is
@@ -272,7 +273,11 @@ class CheckpointGovernor:
             if wal <= self.settings.target_wal_bytes:
                 self._note_readers([])
                 return "under-target"
-            readers = wal_readers(store.path)
+            # this process's own read marks are left out: its write transactions hold one too (the
+            # write gate and SQLite's writer lock order them); a reader in another process is what
+            # starves a checkpoint, and that is what /proc/locks can name
+            me = os.getpid()
+            readers = [r for r in (wal_readers(store.path) or []) if r["pid"] != me]
             if readers:
                 self._note_readers(readers)
                 with self._lock:
