@@ -195,9 +195,12 @@ class Maintenance:
             fn()
             result["outcome"] = "done"
         except StoreError as err:
-            result["outcome"] = "error"
             c = err.classification
+            result["outcome"] = "error"
             result["error"] = c.name or c.kind.name if c is not None else type(err).__name__
+            if job == "quick_check" and c is not None and c.kind.name == "CORRUPT":
+                result["outcome"] = "damaged"  # SQLite stopped the check itself: the file is damaged
+                result["problems"] = [f"{c.name}: {c.message}"]
             logger.warning("%s: maintenance %s failed: %s", getattr(self._store, "path", "?"), job, result["error"])
         result["duration_s"] = round(time.monotonic() - started, 4)
         with self._lock:
