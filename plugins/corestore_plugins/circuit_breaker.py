@@ -218,8 +218,11 @@ _DONE = object()  # the in-flight marker of an operation whose outcome was count
 _CLOSED = BreakerState.CLOSED
 
 
+_READ_KINDS = ("read", "backup")  # a backup only reads the database
+
+
 def _lane_of(op: Any) -> str:
-    return "read" if op is not None and op.kind == "read" else "write"
+    return "read" if op is not None and op.kind in _READ_KINDS else "write"
 
 
 # -- the breaker ---------------------------------------------------------------------------------
@@ -409,7 +412,7 @@ class Breaker:
     def record_success(self, op: Any) -> None:
         """Count a successful outcome of ``op`` (once per operation)."""
         key = id(op)
-        read = op.kind == "read"
+        read = op.kind in _READ_KINDS
         lane = self._read if read else self._write
         if self._state is _CLOSED and lane.consecutive == 0 and lane.window is None:
             # The steady state, without the lock: nothing to reset, nothing to record but the
