@@ -1,0 +1,611 @@
+"""The cross-process ticket gate behind the ``write_gate`` plugin: FIFO admission to one database's
+write lock for every thread of every process, with explicit hand-off and no polling.
+
+Why tickets: neither ``flock`` nor fcntl record locks queue their waiters in order, and a process
+that releases such a lock can take it straight back before any waiter runs. The gate therefore
+hands the turn over explicitly, like a CLH queue lock built from fcntl byte-range locks:
+
+* The sidecar ``<db>.corestore-gate`` holds a small table, mapped into every process: a ticket
+  counter ``next`` and one 16-byte entry per slot (``ticket``, ``state``, ``pid``). Beside the
+  data, fcntl locks on single bytes far beyond the table are used as signals: byte ``META``
+  guards the counter (held for microseconds), byte ``SLOT + (ticket mod SLOTS)`` is held by the
+  ticket's owner from the moment it takes the ticket until it releases the gate or gives up.
+* **Taking a ticket** (under ``META``): lock the own slot byte, write the entry
+  (``ticket, WAITING, pid``), then publish ``next = ticket + 1``.
+* **Waiting** for the turn: block in ``F_OFD_SETLKW`` (a kernel wait, no polling) on the byte of
+  the predecessor ``ticket - 1``. It becomes free when the predecessor releases the gate, gives up
+  or dies (the kernel drops a dead process's locks). The entry then says which: ``DONE`` (it
+  released) or ``HOLDING`` (it died holding): the turn is ours; ``WAITING`` (it died waiting) or
+  ``ABANDONED`` (its wait timed out): it will never take its turn, so wait on *its* predecessor
+  instead. A queue therefore never stalls on a crashed holder or waiter, and never lets two
+  tickets in at once.
+* **Releasing**: write ``DONE`` into the own entry, unlock the own byte: exactly the next waiter
+  wakes (a hand-off, one context switch), and the releaser, if it wants in again, queues behind
+  everybody already waiting.
+
+Bounded waits: a blocking fcntl call cannot be given a timeout, so a contended wait runs on a
+pooled helper thread while the caller waits on a thread lock with its deadline; a caller that gives
+up marks its entry ``ABANDONED`` and unlocks its own byte (its successors skip it), and the helper
+finishes the orphaned wait later and returns to the pool. ``META`` is only ever held across a few
+memory writes, so it is taken with non-blocking attempts (yielding between them) until the same
+deadline.
+
+Locks need a writable descriptor: the sidecar is opened ``O_RDWR`` (with ``O_NOFOLLOW``,
+``O_CLOEXEC``, and a mode no more permissive than the database's), and every lock is a write lock;
+a user who can only read the database cannot open it for writing and so can never hold the gate.
+On Linux the locks are open-file-description (OFD) locks, owned per descriptor, so threads queue
+individually (each participant borrows a descriptor from a per-gate pool); elsewhere they are
+POSIX record locks, owned per process, so one thread per process queues at a time behind an
+in-process lock.
+
+Limits: the slot table has ``SLOTS`` entries, so at most ``SLOTS - 1`` writers can queue at once
+(a later one finds its slot still in use and is told so: its writer uses SQLite's own lock). On
+network file systems fcntl locks and shared mappings are unreliable: use the gate on local disks
+only (the database itself should not be on one either).
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import platform
+import stat
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+__all__ = ["Gate", "Outcome", "GATE_SUFFIX", "SLOTS", "gate_for", "gate_path_for", "open_sidecar"]
+
+logger = logging.getLogger(__name__)
+
+#: The gate's sidecar next to the database.
+GATE_SUFFIX = ".corestore-gate"
+#: Slots in the ticket table (the longest queue the gate can hold).
+SLOTS = 4096
+
+_MAGIC = b"CSGATE\x00\x01"
+_NEXT = 8  # offset of the ticket counter (u64)
+_HEADER = 64
+_ENTRY = struct.Struct("<QII")  # ticket, state, pid
+_SIZE = _HEADER + SLOTS * _ENTRY.size
+_LOCK_BASE = 1 << 30  # lock bytes live far beyond the table: they are signals, not data
+_META = _LOCK_BASE
+_SLOT_BYTE = _LOCK_BASE + 1
+
+_WAITING, _HOLDING, _DONE, _ABANDONED = 1, 2, 3, 4
+
+_OFD = sys.platform.startswith("linux") and hasattr(fcntl, "F_OFD_SETLKW") and struct.calcsize("P") == 8
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
+_BUSY_ERRNOS = (errno.EAGAIN, errno.EACCES)
+_MAX_IDLE_HELPERS = 8
+#: With futex waits, how often a waiter checks that its predecessor is still alive (a crashed
+#: process wakes nobody; the kernel drops its fcntl lock, which the check sees).
+LIVENESS_S = 0.005
+
+
+class _Futex:
+    """Linux futex wait/wake on a 32-bit word of the shared table (through ``syscall(2)``)."""
+
+    _NUMBERS = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98,
+                "ppc64le": 221, "ppc64": 221, "s390x": 238}
+
+    class _Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    def __init__(self) -> None:
+        number = self._NUMBERS.get(platform.machine().lower())
+        if number is None or not _OFD:
+            raise OSError(errno.ENOSYS, "no futex on this platform")
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._syscall = libc.syscall
+        self._syscall.restype = ctypes.c_long
+        self._nr = ctypes.c_long(number)
+
+    def wait(self, address: int, expected: int, timeout: float) -> None:
+        """Sleep while the word at ``address`` equals ``expected``, at most ``timeout`` s (returns
+        early on a wake, a changed value or a signal: the caller re-reads the word)."""
+        ts = self._Timespec(int(timeout), int((timeout % 1.0) * 1e9))
+        self._syscall(self._nr, ctypes.c_void_p(address), ctypes.c_int(0), ctypes.c_int(expected),
+                      ctypes.byref(ts), ctypes.c_void_p(0), ctypes.c_int(0))
+
+    def wake(self, address: int) -> None:
+        self._syscall(self._nr, ctypes.c_void_p(address), ctypes.c_int(1), ctypes.c_int(0x7FFFFFFF),
+                      ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_int(0))
+
+
+def _make_futex() -> "_Futex | None":
+    if os.environ.get("CORESTORE_GATE_NO_FUTEX"):  # tests run the helper-thread path with it
+        return None
+    try:
+        return _Futex()
+    except (OSError, AttributeError):
+        return None
+
+
+_FUTEX = _make_futex()
+
+
+class Outcome(enum.Enum):
+    """What :meth:`Gate.acquire` did."""
+
+    HELD = "held"  # the turn was ours at once
+    WAITED = "waited"  # the turn came after a wait
+    REENTERED = "reentered"  # this thread already held the gate (depth + 1)
+    TIMEOUT = "timeout"  # not ours within the timeout: the caller uses SQLite's own lock
+    UNAVAILABLE = "unavailable"  # no gate (sidecar not writable, not recognised, queue full)
+
+    @property
+    def held(self) -> bool:
+        return self in (Outcome.HELD, Outcome.WAITED, Outcome.REENTERED)
+
+
+def gate_path_for(db_path: str) -> str:
+    return db_path + GATE_SUFFIX
+
+
+def open_sidecar(path: str, db_path: str) -> int:
+    """Open (creating if needed) the sidecar ``path`` of ``db_path`` for reading and writing.
+
+    ``O_NOFOLLOW`` (a symlink planted in its place is refused), ``O_CLOEXEC``, created with the
+    database's permission bits (never more permissive than the database), and refused unless it is
+    a regular file other than the database. A small local helper: the hardening work adds a shared
+    ``corestore.sidecar`` helper that this should use once merged.
+    """
+    mode = stat.S_IMODE(os.stat(db_path).st_mode) & 0o666
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, mode)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        db = os.stat(db_path)
+        if (st.st_dev, st.st_ino) == (db.st_dev, db.st_ino):
+            raise OSError(errno.EINVAL, "the sidecar is the database itself", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# -- lock primitives ---------------------------------------------------------------------------
+def _try_lock(fd: int, byte: int) -> bool:
+    try:
+        if _OFD:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte, os.SEEK_SET)
+    except OSError as err:
+        if err.errno in _BUSY_ERRNOS:
+            return False
+        raise
+    return True
+
+
+def _wait_lock(fd: int, byte: int) -> None:
+    """Block (in the kernel) until the write lock on ``byte`` is ours. Only helper threads call it."""
+    if _OFD:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, byte, os.SEEK_SET)
+
+
+def _unlock(fd: int, byte: int) -> None:
+    if _OFD:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, byte, 1, 0))
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte, os.SEEK_SET)
+
+
+class _Helper:
+    """A pooled thread that performs one blocking lock wait at a time for a caller with a deadline."""
+
+    __slots__ = ("gate", "go", "done", "mutex", "fd", "byte", "cancelled", "finished", "error", "thread")
+
+    def __init__(self, gate: "Gate") -> None:
+        self.gate = gate
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.mutex = threading.Lock()
+        self.fd = -1
+        self.byte = 0
+        self.cancelled = False
+        self.finished = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name=f"corestore-write-gate:{os.path.basename(gate.db_path)}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self.go.acquire()
+            if self.fd < 0:
+                return  # retired
+            error: BaseException | None = None
+            try:
+                _wait_lock(self.fd, self.byte)
+            except BaseException as err:  # reported to the caller (or logged if it gave up)
+                error = err
+            with self.mutex:
+                if not self.cancelled:
+                    self.error = error
+                    self.finished = True
+                    self.done.release()
+                    continue
+            # the caller gave up: finish its orphaned wait and put everything back
+            if error is None:
+                _unlock(self.fd, self.byte)
+            else:
+                logger.debug("%s: an abandoned gate wait failed: %s", self.gate.path, error)
+            self.gate._orphan_done(self)
+            return
+
+    def wait(self, fd: int, byte: int, timeout: float) -> bool:
+        """Wait for the lock on ``byte`` through ``fd`` at most ``timeout`` seconds. False: timed
+        out, the wait was handed to this helper (which then owns ``fd``) and it leaves the pool."""
+        self.fd, self.byte, self.cancelled, self.finished, self.error = fd, byte, False, False, None
+        self.go.release()
+        if not self.done.acquire(timeout=max(0.0, timeout)):
+            with self.mutex:
+                if not self.finished:
+                    self.cancelled = True
+                    return False
+            self.done.acquire()  # finished at the same moment: consume the signal
+        if self.error is not None:
+            raise self.error
+        return True
+
+    def retire(self) -> None:
+        self.fd = -1
+        self.go.release()
+
+
+class Gate:
+    """The gate of one database file in this process (get it with :func:`gate_for`).
+
+    Re-entrant per thread: a thread that holds it and asks again gets ``REENTERED`` and must
+    release as many times as it acquired. Thread-safe; fork-safe (the child starts afresh).
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path
+        self.path = gate_path_for(db_path)
+        self._lock = threading.Lock()
+        self._reset_process_state()
+
+    def _reset_process_state(self) -> None:
+        self._opened = False
+        self.unavailable: str | None = None
+        self._map: mmap.mmap | None = None
+        self._anchor: Any = None
+        self._base = 0
+        self._fds: list[int] = []  # idle descriptors (OFD: one per participant at a time)
+        self._helpers: list[_Helper] = []
+        self._proc = threading.Lock()  # POSIX record locks: one participant per process
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self.counters = {"skipped_dead": 0, "skipped_abandoned": 0, "dead_holders": 0, "queue_full": 0,
+                         "orphaned_waits": 0}
+
+    # -- opening -----------------------------------------------------------------------------
+    def _open(self) -> bool:
+        with self._lock:
+            if self._opened:
+                return self.unavailable is None
+            self._opened = True
+            try:
+                fd = open_sidecar(self.path, self.db_path)
+            except OSError as err:
+                self.unavailable = f"cannot open {self.path} for writing: {err.strerror or err}"
+                logger.info("%s: write gate unavailable (%s); writers use SQLite's own lock", self.db_path, self.unavailable)
+                return False
+            try:
+                why = self._initialise(fd)
+            except OSError as err:
+                why = f"{self.path}: {err.strerror or err}"
+            if why is not None:
+                os.close(fd)
+                self.unavailable = why
+                logger.warning("%s: write gate unavailable (%s); writers use SQLite's own lock", self.db_path, why)
+                return False
+            self._fds.append(fd)
+            return True
+
+    def _initialise(self, fd: int) -> str | None:
+        deadline = time.monotonic() + 5.0
+        if not self._meta_lock(fd, deadline):
+            return "the gate's table lock was not free within 5 s"
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                os.ftruncate(fd, _SIZE)
+                os.pwrite(fd, _MAGIC, 0)
+            elif size != _SIZE or os.pread(fd, len(_MAGIC), 0) != _MAGIC:
+                return f"{self.path} is not a corestore gate of this version (size {size}); it is left alone"
+            self._map = mmap.mmap(fd, _SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            if _FUTEX is not None:
+                self._anchor = ctypes.c_char.from_buffer(self._map)  # keeps the mapping's address
+                self._base = ctypes.addressof(self._anchor)
+        finally:
+            _unlock(fd, _META)
+        return None
+
+    def _take_fd(self) -> int:
+        with self._lock:
+            if self._fds:
+                return self._fds.pop()
+        fd = open_sidecar(self.path, self.db_path)
+        return fd
+
+    def _give_fd(self, fd: int) -> None:
+        with self._lock:
+            self._fds.append(fd)
+
+    # -- the table -------------------------------------------------------------------------------
+    def _entry(self, ticket: int) -> tuple[int, int, int]:
+        assert self._map is not None
+        return _ENTRY.unpack_from(self._map, _HEADER + (ticket % SLOTS) * _ENTRY.size)  # type: ignore[return-value]
+
+    def _set_entry(self, ticket: int, state: int) -> None:
+        assert self._map is not None
+        _ENTRY.pack_into(self._map, _HEADER + (ticket % SLOTS) * _ENTRY.size, ticket, state, self._pid)
+
+    def _state_address(self, ticket: int) -> int:
+        return self._base + _HEADER + (ticket % SLOTS) * _ENTRY.size + 8
+
+    def _state(self, ticket: int) -> tuple[int, int]:
+        assert self._map is not None
+        owner, state, _pid = _ENTRY.unpack_from(self._map, _HEADER + (ticket % SLOTS) * _ENTRY.size)
+        return owner, state
+
+    def _meta_lock(self, fd: int, deadline: float) -> bool:
+        """``META`` is held for a few memory writes only: non-blocking attempts, yielding the CPU
+        between them, until ``deadline``."""
+        spins = 0
+        while not _try_lock(fd, _META):
+            if time.monotonic() >= deadline:
+                return False
+            spins += 1
+            if spins < 64:
+                os.sched_yield() if hasattr(os, "sched_yield") else time.sleep(0)
+            else:
+                time.sleep(0.0002)
+        return True
+
+    # -- acquire / release -------------------------------------------------------------------------
+    def held_by_this_thread(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    def acquire(self, timeout_s: float) -> Outcome:
+        """Take the gate within ``timeout_s`` seconds (FIFO across threads and processes)."""
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        if depth:
+            local.depth = depth + 1
+            return Outcome.REENTERED
+        if os.getpid() != self._pid:  # pragma: no cover - the fork hook already reset it
+            self._reset_process_state()
+        if not self._open():
+            return Outcome.UNAVAILABLE
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        if not _OFD and not self._proc.acquire(timeout=max(0.0, timeout_s)):
+            return Outcome.TIMEOUT
+        try:
+            fd = self._take_fd()
+        except OSError as err:
+            if not _OFD:
+                self._proc.release()
+            logger.debug("%s: gate descriptor: %s", self.path, err)
+            return Outcome.UNAVAILABLE
+        outcome = self._enqueue_and_wait(fd, deadline)
+        if outcome.held:
+            local.depth = 1
+            local.fd = fd
+        return outcome
+
+    def _enqueue_and_wait(self, fd: int, deadline: float) -> Outcome:
+        if not self._meta_lock(fd, deadline):
+            self._give_back(fd)
+            return Outcome.TIMEOUT
+        assert self._map is not None
+        try:
+            ticket = struct.unpack_from("<Q", self._map, _NEXT)[0] or 1
+            if not _try_lock(fd, _SLOT_BYTE + ticket % SLOTS):
+                with self._lock:
+                    self.counters["queue_full"] += 1
+                self._give_back(fd)
+                return Outcome.UNAVAILABLE  # ticket - SLOTS still owns the slot: the queue is full
+            self._set_entry(ticket, _WAITING)
+            struct.pack_into("<Q", self._map, _NEXT, ticket + 1)
+            owner, state = self._state(ticket - 1)
+            pred_done = ticket == 1 or (owner == ticket - 1 and state == _DONE)  # DONE is final
+        finally:
+            _unlock(fd, _META)
+        self._local.ticket = ticket
+        if pred_done:
+            self._set_entry(ticket, _HOLDING)
+            return Outcome.HELD
+        if _FUTEX is not None:
+            return self._wait_futex(fd, ticket, deadline)
+        return self._wait_helper(fd, ticket, deadline)
+
+    def _wait_helper(self, fd: int, ticket: int, deadline: float) -> Outcome:
+        """Wait for the turn by blocking on the predecessor's byte (in a helper thread)."""
+        waited = False
+        pred = ticket - 1
+        while pred >= 1 and ticket - pred < SLOTS:
+            byte = _SLOT_BYTE + pred % SLOTS
+            if not _try_lock(fd, byte):
+                waited = True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._abandon(ticket, fd)
+                    self._give_back(fd)
+                    return Outcome.TIMEOUT
+                if not self._helper_wait(fd, byte, remaining):
+                    self._abandon(ticket, fd)  # fd stays with the helper until its wait ends
+                    with self._lock:
+                        self.counters["orphaned_waits"] += 1
+                    return Outcome.TIMEOUT
+            owner, state = self._state(pred)
+            _unlock(fd, byte)
+            if self._passes_through(pred, owner, state):
+                pred -= 1
+                continue
+            break  # DONE (released), HOLDING (died holding) or a newer ticket in its slot: ours
+        self._set_entry(ticket, _HOLDING)
+        return Outcome.WAITED if waited else Outcome.HELD
+
+    def _passes_through(self, pred: int, owner: int, state: int) -> bool:
+        """Whether the turn passes through ``pred`` (ended without holding: wait for its predecessor)."""
+        if owner == pred and state in (_WAITING, _ABANDONED):
+            with self._lock:
+                self.counters["skipped_dead" if state == _WAITING else "skipped_abandoned"] += 1
+            return True
+        return owner < pred  # its taker died before its entry was written
+
+    def _wait_futex(self, fd: int, ticket: int, deadline: float) -> Outcome:
+        """Wait for the turn on the predecessor's state word: its release (``DONE``) or give-up
+        (``ABANDONED``) wakes us at once; every ``LIVENESS_S`` we check that it is still alive
+        (its byte still locked), so a crashed process is noticed right after the kernel drops its
+        lock."""
+        assert _FUTEX is not None
+        futex = _FUTEX
+        pred = ticket - 1
+        while pred >= 1 and ticket - pred < SLOTS:
+            owner, state = self._state(pred)
+            if owner > pred or (owner == pred and state in (_DONE,)):
+                break  # released (or long gone): ours
+            if owner == pred and state == _ABANDONED:
+                with self._lock:
+                    self.counters["skipped_abandoned"] += 1
+                pred -= 1
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._abandon(ticket, fd)
+                self._give_back(fd)
+                return Outcome.TIMEOUT
+            futex.wait(self._state_address(pred), state, min(remaining, LIVENESS_S))
+            if self._state(pred) != (owner, state):
+                continue  # changed: re-read
+            byte = _SLOT_BYTE + pred % SLOTS
+            if _try_lock(fd, byte):  # nobody holds its byte: it is gone without releasing
+                owner, state = self._state(pred)
+                _unlock(fd, byte)
+                if self._passes_through(pred, owner, state):
+                    pred -= 1
+                    continue
+                if owner == pred and state == _HOLDING:
+                    with self._lock:
+                        self.counters["dead_holders"] += 1
+                break
+        self._set_entry(ticket, _HOLDING)
+        return Outcome.WAITED
+
+    def _helper_wait(self, fd: int, byte: int, timeout: float) -> bool:
+        with self._lock:
+            helper = self._helpers.pop() if self._helpers else None
+        if helper is None:
+            helper = _Helper(self)
+        if helper.wait(fd, byte, timeout):
+            with self._lock:
+                if len(self._helpers) < _MAX_IDLE_HELPERS:
+                    self._helpers.append(helper)
+                    return True
+            helper.retire()
+            return True
+        return False  # the helper now owns fd (and, with POSIX locks, the process lock)
+
+    def _abandon(self, ticket: int, fd: int) -> None:
+        """Give up a queued ticket: its successors skip it."""
+        self._set_entry(ticket, _ABANDONED)
+        if _FUTEX is not None:
+            _FUTEX.wake(self._state_address(ticket))
+        _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
+
+    def _orphan_done(self, helper: _Helper) -> None:
+        """An abandoned wait ended (on the helper's thread): the descriptor returns to the pool."""
+        self._give_back(helper.fd)
+
+    def _give_back(self, fd: int) -> None:
+        self._give_fd(fd)
+        if not _OFD:
+            self._proc.release()
+
+    def release(self) -> None:
+        """Release one level; the last one hands the turn to the next ticket."""
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        if depth <= 0:
+            raise RuntimeError(f"{self.path}: release() without acquire() on this thread")
+        local.depth = depth - 1
+        if depth > 1:
+            return
+        ticket, fd = local.ticket, local.fd
+        local.fd = None
+        if os.getpid() != self._pid:  # pragma: no cover - forked while held: the child owns nothing
+            return
+        self._set_entry(ticket, _DONE)
+        if _FUTEX is not None:
+            _FUTEX.wake(self._state_address(ticket))
+        _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
+        self._give_back(fd)
+
+    # -- introspection ---------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The table's state as this process sees it (no locks taken): for health and tests."""
+        out: dict[str, Any] = {"path": self.path, "locks": "ofd" if _OFD else "posix",
+                               "wait": "futex" if _FUTEX is not None else "helper thread",
+                               "available": self._opened and self.unavailable is None}
+        if self.unavailable:
+            out["unavailable"] = self.unavailable
+        if self._map is not None:
+            out["next_ticket"] = struct.unpack_from("<Q", self._map, _NEXT)[0]
+        with self._lock:
+            out.update(self.counters)
+            out["idle_descriptors"] = len(self._fds)
+        return out
+
+    def _after_fork_in_child(self) -> None:
+        fds = self._fds
+        old_map = self._map
+        self._lock = threading.Lock()
+        self._reset_process_state()
+        for fd in fds:  # shared descriptions: closing the child's copies releases nothing
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        # the old mapping is left to the garbage collector (a ctypes view may still pin it)
+        del old_map
+
+
+_gates: dict[str, Gate] = {}
+_gates_lock = threading.Lock()
+
+
+def gate_for(db_path: str) -> Gate:
+    """The process-wide :class:`Gate` of ``db_path`` (a real path): one per file per process."""
+    with _gates_lock:
+        gate = _gates.get(db_path)
+        if gate is None:
+            gate = _gates[db_path] = Gate(db_path)
+        return gate
+
+
+def _reset_after_fork() -> None:
+    global _gates_lock
+    _gates_lock = threading.Lock()
+    for gate in _gates.values():
+        gate._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
