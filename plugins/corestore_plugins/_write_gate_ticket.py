@@ -72,13 +72,13 @@ SLOTS = 4096
 _MAGIC = b"CSGATE\x00\x01"
 _NEXT = 8  # offset of the ticket counter (u64)
 _HEADER = 64
-_ENTRY = struct.Struct("<QII")  # ticket, state, pid
+_ENTRY = struct.Struct("<QIIQ8x")  # ticket, state, pid, linger end (monotonic ns), padding
 _SIZE = _HEADER + SLOTS * _ENTRY.size
 _LOCK_BASE = 1 << 30  # lock bytes live far beyond the table: they are signals, not data
 _META = _LOCK_BASE
 _SLOT_BYTE = _LOCK_BASE + 1
 
-_WAITING, _HOLDING, _DONE, _ABANDONED = 1, 2, 3, 4
+_WAITING, _HOLDING, _DONE, _ABANDONED, _LINGER = 1, 2, 3, 4, 5
 
 _OFD = sys.platform.startswith("linux") and hasattr(fcntl, "F_OFD_SETLKW") and struct.calcsize("P") == 8
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
@@ -137,12 +137,13 @@ class Outcome(enum.Enum):
     HELD = "held"  # the turn was ours at once
     WAITED = "waited"  # the turn came after a wait
     REENTERED = "reentered"  # this thread already held the gate (depth + 1)
+    RESUMED = "resumed"  # this thread kept its place (linger) and resumed its turn: no hand-off
     TIMEOUT = "timeout"  # not ours within the timeout: the caller uses SQLite's own lock
     UNAVAILABLE = "unavailable"  # no gate (sidecar not writable, not recognised, queue full)
 
     @property
     def held(self) -> bool:
-        return self in (Outcome.HELD, Outcome.WAITED, Outcome.REENTERED)
+        return self in (Outcome.HELD, Outcome.WAITED, Outcome.REENTERED, Outcome.RESUMED)
 
 
 def gate_path_for(db_path: str) -> str:
@@ -267,6 +268,15 @@ class _Helper:
         self.go.release()
 
 
+class _Kept:
+    """A place a thread keeps after its write (``LINGER``), until it resumes or it is taken over."""
+
+    __slots__ = ("ticket", "fd", "turn_end", "active")
+
+    def __init__(self, ticket: int, fd: int, turn_end: float) -> None:
+        self.ticket, self.fd, self.turn_end, self.active = ticket, fd, turn_end, True
+
+
 class Gate:
     """The gate of one database file in this process (get it with :func:`gate_for`).
 
@@ -290,9 +300,10 @@ class Gate:
         self._helpers: list[_Helper] = []
         self._proc = threading.Lock()  # POSIX record locks: one participant per process
         self._local = threading.local()
+        self._kept: list[_Kept] = []  # places kept (LINGER) by this process's threads
         self._pid = os.getpid()
         self.counters = {"skipped_dead": 0, "skipped_abandoned": 0, "dead_holders": 0, "queue_full": 0,
-                         "orphaned_waits": 0}
+                         "orphaned_waits": 0, "taken_over": 0}
 
     # -- opening -----------------------------------------------------------------------------
     def _open(self) -> bool:
@@ -349,21 +360,29 @@ class Gate:
             self._fds.append(fd)
 
     # -- the table -------------------------------------------------------------------------------
-    def _entry(self, ticket: int) -> tuple[int, int, int]:
-        assert self._map is not None
-        return _ENTRY.unpack_from(self._map, _HEADER + (ticket % SLOTS) * _ENTRY.size)  # type: ignore[return-value]
+    def _offset(self, ticket: int) -> int:
+        return _HEADER + (ticket % SLOTS) * _ENTRY.size
 
-    def _set_entry(self, ticket: int, state: int) -> None:
+    def _set_entry(self, ticket: int, state: int, until_ns: int = 0) -> None:
         assert self._map is not None
-        _ENTRY.pack_into(self._map, _HEADER + (ticket % SLOTS) * _ENTRY.size, ticket, state, self._pid)
+        _ENTRY.pack_into(self._map, self._offset(ticket), ticket, state, self._pid, until_ns)
+
+    def _set_state(self, ticket: int, state: int) -> None:
+        assert self._map is not None
+        struct.pack_into("<I", self._map, self._offset(ticket) + 8, state)
 
     def _state_address(self, ticket: int) -> int:
-        return self._base + _HEADER + (ticket % SLOTS) * _ENTRY.size + 8
+        return self._base + self._offset(ticket) + 8
 
-    def _state(self, ticket: int) -> tuple[int, int]:
+    def _state(self, ticket: int) -> tuple[int, int, int]:
+        """(owner ticket, state, until_ns) of ``ticket``'s slot."""
         assert self._map is not None
-        owner, state, _pid = _ENTRY.unpack_from(self._map, _HEADER + (ticket % SLOTS) * _ENTRY.size)
-        return owner, state
+        owner, state, _pid, until = _ENTRY.unpack_from(self._map, self._offset(ticket))
+        return owner, state, until
+
+    def _wake(self, ticket: int) -> None:
+        if _FUTEX is not None:
+            _FUTEX.wake(self._state_address(ticket))
 
     def _meta_lock(self, fd: int, deadline: float) -> bool:
         """``META`` is held for a few memory writes only: non-blocking attempts, yielding the CPU
@@ -383,8 +402,13 @@ class Gate:
     def held_by_this_thread(self) -> bool:
         return getattr(self._local, "depth", 0) > 0
 
-    def acquire(self, timeout_s: float) -> Outcome:
-        """Take the gate within ``timeout_s`` seconds (FIFO across threads and processes)."""
+    def acquire(self, timeout_s: float, *, turn_s: float = 0.0) -> Outcome:
+        """Take the gate within ``timeout_s`` seconds (FIFO across threads and processes).
+
+        ``turn_s`` > 0 opens a *turn*: until ``turn_s`` after the gate became ours, a
+        :meth:`release` with ``linger_s`` keeps the place while others wait, and this thread's
+        next :meth:`acquire` within the linger resumes it without a hand-off.
+        """
         local = self._local
         depth = getattr(local, "depth", 0)
         if depth:
@@ -395,6 +419,14 @@ class Gate:
         if not self._open():
             return Outcome.UNAVAILABLE
         deadline = time.monotonic() + max(0.0, timeout_s)
+        kept = getattr(local, "kept", None)
+        if kept is not None:
+            local.kept = None
+            if self._resume(kept, deadline):
+                local.depth = 1
+                local.ticket, local.fd, local.turn_end = kept.ticket, kept.fd, kept.turn_end
+                return Outcome.RESUMED
+        self._sweep_lingering()
         if not _OFD and not self._proc.acquire(timeout=max(0.0, timeout_s)):
             return Outcome.TIMEOUT
         try:
@@ -404,111 +436,215 @@ class Gate:
                 self._proc.release()
             logger.debug("%s: gate descriptor: %s", self.path, err)
             return Outcome.UNAVAILABLE
-        outcome = self._enqueue_and_wait(fd, deadline)
+        outcome = self._enqueue_and_wait(fd, deadline, turn_s if _FUTEX is not None else 0.0)
         if outcome.held:
             local.depth = 1
             local.fd = fd
         return outcome
 
-    def _enqueue_and_wait(self, fd: int, deadline: float) -> Outcome:
+    def _enqueue_and_wait(self, fd: int, deadline: float, turn_s: float) -> Outcome:
         if not self._meta_lock(fd, deadline):
             self._give_back(fd)
             return Outcome.TIMEOUT
         assert self._map is not None
         try:
             ticket = struct.unpack_from("<Q", self._map, _NEXT)[0] or 1
-            if not _try_lock(fd, _SLOT_BYTE + ticket % SLOTS):
+            for _ in range(SLOTS):
+                if _try_lock(fd, _SLOT_BYTE + ticket % SLOTS):
+                    break
+                # the slot still belongs to an older ticket (a place kept by a thread that has not
+                # written since): skip this ticket; its stale entry lets successors pass through it
+                ticket += 1
+            else:
                 with self._lock:
                     self.counters["queue_full"] += 1
                 self._give_back(fd)
-                return Outcome.UNAVAILABLE  # ticket - SLOTS still owns the slot: the queue is full
+                return Outcome.UNAVAILABLE
             self._set_entry(ticket, _WAITING)
             struct.pack_into("<Q", self._map, _NEXT, ticket + 1)
-            owner, state = self._state(ticket - 1)
+            owner, state, _until = self._state(ticket - 1)
             pred_done = ticket == 1 or (owner == ticket - 1 and state == _DONE)  # DONE is final
         finally:
             _unlock(fd, _META)
         self._local.ticket = ticket
         if pred_done:
-            self._set_entry(ticket, _HOLDING)
-            return Outcome.HELD
-        if _FUTEX is not None:
-            return self._wait_futex(fd, ticket, deadline)
-        return self._wait_helper(fd, ticket, deadline)
+            outcome = Outcome.HELD
+        elif _FUTEX is not None:
+            outcome = self._wait_futex(fd, ticket, deadline)
+        else:
+            outcome = self._wait_helper(fd, ticket, deadline)
+        if outcome.held:
+            turn_end = time.monotonic() + turn_s
+            self._local.turn_end = turn_end
+            self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)
+        return outcome
+
+    def _passes_through(self, pred: int, owner: int, state: int) -> bool:
+        """Whether the turn passes through ``pred`` (it ended without holding, or was never
+        taken): then wait for *its* predecessor."""
+        if owner < pred:
+            return True  # never taken (skipped, or its taker died before writing its entry)
+        if owner == pred and state in (_WAITING, _ABANDONED):
+            with self._lock:
+                self.counters["skipped_dead" if state == _WAITING else "skipped_abandoned"] += 1
+            return True
+        return False
 
     def _wait_helper(self, fd: int, ticket: int, deadline: float) -> Outcome:
         """Wait for the turn by blocking on the predecessor's byte (in a helper thread)."""
-        waited = False
         pred = ticket - 1
         while pred >= 1 and ticket - pred < SLOTS:
+            owner, state, until = self._state(pred)
+            if owner < pred:
+                pred -= 1
+                continue
+            if owner > pred or state == _DONE:
+                break
+            if state == _LINGER:  # a futex-mode process keeps its place: take it over when the linger ends
+                pause = min(deadline - time.monotonic(), until / 1e9 - time.monotonic())
+                if pause > 0:
+                    time.sleep(pause)
+                if self._steal(fd, pred, until, deadline):
+                    break
+                if time.monotonic() >= deadline:
+                    return self._give_up(fd, ticket)
+                continue
             byte = _SLOT_BYTE + pred % SLOTS
             if not _try_lock(fd, byte):
-                waited = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._abandon(ticket, fd)
-                    self._give_back(fd)
-                    return Outcome.TIMEOUT
+                    return self._give_up(fd, ticket)
                 if not self._helper_wait(fd, byte, remaining):
                     self._abandon(ticket, fd)  # fd stays with the helper until its wait ends
                     with self._lock:
                         self.counters["orphaned_waits"] += 1
                     return Outcome.TIMEOUT
-            owner, state = self._state(pred)
+            owner, state, until = self._state(pred)
             _unlock(fd, byte)
             if self._passes_through(pred, owner, state):
                 pred -= 1
                 continue
-            break  # DONE (released), HOLDING (died holding) or a newer ticket in its slot: ours
-        self._set_entry(ticket, _HOLDING)
-        return Outcome.WAITED if waited else Outcome.HELD
-
-    def _passes_through(self, pred: int, owner: int, state: int) -> bool:
-        """Whether the turn passes through ``pred`` (ended without holding: wait for its predecessor)."""
-        if owner == pred and state in (_WAITING, _ABANDONED):
-            with self._lock:
-                self.counters["skipped_dead" if state == _WAITING else "skipped_abandoned"] += 1
-            return True
-        return owner < pred  # its taker died before its entry was written
+            break  # DONE (released), HOLDING / LINGER (died), or a newer ticket in its slot: ours
+        return Outcome.WAITED
 
     def _wait_futex(self, fd: int, ticket: int, deadline: float) -> Outcome:
         """Wait for the turn on the predecessor's state word: its release (``DONE``) or give-up
         (``ABANDONED``) wakes us at once; every ``LIVENESS_S`` we check that it is still alive
         (its byte still locked), so a crashed process is noticed right after the kernel drops its
-        lock."""
+        lock; a place kept past its linger (``LINGER``) is taken over when the linger ends."""
         assert _FUTEX is not None
         futex = _FUTEX
         pred = ticket - 1
         while pred >= 1 and ticket - pred < SLOTS:
-            owner, state = self._state(pred)
-            if owner > pred or (owner == pred and state in (_DONE,)):
+            owner, state, until = self._state(pred)
+            if owner < pred:
+                pred -= 1  # never taken
+                continue
+            if owner > pred or state == _DONE:
                 break  # released (or long gone): ours
-            if owner == pred and state == _ABANDONED:
+            if state == _ABANDONED:
                 with self._lock:
                     self.counters["skipped_abandoned"] += 1
                 pred -= 1
                 continue
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if state == _LINGER and self._steal(fd, pred, until, deadline):
+                break
+            remaining = deadline - now
             if remaining <= 0:
-                self._abandon(ticket, fd)
-                self._give_back(fd)
-                return Outcome.TIMEOUT
-            futex.wait(self._state_address(pred), state, min(remaining, LIVENESS_S))
-            if self._state(pred) != (owner, state):
-                continue  # changed: re-read
+                return self._give_up(fd, ticket)
+            wait = min(remaining, LIVENESS_S)
+            if until and until / 1e9 > now:  # LINGER: its end; HOLDING: the end of its turn
+                wait = min(wait, until / 1e9 - now)
+            futex.wait(self._state_address(pred), state, wait)
+            if self._state(pred)[:2] != (owner, state):
+                continue  # changed: look again
             byte = _SLOT_BYTE + pred % SLOTS
             if _try_lock(fd, byte):  # nobody holds its byte: it is gone without releasing
-                owner, state = self._state(pred)
+                owner, state, until = self._state(pred)
                 _unlock(fd, byte)
                 if self._passes_through(pred, owner, state):
                     pred -= 1
                     continue
-                if owner == pred and state == _HOLDING:
+                if owner == pred and state in (_HOLDING, _LINGER):
                     with self._lock:
                         self.counters["dead_holders"] += 1
                 break
-        self._set_entry(ticket, _HOLDING)
         return Outcome.WAITED
+
+    def _give_up(self, fd: int, ticket: int) -> Outcome:
+        self._abandon(ticket, fd)
+        self._give_back(fd)
+        return Outcome.TIMEOUT
+
+    def _steal(self, fd: int, pred: int, until_ns: int, deadline: float) -> bool:
+        """Take over the place ``pred`` keeps (``LINGER``) once its linger ended: mark it ``DONE``
+        under ``META`` (its owner, resuming, checks under ``META`` too). True: the turn is ours."""
+        if time.monotonic_ns() < until_ns:
+            return False
+        if not self._meta_lock(fd, deadline):
+            return False
+        try:
+            owner, state, _until = self._state(pred)
+            if owner != pred or state != _LINGER:
+                return False
+            self._set_state(pred, _DONE)
+        finally:
+            _unlock(fd, _META)
+        with self._lock:
+            self.counters["taken_over"] += 1
+        return True
+
+    def _resume(self, kept: "_Kept", deadline: float) -> bool:
+        """This thread kept its place (``LINGER``) and writes again: resume the turn if it is
+        still ours and not over; else finish the release (the place was taken over or the turn
+        ended) and queue again."""
+        with self._lock:
+            if not kept.active:
+                return False  # already finished by a sweep
+            kept.active = False
+            self._kept.remove(kept)
+        ticket, fd = kept.ticket, kept.fd
+        if not self._meta_lock(fd, deadline):
+            self._finish(ticket, fd, _DONE)  # cannot check: give the place up, wake the next
+            return False
+        try:
+            owner, state, _until = self._state(ticket)
+            if owner == ticket and state == _LINGER and time.monotonic() < kept.turn_end:
+                self._set_entry(ticket, _HOLDING, int(kept.turn_end * 1e9))
+                return True
+            if owner == ticket and state == _LINGER:
+                self._set_state(ticket, _DONE)
+        finally:
+            _unlock(fd, _META)
+        self._finish(ticket, fd, None)
+        return False
+
+    def _finish(self, ticket: int, fd: int, state: int | None) -> None:
+        """End a ticket: set ``state`` (if given), wake its successor, unlock its byte, give the
+        descriptor back."""
+        if state is not None:
+            self._set_state(ticket, state)
+        self._wake(ticket)
+        _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
+        self._give_back(fd)
+
+    def _sweep_lingering(self) -> None:
+        """Finish the places that threads of this process kept and that were taken over since
+        (their thread has not written again, or has ended)."""
+        if not self._kept:
+            return
+        with self._lock:
+            done = []
+            for kept in self._kept:
+                owner, state, _until = self._state(kept.ticket)
+                if owner != kept.ticket or state == _DONE:  # taken over
+                    kept.active = False
+                    done.append(kept)
+            for kept in done:
+                self._kept.remove(kept)
+        for kept in done:
+            self._finish(kept.ticket, kept.fd, None)
 
     def _helper_wait(self, fd: int, byte: int, timeout: float) -> bool:
         with self._lock:
@@ -526,9 +662,8 @@ class Gate:
 
     def _abandon(self, ticket: int, fd: int) -> None:
         """Give up a queued ticket: its successors skip it."""
-        self._set_entry(ticket, _ABANDONED)
-        if _FUTEX is not None:
-            _FUTEX.wake(self._state_address(ticket))
+        self._set_state(ticket, _ABANDONED)
+        self._wake(ticket)
         _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
 
     def _orphan_done(self, helper: _Helper) -> None:
@@ -540,8 +675,11 @@ class Gate:
         if not _OFD:
             self._proc.release()
 
-    def release(self) -> None:
-        """Release one level; the last one hands the turn to the next ticket."""
+    def release(self, *, linger_s: float = 0.0) -> None:
+        """Release one level; the last one hands the turn to the next ticket — or, with
+        ``linger_s`` > 0, while others wait and the turn is not over, keeps the place for at most
+        ``linger_s`` so that this thread's next write resumes without a hand-off (a waiter takes
+        the place over when the linger ends)."""
         local = self._local
         depth = getattr(local, "depth", 0)
         if depth <= 0:
@@ -553,11 +691,18 @@ class Gate:
         local.fd = None
         if os.getpid() != self._pid:  # pragma: no cover - forked while held: the child owns nothing
             return
-        self._set_entry(ticket, _DONE)
-        if _FUTEX is not None:
-            _FUTEX.wake(self._state_address(ticket))
-        _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
-        self._give_back(fd)
+        if linger_s > 0 and _FUTEX is not None:
+            now = time.monotonic()
+            turn_end = local.turn_end
+            assert self._map is not None
+            if now < turn_end and struct.unpack_from("<Q", self._map, _NEXT)[0] > ticket + 1:
+                kept = _Kept(ticket, fd, turn_end)
+                with self._lock:
+                    self._kept.append(kept)
+                local.kept = kept
+                self._set_entry(ticket, _LINGER, int(min(turn_end, now + linger_s) * 1e9))
+                return
+        self._finish(ticket, fd, _DONE)
 
     # -- introspection ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

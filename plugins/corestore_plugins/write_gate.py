@@ -130,6 +130,16 @@ class WriteGate:
             default=False, validator=boolean,
             metadata={"help": "apsw driver: a fair busy handler (short fixed sleeps to the deadline)"},
         )
+        turn_s: float = attrs.field(
+            default=0.001, validator=non_negative_seconds,
+            metadata={"help": "a writer's turn: while it lasts, a writer that writes again within linger_s "
+                              "keeps the gate without a hand-off (0: hand off after every transaction)"},
+        )
+        linger_s: float = attrs.field(
+            default=0.0002, validator=non_negative_seconds,
+            metadata={"help": "how long a writer keeps its place after a transaction, within its turn, "
+                              "while others wait (0: never)"},
+        )
         busy_sleep_s: float = attrs.field(
             default=0.001, validator=_positive_seconds, metadata={"help": "the fair busy handler's fixed sleep"},
         )
@@ -142,7 +152,7 @@ class WriteGate:
         self._local = threading.local()
         self._stats_lock = threading.Lock()
         self._counts: dict[str, Any] = {
-            "gated": 0, "immediate": 0, "waited": 0, "reentered": 0, "timeouts": 0, "unavailable": 0,
+            "gated": 0, "immediate": 0, "resumed": 0, "waited": 0, "reentered": 0, "timeouts": 0, "unavailable": 0,
             "ungated_first": 0, "wait_s_total": 0.0, "wait_s_max": 0.0,
         }
 
@@ -216,7 +226,7 @@ class WriteGate:
         if operation.deadline is not None:
             timeout = min(timeout, operation.deadline - started)
         try:
-            outcome = gate.acquire(timeout)
+            outcome = gate.acquire(timeout, turn_s=self.settings.turn_s)
         except Exception:  # the gate is an optimisation: a failure of its own never fails a write
             logger.exception("%s: write gate failed; using SQLite's own lock", store.path)
             outcome = Outcome.UNAVAILABLE
@@ -231,6 +241,9 @@ class WriteGate:
             if outcome is Outcome.HELD:
                 counts["gated"] += 1
                 counts["immediate"] += 1
+            elif outcome is Outcome.RESUMED:
+                counts["gated"] += 1
+                counts["resumed"] += 1
             elif outcome is Outcome.WAITED:
                 counts["gated"] += 1
                 counts["waited"] += 1
@@ -240,7 +253,7 @@ class WriteGate:
                 counts["timeouts"] += 1
             else:
                 counts["unavailable"] += 1
-            if outcome is not Outcome.HELD and outcome is not Outcome.REENTERED:
+            if outcome is Outcome.WAITED or outcome is Outcome.TIMEOUT:
                 counts["wait_s_total"] += waited
                 if waited > counts["wait_s_max"]:
                     counts["wait_s_max"] = waited
@@ -255,7 +268,7 @@ class WriteGate:
         ops = getattr(self._local, "ops", None)
         if ops and ops[-1] is operation and len(ops) == 1:
             ops.pop()
-            self._gate.release()  # type: ignore[union-attr]
+            self._gate.release(linger_s=self.settings.linger_s)  # type: ignore[union-attr]
         return None
 
     @hookimpl
@@ -267,7 +280,7 @@ class WriteGate:
         if ops:
             if ops[-1] is operation:
                 ops.pop()
-                self._gate.release()  # type: ignore[union-attr]
+                self._gate.release(linger_s=self.settings.linger_s)  # type: ignore[union-attr]
             else:
                 for i in range(len(ops) - 1, -1, -1):
                     if ops[i] is operation:
