@@ -308,6 +308,39 @@ def measure_contention(profile: corestore.Profile, sync: str, *, processes: int,
     return rows
 
 
+def measure_single_writer(base: corestore.Profile, *, transactions: int, pairs: int) -> dict[str, Any]:
+    """Row ``contention.single_writer``: what the gate costs one uncontended writer (default
+    profile with and without ``write_gate``, ``synchronous=NORMAL``, ``store.run()`` per insert)."""
+    root = bench_dir("gate-single")
+    stores = []
+    try:
+        for name, plugins in (("plain", tuple(base.plugins)), ("gated", tuple(base.plugins) + ("write_gate",))):
+            profile = attrs.evolve(base, path=os.path.join(root, f"{name}.db"), plugins=plugins,
+                                   pragmas={**base.pragmas, "synchronous": "normal"})
+            store = corestore.open(profile)
+            store.database.execute_sql(SCHEMA)
+            stores.append(store)
+
+        def sample(store: corestore.Store) -> float:
+            execute = store.database.execute_sql
+            store.checkpoint("TRUNCATE")
+            start = time.perf_counter()
+            for i in range(transactions):
+                store.run(lambda i=i: execute(INSERT, (0, i, PAYLOAD)))
+            return (time.perf_counter() - start) / transactions
+
+        samples = measure_pairs(lambda: sample(stores[0]), lambda: sample(stores[1]), pairs=pairs)
+        gate_stats = stores[1].plugin("write_gate").stats()
+    finally:
+        for store in stores:
+            store.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return pair_row("contention.single_writer", samples, target="report", unit="µs/tx", scale=1e6,
+                    baseline="default profile, one writer, synchronous=normal",
+                    corestore="default profile + write_gate, one writer, synchronous=normal",
+                    transactions=transactions, gate_waits=gate_stats["waited"])
+
+
 def run(quick: bool) -> dict[str, Any]:
     processes, inserts = (8, 25) if quick else (20, 220)
     base = resolve_profile("default", config=None, path="")
@@ -323,7 +356,11 @@ def run(quick: bool) -> dict[str, Any]:
         rows.append(measure(profile, name, processes=processes, inserts=inserts, pairs=pairs))
     gated = attrs.evolve(base, plugins=tuple(base.plugins) + ("write_gate",))
     why = missing_plugins(gated.plugins)
-    shapes = [(8, 25)] if quick else [(20, 220), (4, 5000)]
+    if why:
+        rows.append(skipped_row("contention.single_writer", why))
+    else:
+        rows.append(measure_single_writer(base, transactions=300 if quick else 2000, pairs=7 if quick else 11))
+    shapes = [(4, 25)] if quick else [(20, 220), (4, 5000)]
     for sync in ("normal", "full"):
         for procs, n in shapes:
             if why:

@@ -568,3 +568,13 @@ def test_apsw_fair_busy_handler(tmp_path: Path) -> None:
     busy = float(proc.stdout.split("busy ")[1].split()[0])
     assert waited < 0.25 + 0.1, f"got in {waited:.3f} s after a 0.25 s hold (fixed 2 ms sleeps)"
     assert 0.35 <= busy < 0.9, f"BusyError after {busy:.3f} s for a 400 ms busy timeout"
+
+
+def test_site_snippet_runs(tmp_path: Path) -> None:
+    """The plugin page's example (site/snippets/write_gate_held.py) runs and holds the gate."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "site" / "snippets" /
+                                               "write_gate_held.py")],
+                          cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "gate held: True checkpoint: (0, 0, 0)" in proc.stdout
+    assert "2 writes admitted" in proc.stdout

@@ -625,7 +625,12 @@ class Gate:
         descriptor back."""
         if state is not None:
             self._set_state(ticket, state)
-        self._wake(ticket)
+        assert self._map is not None
+        if struct.unpack_from("<Q", self._map, _NEXT)[0] > ticket + 1:
+            # somebody queued behind: wake it. (Nobody seen: a waiter that reads the state just
+            # before this write finds it changed when the futex call compares it, or at worst at
+            # its next liveness check, after this byte is unlocked.)
+            self._wake(ticket)
         _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
         self._give_back(fd)
 
