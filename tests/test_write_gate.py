@@ -274,7 +274,13 @@ def _commit_fails(path: str) -> dict:
     out["retries"] = store.stats()["retries"]
     out["held_after"] = gate.held_by_this_thread()
     seen: list = []
-    t = threading.Thread(target=lambda: seen.append(gate.acquire(1.0).value))
+
+    def other() -> None:
+        started = time.monotonic()
+        outcome = gate.acquire(2.0)
+        seen.extend([outcome.value, time.monotonic() - started])
+
+    t = threading.Thread(target=other)
     t.start()
     t.join(10)
     out["other_thread"] = seen
@@ -287,7 +293,9 @@ def test_no_write_is_retried_after_commit_was_issued(preload_failpoint, tmp_path
     out = child.check().result
     assert out["raised"] == "SQLITE_IOERR_FSYNC" and out["committed"] is None
     assert out["calls"] == 1 and out["retries"] == 0  # fatal_attempts=3, but COMMIT was issued
-    assert out["held_after"] is False and out["other_thread"] == ["held"]  # released after the failure
+    assert out["held_after"] is False  # released after the failure (a kept place at most: 0.2 ms)
+    outcome, waited = out["other_thread"]
+    assert outcome in ("held", "waited") and waited < 0.5, out["other_thread"]
 
 
 # -- in one process (each in a child interpreter with a time limit) -----------------------------------
@@ -515,7 +523,8 @@ def test_plugin_through_entry_points_stats_and_health(tmp_path: Path) -> None:
     with store.read():
         store.database.execute_sql("SELECT count(*) FROM t").fetchone()
     stats = wg.stats()
-    assert stats["gated"] == 4 and stats["immediate"] == 4 and stats["timeouts"] == 0
+    assert stats["gated"] == 4 and stats["immediate"] + stats["resumed"] == 4 and stats["timeouts"] == 0
+    assert stats["resumed"] >= 1  # one writer keeps its place between back-to-back writes
     assert stats["gate"]["available"] and stats["gate"]["path"] == db + ticket_gate.GATE_SUFFIX
     component = store.health().components["write_gate"]
     assert component.status is HealthStatus.UP and "4 writes admitted" in component.summary
@@ -577,4 +586,4 @@ def test_site_snippet_runs(tmp_path: Path) -> None:
                           cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "gate held: True checkpoint: (0, 0, 0)" in proc.stdout
-    assert "2 writes admitted" in proc.stdout
+    assert "3 writes admitted" in proc.stdout  # CREATE TABLE and the two inserts

@@ -422,7 +422,7 @@ class Gate:
         kept = getattr(local, "kept", None)
         if kept is not None:
             local.kept = None
-            if self._resume(kept, deadline):
+            if self._resume(kept, turn_s):
                 local.depth = 1
                 local.ticket, local.fd, local.turn_end = kept.ticket, kept.fd, kept.turn_end
                 return Outcome.RESUMED
@@ -479,16 +479,29 @@ class Gate:
             self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)
         return outcome
 
-    def _passes_through(self, pred: int, owner: int, state: int) -> bool:
-        """Whether the turn passes through ``pred`` (it ended without holding, or was never
-        taken): then wait for *its* predecessor."""
-        if owner < pred:
-            return True  # never taken (skipped, or its taker died before writing its entry)
-        if owner == pred and state in (_WAITING, _ABANDONED):
+    def _examine_locked(self, pred: int) -> str:
+        """What ``pred``'s entry means for its successor, read while the successor holds
+        ``pred``'s byte (so its owner, if alive, cannot resume meanwhile): ``"ours"`` (released,
+        died holding, a newer ticket in its slot, or a kept place whose linger ended: taken over
+        now), ``"through"`` (it ended without holding, or was never taken: wait for its
+        predecessor) or ``"wait"`` (a kept place still within its linger)."""
+        owner, state, until = self._state(pred)
+        if owner < pred or (owner == pred and state in (_WAITING, _ABANDONED)):
+            if owner == pred:
+                with self._lock:
+                    self.counters["skipped_dead" if state == _WAITING else "skipped_abandoned"] += 1
+            return "through"
+        if owner == pred and state == _LINGER:
+            if time.monotonic_ns() < until:
+                return "wait"
+            self._set_state(pred, _DONE)
             with self._lock:
-                self.counters["skipped_dead" if state == _WAITING else "skipped_abandoned"] += 1
-            return True
-        return False
+                self.counters["taken_over"] += 1
+            return "ours"
+        if owner == pred and state == _HOLDING:
+            with self._lock:
+                self.counters["dead_holders"] += 1
+        return "ours"
 
     def _wait_helper(self, fd: int, ticket: int, deadline: float) -> Outcome:
         """Wait for the turn by blocking on the predecessor's byte (in a helper thread)."""
@@ -500,17 +513,16 @@ class Gate:
                 continue
             if owner > pred or state == _DONE:
                 break
-            if state == _LINGER:  # a futex-mode process keeps its place: take it over when the linger ends
+            if state == _LINGER:  # (a futex-mode process keeps its place): wait for its linger to end
                 pause = min(deadline - time.monotonic(), until / 1e9 - time.monotonic())
                 if pause > 0:
                     time.sleep(pause)
-                if self._steal(fd, pred, until, deadline):
-                    break
-                if time.monotonic() >= deadline:
-                    return self._give_up(fd, ticket)
-                continue
             byte = _SLOT_BYTE + pred % SLOTS
             if not _try_lock(fd, byte):
+                if state == _LINGER:  # its owner resumed (or a steal is under way): look again
+                    if time.monotonic() >= deadline:
+                        return self._give_up(fd, ticket)
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return self._give_up(fd, ticket)
@@ -519,22 +531,26 @@ class Gate:
                     with self._lock:
                         self.counters["orphaned_waits"] += 1
                     return Outcome.TIMEOUT
-            owner, state, until = self._state(pred)
+            verdict = self._examine_locked(pred)
             _unlock(fd, byte)
-            if self._passes_through(pred, owner, state):
+            if verdict == "through":
                 pred -= 1
-                continue
-            break  # DONE (released), HOLDING / LINGER (died), or a newer ticket in its slot: ours
+            elif verdict == "ours":
+                break
+            elif time.monotonic() >= deadline:
+                return self._give_up(fd, ticket)
         return Outcome.WAITED
 
     def _wait_futex(self, fd: int, ticket: int, deadline: float) -> Outcome:
         """Wait for the turn on the predecessor's state word: its release (``DONE``) or give-up
-        (``ABANDONED``) wakes us at once; every ``LIVENESS_S`` we check that it is still alive
-        (its byte still locked), so a crashed process is noticed right after the kernel drops its
-        lock; a place kept past its linger (``LINGER``) is taken over when the linger ends."""
+        (``ABANDONED``) wakes us at once. After a sleep that changed nothing (every
+        ``LIVENESS_S`` at most) we check that it is still alive, i.e. still holds its byte, so a
+        crashed process is noticed right after the kernel drops its lock; a place it keeps
+        (``LINGER``, its byte free) is taken over once its linger ends."""
         assert _FUTEX is not None
         futex = _FUTEX
         pred = ticket - 1
+        check = False
         while pred >= 1 and ticket - pred < SLOTS:
             owner, state, until = self._state(pred)
             if owner < pred:
@@ -547,29 +563,27 @@ class Gate:
                     self.counters["skipped_abandoned"] += 1
                 pred -= 1
                 continue
+            if check or (state == _LINGER and time.monotonic_ns() >= until):
+                check = False
+                byte = _SLOT_BYTE + pred % SLOTS
+                if _try_lock(fd, byte):  # nobody holds its byte: gone, or a kept place
+                    verdict = self._examine_locked(pred)
+                    _unlock(fd, byte)
+                    if verdict == "ours":
+                        break
+                    if verdict == "through":
+                        pred -= 1
+                        continue
+                    owner, state, until = self._state(pred)
             now = time.monotonic()
-            if state == _LINGER and self._steal(fd, pred, until, deadline):
-                break
             remaining = deadline - now
             if remaining <= 0:
                 return self._give_up(fd, ticket)
             wait = min(remaining, LIVENESS_S)
             if until and until / 1e9 > now:  # LINGER: its end; HOLDING: the end of its turn
                 wait = min(wait, until / 1e9 - now)
-            futex.wait(self._state_address(pred), state, wait)
-            if self._state(pred)[:2] != (owner, state):
-                continue  # changed: look again
-            byte = _SLOT_BYTE + pred % SLOTS
-            if _try_lock(fd, byte):  # nobody holds its byte: it is gone without releasing
-                owner, state, until = self._state(pred)
-                _unlock(fd, byte)
-                if self._passes_through(pred, owner, state):
-                    pred -= 1
-                    continue
-                if owner == pred and state in (_HOLDING, _LINGER):
-                    with self._lock:
-                        self.counters["dead_holders"] += 1
-                break
+            futex.wait(self._state_address(pred), state, max(wait, 0.00002))
+            check = self._state(pred)[:2] == (owner, state)  # unchanged: check it is alive
         return Outcome.WAITED
 
     def _give_up(self, fd: int, ticket: int) -> Outcome:
@@ -577,47 +591,35 @@ class Gate:
         self._give_back(fd)
         return Outcome.TIMEOUT
 
-    def _steal(self, fd: int, pred: int, until_ns: int, deadline: float) -> bool:
-        """Take over the place ``pred`` keeps (``LINGER``) once its linger ended: mark it ``DONE``
-        under ``META`` (its owner, resuming, checks under ``META`` too). True: the turn is ours."""
-        if time.monotonic_ns() < until_ns:
-            return False
-        if not self._meta_lock(fd, deadline):
-            return False
-        try:
-            owner, state, _until = self._state(pred)
-            if owner != pred or state != _LINGER:
-                return False
-            self._set_state(pred, _DONE)
-        finally:
-            _unlock(fd, _META)
-        with self._lock:
-            self.counters["taken_over"] += 1
-        return True
-
-    def _resume(self, kept: "_Kept", deadline: float) -> bool:
-        """This thread kept its place (``LINGER``) and writes again: resume the turn if it is
-        still ours and not over; else finish the release (the place was taken over or the turn
-        ended) and queue again."""
+    def _resume(self, kept: "_Kept", turn_s: float) -> bool:
+        """This thread kept its place (``LINGER``, its byte unlocked) and writes again: take its
+        byte back; if nobody took the place over meanwhile and its turn lasts (or nobody waits:
+        then a new turn starts), the gate is its again without a hand-off. Else finish the release
+        and queue afresh."""
         with self._lock:
             if not kept.active:
                 return False  # already finished by a sweep
             kept.active = False
             self._kept.remove(kept)
         ticket, fd = kept.ticket, kept.fd
-        if not self._meta_lock(fd, deadline):
-            self._finish(ticket, fd, _DONE)  # cannot check: give the place up, wake the next
+        byte = _SLOT_BYTE + ticket % SLOTS
+        if not _try_lock(fd, byte):  # a successor is taking it over right now (or the slot moved on)
+            self._give_back(fd)
             return False
-        try:
-            owner, state, _until = self._state(ticket)
-            if owner == ticket and state == _LINGER and time.monotonic() < kept.turn_end:
+        owner, state, _until = self._state(ticket)
+        if owner == ticket and state == _LINGER:
+            now = time.monotonic()
+            assert self._map is not None
+            waiters = struct.unpack_from("<Q", self._map, _NEXT)[0] > ticket + 1
+            if now < kept.turn_end or not waiters:
+                if now >= kept.turn_end:
+                    kept.turn_end = now + turn_s
                 self._set_entry(ticket, _HOLDING, int(kept.turn_end * 1e9))
                 return True
-            if owner == ticket and state == _LINGER:
-                self._set_state(ticket, _DONE)
-        finally:
-            _unlock(fd, _META)
-        self._finish(ticket, fd, None)
+            self._finish(ticket, fd, _DONE)  # the turn is over and others wait: hand it on
+            return False
+        _unlock(fd, byte)  # taken over (DONE) or the slot moved on
+        self._give_back(fd)
         return False
 
     def _finish(self, ticket: int, fd: int, state: int | None) -> None:
@@ -700,12 +702,15 @@ class Gate:
             now = time.monotonic()
             turn_end = local.turn_end
             assert self._map is not None
-            if now < turn_end and struct.unpack_from("<Q", self._map, _NEXT)[0] > ticket + 1:
+            waiters = struct.unpack_from("<Q", self._map, _NEXT)[0] > ticket + 1
+            if now < turn_end or not waiters:
+                until = min(turn_end, now + linger_s) if waiters else now + linger_s
                 kept = _Kept(ticket, fd, turn_end)
                 with self._lock:
                     self._kept.append(kept)
                 local.kept = kept
-                self._set_entry(ticket, _LINGER, int(min(turn_end, now + linger_s) * 1e9))
+                self._set_entry(ticket, _LINGER, int(until * 1e9))
+                _unlock(fd, _SLOT_BYTE + ticket % SLOTS)  # a successor may lock it to take over
                 return
         self._finish(ticket, fd, _DONE)
 

@@ -278,15 +278,18 @@ class WriteGate:
         local = self._local
         ops = getattr(local, "ops", None)
         if ops:
-            if ops[-1] is operation:
-                ops.pop()
-                self._gate.release(linger_s=self.settings.linger_s)  # type: ignore[union-attr]
-            else:
-                for i in range(len(ops) - 1, -1, -1):
-                    if ops[i] is operation:
-                        del ops[i]
-                        self._gate.release()  # type: ignore[union-attr]
-                        break
+            try:
+                if ops[-1] is operation:
+                    ops.pop()
+                    self._gate.release(linger_s=self.settings.linger_s)  # type: ignore[union-attr]
+                else:
+                    for i in range(len(ops) - 1, -1, -1):
+                        if ops[i] is operation:
+                            del ops[i]
+                            self._gate.release()  # type: ignore[union-attr]
+                            break
+            except RuntimeError:  # an operation begun before a fork: the child holds nothing
+                logger.debug("%s: gate release without a hold on this thread", store.path, exc_info=True)
         if getattr(local, "shortened", None) is operation:
             self._restore_busy_wait()
 
