@@ -6,29 +6,42 @@ that releases such a lock can take it straight back before any waiter runs. The 
 hands the turn over explicitly, like a CLH queue lock built from fcntl byte-range locks:
 
 * The sidecar ``<db>.corestore-gate`` holds a small table, mapped into every process: a ticket
-  counter ``next`` and one 16-byte entry per slot (``ticket``, ``state``, ``pid``). Beside the
+  counter ``next`` and one 32-byte entry per slot (``ticket``, ``state``, ``pid``, a time in
+  monotonic nanoseconds: when a kept place's linger or a holder's turn ends). Beside the
   data, fcntl locks on single bytes far beyond the table are used as signals: byte ``META``
   guards the counter (held for microseconds), byte ``SLOT + (ticket mod SLOTS)`` is held by the
-  ticket's owner from the moment it takes the ticket until it releases the gate or gives up.
+  ticket's owner from the moment it takes the ticket until it releases the gate, gives up or
+  keeps its place between transactions (see turns).
 * **Taking a ticket** (under ``META``): lock the own slot byte, write the entry
-  (``ticket, WAITING, pid``), then publish ``next = ticket + 1``.
-* **Waiting** for the turn: block in ``F_OFD_SETLKW`` (a kernel wait, no polling) on the byte of
-  the predecessor ``ticket - 1``. It becomes free when the predecessor releases the gate, gives up
-  or dies (the kernel drops a dead process's locks). The entry then says which: ``DONE`` (it
-  released) or ``HOLDING`` (it died holding): the turn is ours; ``WAITING`` (it died waiting) or
-  ``ABANDONED`` (its wait timed out): it will never take its turn, so wait on *its* predecessor
-  instead. A queue therefore never stalls on a crashed holder or waiter, and never lets two
+  (``ticket, WAITING, pid``), then publish ``next = ticket + 1``. If the predecessor's entry says
+  ``DONE`` the gate is ours at once (the uncontended path: three fcntl calls).
+* **Waiting** for the turn, on Linux: sleep on a futex on the state word of the predecessor
+  ``ticket - 1`` (a kernel wait, no polling). Its release writes ``DONE`` and wakes exactly this
+  waiter: one context switch per hand-off. A crashed process wakes nobody, but the kernel drops
+  its fcntl locks: after a sleep that changed nothing (``LIVENESS_S``, 5 ms, at most) the waiter
+  try-locks the predecessor's byte; if that succeeds the predecessor is gone, and its entry says
+  what it was: ``HOLDING`` (died holding: the turn is ours), ``WAITING`` (died waiting) or
+  ``ABANDONED`` (gave up: its wait timed out): the turn passes through it, so wait for *its*
+  predecessor instead. A queue never stalls on a crashed holder or waiter and never lets two
   tickets in at once.
-* **Releasing**: write ``DONE`` into the own entry, unlock the own byte: exactly the next waiter
-  wakes (a hand-off, one context switch), and the releaser, if it wants in again, queues behind
-  everybody already waiting.
+* **Turns.** A hand-off costs a context switch, as much as a whole ``synchronous=NORMAL``
+  transaction, so a holder may keep its place between transactions: a release with ``linger_s``
+  writes ``LINGER`` (with the time the linger ends) and unlocks its byte. If the same thread writes
+  again it try-locks its byte back and, if its entry still says ``LINGER``, resumes (``RESUMED``:
+  two fcntl calls, no hand-off) as long as its turn (``turn_s`` from when the gate became its)
+  lasts, or for ever while nobody waits. A waiter takes a kept place over once its linger ends: it
+  try-locks the byte (so the owner cannot resume meanwhile), writes ``DONE`` and goes in. Every
+  turn ends with a real hand-off when others wait: round-robin, ``turn_s`` at a time.
+* **Releasing**: write ``DONE`` into the own entry, wake the successor, unlock the own byte; a
+  releaser that wants in again queues behind everybody already waiting.
 
-Bounded waits: a blocking fcntl call cannot be given a timeout, so a contended wait runs on a
-pooled helper thread while the caller waits on a thread lock with its deadline; a caller that gives
-up marks its entry ``ABANDONED`` and unlocks its own byte (its successors skip it), and the helper
-finishes the orphaned wait later and returns to the pool. ``META`` is only ever held across a few
-memory writes, so it is taken with non-blocking attempts (yielding between them) until the same
-deadline.
+Bounded waits: the futex sleep takes a timeout, so every wait ends by its deadline; a waiter that
+gives up marks its entry ``ABANDONED`` and wakes its successor, which skips it. Without futex
+(other platforms) a blocking fcntl call has no timeout: the wait on the predecessor's byte runs
+on a pooled helper thread while the caller waits on a thread lock with its deadline (a caller that
+gives up leaves the orphaned wait to the helper, which returns the descriptor to the pool when it
+ends), and turns are off. ``META`` is only ever held across a few memory writes, so it is taken
+with non-blocking attempts (yielding between them) until the same deadline.
 
 Locks need a writable descriptor: the sidecar is opened ``O_RDWR`` (with ``O_NOFOLLOW``,
 ``O_CLOEXEC``, and a mode no more permissive than the database's), and every lock is a write lock;
@@ -38,8 +51,9 @@ individually (each participant borrows a descriptor from a per-gate pool); elsew
 POSIX record locks, owned per process, so one thread per process queues at a time behind an
 in-process lock.
 
-Limits: the slot table has ``SLOTS`` entries, so at most ``SLOTS - 1`` writers can queue at once
-(a later one finds its slot still in use and is told so: its writer uses SQLite's own lock). On
+Limits: the slot table has ``SLOTS`` entries. A ticket whose slot is still in use by an older one
+(a place kept by a thread that never wrote again) is skipped; when every slot is in use the writer
+is told the gate is unavailable and uses SQLite's own lock. On
 network file systems fcntl locks and shared mappings are unreliable: use the gate on local disks
 only (the database itself should not be on one either).
 """
@@ -73,7 +87,10 @@ _MAGIC = b"CSGATE\x00\x01"
 _NEXT = 8  # offset of the ticket counter (u64)
 _HEADER = 64
 _ENTRY = struct.Struct("<QIIQ8x")  # ticket, state, pid, linger end (monotonic ns), padding
-_SIZE = _HEADER + SLOTS * _ENTRY.size
+_ENTRY_SIZE = _ENTRY.size
+_SIZE = _HEADER + SLOTS * _ENTRY_SIZE
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 _LOCK_BASE = 1 << 30  # lock bytes live far beyond the table: they are signals, not data
 _META = _LOCK_BASE
 _SLOT_BYTE = _LOCK_BASE + 1
@@ -175,10 +192,22 @@ def open_sidecar(path: str, db_path: str) -> int:
 
 
 # -- lock primitives ---------------------------------------------------------------------------
+_WRLCK: dict[int, bytes] = {}
+_UNLCK: dict[int, bytes] = {}
+
+
+def _flock(table: dict[int, bytes], kind: int, byte: int) -> bytes:
+    """The packed ``struct flock`` for one byte (cached: the hot path locks the same few bytes)."""
+    packed = table.get(byte)
+    if packed is None:
+        packed = table[byte] = _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0)
+    return packed
+
+
 def _try_lock(fd: int, byte: int) -> bool:
     try:
         if _OFD:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _WRLCK.get(byte) or _flock(_WRLCK, fcntl.F_WRLCK, byte))
         else:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte, os.SEEK_SET)
     except OSError as err:
@@ -191,14 +220,14 @@ def _try_lock(fd: int, byte: int) -> bool:
 def _wait_lock(fd: int, byte: int) -> None:
     """Block (in the kernel) until the write lock on ``byte`` is ours. Only helper threads call it."""
     if _OFD:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _WRLCK.get(byte) or _flock(_WRLCK, fcntl.F_WRLCK, byte))
     else:
         fcntl.lockf(fd, fcntl.LOCK_EX, 1, byte, os.SEEK_SET)
 
 
 def _unlock(fd: int, byte: int) -> None:
     if _OFD:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, byte, 1, 0))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _UNLCK.get(byte) or _flock(_UNLCK, fcntl.F_UNLCK, byte))
     else:
         fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte, os.SEEK_SET)
 
@@ -269,12 +298,14 @@ class _Helper:
 
 
 class _Kept:
-    """A place a thread keeps after its write (``LINGER``), until it resumes or it is taken over."""
+    """The place a thread keeps after its write (``LINGER``, while ``active``), until it resumes
+    or the place is taken over; one per thread, reused."""
 
-    __slots__ = ("ticket", "fd", "turn_end", "active")
+    __slots__ = ("ticket", "fd", "turn_end", "active", "thread")
 
-    def __init__(self, ticket: int, fd: int, turn_end: float) -> None:
-        self.ticket, self.fd, self.turn_end, self.active = ticket, fd, turn_end, True
+    def __init__(self) -> None:
+        self.ticket, self.fd, self.turn_end, self.active = 0, -1, 0.0, False
+        self.thread = threading.current_thread()
 
 
 class Gate:
@@ -300,7 +331,8 @@ class Gate:
         self._helpers: list[_Helper] = []
         self._proc = threading.Lock()  # POSIX record locks: one participant per process
         self._local = threading.local()
-        self._kept: list[_Kept] = []  # places kept (LINGER) by this process's threads
+        self._kept: list[_Kept] = []  # every thread's place record (active: kept, LINGER)
+        self._kept_active = 0
         self._pid = os.getpid()
         self.counters = {"skipped_dead": 0, "skipped_abandoned": 0, "dead_holders": 0, "queue_full": 0,
                          "orphaned_waits": 0, "taken_over": 0}
@@ -365,11 +397,11 @@ class Gate:
 
     def _set_entry(self, ticket: int, state: int, until_ns: int = 0) -> None:
         assert self._map is not None
-        _ENTRY.pack_into(self._map, self._offset(ticket), ticket, state, self._pid, until_ns)
+        _ENTRY.pack_into(self._map, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE, ticket, state, self._pid, until_ns)
 
     def _set_state(self, ticket: int, state: int) -> None:
         assert self._map is not None
-        struct.pack_into("<I", self._map, self._offset(ticket) + 8, state)
+        _U32.pack_into(self._map, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE + 8, state)
 
     def _state_address(self, ticket: int) -> int:
         return self._base + self._offset(ticket) + 8
@@ -377,7 +409,7 @@ class Gate:
     def _state(self, ticket: int) -> tuple[int, int, int]:
         """(owner ticket, state, until_ns) of ``ticket``'s slot."""
         assert self._map is not None
-        owner, state, _pid, until = _ENTRY.unpack_from(self._map, self._offset(ticket))
+        owner, state, _pid, until = _ENTRY.unpack_from(self._map, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE)
         return owner, state, until
 
     def _wake(self, ticket: int) -> None:
@@ -414,14 +446,11 @@ class Gate:
         if depth:
             local.depth = depth + 1
             return Outcome.REENTERED
-        if os.getpid() != self._pid:  # pragma: no cover - the fork hook already reset it
-            self._reset_process_state()
-        if not self._open():
+        if not (self._map is not None or self._open()):  # (a forked child starts afresh: see the fork hook)
             return Outcome.UNAVAILABLE
         deadline = time.monotonic() + max(0.0, timeout_s)
-        kept = getattr(local, "kept", None)
-        if kept is not None:
-            local.kept = None
+        kept = getattr(local, "keep", None)
+        if kept is not None and kept.active:
             if self._resume(kept, turn_s):
                 local.depth = 1
                 local.ticket, local.fd, local.turn_end = kept.ticket, kept.fd, kept.turn_end
@@ -448,7 +477,7 @@ class Gate:
             return Outcome.TIMEOUT
         assert self._map is not None
         try:
-            ticket = struct.unpack_from("<Q", self._map, _NEXT)[0] or 1
+            ticket = _U64.unpack_from(self._map, _NEXT)[0] or 1
             for _ in range(SLOTS):
                 if _try_lock(fd, _SLOT_BYTE + ticket % SLOTS):
                     break
@@ -461,7 +490,7 @@ class Gate:
                 self._give_back(fd)
                 return Outcome.UNAVAILABLE
             self._set_entry(ticket, _WAITING)
-            struct.pack_into("<Q", self._map, _NEXT, ticket + 1)
+            _U64.pack_into(self._map, _NEXT, ticket + 1)
             owner, state, _until = self._state(ticket - 1)
             pred_done = ticket == 1 or (owner == ticket - 1 and state == _DONE)  # DONE is final
         finally:
@@ -600,7 +629,7 @@ class Gate:
             if not kept.active:
                 return False  # already finished by a sweep
             kept.active = False
-            self._kept.remove(kept)
+            self._kept_active -= 1
         ticket, fd = kept.ticket, kept.fd
         byte = _SLOT_BYTE + ticket % SLOTS
         if not _try_lock(fd, byte):  # a successor is taking it over right now (or the slot moved on)
@@ -610,7 +639,7 @@ class Gate:
         if owner == ticket and state == _LINGER:
             now = time.monotonic()
             assert self._map is not None
-            waiters = struct.unpack_from("<Q", self._map, _NEXT)[0] > ticket + 1
+            waiters = _U64.unpack_from(self._map, _NEXT)[0] > ticket + 1
             if now < kept.turn_end or not waiters:
                 if now >= kept.turn_end:
                     kept.turn_end = now + turn_s
@@ -628,7 +657,7 @@ class Gate:
         if state is not None:
             self._set_state(ticket, state)
         assert self._map is not None
-        if struct.unpack_from("<Q", self._map, _NEXT)[0] > ticket + 1:
+        if _U64.unpack_from(self._map, _NEXT)[0] > ticket + 1:
             # somebody queued behind: wake it. (Nobody seen: a waiter that reads the state just
             # before this write finds it changed when the futex call compares it, or at worst at
             # its next liveness check, after this byte is unlocked.)
@@ -639,19 +668,22 @@ class Gate:
     def _sweep_lingering(self) -> None:
         """Finish the places that threads of this process kept and that were taken over since
         (their thread has not written again, or has ended)."""
-        if not self._kept:
+        if not self._kept_active:
             return
+        done = []
         with self._lock:
-            done = []
             for kept in self._kept:
+                if not kept.active:
+                    continue
                 owner, state, _until = self._state(kept.ticket)
                 if owner != kept.ticket or state == _DONE:  # taken over
                     kept.active = False
-                    done.append(kept)
-            for kept in done:
-                self._kept.remove(kept)
-        for kept in done:
-            self._finish(kept.ticket, kept.fd, None)
+                    self._kept_active -= 1
+                    done.append((kept.ticket, kept.fd))
+            if len(self._kept) > 64:  # threads that ended: forget their records
+                self._kept = [k for k in self._kept if k.active or k.thread.is_alive()]
+        for ticket, fd in done:
+            self._finish(ticket, fd, None)
 
     def _helper_wait(self, fd: int, byte: int, timeout: float) -> bool:
         with self._lock:
@@ -696,19 +728,20 @@ class Gate:
             return
         ticket, fd = local.ticket, local.fd
         local.fd = None
-        if os.getpid() != self._pid:  # pragma: no cover - forked while held: the child owns nothing
-            return
         if linger_s > 0 and _FUTEX is not None:
             now = time.monotonic()
             turn_end = local.turn_end
             assert self._map is not None
-            waiters = struct.unpack_from("<Q", self._map, _NEXT)[0] > ticket + 1
+            waiters = _U64.unpack_from(self._map, _NEXT)[0] > ticket + 1
             if now < turn_end or not waiters:
                 until = min(turn_end, now + linger_s) if waiters else now + linger_s
-                kept = _Kept(ticket, fd, turn_end)
+                kept = getattr(local, "keep", None)
                 with self._lock:
-                    self._kept.append(kept)
-                local.kept = kept
+                    if kept is None:
+                        kept = local.keep = _Kept()
+                        self._kept.append(kept)
+                    kept.ticket, kept.fd, kept.turn_end, kept.active = ticket, fd, turn_end, True
+                    self._kept_active += 1
                 self._set_entry(ticket, _LINGER, int(until * 1e9))
                 _unlock(fd, _SLOT_BYTE + ticket % SLOTS)  # a successor may lock it to take over
                 return
@@ -723,7 +756,7 @@ class Gate:
         if self.unavailable:
             out["unavailable"] = self.unavailable
         if self._map is not None:
-            out["next_ticket"] = struct.unpack_from("<Q", self._map, _NEXT)[0]
+            out["next_ticket"] = _U64.unpack_from(self._map, _NEXT)[0]
         with self._lock:
             out.update(self.counters)
             out["idle_descriptors"] = len(self._fds)

@@ -54,6 +54,8 @@ __all__ = ["WriteGate", "fair_busy_handler"]
 
 logger = logging.getLogger(__name__)
 
+_HELD = frozenset(o for o in Outcome if o.held)
+
 
 def _optional_seconds(instance: Any, attribute: Any, value: Any) -> None:
     if value is not None:
@@ -151,10 +153,10 @@ class WriteGate:
         self._busy_ms = 0
         self._local = threading.local()
         self._stats_lock = threading.Lock()
-        self._counts: dict[str, Any] = {
-            "gated": 0, "immediate": 0, "resumed": 0, "waited": 0, "reentered": 0, "timeouts": 0, "unavailable": 0,
-            "ungated_first": 0, "wait_s_total": 0.0, "wait_s_max": 0.0,
-        }
+        self._turn_s = self.settings.turn_s
+        self._timeout = 0.0  # set at the first connection (the profile's busy_timeout by default)
+        self._counts: dict[str, Any] = {o.value: 0 for o in Outcome}  # by outcome; stats() names them
+        self._counts.update(ungated_first=0, wait_s_total=0.0, wait_s_max=0.0)
 
     # -- public ----------------------------------------------------------------------------------
     @property
@@ -186,7 +188,13 @@ class WriteGate:
         ``unavailable`` (no gate: SQLite's lock only), ``ungated_first`` (a thread's first
         operation), ``wait_s_total``, ``wait_s_max``; plus the gate's own state under ``gate``."""
         with self._stats_lock:
-            out: dict[str, Any] = dict(self._counts)
+            c = dict(self._counts)
+        out: dict[str, Any] = {
+            "gated": c["held"] + c["resumed"] + c["waited"], "immediate": c["held"], "resumed": c["resumed"],
+            "waited": c["waited"], "reentered": c["reentered"], "timeouts": c["timeout"],
+            "unavailable": c["unavailable"], "ungated_first": c["ungated_first"],
+            "wait_s_total": c["wait_s_total"], "wait_s_max": c["wait_s_max"],
+        }
         if self._gate is not None:
             out["gate"] = self._gate.snapshot()
         return out
@@ -199,6 +207,7 @@ class WriteGate:
         if self._store is None:
             self._store = store
             self._busy_ms = int(store.profile.pragmas.get("busy_timeout", 0) or 0)
+            self._timeout = self._default_timeout()
             if not store.memory and not store.profile.read_only:
                 self._gate = gate_for(store.path)
         self._local.conn = connection
@@ -222,38 +231,24 @@ class WriteGate:
                 self._counts["ungated_first"] += 1
             return  # this thread's first operation opens its connection (maybe under the init lock)
         started = time.monotonic()
-        timeout = self._default_timeout()
+        timeout = self._timeout
         if operation.deadline is not None:
             timeout = min(timeout, operation.deadline - started)
         try:
-            outcome = gate.acquire(timeout, turn_s=self.settings.turn_s)
+            outcome = gate.acquire(timeout, turn_s=self._turn_s)
         except Exception:  # the gate is an optimisation: a failure of its own never fails a write
             logger.exception("%s: write gate failed; using SQLite's own lock", store.path)
             outcome = Outcome.UNAVAILABLE
-        if outcome.held:
+        if outcome in _HELD:
             ops = getattr(local, "ops", None)
             if ops is None:
                 ops = local.ops = []
             ops.append(operation)
-        waited = time.monotonic() - started
+        counts = self._counts
         with self._stats_lock:
-            counts = self._counts
-            if outcome is Outcome.HELD:
-                counts["gated"] += 1
-                counts["immediate"] += 1
-            elif outcome is Outcome.RESUMED:
-                counts["gated"] += 1
-                counts["resumed"] += 1
-            elif outcome is Outcome.WAITED:
-                counts["gated"] += 1
-                counts["waited"] += 1
-            elif outcome is Outcome.REENTERED:
-                counts["reentered"] += 1
-            elif outcome is Outcome.TIMEOUT:
-                counts["timeouts"] += 1
-            else:
-                counts["unavailable"] += 1
+            counts[outcome.value] += 1
             if outcome is Outcome.WAITED or outcome is Outcome.TIMEOUT:
+                waited = time.monotonic() - started
                 counts["wait_s_total"] += waited
                 if waited > counts["wait_s_max"]:
                     counts["wait_s_max"] = waited
