@@ -60,7 +60,6 @@ only (the database itself should not be on one either).
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import fcntl
 import logging
@@ -72,7 +71,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["Gate", "Outcome", "GATE_SUFFIX", "SLOTS", "gate_for", "gate_path_for", "open_sidecar"]
 
@@ -148,19 +147,39 @@ def _make_futex() -> "_Futex | None":
 _FUTEX = _make_futex()
 
 
-class Outcome(enum.Enum):
-    """What :meth:`Gate.acquire` did."""
+class Outcome:
+    """What :meth:`Gate.acquire` did: ``HELD`` (the turn was ours at once), ``WAITED`` (after a
+    wait), ``RESUMED`` (this thread kept its place and resumed its turn: no hand-off),
+    ``REENTERED`` (this thread already held the gate: depth + 1), ``TIMEOUT`` (not ours within
+    the timeout: the caller uses SQLite's own lock) or ``UNAVAILABLE`` (no gate: the sidecar is
+    not writable or not recognised, or every slot is in use). ``held`` says whether the caller
+    now holds the gate. (A plain value class rather than an Enum: it is on every write's path.)"""
 
-    HELD = "held"  # the turn was ours at once
-    WAITED = "waited"  # the turn came after a wait
-    REENTERED = "reentered"  # this thread already held the gate (depth + 1)
-    RESUMED = "resumed"  # this thread kept its place (linger) and resumed its turn: no hand-off
-    TIMEOUT = "timeout"  # not ours within the timeout: the caller uses SQLite's own lock
-    UNAVAILABLE = "unavailable"  # no gate (sidecar not writable, not recognised, queue full)
+    __slots__ = ("value", "held")
 
-    @property
-    def held(self) -> bool:
-        return self in (Outcome.HELD, Outcome.WAITED, Outcome.REENTERED, Outcome.RESUMED)
+    HELD: ClassVar["Outcome"]
+    WAITED: ClassVar["Outcome"]
+    RESUMED: ClassVar["Outcome"]
+    REENTERED: ClassVar["Outcome"]
+    TIMEOUT: ClassVar["Outcome"]
+    UNAVAILABLE: ClassVar["Outcome"]
+    ALL: ClassVar[tuple["Outcome", ...]]
+
+    def __init__(self, value: str, held: bool) -> None:
+        self.value = value
+        self.held = held
+
+    def __repr__(self) -> str:
+        return f"Outcome.{self.value.upper()}"
+
+
+Outcome.HELD = Outcome("held", True)
+Outcome.WAITED = Outcome("waited", True)
+Outcome.RESUMED = Outcome("resumed", True)
+Outcome.REENTERED = Outcome("reentered", True)
+Outcome.TIMEOUT = Outcome("timeout", False)
+Outcome.UNAVAILABLE = Outcome("unavailable", False)
+Outcome.ALL = (Outcome.HELD, Outcome.WAITED, Outcome.RESUMED, Outcome.REENTERED, Outcome.TIMEOUT, Outcome.UNAVAILABLE)
 
 
 def gate_path_for(db_path: str) -> str:
@@ -297,14 +316,15 @@ class _Helper:
         self.go.release()
 
 
-class _Kept:
-    """The place a thread keeps after its write (``LINGER``, while ``active``), until it resumes
-    or the place is taken over; one per thread, reused."""
+class _Thread:
+    """One thread's state at one gate: how deep it holds it, its ticket and descriptor, when its
+    turn ends, and whether it keeps its place (``kept``: ``LINGER``, its byte unlocked). Only its
+    own thread changes it while the thread lives."""
 
-    __slots__ = ("ticket", "fd", "turn_end", "active", "thread")
+    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread")
 
     def __init__(self) -> None:
-        self.ticket, self.fd, self.turn_end, self.active = 0, -1, 0.0, False
+        self.depth, self.ticket, self.fd, self.turn_end, self.kept = 0, 0, -1, 0.0, False
         self.thread = threading.current_thread()
 
 
@@ -331,8 +351,7 @@ class Gate:
         self._helpers: list[_Helper] = []
         self._proc = threading.Lock()  # POSIX record locks: one participant per process
         self._local = threading.local()
-        self._kept: list[_Kept] = []  # every thread's place record (active: kept, LINGER)
-        self._kept_active = 0
+        self._threads: list[_Thread] = []  # every thread's state here (for places kept by ended threads)
         self._pid = os.getpid()
         self.counters = {"skipped_dead": 0, "skipped_abandoned": 0, "dead_holders": 0, "queue_full": 0,
                          "orphaned_waits": 0, "taken_over": 0}
@@ -384,8 +403,11 @@ class Gate:
         with self._lock:
             if self._fds:
                 return self._fds.pop()
-        fd = open_sidecar(self.path, self.db_path)
-        return fd
+        self._sweep_ended_threads()
+        with self._lock:
+            if self._fds:
+                return self._fds.pop()
+        return open_sidecar(self.path, self.db_path)
 
     def _give_fd(self, fd: int) -> None:
         with self._lock:
@@ -431,31 +453,33 @@ class Gate:
         return True
 
     # -- acquire / release -------------------------------------------------------------------------
+    def _thread_state(self) -> _Thread:
+        t = self._local.t = _Thread()
+        with self._lock:
+            self._threads.append(t)
+        return t
+
     def held_by_this_thread(self) -> bool:
-        return getattr(self._local, "depth", 0) > 0
+        t = getattr(self._local, "t", None)
+        return t is not None and t.depth > 0
 
     def acquire(self, timeout_s: float, *, turn_s: float = 0.0) -> Outcome:
         """Take the gate within ``timeout_s`` seconds (FIFO across threads and processes).
 
         ``turn_s`` > 0 opens a *turn*: until ``turn_s`` after the gate became ours, a
         :meth:`release` with ``linger_s`` keeps the place while others wait, and this thread's
-        next :meth:`acquire` within the linger resumes it without a hand-off.
+        next :meth:`acquire` resumes it without a hand-off.
         """
-        local = self._local
-        depth = getattr(local, "depth", 0)
-        if depth:
-            local.depth = depth + 1
+        t = getattr(self._local, "t", None) or self._thread_state()
+        if t.depth:
+            t.depth += 1
             return Outcome.REENTERED
-        if not (self._map is not None or self._open()):  # (a forked child starts afresh: see the fork hook)
+        if self._map is None and not self._open():  # (a forked child starts afresh: see the fork hook)
             return Outcome.UNAVAILABLE
+        if t.kept and self._resume(t, turn_s):
+            t.depth = 1
+            return Outcome.RESUMED
         deadline = time.monotonic() + max(0.0, timeout_s)
-        kept = getattr(local, "keep", None)
-        if kept is not None and kept.active:
-            if self._resume(kept, turn_s):
-                local.depth = 1
-                local.ticket, local.fd, local.turn_end = kept.ticket, kept.fd, kept.turn_end
-                return Outcome.RESUMED
-        self._sweep_lingering()
         if not _OFD and not self._proc.acquire(timeout=max(0.0, timeout_s)):
             return Outcome.TIMEOUT
         try:
@@ -465,13 +489,13 @@ class Gate:
                 self._proc.release()
             logger.debug("%s: gate descriptor: %s", self.path, err)
             return Outcome.UNAVAILABLE
-        outcome = self._enqueue_and_wait(fd, deadline, turn_s if _FUTEX is not None else 0.0)
+        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0)
         if outcome.held:
-            local.depth = 1
-            local.fd = fd
+            t.depth = 1
+            t.fd = fd
         return outcome
 
-    def _enqueue_and_wait(self, fd: int, deadline: float, turn_s: float) -> Outcome:
+    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float) -> Outcome:
         if not self._meta_lock(fd, deadline):
             self._give_back(fd)
             return Outcome.TIMEOUT
@@ -495,7 +519,7 @@ class Gate:
             pred_done = ticket == 1 or (owner == ticket - 1 and state == _DONE)  # DONE is final
         finally:
             _unlock(fd, _META)
-        self._local.ticket = ticket
+        t.ticket = ticket
         if pred_done:
             outcome = Outcome.HELD
         elif _FUTEX is not None:
@@ -504,7 +528,7 @@ class Gate:
             outcome = self._wait_helper(fd, ticket, deadline)
         if outcome.held:
             turn_end = time.monotonic() + turn_s
-            self._local.turn_end = turn_end
+            t.turn_end = turn_end
             self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)
         return outcome
 
@@ -620,30 +644,26 @@ class Gate:
         self._give_back(fd)
         return Outcome.TIMEOUT
 
-    def _resume(self, kept: "_Kept", turn_s: float) -> bool:
+    def _resume(self, t: _Thread, turn_s: float) -> bool:
         """This thread kept its place (``LINGER``, its byte unlocked) and writes again: take its
         byte back; if nobody took the place over meanwhile and its turn lasts (or nobody waits:
         then a new turn starts), the gate is its again without a hand-off. Else finish the release
-        and queue afresh."""
-        with self._lock:
-            if not kept.active:
-                return False  # already finished by a sweep
-            kept.active = False
-            self._kept_active -= 1
-        ticket, fd = kept.ticket, kept.fd
+        (and the caller queues afresh)."""
+        t.kept = False
+        ticket, fd = t.ticket, t.fd
         byte = _SLOT_BYTE + ticket % SLOTS
         if not _try_lock(fd, byte):  # a successor is taking it over right now (or the slot moved on)
             self._give_back(fd)
             return False
-        owner, state, _until = self._state(ticket)
+        m = self._map
+        offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
+        owner, state, _pid, _until = _ENTRY.unpack_from(m, offset)  # type: ignore[arg-type]
         if owner == ticket and state == _LINGER:
             now = time.monotonic()
-            assert self._map is not None
-            waiters = _U64.unpack_from(self._map, _NEXT)[0] > ticket + 1
-            if now < kept.turn_end or not waiters:
-                if now >= kept.turn_end:
-                    kept.turn_end = now + turn_s
-                self._set_entry(ticket, _HOLDING, int(kept.turn_end * 1e9))
+            if now < t.turn_end or _U64.unpack_from(m, _NEXT)[0] <= ticket + 1:  # type: ignore[arg-type]
+                if now >= t.turn_end:  # nobody waits: a new turn
+                    t.turn_end = now + turn_s
+                _ENTRY.pack_into(m, offset, ticket, _HOLDING, self._pid, int(t.turn_end * 1e9))  # type: ignore[arg-type]
                 return True
             self._finish(ticket, fd, _DONE)  # the turn is over and others wait: hand it on
             return False
@@ -665,25 +685,19 @@ class Gate:
         _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
         self._give_back(fd)
 
-    def _sweep_lingering(self) -> None:
-        """Finish the places that threads of this process kept and that were taken over since
-        (their thread has not written again, or has ended)."""
-        if not self._kept_active:
-            return
-        done = []
+    def _sweep_ended_threads(self) -> None:
+        """Give back the descriptors of places kept by threads that have ended (a live thread
+        finishes its own at its next write). The place itself needs nothing: its byte is already
+        unlocked, and a successor takes it over when its linger ends."""
         with self._lock:
-            for kept in self._kept:
-                if not kept.active:
-                    continue
-                owner, state, _until = self._state(kept.ticket)
-                if owner != kept.ticket or state == _DONE:  # taken over
-                    kept.active = False
-                    self._kept_active -= 1
-                    done.append((kept.ticket, kept.fd))
-            if len(self._kept) > 64:  # threads that ended: forget their records
-                self._kept = [k for k in self._kept if k.active or k.thread.is_alive()]
-        for ticket, fd in done:
-            self._finish(ticket, fd, None)
+            ended = [t for t in self._threads if not t.thread.is_alive()]
+            if not ended:
+                return
+            self._threads = [t for t in self._threads if t.thread.is_alive()]
+        for t in ended:
+            if t.kept:
+                t.kept = False
+                self._give_back(t.fd)
 
     def _helper_wait(self, fd: int, byte: int, timeout: float) -> bool:
         with self._lock:
@@ -716,33 +730,25 @@ class Gate:
 
     def release(self, *, linger_s: float = 0.0) -> None:
         """Release one level; the last one hands the turn to the next ticket — or, with
-        ``linger_s`` > 0, while others wait and the turn is not over, keeps the place for at most
-        ``linger_s`` so that this thread's next write resumes without a hand-off (a waiter takes
-        the place over when the linger ends)."""
-        local = self._local
-        depth = getattr(local, "depth", 0)
-        if depth <= 0:
+        ``linger_s`` > 0 while the turn lasts (or nobody waits), keeps the place: ``LINGER`` until
+        ``linger_s`` from now, the byte unlocked, so that this thread's next write resumes without
+        a hand-off while a waiter may take the place over once the linger ends."""
+        t = getattr(self._local, "t", None)
+        if t is None or t.depth <= 0:
             raise RuntimeError(f"{self.path}: release() without acquire() on this thread")
-        local.depth = depth - 1
-        if depth > 1:
+        t.depth -= 1
+        if t.depth:
             return
-        ticket, fd = local.ticket, local.fd
-        local.fd = None
+        ticket, fd = t.ticket, t.fd
         if linger_s > 0 and _FUTEX is not None:
+            m = self._map
             now = time.monotonic()
-            turn_end = local.turn_end
-            assert self._map is not None
-            waiters = _U64.unpack_from(self._map, _NEXT)[0] > ticket + 1
-            if now < turn_end or not waiters:
-                until = min(turn_end, now + linger_s) if waiters else now + linger_s
-                kept = getattr(local, "keep", None)
-                with self._lock:
-                    if kept is None:
-                        kept = local.keep = _Kept()
-                        self._kept.append(kept)
-                    kept.ticket, kept.fd, kept.turn_end, kept.active = ticket, fd, turn_end, True
-                    self._kept_active += 1
-                self._set_entry(ticket, _LINGER, int(until * 1e9))
+            waiters = _U64.unpack_from(m, _NEXT)[0] > ticket + 1  # type: ignore[arg-type]
+            if not waiters or now < t.turn_end:
+                until = min(t.turn_end, now + linger_s) if waiters else now + linger_s
+                _ENTRY.pack_into(m, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE,  # type: ignore[arg-type]
+                                 ticket, _LINGER, self._pid, int(until * 1e9))
+                t.kept = True
                 _unlock(fd, _SLOT_BYTE + ticket % SLOTS)  # a successor may lock it to take over
                 return
         self._finish(ticket, fd, _DONE)

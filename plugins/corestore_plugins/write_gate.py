@@ -54,7 +54,6 @@ __all__ = ["WriteGate", "fair_busy_handler"]
 
 logger = logging.getLogger(__name__)
 
-_HELD = frozenset(o for o in Outcome if o.held)
 
 
 def _optional_seconds(instance: Any, attribute: Any, value: Any) -> None:
@@ -94,6 +93,19 @@ def fair_busy_handler(timeout_s: float, sleep_s: float, deadline_of: Any = None)
         return True
 
     return handler
+
+
+class _ThreadState:
+    """One thread's view of the plugin: its connection, the operations it holds the gate for,
+    and a shortened busy wait to undo."""
+
+    __slots__ = ("conn", "ops", "shortened", "deadline")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.ops: list[Any] = []
+        self.shortened: Any = None
+        self.deadline: float | None = None
 
 
 class WriteGate:
@@ -155,7 +167,7 @@ class WriteGate:
         self._stats_lock = threading.Lock()
         self._turn_s = self.settings.turn_s
         self._timeout = 0.0  # set at the first connection (the profile's busy_timeout by default)
-        self._counts: dict[str, Any] = {o.value: 0 for o in Outcome}  # by outcome; stats() names them
+        self._counts: dict[str, Any] = {o.value: 0 for o in Outcome.ALL}  # by outcome; stats() names them
         self._counts.update(ungated_first=0, wait_s_total=0.0, wait_s_max=0.0)
 
     # -- public ----------------------------------------------------------------------------------
@@ -210,11 +222,11 @@ class WriteGate:
             self._timeout = self._default_timeout()
             if not store.memory and not store.profile.read_only:
                 self._gate = gate_for(store.path)
-        self._local.conn = connection
+        local = self._state()
+        local.conn = connection
         if self.settings.apsw_busy_handler and store.profile.driver == "apsw":
-            local = self._local
             connection.set_busy_handler(fair_busy_handler(
-                self._default_timeout(), self.settings.busy_sleep_s, lambda: getattr(local, "deadline", None)))
+                self._default_timeout(), self.settings.busy_sleep_s, lambda: local.deadline))
 
     @hookimpl
     def before_operation(self, store: Any, operation: Any) -> None:
@@ -225,8 +237,8 @@ class WriteGate:
         kind = operation.kind
         if kind != "write" and not (kind == "checkpoint" and self.settings.checkpoints and operation.name != "backup"):
             return
-        local = self._local
-        if getattr(local, "conn", None) is None:
+        local = getattr(self._local, "s", None)
+        if local is None or local.conn is None:
             with self._stats_lock:
                 self._counts["ungated_first"] += 1
             return  # this thread's first operation opens its connection (maybe under the init lock)
@@ -239,11 +251,8 @@ class WriteGate:
         except Exception:  # the gate is an optimisation: a failure of its own never fails a write
             logger.exception("%s: write gate failed; using SQLite's own lock", store.path)
             outcome = Outcome.UNAVAILABLE
-        if outcome in _HELD:
-            ops = getattr(local, "ops", None)
-            if ops is None:
-                ops = local.ops = []
-            ops.append(operation)
+        if outcome.held:
+            local.ops.append(operation)
         counts = self._counts
         with self._stats_lock:
             counts[outcome.value] += 1
@@ -260,7 +269,8 @@ class WriteGate:
         """Right after a successful COMMIT (before any invariant check): SQLite's write lock is
         already free, so the gate is handed to the next writer now rather than after the
         post-commit checks and ``on_success``. Never reports a violation."""
-        ops = getattr(self._local, "ops", None)
+        local = getattr(self._local, "s", None)
+        ops = local.ops if local is not None else None
         if ops and ops[-1] is operation and len(ops) == 1:
             ops.pop()
             self._gate.release(linger_s=self.settings.linger_s)  # type: ignore[union-attr]
@@ -270,8 +280,10 @@ class WriteGate:
     def after_operation(self, store: Any, operation: Any) -> None:
         """Release the gate taken for ``operation`` (after COMMIT/ROLLBACK); undo a shortened
         busy timeout."""
-        local = self._local
-        ops = getattr(local, "ops", None)
+        local = getattr(self._local, "s", None)
+        if local is None:
+            return
+        ops = local.ops
         if ops:
             try:
                 if ops[-1] is operation:
@@ -285,7 +297,7 @@ class WriteGate:
                             break
             except RuntimeError:  # an operation begun before a fork: the child holds nothing
                 logger.debug("%s: gate release without a hold on this thread", store.path, exc_info=True)
-        if getattr(local, "shortened", None) is operation:
+        if local.shortened is operation:
             self._restore_busy_wait()
 
     @hookimpl
@@ -303,6 +315,12 @@ class WriteGate:
         return HealthComponent(name=self.name, status=HealthStatus.UP, summary=summary, details=stats)
 
     # -- internals -------------------------------------------------------------------------------
+    def _state(self) -> _ThreadState:
+        local = getattr(self._local, "s", None)
+        if local is None:
+            local = self._local.s = _ThreadState()
+        return local
+
     def _default_timeout(self) -> float:
         if self.settings.timeout_s is not None:
             return float(self.settings.timeout_s)
@@ -311,8 +329,8 @@ class WriteGate:
     def _shorten_busy_wait(self, store: Any, operation: Any, budget_end: float) -> None:
         """The gate timed out: SQLite's own wait gets only what is left of the budget, so the
         operation ends on time (a BUSY that ends it is SQLite's, classified as usual)."""
-        local = self._local
-        conn = getattr(local, "conn", None)
+        local = self._state()
+        conn = local.conn
         remaining_ms = max(0, int((budget_end - time.monotonic()) * 1000))
         local.deadline = budget_end
         if not (self.settings.apsw_busy_handler and store.profile.driver == "apsw"):
@@ -324,7 +342,7 @@ class WriteGate:
         local.shortened = operation
 
     def _restore_busy_wait(self) -> None:
-        local = self._local
+        local = self._state()
         local.shortened = None
         local.deadline = None
         store = self._store
