@@ -205,16 +205,24 @@ def test_stdlib_sqlite_produces_the_finding(tmp_path: Path) -> None:
         assert "apsw" in component.details["findings"][0]["advice"]
     finally:
         store.close()
-    governed = _governed(tmp_path / "gov.db")
+    governed = _governed(tmp_path / "gov.db")  # the governor without the write gate
     try:
         component = governed.health().components["sqlite_version"]
-        if HAS_WRITE_GATE:
-            assert component.status is HealthStatus.UP  # mitigation holds: advisory
-        else:
-            assert component.status is HealthStatus.DEGRADED
-            assert "mitigation cannot apply: write_gate not enabled" in component.summary
+        assert component.status is HealthStatus.DEGRADED
+        assert "mitigation cannot apply: write_gate not enabled" in component.summary
+        assert governed.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     finally:
         governed.close()
+    if HAS_WRITE_GATE:
+        gated = corestore.open(str(tmp_path / "gated.db"), enable=["write_gate", "checkpoint_governor"])
+        try:
+            component = gated.health().components["sqlite_version"]
+            assert component.status is HealthStatus.UP  # the mitigation holds: the finding is advisory
+            finding = component.details["findings"][0]
+            assert finding["id"] == "wal-reset" and finding["mitigated"] is True
+            assert gated.health().status is HealthStatus.UP
+        finally:
+            gated.close()
     disabled = _governed(tmp_path / "off.db", wal_reset_mitigation=False)
     try:
         component = disabled.health().components["sqlite_version"]
