@@ -223,6 +223,15 @@ def test_stdlib_sqlite_produces_the_finding(tmp_path: Path) -> None:
             assert gated.health().status is HealthStatus.UP
         finally:
             gated.close()
+    # a read-only store (the offline `corestore health`) runs no checkpoint: nothing to mitigate
+    reader = corestore.open(corestore.Profile(path=str(tmp_path / "gov.db"), read_only=True,
+                                              plugins=("wal_guard", "checkpoint_governor")))
+    try:
+        component = reader.health().components["sqlite_version"]
+        assert component.status is HealthStatus.UP
+        assert "read-only store" in component.details["findings"][0]["mitigation"]
+    finally:
+        reader.close()
     disabled = _governed(tmp_path / "off.db", wal_reset_mitigation=False)
     try:
         component = disabled.health().components["sqlite_version"]

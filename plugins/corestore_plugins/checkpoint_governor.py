@@ -134,6 +134,8 @@ class CheckpointGovernor:
         """(holds, why) for the WAL-reset mitigation (asked by the ``sqlite_version`` component)."""
         if not self._affected:
             return True, "not needed: this SQLite has the fix"
+        if store.profile.read_only:
+            return True, "read-only store: it cannot run a checkpoint (SQLite refuses one on a read-only connection)"
         if self.settings.mode == "none":
             return True, ("mitigated for corestore: it runs no checkpoint (mode = 'none'); the tool that owns "
                           "checkpoints is outside the mitigation")
