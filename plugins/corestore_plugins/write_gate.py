@@ -154,6 +154,11 @@ class WriteGate:
             metadata={"help": "how long a writer keeps its place after a transaction, within its turn, "
                               "while others wait (0: never)"},
         )
+        spin_s: float = attrs.field(
+            default=0.0, validator=non_negative_seconds,
+            metadata={"help": "the next writer in line stays on the CPU (yielding it) from spin_s before to "
+                              "spin_s after the end of the current turn, instead of sleeping (0: always sleep)"},
+        )
         busy_sleep_s: float = attrs.field(
             default=0.001, validator=_positive_seconds, metadata={"help": "the fair busy handler's fixed sleep"},
         )
@@ -166,6 +171,7 @@ class WriteGate:
         self._local = threading.local()
         self._stats_lock = threading.Lock()
         self._turn_s = self.settings.turn_s
+        self._spin_s = self.settings.spin_s
         self._timeout = 0.0  # set at the first connection (the profile's busy_timeout by default)
         self._counts: dict[str, Any] = {o.value: 0 for o in Outcome.ALL}  # by outcome; stats() names them
         self._counts.update(ungated_first=0, wait_s_total=0.0, wait_s_max=0.0)
@@ -247,7 +253,7 @@ class WriteGate:
         if operation.deadline is not None:
             timeout = min(timeout, operation.deadline - started)
         try:
-            outcome = gate.acquire(timeout, turn_s=self._turn_s)
+            outcome = gate.acquire(timeout, turn_s=self._turn_s, spin_s=self._spin_s)
         except Exception:  # the gate is an optimisation: a failure of its own never fails a write
             logger.exception("%s: write gate failed; using SQLite's own lock", store.path)
             outcome = Outcome.UNAVAILABLE
