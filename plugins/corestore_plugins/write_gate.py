@@ -231,7 +231,8 @@ class WriteGate:
         local = self._state()
         local.conn = connection
         if self.settings.apsw_busy_handler and store.profile.driver == "apsw":
-            connection.set_busy_handler(fair_busy_handler(
+            set_handler = getattr(connection, "set_busy_handler", None) or connection.setbusyhandler  # apsw < 3.42
+            set_handler(fair_busy_handler(
                 self._default_timeout(), self.settings.busy_sleep_s, lambda: local.deadline))
 
     @hookimpl
