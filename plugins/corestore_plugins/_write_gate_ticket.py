@@ -100,6 +100,7 @@ _OFD = (sys.platform.startswith("linux") and hasattr(fcntl, "F_OFD_SETLKW") and 
         and not os.environ.get("CORESTORE_GATE_POSIX_LOCKS"))  # tests run the other platforms' path with it
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
 _BUSY_ERRNOS = (errno.EAGAIN, errno.EACCES)
+_SETLK = getattr(fcntl, "F_OFD_SETLK", 0)  # used inlined only where turns run (OFD locks)
 _MAX_IDLE_HELPERS = 8
 #: With futex waits, how often a waiter checks that its predecessor is still alive (a crashed
 #: process wakes nobody; the kernel drops its fcntl lock, which the check sees).
@@ -665,8 +666,12 @@ class Gate:
         t.kept = False
         ticket, fd = t.ticket, t.fd
         byte = _SLOT_BYTE + ticket % SLOTS
-        if not _try_lock(fd, byte):  # a successor is taking it over right now (or the slot moved on)
-            self._give_back(fd)
+        try:  # _try_lock, inlined: this is every resumed write's path
+            fcntl.fcntl(fd, _SETLK, _WRLCK.get(byte) or _flock(_WRLCK, fcntl.F_WRLCK, byte))
+        except OSError as err:
+            if err.errno not in _BUSY_ERRNOS:
+                raise
+            self._give_back(fd)  # a successor is taking it over right now (or the slot moved on)
             return False
         m = self._map
         offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
@@ -762,7 +767,8 @@ class Gate:
                 _ENTRY.pack_into(m, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE,  # type: ignore[arg-type]
                                  ticket, _LINGER, self._pid, int(until * 1e9))
                 t.kept = True
-                _unlock(fd, _SLOT_BYTE + ticket % SLOTS)  # a successor may lock it to take over
+                byte = _SLOT_BYTE + ticket % SLOTS  # unlocked (inlined _unlock): a successor may take over
+                fcntl.fcntl(fd, _SETLK, _UNLCK.get(byte) or _flock(_UNLCK, fcntl.F_UNLCK, byte))
                 return
         self._finish(ticket, fd, _DONE)
 

@@ -119,6 +119,13 @@ class WriteGate:
     ``timeout_s``         float none    Longest wait for the gate; none: the profile's
                                         ``busy_timeout``. An operation's deadline shortens it.
     ``checkpoints``       bool  true    ``store.checkpoint()`` takes the gate too.
+    ``turn_s``            float 0.001   A writer's turn: while it lasts (or while nobody waits) a
+                                        writer keeps its place between transactions and resumes
+                                        without a hand-off (0: hand off after each one).
+    ``linger_s``          float 0.0002  How long a kept place waits for its writer to come back
+                                        before the next in line may take it over.
+    ``spin_s``            float 0       The next in line yields the CPU instead of sleeping from
+                                        ``spin_s`` before to ``spin_s`` after a turn's end.
     ``apsw_busy_handler`` bool  false   apsw driver: install the fair busy handler.
     ``busy_sleep_s``      float 0.001   The fair busy handler's fixed sleep.
     ===================== ===== ======= =========================================================
@@ -202,7 +209,7 @@ class WriteGate:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``gated`` (operations that held the gate), ``immediate`` (no wait),
-        ``waited``, ``reentered``, ``timeouts`` (went on to SQLite's lock after the timeout),
+        ``resumed`` (a kept place, no hand-off), ``waited``, ``reentered``, ``timeouts`` (went on to SQLite's lock after the timeout),
         ``unavailable`` (no gate: SQLite's lock only), ``ungated_first`` (a thread's first
         operation), ``wait_s_total``, ``wait_s_max``; plus the gate's own state under ``gate``."""
         with self._stats_lock:
