@@ -342,10 +342,13 @@ def test_nesting_reentrancy_and_checkpoint_under_held(tmp_path: Path) -> None:
     assert "rows 4" in proc.stdout
 
 
-def test_threads_and_processes_share_one_queue(tmp_path: Path) -> None:
-    """Threads of one process queue individually (open-file-description locks): 3 processes × 4
-    threads × 40 writes, no BUSY, every write gated, nothing lost."""
+@pytest.mark.parametrize("mode", ["linux", "portable"])
+def test_threads_and_processes_share_one_queue(tmp_path: Path, mode: str) -> None:
+    """3 processes × 4 threads × 40 writes: no BUSY, every write gated, nothing lost. On Linux
+    threads queue individually (open-file-description locks, futex waits); the portable path
+    (POSIX record locks, helper-thread waits: macOS) queues one thread per process at a time."""
     db = _make_db(tmp_path / "threads.db")
+    env = child_env(**({"CORESTORE_GATE_NO_FUTEX": "1", "CORESTORE_GATE_POSIX_LOCKS": "1"} if mode == "portable" else {}))
     code = """
         import sys, threading, corestore
         from corestore import Profile
@@ -361,7 +364,7 @@ def test_threads_and_processes_share_one_queue(tmp_path: Path) -> None:
         print("gated", st["gated"], "busy", s.stats()["busy_waits"], "timeouts", st["timeouts"])
     """
     children = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), db],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 for _ in range(3)]
     outs = []
     for child in children:
@@ -410,15 +413,18 @@ def test_a_kept_place_is_taken_over_when_its_linger_ends(tmp_path: Path) -> None
     assert results["again"] == ("held",)
 
 
-def test_helper_thread_waits_without_futex(tmp_path: Path) -> None:
-    """Where futex is not available the wait blocks on the predecessor's byte in a helper thread:
-    FIFO order, a deadline and a killed holder behave the same."""
+@pytest.mark.parametrize("locks", ["ofd", "posix"])
+def test_helper_thread_waits_without_futex(tmp_path: Path, locks: str) -> None:
+    """Where futex is not available (macOS) the wait blocks on the predecessor's byte in a helper
+    thread, and where open-file-description locks are not (macOS) POSIX record locks serve, one
+    thread per process: a deadline and a killed holder behave the same."""
     db = _make_db(tmp_path / "helper.db")
     code = """
         import os, sys, time, signal, multiprocessing as mp
         from corestore_plugins import _write_gate_ticket as T
         assert T._FUTEX is None
         db = sys.argv[1]
+        open(db, "a").close()
         ctx = mp.get_context("fork")
         def hold(q, ev):
             g = T.Gate(db); assert g.acquire(5).value == "held"; q.put(os.getpid()); ev.wait(30); g.release()
@@ -436,7 +442,10 @@ def test_helper_thread_waits_without_futex(tmp_path: Path) -> None:
         print("after kill", name, outcome, round(time.monotonic() - t, 3))
         for p in (h, short, w): p.join(10)
     """
-    proc = run_python(code, db, timeout=60, env=child_env(CORESTORE_GATE_NO_FUTEX="1"))
+    extra = {"CORESTORE_GATE_NO_FUTEX": "1"}
+    if locks == "posix":
+        extra["CORESTORE_GATE_POSIX_LOCKS"] = "1"
+    proc = run_python(code, db + locks, timeout=60, env=child_env(**extra))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     name, outcome, waited = eval(lines[0].split(" ", 1)[1])  # noqa: S307 - our own child's output

@@ -96,9 +96,11 @@ _SLOT_BYTE = _LOCK_BASE + 1
 
 _WAITING, _HOLDING, _DONE, _ABANDONED, _LINGER = 1, 2, 3, 4, 5
 
-_OFD = sys.platform.startswith("linux") and hasattr(fcntl, "F_OFD_SETLKW") and struct.calcsize("P") == 8
+_OFD = (sys.platform.startswith("linux") and hasattr(fcntl, "F_OFD_SETLKW") and struct.calcsize("P") == 8
+        and not os.environ.get("CORESTORE_GATE_POSIX_LOCKS"))  # tests run the other platforms' path with it
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
 _BUSY_ERRNOS = (errno.EAGAIN, errno.EACCES)
+_SETLK = getattr(fcntl, "F_OFD_SETLK", 0)  # used inlined only where turns run (OFD locks)
 _MAX_IDLE_HELPERS = 8
 #: With futex waits, how often a waiter checks that its predecessor is still alive (a crashed
 #: process wakes nobody; the kernel drops its fcntl lock, which the check sees).
@@ -463,12 +465,14 @@ class Gate:
         t = getattr(self._local, "t", None)
         return t is not None and t.depth > 0
 
-    def acquire(self, timeout_s: float, *, turn_s: float = 0.0) -> Outcome:
+    def acquire(self, timeout_s: float, *, turn_s: float = 0.0, spin_s: float = 0.0) -> Outcome:
         """Take the gate within ``timeout_s`` seconds (FIFO across threads and processes).
 
         ``turn_s`` > 0 opens a *turn*: until ``turn_s`` after the gate became ours, a
         :meth:`release` with ``linger_s`` keeps the place while others wait, and this thread's
-        next :meth:`acquire` resumes it without a hand-off.
+        next :meth:`acquire` resumes it without a hand-off. ``spin_s`` > 0: the next in line
+        stays on the CPU (yielding it) from ``spin_s`` before to ``spin_s`` after the end of its
+        predecessor's turn instead of sleeping through it (a hand-off without a wake-up).
         """
         t = getattr(self._local, "t", None) or self._thread_state()
         if t.depth:
@@ -489,13 +493,13 @@ class Gate:
                 self._proc.release()
             logger.debug("%s: gate descriptor: %s", self.path, err)
             return Outcome.UNAVAILABLE
-        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0)
+        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0, spin_s)
         if outcome.held:
             t.depth = 1
             t.fd = fd
         return outcome
 
-    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float) -> Outcome:
+    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float, spin: float) -> Outcome:
         if not self._meta_lock(fd, deadline):
             self._give_back(fd)
             return Outcome.TIMEOUT
@@ -523,7 +527,7 @@ class Gate:
         if pred_done:
             outcome = Outcome.HELD
         elif _FUTEX is not None:
-            outcome = self._wait_futex(fd, ticket, deadline)
+            outcome = self._wait_futex(fd, ticket, deadline, spin)
         else:
             outcome = self._wait_helper(fd, ticket, deadline)
         if outcome.held:
@@ -594,7 +598,7 @@ class Gate:
                 return self._give_up(fd, ticket)
         return Outcome.WAITED
 
-    def _wait_futex(self, fd: int, ticket: int, deadline: float) -> Outcome:
+    def _wait_futex(self, fd: int, ticket: int, deadline: float, spin: float = 0.0) -> Outcome:
         """Wait for the turn on the predecessor's state word: its release (``DONE``) or give-up
         (``ABANDONED``) wakes us at once. After a sleep that changed nothing (every
         ``LIVENESS_S`` at most) we check that it is still alive, i.e. still holds its byte, so a
@@ -633,8 +637,18 @@ class Gate:
             if remaining <= 0:
                 return self._give_up(fd, ticket)
             wait = min(remaining, LIVENESS_S)
-            if until and until / 1e9 > now:  # LINGER: its end; HOLDING: the end of its turn
-                wait = min(wait, until / 1e9 - now)
+            end = until / 1e9 if until else 0.0  # LINGER: its end; HOLDING: the end of its turn
+            if spin and end - spin <= now < end + spin:
+                # next in line and the turn ends within moments: stay on the CPU (yielding it)
+                # rather than pay a wake-up; bounded, then back to sleeping
+                stop = min(deadline, end + spin)
+                address_state = (owner, state)
+                while time.monotonic() < stop and self._state(pred)[:2] == address_state:
+                    os.sched_yield()
+                check = self._state(pred)[:2] == address_state
+                continue
+            if end > now:
+                wait = min(wait, max(end - spin - now, 0.00002) if spin else end - now)
             futex.wait(self._state_address(pred), state, max(wait, 0.00002))
             check = self._state(pred)[:2] == (owner, state)  # unchanged: check it is alive
         return Outcome.WAITED
@@ -652,8 +666,12 @@ class Gate:
         t.kept = False
         ticket, fd = t.ticket, t.fd
         byte = _SLOT_BYTE + ticket % SLOTS
-        if not _try_lock(fd, byte):  # a successor is taking it over right now (or the slot moved on)
-            self._give_back(fd)
+        try:  # _try_lock, inlined: this is every resumed write's path
+            fcntl.fcntl(fd, _SETLK, _WRLCK.get(byte) or _flock(_WRLCK, fcntl.F_WRLCK, byte))
+        except OSError as err:
+            if err.errno not in _BUSY_ERRNOS:
+                raise
+            self._give_back(fd)  # a successor is taking it over right now (or the slot moved on)
             return False
         m = self._map
         offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
@@ -749,7 +767,8 @@ class Gate:
                 _ENTRY.pack_into(m, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE,  # type: ignore[arg-type]
                                  ticket, _LINGER, self._pid, int(until * 1e9))
                 t.kept = True
-                _unlock(fd, _SLOT_BYTE + ticket % SLOTS)  # a successor may lock it to take over
+                byte = _SLOT_BYTE + ticket % SLOTS  # unlocked (inlined _unlock): a successor may take over
+                fcntl.fcntl(fd, _SETLK, _UNLCK.get(byte) or _flock(_UNLCK, fcntl.F_UNLCK, byte))
                 return
         self._finish(ticket, fd, _DONE)
 

@@ -119,6 +119,13 @@ class WriteGate:
     ``timeout_s``         float none    Longest wait for the gate; none: the profile's
                                         ``busy_timeout``. An operation's deadline shortens it.
     ``checkpoints``       bool  true    ``store.checkpoint()`` takes the gate too.
+    ``turn_s``            float 0.001   A writer's turn: while it lasts (or while nobody waits) a
+                                        writer keeps its place between transactions and resumes
+                                        without a hand-off (0: hand off after each one).
+    ``linger_s``          float 0.0002  How long a kept place waits for its writer to come back
+                                        before the next in line may take it over.
+    ``spin_s``            float 0       The next in line yields the CPU instead of sleeping from
+                                        ``spin_s`` before to ``spin_s`` after a turn's end.
     ``apsw_busy_handler`` bool  false   apsw driver: install the fair busy handler.
     ``busy_sleep_s``      float 0.001   The fair busy handler's fixed sleep.
     ===================== ===== ======= =========================================================
@@ -154,6 +161,11 @@ class WriteGate:
             metadata={"help": "how long a writer keeps its place after a transaction, within its turn, "
                               "while others wait (0: never)"},
         )
+        spin_s: float = attrs.field(
+            default=0.0, validator=non_negative_seconds,
+            metadata={"help": "the next writer in line stays on the CPU (yielding it) from spin_s before to "
+                              "spin_s after the end of the current turn, instead of sleeping (0: always sleep)"},
+        )
         busy_sleep_s: float = attrs.field(
             default=0.001, validator=_positive_seconds, metadata={"help": "the fair busy handler's fixed sleep"},
         )
@@ -166,6 +178,7 @@ class WriteGate:
         self._local = threading.local()
         self._stats_lock = threading.Lock()
         self._turn_s = self.settings.turn_s
+        self._spin_s = self.settings.spin_s
         self._timeout = 0.0  # set at the first connection (the profile's busy_timeout by default)
         self._counts: dict[str, Any] = {o.value: 0 for o in Outcome.ALL}  # by outcome; stats() names them
         self._counts.update(ungated_first=0, wait_s_total=0.0, wait_s_max=0.0)
@@ -196,7 +209,7 @@ class WriteGate:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``gated`` (operations that held the gate), ``immediate`` (no wait),
-        ``waited``, ``reentered``, ``timeouts`` (went on to SQLite's lock after the timeout),
+        ``resumed`` (a kept place, no hand-off), ``waited``, ``reentered``, ``timeouts`` (went on to SQLite's lock after the timeout),
         ``unavailable`` (no gate: SQLite's lock only), ``ungated_first`` (a thread's first
         operation), ``wait_s_total``, ``wait_s_max``; plus the gate's own state under ``gate``."""
         with self._stats_lock:
@@ -225,7 +238,8 @@ class WriteGate:
         local = self._state()
         local.conn = connection
         if self.settings.apsw_busy_handler and store.profile.driver == "apsw":
-            connection.set_busy_handler(fair_busy_handler(
+            set_handler = getattr(connection, "set_busy_handler", None) or connection.setbusyhandler  # apsw < 3.42
+            set_handler(fair_busy_handler(
                 self._default_timeout(), self.settings.busy_sleep_s, lambda: local.deadline))
 
     @hookimpl
@@ -247,7 +261,7 @@ class WriteGate:
         if operation.deadline is not None:
             timeout = min(timeout, operation.deadline - started)
         try:
-            outcome = gate.acquire(timeout, turn_s=self._turn_s)
+            outcome = gate.acquire(timeout, turn_s=self._turn_s, spin_s=self._spin_s)
         except Exception:  # the gate is an optimisation: a failure of its own never fails a write
             logger.exception("%s: write gate failed; using SQLite's own lock", store.path)
             outcome = Outcome.UNAVAILABLE
