@@ -258,12 +258,31 @@ class Profile:
         return self.settings.get(plugin, FrozenMap())
 
 
+#: What the built-in ``default`` adds when the stdlib ``sqlite3`` links a SQLite with the WAL-reset
+#: bug (:mod:`corestore.sqlitebugs`): the mitigation (site/plugins/checkpoint_governor.md).
+WAL_RESET_MITIGATION = ("checkpoint_governor", "write_gate")
+
+
+def _stdlib_has_wal_reset_bug() -> bool:
+    from .sqlitebugs import affecting
+
+    return any(bug.id == "wal-reset" for bug in affecting("sqlite3"))
+
+
+_MITIGATE_BY_DEFAULT = _stdlib_has_wal_reset_bug()
+
+
+def _builtin_default_plugins() -> list[str]:
+    return list(DEFAULT_PLUGINS) + (list(WAL_RESET_MITIGATION) if _MITIGATE_BY_DEFAULT else [])
+
+
 def _builtin_default_pragmas() -> dict[str, Any]:
     pragmas: dict[str, Any] = {
         "busy_timeout": 5000,
         "journal_mode": "wal",
         "synchronous": "full",
-        "wal_autocheckpoint": 1000,
+        # off where the governor mitigates the WAL-reset bug: SQLite's own checkpoints are PASSIVE
+        "wal_autocheckpoint": 0 if _MITIGATE_BY_DEFAULT else 1000,
     }
     if sys.platform == "darwin":  # plain fsync is not durable on macOS
         pragmas.update(fullfsync=1, checkpoint_fullfsync=1)
@@ -271,7 +290,7 @@ def _builtin_default_pragmas() -> dict[str, Any]:
 
 
 BUILTIN_PROFILES: Mapping[str, Mapping[str, Any]] = FrozenMap({
-    "default": {"plugins": list(DEFAULT_PLUGINS), "pragmas": _builtin_default_pragmas()},
+    "default": {"plugins": _builtin_default_plugins(), "pragmas": _builtin_default_pragmas()},
     "minimal": {"plugins": [], "pragmas": {"busy_timeout": 5000}},
 })
 
@@ -525,7 +544,8 @@ def _resolve_raw(config: Config | None, name: str, chain: tuple[str, ...]) -> di
 
 def _govern_manual_checkpoints(raw: dict[str, Any]) -> None:
     """A profile that enables ``wal_guard`` and turns SQLite's automatic checkpoints off
-    (``wal_autocheckpoint <= 0``) gets ``checkpoint_governor``, so its WAL can never grow unbounded."""
+    (``wal_autocheckpoint <= 0``) gets ``checkpoint_governor``, so its WAL can never grow unbounded
+    (even when the profile's ``disable`` names it: set ``wal_autocheckpoint`` > 0 to run without)."""
     plugins = list(raw.get("plugins") or ())
     auto = (raw.get("pragmas") or {}).get("wal_autocheckpoint")
     if "wal_guard" in plugins and "checkpoint_governor" not in plugins and isinstance(auto, int) \
@@ -572,6 +592,9 @@ def with_overrides(
     table: dict[str, Any] = {"enable": list(enable), "disable": list(disable), "settings": dict(settings or {})}
     _check_types(table, "corestore.open()")
     merged = _merge(raw, table)
+    governed = {"plugins": merged["plugins"], "pragmas": dict(profile.pragmas)}
+    _govern_manual_checkpoints(governed)  # disabling the governor never leaves a WAL unbounded
+    merged["plugins"] = governed["plugins"]
     parts = [f"{k}={table[k]!r}" for k in ("enable", "disable", "settings") if table[k]]
     origin = f"{profile.origin} + corestore.open({', '.join(parts)})"
     try:

@@ -173,7 +173,16 @@ def test_wal_autocheckpoint_off_in_a_profile_brings_the_governor(tmp_path: Path)
         assert store.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     finally:
         store.close()
-    plain = corestore.open(str(tmp_path / "plain.db"))
+    # disabling the governor while automatic checkpoints stay off does not leave the WAL unbounded
+    kept = corestore.open(str(tmp_path / "kept.db"), profile="manual", config=str(config),
+                          disable=["checkpoint_governor"])
+    try:
+        assert "checkpoint_governor" in kept.plugins
+    finally:
+        kept.close()
+    config.write_text('[profiles.auto]\nextends = "default"\ndisable = ["checkpoint_governor", "write_gate"]\n'
+                      '[profiles.auto.pragmas]\nwal_autocheckpoint = 1000\n')
+    plain = corestore.open(str(tmp_path / "plain.db"), profile="auto", config=str(config))
     try:
         assert "checkpoint_governor" not in plain.plugins
         assert plain.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
@@ -197,15 +206,20 @@ def test_governor_turns_automatic_checkpoints_off_and_bounds_the_wal_file(tmp_pa
 # -- the version gate and the WAL-reset mitigation -------------------------------------------------
 @pytest.mark.skipif(not STDLIB_AFFECTED, reason="the stdlib sqlite3 here links a fixed SQLite")
 def test_stdlib_sqlite_produces_the_finding(tmp_path: Path) -> None:
-    store = corestore.open(str(tmp_path / "app.db"))
+    store = corestore.open(str(tmp_path / "app.db"))  # the built-in default applies the mitigation
     try:
-        component = store.health().components["sqlite_version"]
+        assert {"checkpoint_governor", "write_gate"} <= set(store.plugins)
+        assert store.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        report = store.health()
+        component = report.components["sqlite_version"]
         assert [f["id"] for f in component.details["findings"]] == ["wal-reset"]
         assert component.details["sqlite_version"] == sqlite3.sqlite_version
         assert "apsw" in component.details["findings"][0]["advice"]
+        assert component.details["findings"][0]["mitigated"] is True
+        assert component.status is HealthStatus.UP and report.status is HealthStatus.UP  # advisory
     finally:
         store.close()
-    governed = _governed(tmp_path / "gov.db")  # the governor without the write gate
+    governed = corestore.open(str(tmp_path / "gov.db"), disable=["write_gate"])  # the governor without the gate
     try:
         component = governed.health().components["sqlite_version"]
         assert component.status is HealthStatus.DEGRADED
@@ -213,16 +227,6 @@ def test_stdlib_sqlite_produces_the_finding(tmp_path: Path) -> None:
         assert governed.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     finally:
         governed.close()
-    if HAS_WRITE_GATE:
-        gated = corestore.open(str(tmp_path / "gated.db"), enable=["write_gate", "checkpoint_governor"])
-        try:
-            component = gated.health().components["sqlite_version"]
-            assert component.status is HealthStatus.UP  # the mitigation holds: the finding is advisory
-            finding = component.details["findings"][0]
-            assert finding["id"] == "wal-reset" and finding["mitigated"] is True
-            assert gated.health().status is HealthStatus.UP
-        finally:
-            gated.close()
     # a read-only store (the offline `corestore health`) runs no checkpoint: nothing to mitigate
     reader = corestore.open(corestore.Profile(path=str(tmp_path / "gov.db"), read_only=True,
                                               plugins=("wal_guard", "checkpoint_governor")))
