@@ -75,8 +75,9 @@ def test_starving_reader_is_reported_and_the_wal_returns_under_target(tmp_path: 
             "starving_readers"] and c, "the governor to report the starving reader")
         assert component.status is HealthStatus.DEGRADED
         readers = component.details["starving_readers"]
-        assert [r["pid"] for r in readers] == [reader.proc.pid]
-        assert readers[0]["process"] and readers[0]["held_s"] >= 0
+        mine = [r for r in readers if r["pid"] == reader.proc.pid]  # (a health probe of ours may show too)
+        assert mine and mine[0]["process"]  # /proc/PID/comm of the reader
+        assert mine[0]["held_s"] >= 0
         assert "starved by reader" in component.summary and str(reader.proc.pid) in component.summary
         assert governor.stats()["checkpoints"] == 0  # no blocking checkpoint against the reader
         reader.end_transaction()
@@ -103,7 +104,7 @@ def test_readers_come_from_proc_locks_without_opening_shm(tmp_path: Path) -> Non
     try:
         store.database.execute_sql("INSERT INTO item (body) VALUES (x'01')")
         found = wal_readers(str(path))
-        assert [r["pid"] for r in found] == [reader.proc.pid] and 1 <= found[0]["slot"] <= 4
+        assert [r["pid"] for r in found] == [reader.proc.pid] and 0 <= found[0]["slot"] <= 4
         # no descriptor of this process points at -shm (the safety rule): the readers came from /proc/locks
         fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
                if os.path.exists(f"/proc/self/fd/{fd}")]

@@ -2,9 +2,11 @@
 
 A reader in WAL mode holds a shared POSIX lock on one of the read-mark bytes of the ``-shm``
 file for as long as its read transaction lasts (``wal.c``: ``WAL_READ_LOCK(I)`` is lock slot
-``3+I``; the unix VFS places slot ``n`` at byte ``120+n`` of ``-shm``). Slot 0 means "reading the
-database file only, the WAL is not needed"; slots 1..4 pin a snapshot that includes WAL frames,
-and a checkpoint cannot copy (RESTART/TRUNCATE: cannot reset) the WAL past the oldest of them.
+``3+I``; the unix VFS places slot ``n`` at byte ``120+n`` of ``-shm``). Slots 1..4 pin a snapshot
+that includes WAL frames: a checkpoint cannot copy the WAL past the oldest of them. Slot 0 means
+"reading the database file only": such a reader keeps the file's pages as they were, so a
+checkpoint cannot write into the file at all while it lasts (``walCheckpoint`` needs an exclusive
+lock on ``WAL_READ_LOCK(0)`` before it backfills). Both kinds starve a checkpoint.
 
 The kernel lists every POSIX lock in ``/proc/locks`` with the holder's pid and the file's device
 and inode, so the holders are known without opening ``-shm``: corestore never opens and closes
@@ -22,8 +24,8 @@ __all__ = ["READ_MARK_BYTES", "wal_readers", "process_name"]
 
 logger = logging.getLogger(__name__)
 
-#: Bytes of ``-shm`` locked by readers that pin WAL frames: WAL_READ_LOCK(1..4) (slots 4..7 at base 120).
-READ_MARK_BYTES = range(124, 128)
+#: Bytes of ``-shm`` locked by readers: WAL_READ_LOCK(0..4) (lock slots 3..7 at base 120).
+READ_MARK_BYTES = range(123, 128)
 _PROC_LOCKS = "/proc/locks"
 
 
@@ -36,7 +38,7 @@ def _file_id(path: str) -> tuple[int, int, int] | None:
 
 
 def wal_readers(db_path: str, *, locks_text: str | None = None) -> list[dict[str, Any]] | None:
-    """The readers pinning WAL frames of ``db_path``: ``[{"pid": int, "slot": 1..4}]`` (the
+    """The readers holding a snapshot of ``db_path``: ``[{"pid": int, "slot": 0..4}]`` (the
     calling process included: its own other connections), ``[]`` when none, None when the
     kernel does not say (no ``/proc/locks``). ``locks_text`` replaces the file (tests)."""
     ident = _file_id(db_path + "-shm")

@@ -20,8 +20,8 @@ What it does (``mode = "governed"``, the default):
 * A counter on the commit path (``on_success``; no system call) wakes the governor's thread every
   ``check_every`` operations; the thread also wakes every ``interval_s``. It ``stat``s ``-wal``;
   above ``target_wal_bytes`` it looks for readers pinning WAL frames in ``/proc/locks``
-  (:mod:`corestore_plugins._wal_readers`, never by opening ``-shm``; readers of other processes:
-  this process's own write transactions hold read marks too). With such a reader the
+  (:mod:`corestore_plugins._wal_readers`, never by opening ``-shm``), inside the write gate when
+  there is one (so this process's own read marks are readers', not its writers'). With such a reader the
   checkpoint could not complete and escalating would only stall the writers, so it runs none and
   reports the reader (pid, process, how long). Otherwise it runs ``TRUNCATE`` with a short busy
   timeout (``checkpoint_busy_ms``) inside the write gate (``write_gate`` plugin) when one is
@@ -275,18 +275,17 @@ class CheckpointGovernor:
             if wal <= self.settings.target_wal_bytes:
                 self._note_readers([])
                 return "under-target"
-            # this process's own read marks are left out: its write transactions hold one too (the
-            # write gate and SQLite's writer lock order them); a reader in another process is what
-            # starves a checkpoint, and that is what /proc/locks can name
-            me = os.getpid()
-            readers = [r for r in (wal_readers(store.path) or []) if r["pid"] != me]
-            if readers:
-                self._note_readers(readers)
-                with self._lock:
-                    self._counts["skipped_reader"] += 1
-                return "reader"
-            self._note_readers([])
             return self._checkpoint(store)
+
+    def _live_readers(self, store: Any, gate_held: bool) -> list[dict[str, Any]]:
+        """Readers that would make a checkpoint wait. Inside the write gate every read mark is a
+        reader's (corestore's writers, whose transactions hold one too, wait behind the gate); without
+        it this process's own marks are left out (they may be its own writers')."""
+        readers = wal_readers(store.path) or []
+        if not gate_held:
+            me = os.getpid()
+            readers = [r for r in readers if r["pid"] != me]
+        return readers
 
     def _checkpoint(self, store: Any) -> str:
         gate = store.plugins.get("write_gate")
@@ -297,6 +296,12 @@ class CheckpointGovernor:
                 with self._lock:
                     self._counts["skipped_gate"] += 1
                 return "gate"
+            readers = self._live_readers(store, bool(held))
+            self._note_readers(readers)
+            if readers:  # the checkpoint could not complete: escalating would only stall the writers
+                with self._lock:
+                    self._counts["skipped_reader"] += 1
+                return "reader"
             start = time.monotonic_ns()
             try:
                 result = store.checkpoint("TRUNCATE", busy_timeout_ms=self.settings.checkpoint_busy_ms,
