@@ -73,7 +73,7 @@ import threading
 import time
 from typing import Any, ClassVar
 
-__all__ = ["Gate", "Outcome", "GATE_SUFFIX", "SLOTS", "gate_for", "gate_path_for", "open_sidecar"]
+__all__ = ["Gate", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_for", "gate_path_for", "open_sidecar"]
 
 logger = logging.getLogger(__name__)
 
