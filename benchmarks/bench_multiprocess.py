@@ -372,7 +372,7 @@ def run(quick: bool) -> dict[str, Any]:
                 rows.append(skipped_row(f"contention.{sync}.{procs}x{n}", why))
                 continue
             profile = attrs.evolve(gated, pragmas={**gated.pragmas, "synchronous": sync})
-            pairs = 7 if quick or n > 1000 else 11
+            pairs = 11 if not quick and sync == "normal" and n <= 1000 else 7
             rows.extend(measure_contention(profile, sync, processes=procs, inserts=n, pairs=pairs))
     return {"rows": rows, "notes": [f"{processes} processes × {inserts} single-row inserts per sample; "
                                     "wall time from the first worker's start to the last worker's end",
