@@ -527,12 +527,16 @@ class Gate:
         finally:
             _unlock(fd, _META)
         t.ticket = ticket
-        if pred_done:
-            outcome = Outcome.HELD
-        elif _FUTEX is not None:
-            outcome = self._wait_futex(fd, ticket, deadline, spin)
-        else:
-            outcome = self._wait_helper(fd, ticket, deadline)
+        try:
+            if pred_done:
+                outcome = Outcome.HELD
+            elif _FUTEX is not None:
+                outcome = self._wait_futex(fd, ticket, deadline, spin)
+            else:
+                outcome = self._wait_helper(fd, ticket, deadline)
+        except BaseException:  # a failed wait (an fcntl error): leave the queue, never stall it
+            self._give_up(fd, ticket)
+            raise
         if outcome.held:
             if turn_s > 0 and round_s > 0:  # share a round among those waiting behind
                 waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1  # type: ignore[arg-type]
