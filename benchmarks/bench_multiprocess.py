@@ -308,15 +308,16 @@ def measure_contention(profile: corestore.Profile, sync: str, *, processes: int,
     return rows
 
 
-def measure_single_writer(base: corestore.Profile, *, transactions: int, pairs: int) -> dict[str, Any]:
-    """Row ``contention.single_writer``: what the gate costs one uncontended writer (default
-    profile with and without ``write_gate``, ``synchronous=NORMAL``, ``store.run()`` per insert)."""
+def measure_single_writer(base: corestore.Profile, *, transactions: int, pairs: int,
+                          sync: str = "normal") -> dict[str, Any]:
+    """Row ``contention.single_writer[.full]``: what the gate costs one uncontended writer (default
+    profile with and without ``write_gate``, ``store.run()`` per insert)."""
     root = bench_dir("gate-single")
     stores = []
     try:
         for name, plugins in (("plain", tuple(base.plugins)), ("gated", tuple(base.plugins) + ("write_gate",))):
             profile = attrs.evolve(base, path=os.path.join(root, f"{name}.db"), plugins=plugins,
-                                   pragmas={**base.pragmas, "synchronous": "normal"})
+                                   pragmas={**base.pragmas, "synchronous": sync})
             store = corestore.open(profile)
             store.database.execute_sql(SCHEMA)
             stores.append(store)
@@ -335,9 +336,10 @@ def measure_single_writer(base: corestore.Profile, *, transactions: int, pairs: 
         for store in stores:
             store.close()
         shutil.rmtree(root, ignore_errors=True)
-    return pair_row("contention.single_writer", samples, target="report", unit="µs/tx", scale=1e6,
-                    baseline="default profile, one writer, synchronous=normal",
-                    corestore="default profile + write_gate, one writer, synchronous=normal",
+    name = "contention.single_writer" + ("" if sync == "normal" else f".{sync}")
+    return pair_row(name, samples, target="report", unit="µs/tx", scale=1e6,
+                    baseline=f"default profile, one writer, synchronous={sync}",
+                    corestore=f"default profile + write_gate, one writer, synchronous={sync}",
                     transactions=transactions, gate_waits=gate_stats["waited"])
 
 
@@ -360,14 +362,17 @@ def run(quick: bool) -> dict[str, Any]:
         rows.append(skipped_row("contention.single_writer", why))
     else:
         rows.append(measure_single_writer(base, transactions=300 if quick else 2000, pairs=7 if quick else 11))
-    shapes = [(4, 25)] if quick else [(20, 220), (4, 5000)]
+        if not quick:
+            rows.append(measure_single_writer(base, transactions=300, pairs=11, sync="full"))
     for sync in ("normal", "full"):
+        # quick (CI): a smoke run of every row, a few seconds; full: the issue's two shapes
+        shapes = [(4, 25 if sync == "normal" else 10)] if quick else [(20, 220), (4, 5000)]
         for procs, n in shapes:
             if why:
                 rows.append(skipped_row(f"contention.{sync}.{procs}x{n}", why))
                 continue
             profile = attrs.evolve(gated, pragmas={**gated.pragmas, "synchronous": sync})
-            pairs = 7 if quick or n > 1000 else 11
+            pairs = 11 if not quick and sync == "normal" and n <= 1000 else 7
             rows.extend(measure_contention(profile, sync, processes=procs, inserts=n, pairs=pairs))
     return {"rows": rows, "notes": [f"{processes} processes × {inserts} single-row inserts per sample; "
                                     "wall time from the first worker's start to the last worker's end",

@@ -73,7 +73,7 @@ import threading
 import time
 from typing import Any, ClassVar
 
-__all__ = ["Gate", "Outcome", "GATE_SUFFIX", "SLOTS", "gate_for", "gate_path_for", "open_sidecar"]
+__all__ = ["Gate", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_for", "gate_path_for", "open_sidecar"]
 
 logger = logging.getLogger(__name__)
 
@@ -465,12 +465,14 @@ class Gate:
         t = getattr(self._local, "t", None)
         return t is not None and t.depth > 0
 
-    def acquire(self, timeout_s: float, *, turn_s: float = 0.0, spin_s: float = 0.0) -> Outcome:
+    def acquire(self, timeout_s: float, *, turn_s: float = 0.0, round_s: float = 0.0, spin_s: float = 0.0) -> Outcome:
         """Take the gate within ``timeout_s`` seconds (FIFO across threads and processes).
 
         ``turn_s`` > 0 opens a *turn*: until ``turn_s`` after the gate became ours, a
         :meth:`release` with ``linger_s`` keeps the place while others wait, and this thread's
-        next :meth:`acquire` resumes it without a hand-off. ``spin_s`` > 0: the next in line
+        next :meth:`acquire` resumes it without a hand-off. ``round_s`` > 0 shortens the turn to
+        ``round_s`` divided among the writers waiting behind when the gate became ours (so that a
+        whole round of turns takes about ``round_s``). ``spin_s`` > 0: the next in line
         stays on the CPU (yielding it) from ``spin_s`` before to ``spin_s`` after the end of its
         predecessor's turn instead of sleeping through it (a hand-off without a wake-up).
         """
@@ -493,13 +495,14 @@ class Gate:
                 self._proc.release()
             logger.debug("%s: gate descriptor: %s", self.path, err)
             return Outcome.UNAVAILABLE
-        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0, spin_s)
+        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0, spin_s, round_s)
         if outcome.held:
             t.depth = 1
             t.fd = fd
         return outcome
 
-    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float, spin: float) -> Outcome:
+    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float, spin: float,
+                          round_s: float) -> Outcome:
         if not self._meta_lock(fd, deadline):
             self._give_back(fd)
             return Outcome.TIMEOUT
@@ -524,13 +527,20 @@ class Gate:
         finally:
             _unlock(fd, _META)
         t.ticket = ticket
-        if pred_done:
-            outcome = Outcome.HELD
-        elif _FUTEX is not None:
-            outcome = self._wait_futex(fd, ticket, deadline, spin)
-        else:
-            outcome = self._wait_helper(fd, ticket, deadline)
+        try:
+            if pred_done:
+                outcome = Outcome.HELD
+            elif _FUTEX is not None:
+                outcome = self._wait_futex(fd, ticket, deadline, spin)
+            else:
+                outcome = self._wait_helper(fd, ticket, deadline)
+        except BaseException:  # a failed wait (an fcntl error): leave the queue, never stall it
+            self._give_up(fd, ticket)
+            raise
         if outcome.held:
+            if turn_s > 0 and round_s > 0:  # share a round among those waiting behind
+                waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1  # type: ignore[arg-type]
+                turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
             turn_end = time.monotonic() + turn_s
             t.turn_end = turn_end
             self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)

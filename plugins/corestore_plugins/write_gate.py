@@ -119,9 +119,12 @@ class WriteGate:
     ``timeout_s``         float none    Longest wait for the gate; none: the profile's
                                         ``busy_timeout``. An operation's deadline shortens it.
     ``checkpoints``       bool  true    ``store.checkpoint()`` takes the gate too.
-    ``turn_s``            float 0.001   A writer's turn: while it lasts (or while nobody waits) a
-                                        writer keeps its place between transactions and resumes
-                                        without a hand-off (0: hand off after each one).
+    ``turn_s``            float 0.005   The longest turn: while its turn lasts (or while nobody
+                                        waits) a writer keeps its place between transactions and
+                                        resumes without a hand-off (0: hand off after each one).
+    ``round_s``           float 0.01    A turn is at most ``round_s`` divided among the writers
+                                        waiting behind, so a round of turns takes about
+                                        ``round_s`` (0: every turn is ``turn_s``).
     ``linger_s``          float 0.0002  How long a kept place waits for its writer to come back
                                         before the next in line may take it over.
     ``spin_s``            float 0       The next in line yields the CPU instead of sleeping from
@@ -152,9 +155,14 @@ class WriteGate:
             metadata={"help": "apsw driver: a fair busy handler (short fixed sleeps to the deadline)"},
         )
         turn_s: float = attrs.field(
-            default=0.001, validator=non_negative_seconds,
-            metadata={"help": "a writer's turn: while it lasts, a writer that writes again within linger_s "
-                              "keeps the gate without a hand-off (0: hand off after every transaction)"},
+            default=0.005, validator=non_negative_seconds,
+            metadata={"help": "the longest turn: while its turn lasts (or nobody waits) a writer keeps its place "
+                              "between transactions and resumes without a hand-off (0: hand off after each one)"},
+        )
+        round_s: float = attrs.field(
+            default=0.01, validator=non_negative_seconds,
+            metadata={"help": "a round of turns: a writer's turn is at most round_s divided among the writers "
+                              "waiting behind it (and at most turn_s), bounding everyone's wait (0: turn_s)"},
         )
         linger_s: float = attrs.field(
             default=0.0002, validator=non_negative_seconds,
@@ -179,6 +187,7 @@ class WriteGate:
         self._stats_lock = threading.Lock()
         self._turn_s = self.settings.turn_s
         self._spin_s = self.settings.spin_s
+        self._round_s = self.settings.round_s
         self._timeout = 0.0  # set at the first connection (the profile's busy_timeout by default)
         self._counts: dict[str, Any] = {o.value: 0 for o in Outcome.ALL}  # by outcome; stats() names them
         self._counts.update(ungated_first=0, wait_s_total=0.0, wait_s_max=0.0)
@@ -261,7 +270,7 @@ class WriteGate:
         if operation.deadline is not None:
             timeout = min(timeout, operation.deadline - started)
         try:
-            outcome = gate.acquire(timeout, turn_s=self._turn_s, spin_s=self._spin_s)
+            outcome = gate.acquire(timeout, turn_s=self._turn_s, round_s=self._round_s, spin_s=self._spin_s)
         except Exception:  # the gate is an optimisation: a failure of its own never fails a write
             logger.exception("%s: write gate failed; using SQLite's own lock", store.path)
             outcome = Outcome.UNAVAILABLE
