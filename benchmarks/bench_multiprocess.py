@@ -7,11 +7,20 @@ barrier, then insert; the sample is the wall time from the first worker's start 
 worker's end (``time.monotonic`` is system-wide on Linux and macOS). Process creation and opening
 are outside the timed region. After each sample the row count and ``PRAGMA integrity_check`` are
 verified. Run with ``synchronous`` NORMAL and FULL (the default profile's own setting).
+
+The ``contention.*`` rows (issue 19) compare raw ``sqlite3`` (``busy_timeout=5000``, ``BEGIN
+IMMEDIATE``) with the default profile plus the ``write_gate`` plugin, for 20×220 and 4×5000 and both
+``synchronous`` modes, and report for each side: throughput, the per-transaction latency measured
+inside each worker (p50, p99, p99.9, max, over every transaction of the sample) and fairness, the
+spread of the processes' finish times over the wall time (0: all finish together). Each figure is
+the median over alternated pairs of its per-pair ratio (or, for the spread, of its per-sample value).
 """
 from __future__ import annotations
 
+import array
 import multiprocessing
 import os
+import statistics
 import shutil
 import sqlite3
 import sys
@@ -23,7 +32,7 @@ import attrs
 import corestore
 from corestore.profiles import resolve_profile
 
-from ._runner import bench_dir, measure_pairs, missing_plugins, pair_row, skipped_row
+from ._runner import PairSamples, bench_dir, evaluate, measure_pairs, missing_plugins, pair_row, skipped_row
 
 __all__ = ["run"]
 
@@ -75,17 +84,81 @@ def _store_worker(profile: corestore.Profile, worker: int, n: int, barrier: Any,
         results.put((worker, 0.0, 0.0, f"{type(err).__name__}: {err}", 0))
 
 
+def _timed_raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n: int, barrier: Any, results: Any) -> None:
+    """The raw side of the contention rows: every transaction timed inside the worker."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+        for name, value in pragmas:
+            conn.execute(f"PRAGMA {name} = {value}")
+        lat = array.array("d", bytes(8 * n))
+        clock = time.monotonic
+        barrier.wait(_BARRIER_TIMEOUT_S)
+        busy = 0
+        start = clock()
+        for i in range(n):
+            t0 = clock()
+            while True:  # what an application does when BEGIN IMMEDIATE outlasts busy_timeout: try again
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as err:
+                    if getattr(err, "sqlite_errorcode", None) != 5:  # SQLITE_BUSY
+                        raise
+                    busy += 1
+            conn.execute(INSERT, (worker, i, PAYLOAD))
+            conn.execute("COMMIT")
+            lat[i] = clock() - t0
+        end = clock()
+        conn.close()
+        results.put((worker, start, end, None, busy, lat.tobytes()))
+    except BaseException as err:  # reported to the parent, which fails the sample
+        results.put((worker, 0.0, 0.0, f"{type(err).__name__}: {err}", 0, b""))
+
+
+def _timed_store_worker(profile: corestore.Profile, worker: int, n: int, barrier: Any, results: Any) -> None:
+    """The corestore side of the contention rows: ``store.run()`` per insert, each timed."""
+    try:
+        store = corestore.open(profile)
+        execute = store.database.execute_sql
+        lat = array.array("d", bytes(8 * n))
+        clock = time.monotonic
+        barrier.wait(_BARRIER_TIMEOUT_S)
+        start = clock()
+        for i in range(n):
+            t0 = clock()
+            store.run(lambda i=i: execute(INSERT, (worker, i, PAYLOAD)))
+            lat[i] = clock() - t0
+        end = clock()
+        retries = store.stats()["retries"]
+        store.close()
+        results.put((worker, start, end, None, retries, lat.tobytes()))
+    except BaseException as err:
+        results.put((worker, 0.0, 0.0, f"{type(err).__name__}: {err}", 0, b""))
+
+
+def _percentile(sorted_values: Any, q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted values, nearest rank."""
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
+    return float(sorted_values[k])
+
+
 class _Runner:
     """Runs one sample at a time for one side and one synchronous mode, in fresh files."""
 
-    def __init__(self, root: str, profile: corestore.Profile, *, processes: int, inserts: int) -> None:
+    def __init__(self, root: str, profile: corestore.Profile, *, processes: int, inserts: int,
+                 timed: bool = False) -> None:
         self.root = root
         self.profile = profile
+        self.timed = timed
+        self.metrics: dict[str, list[dict[str, float]]] = {"raw": [], "corestore": []}
         self.processes = processes
         self.inserts = inserts
         self.ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.counter = 0
         self.retries = 0
+        self.raw_busy = 0  # raw BEGIN IMMEDIATE that failed with BUSY after busy_timeout (then tried again)
 
     def _fresh(self, side: str) -> str:
         self.counter += 1
@@ -105,10 +178,10 @@ class _Runner:
         for w in range(self.processes):
             if side == "raw":
                 args: tuple[Any, ...] = (path, _ordered_pragmas(self.profile.pragmas), w, self.inserts, barrier, results)
-                target = _raw_worker
+                target = _timed_raw_worker if self.timed else _raw_worker
             else:
                 args = (attrs.evolve(self.profile, path=path), w, self.inserts, barrier, results)
-                target = _store_worker
+                target = _timed_store_worker if self.timed else _store_worker
             p = self.ctx.Process(target=target, args=args, daemon=True)
             p.start()
             procs.append(p)
@@ -120,10 +193,30 @@ class _Runner:
             raise RuntimeError(f"{side} workers failed: {errors[:3]}")
         if side != "raw":
             self.retries += sum(g[4] for g in got)
+        elif self.timed:
+            self.raw_busy += sum(g[4] for g in got)
         wall = max(g[2] for g in got) - min(g[1] for g in got)
+        if self.timed:
+            self.metrics[side].append(self._metrics(got, wall))
         self._verify(path)
         self._remove(path)
         return wall
+
+    def _metrics(self, got: list[Any], wall: float) -> dict[str, float]:
+        lat = array.array("d")
+        for g in got:
+            lat.frombytes(g[5])
+        ordered = sorted(lat)
+        ends = [g[2] for g in got]
+        return {
+            "wall_s": wall,
+            "throughput_tps": len(ordered) / wall if wall else float("nan"),
+            "p50_ms": _percentile(ordered, 0.50) * 1e3,
+            "p99_ms": _percentile(ordered, 0.99) * 1e3,
+            "p999_ms": _percentile(ordered, 0.999) * 1e3,
+            "max_ms": ordered[-1] * 1e3 if ordered else float("nan"),
+            "spread": (max(ends) - min(ends)) / wall if wall else float("nan"),
+        }
 
     def _verify(self, path: str) -> None:
         conn = sqlite3.connect(path, isolation_level=None)
@@ -138,7 +231,7 @@ class _Runner:
 
     @staticmethod
     def _remove(path: str) -> None:
-        for suffix in ("", "-wal", "-shm", ".corestore-lock"):
+        for suffix in ("", "-wal", "-shm", ".corestore-lock", ".corestore-gate"):
             try:
                 os.unlink(path + suffix)
             except FileNotFoundError:
@@ -168,6 +261,88 @@ def measure(profile: corestore.Profile, label: str, *, processes: int, inserts: 
     )
 
 
+#: The issue-19 targets: figure -> (target on the median of the per-pair ratio gate/raw, or on the
+#: gate's own median for ``spread``). NORMAL and FULL differ only in the wall-time target.
+_CONTENTION_TARGETS = {"p999_ms": "<= 0.2", "max_ms": "<= 0.2", "spread": "<= 0.3"}
+_WALL_TARGET = {"normal": "<= 0.8", "full": "<= 1.0"}
+_FIGURES = ("wall_s", "throughput_tps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "spread")
+
+
+def measure_contention(profile: corestore.Profile, sync: str, *, processes: int, inserts: int,
+                       pairs: int) -> list[dict[str, Any]]:
+    """Rows ``contention.<sync>.<P>x<N>.<figure>``: raw sqlite3 against ``profile`` (the default
+    profile with ``write_gate``), alternated pairs, every figure from the same samples."""
+    root = bench_dir("contention")
+    try:
+        runner = _Runner(root, profile, processes=processes, inserts=inserts, timed=True)
+        measure_pairs(runner.raw, runner.corestore, pairs=pairs, warmup=0)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    raw, gate = runner.metrics["raw"], runner.metrics["corestore"]
+    shape = f"{processes}x{inserts}"
+    common = {"processes": processes, "inserts_per_process": inserts, "pragmas": dict(profile.pragmas),
+              "plugins": list(profile.plugins), "corestore_retries": runner.retries,
+              "raw_busy_errors": runner.raw_busy,
+              "raw_medians": {f: statistics.median(m[f] for m in raw) for f in _FIGURES},
+              "corestore_medians": {f: statistics.median(m[f] for m in gate) for f in _FIGURES}}
+    base_label = f"raw sqlite3, busy_timeout=5000, BEGIN IMMEDIATE, synchronous={sync}"
+    cs_label = f"store.run(), default profile + write_gate, synchronous={sync}"
+    rows: list[dict[str, Any]] = []
+    units = {"wall_s": "s", "throughput_tps": "tx/s", "p50_ms": "ms", "p99_ms": "ms", "p999_ms": "ms",
+             "max_ms": "ms", "spread": ""}
+    for figure in _FIGURES:
+        name = f"contention.{sync}.{shape}.{figure}"
+        target = _WALL_TARGET[sync] if figure == "wall_s" else _CONTENTION_TARGETS.get(figure)
+        samples = PairSamples()
+        for i, (b, c) in enumerate(zip(raw, gate)):
+            samples.baseline.append(b[figure])
+            samples.corestore.append(c[figure])
+            samples.baseline_first.append(i % 2 == 0)
+        row = pair_row(name, samples, target=None if figure == "spread" else target, unit=units[figure],
+                       baseline=base_label, corestore=cs_label,
+                       note="higher is better" if figure == "throughput_tps" else "", **common)
+        if figure == "spread":  # fairness is judged on the gate's own value, not on a ratio
+            row["target"] = target
+            row["met"] = evaluate(row["corestore_median"], target)
+        rows.append(row)
+    return rows
+
+
+def measure_single_writer(base: corestore.Profile, *, transactions: int, pairs: int,
+                          sync: str = "normal") -> dict[str, Any]:
+    """Row ``contention.single_writer[.full]``: what the gate costs one uncontended writer (default
+    profile with and without ``write_gate``, ``store.run()`` per insert)."""
+    root = bench_dir("gate-single")
+    stores = []
+    try:
+        for name, plugins in (("plain", tuple(base.plugins)), ("gated", tuple(base.plugins) + ("write_gate",))):
+            profile = attrs.evolve(base, path=os.path.join(root, f"{name}.db"), plugins=plugins,
+                                   pragmas={**base.pragmas, "synchronous": sync})
+            store = corestore.open(profile)
+            store.database.execute_sql(SCHEMA)
+            stores.append(store)
+
+        def sample(store: corestore.Store) -> float:
+            execute = store.database.execute_sql
+            store.checkpoint("TRUNCATE")
+            start = time.perf_counter()
+            for i in range(transactions):
+                store.run(lambda i=i: execute(INSERT, (0, i, PAYLOAD)))
+            return (time.perf_counter() - start) / transactions
+
+        samples = measure_pairs(lambda: sample(stores[0]), lambda: sample(stores[1]), pairs=pairs)
+        gate_stats = stores[1].plugin("write_gate").stats()
+    finally:
+        for store in stores:
+            store.close()
+        shutil.rmtree(root, ignore_errors=True)
+    name = "contention.single_writer" + ("" if sync == "normal" else f".{sync}")
+    return pair_row(name, samples, target="report", unit="µs/tx", scale=1e6,
+                    baseline=f"default profile, one writer, synchronous={sync}",
+                    corestore=f"default profile + write_gate, one writer, synchronous={sync}",
+                    transactions=transactions, gate_waits=gate_stats["waited"])
+
+
 def run(quick: bool) -> dict[str, Any]:
     processes, inserts = (8, 25) if quick else (20, 220)
     base = resolve_profile("default", config=None, path="")
@@ -181,5 +356,26 @@ def run(quick: bool) -> dict[str, Any]:
         profile = attrs.evolve(base, pragmas={**base.pragmas, "synchronous": sync})
         pairs = 15 if sync == "normal" and not quick else 7  # NORMAL samples are short and noisy: more pairs
         rows.append(measure(profile, name, processes=processes, inserts=inserts, pairs=pairs))
+    gated = attrs.evolve(base, plugins=tuple(base.plugins) + ("write_gate",))
+    why = missing_plugins(gated.plugins)
+    if why:
+        rows.append(skipped_row("contention.single_writer", why))
+    else:
+        rows.append(measure_single_writer(base, transactions=300 if quick else 2000, pairs=7 if quick else 11))
+        if not quick:
+            rows.append(measure_single_writer(base, transactions=300, pairs=11, sync="full"))
+    for sync in ("normal", "full"):
+        # quick (CI): a smoke run of every row, a few seconds; full: the issue's two shapes
+        shapes = [(4, 25 if sync == "normal" else 10)] if quick else [(20, 220), (4, 5000)]
+        for procs, n in shapes:
+            if why:
+                rows.append(skipped_row(f"contention.{sync}.{procs}x{n}", why))
+                continue
+            profile = attrs.evolve(gated, pragmas={**gated.pragmas, "synchronous": sync})
+            pairs = 11 if not quick and sync == "normal" and n <= 1000 else 7
+            rows.extend(measure_contention(profile, sync, processes=procs, inserts=n, pairs=pairs))
     return {"rows": rows, "notes": [f"{processes} processes × {inserts} single-row inserts per sample; "
-                                    "wall time from the first worker's start to the last worker's end"]}
+                                    "wall time from the first worker's start to the last worker's end",
+                                    "contention.*: raw sqlite3 vs the default profile + write_gate; latency per "
+                                    "transaction measured inside each worker; spread = (last finish - first "
+                                    "finish) / wall time (0: all finish together)"]}

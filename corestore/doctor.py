@@ -210,7 +210,39 @@ def diagnose(
     space_finding(real, st.st_size + (wal_stat.st_size if wal_stat else 0), add)
     filesystem_finding(real, header, mountinfo, add)
     _quarantine_finding(real, add)
+    _version_gate_finding(add)
     return done()
+
+
+def _version_gate_finding(add: Callable[[Finding], None]) -> None:
+    """The known SQLite corruption bugs of each driver this Python can use (the version gate,
+    :mod:`corestore.sqlitebugs`): INFO, since the doctor cannot know which driver the
+    application uses; the application's own health carries it as a finding of its store."""
+    from .sqlitebugs import affecting, linked_version
+
+    drivers = ["sqlite3"]
+    try:
+        import apsw  # noqa: F401
+
+        drivers.append("apsw")
+    except ImportError:
+        pass
+    versions = {d: linked_version(d) for d in drivers}
+    bugs = {d: affecting(versions[d]) for d in drivers}
+    details = {d: {"sqlite_version": versions[d], "bugs": [b.to_dict() for b in bugs[d]]} for d in drivers}
+    hit = [d for d in drivers if bugs[d]]
+    if not hit:
+        add(Finding(check="sqlite_version", severity=Severity.OK,
+                    message="; ".join(f"{d}: SQLite {versions[d]}, no known corruption bug" for d in drivers),
+                    details=details))
+        return
+    text = "; ".join(f"{d}: SQLite {versions[d]} has {', '.join(b.id + ' (' + b.page + ', fixed in ' + b.fixed_in + ')' for b in bugs[d])}"
+                     for d in hit)
+    fixed = [d for d in drivers if not bugs[d]]
+    advice = bugs[hit[0]][0].advice
+    if fixed:
+        advice = f"driver {fixed[0]!r} links a fixed SQLite ({versions[fixed[0]]}): use it; " + advice
+    add(Finding(check="sqlite_version", severity=Severity.INFO, message=text, advice=advice, details=details))
 
 
 def _header_findings(header: Any, size: int, wal_stat: os.stat_result | None, add: Callable[[Finding], None]) -> None:

@@ -15,7 +15,8 @@ __all__ = ["Operation", "Violation"]
 class Operation:
     """One unit of work as plugins see it.
 
-    ``kind`` is ``"read" | "write" | "open" | "checkpoint"``; ``name`` an optional label
+    ``kind`` is ``"read" | "write" | "open" | "checkpoint" | "backup"`` (``backup``: a copy of
+    the database through the backup API, which only reads it); ``name`` an optional label
     from the caller; ``attempt`` counts from 1 across ``run()`` retries; ``started`` and
     ``deadline`` are ``time.monotonic()`` values (``deadline`` None when unbounded).
     """

@@ -274,6 +274,17 @@ def _resolve_raw(config: Config | None, name: str, chain: tuple[str, ...]) -> di
     return _merge(base, table)
 
 
+def _govern_manual_checkpoints(raw: dict[str, Any]) -> None:
+    """A profile that enables ``wal_guard`` and turns SQLite's automatic checkpoints off
+    (``wal_autocheckpoint <= 0``) gets ``checkpoint_governor``, so its WAL can never grow unbounded
+    (even when the profile's ``disable`` names it: set ``wal_autocheckpoint`` > 0 to run without)."""
+    plugins = list(raw.get("plugins") or ())
+    auto = (raw.get("pragmas") or {}).get("wal_autocheckpoint")
+    if "wal_guard" in plugins and "checkpoint_governor" not in plugins and isinstance(auto, int) \
+            and not isinstance(auto, bool) and auto <= 0:
+        raw["plugins"] = plugins + ["checkpoint_governor"]
+
+
 def resolve_profile(
     name: str,
     *,
@@ -288,6 +299,7 @@ def resolve_profile(
         raw = _merge(raw, binding.overrides)
         origin = f"{config.source}: [databases.{binding.name}]" if config else origin
     raw["path"] = path
+    _govern_manual_checkpoints(raw)
     return Profile.from_mapping(raw, name=name, origin=origin,
                                 config_dir=os.path.dirname(config.source) if config else None)
 
@@ -314,6 +326,9 @@ def with_overrides(
     table: dict[str, Any] = {"enable": list(enable), "disable": list(disable), "settings": dict(settings or {})}
     _check_types(table, "corestore.open()")
     merged = _merge(raw, table)
+    governed = {"plugins": merged["plugins"], "pragmas": dict(profile.pragmas)}
+    _govern_manual_checkpoints(governed)  # disabling the governor never leaves a WAL unbounded
+    merged["plugins"] = governed["plugins"]
     parts = [f"{k}={table[k]!r}" for k in ("enable", "disable", "settings") if table[k]]
     origin = f"{profile.origin} + corestore.open({', '.join(parts)})"
     try:

@@ -23,6 +23,7 @@ __all__ = [
     "RetryPolicy",
     "BUILTIN_PROFILES",
     "DEFAULT_PLUGINS",
+    "WAL_RESET_MITIGATION",
     "DRIVERS",
     "KNOWN_PRAGMAS",
     "validate_pragma",
@@ -242,12 +243,31 @@ class Profile:
         return table
 
 
+#: What the built-in ``default`` adds when the stdlib ``sqlite3`` links a SQLite with the WAL-reset
+#: bug (:mod:`corestore.sqlitebugs`): the mitigation (site/plugins/checkpoint_governor.md).
+WAL_RESET_MITIGATION = ("checkpoint_governor", "write_gate")
+
+
+def _stdlib_has_wal_reset_bug() -> bool:
+    from .sqlitebugs import affecting
+
+    return any(bug.id == "wal-reset" for bug in affecting("sqlite3"))
+
+
+_MITIGATE_BY_DEFAULT = _stdlib_has_wal_reset_bug()
+
+
+def _builtin_default_plugins() -> list[str]:
+    return list(DEFAULT_PLUGINS) + (list(WAL_RESET_MITIGATION) if _MITIGATE_BY_DEFAULT else [])
+
+
 def _builtin_default_pragmas() -> dict[str, Any]:
     pragmas: dict[str, Any] = {
         "busy_timeout": 5000,
         "journal_mode": "wal",
         "synchronous": "full",
-        "wal_autocheckpoint": 1000,
+        # off where the governor mitigates the WAL-reset bug: SQLite's own checkpoints are PASSIVE
+        "wal_autocheckpoint": 0 if _MITIGATE_BY_DEFAULT else 1000,
     }
     if sys.platform == "darwin":  # plain fsync is not durable on macOS
         pragmas.update(fullfsync=1, checkpoint_fullfsync=1)
@@ -255,6 +275,6 @@ def _builtin_default_pragmas() -> dict[str, Any]:
 
 
 BUILTIN_PROFILES: Mapping[str, Mapping[str, Any]] = FrozenMap({
-    "default": {"plugins": list(DEFAULT_PLUGINS), "pragmas": _builtin_default_pragmas()},
+    "default": {"plugins": _builtin_default_plugins(), "pragmas": _builtin_default_pragmas()},
     "minimal": {"plugins": [], "pragmas": {"busy_timeout": 5000}},
 })

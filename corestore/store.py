@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
@@ -33,6 +32,7 @@ from .operation import Operation
 from .profiles import Profile
 from .raising import note_fault
 from .registry import build_hook_caller, env_plugins
+from .sqlitebugs import version_component
 from .statements import with_connection
 from .transaction import BEGIN, _Txn, lock_name, noop, run
 
@@ -152,38 +152,40 @@ class Store:
             self._stats["reopens"] += 1
         return self.database.invalidate()
 
-    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
-        """Run ``PRAGMA wal_checkpoint(mode)``; returns SQLite's (busy, log, checkpointed)."""
+    def checkpoint(self, mode: str = "PASSIVE", *, busy_timeout_ms: int | None = None,
+                   name: str | None = None) -> tuple[int, int, int]:
+        """Run ``PRAGMA wal_checkpoint(mode)``; returns SQLite's (busy, log, checkpointed).
+
+        ``busy_timeout_ms`` bounds, for this checkpoint only, how long FULL/RESTART/TRUNCATE wait
+        for the writer lock and for readers (the connection's own busy timeout is restored after).
+        """
         mode = mode.upper()
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise ConfigError(f"{self.path}: checkpoint mode {mode!r} is not allowed; allowed: PASSIVE, FULL, RESTART, TRUNCATE")
-        row = with_connection(self, "checkpoint", lambda conn: conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
+
+        def run(conn: Any) -> Any:
+            if busy_timeout_ms is None:
+                return conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            before = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+            conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout_ms))}")
+            try:
+                return conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {before}")
+
+        row = with_connection(self, "checkpoint", run, name=name)
         return (int(row[0]), int(row[1]), int(row[2]))
 
-    def backup(self, dest: str | os.PathLike[str]) -> str:
-        """Copy the database online to ``dest`` through SQLite's backup API; returns the path."""
-        dest = os.fspath(dest)
+    def backup(self, dest: str | os.PathLike[str], *, verify: str = "quick_check",
+               progress: Callable[[int, int], None] | None = None, step_pages: int = 256) -> str:
+        """Copy the database online to ``dest`` through SQLite's backup API, verified: a temporary
+        file beside ``dest``, fsynced, checked with ``verify`` (``"quick_check"`` or
+        ``"integrity_check"``), then renamed into place (see :mod:`corestore.backup`). Refuses a
+        ``dest`` with a ``-wal``/``-journal`` beside it or that is open. ``progress(copied, total)``
+        is called after each step of ``step_pages`` pages. Returns the path written."""
+        from .backup import run_backup
 
-        def copy(conn: Any) -> None:
-            if self.profile.driver == "apsw":
-                import apsw
-
-                target = apsw.Connection(dest)
-                try:
-                    with target.backup("main", conn, "main") as b:
-                        while not b.done:
-                            b.step(1024)
-                finally:
-                    target.close()
-            else:
-                target = sqlite3.connect(dest)
-                try:
-                    conn.backup(target)
-                finally:
-                    target.close()
-
-        with_connection(self, "checkpoint", copy, name="backup")
-        return dest
+        return str(run_backup(self, dest, verify=verify, progress=progress, step_pages=step_pages)["path"])
 
     def stats(self) -> dict[str, Any]:
         """Core counters: transactions, reads, retries, busy waits, faults (and by kind),
@@ -209,7 +211,7 @@ class Store:
         if probe and not getattr(self._fault_scope, "depth", 0):
             self._maybe_probe()
         with self._health_lock:
-            components = [self._database_component()] + self.hooks.on_health(self)
+            components = [self._database_component(), version_component(self)] + self.hooks.on_health(self)
             report = HealthReport.from_components(components, database=self.path, profile=self.profile.name)
             previous, self._last_status = self._last_status, report.status
             self._last_report = report

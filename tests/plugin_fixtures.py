@@ -245,3 +245,16 @@ class CommitCallback:
     def on_commit_invariant(self, store: Any, connection: Any, operation: Any) -> None:
         while AFTER_COMMIT:
             AFTER_COMMIT.pop(0)()
+
+
+class ForeignKeysOff:
+    """Turns foreign_keys off in on_open, before wal_guard's read-back (tests the generalised read-back)."""
+
+    name = "t_fk_off"
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    @hookimpl(tryfirst=True)
+    def on_open(self, store: Any, connection: Any) -> None:
+        connection.execute("PRAGMA foreign_keys = 0")

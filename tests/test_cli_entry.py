@@ -87,7 +87,7 @@ def test_importing_the_doctor_registers_nothing_and_loads_no_plugin() -> None:
         assert "corestore.cli" not in sys.modules, "the doctor must not import the CLI"
         import corestore.cli
         names = list(corestore.cli.COMMANDS)
-        assert names == ["plugins", "profiles", "demo", "doctor", "health"], names
+        assert names == ["plugins", "profiles", "demo", "doctor", "health", "backup"], names
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("corestore_plugins", "corestore_contrib"))
         assert not loaded, loaded
         print("ok")

@@ -141,7 +141,7 @@ def test_report_aggregates_the_worst_component(tmp_path: Path, plugins) -> None:
     flap = store.plugin("t_h_flap")
     first = store.health()
     assert first.status is HealthStatus.UP
-    assert list(first.components) == ["database", "health", "t_h_flap"]  # core first, then profile order
+    assert list(first.components) == ["database", "sqlite_version", "health", "t_h_flap"]  # the core's two first, then profile order
     assert first.database == store.path and first.profile == "test"
     assert first.checked_at.tzinfo is not None
     assert first.components["database"].summary == "probe ok"
@@ -352,7 +352,7 @@ def test_snapshot_after_the_first_report_and_at_close(tmp_path: Path) -> None:
     assert health.flush()
     snap = read_snapshot(health.snapshot_file)
     assert snap["status"] == "up" and snap["database"] == store.path and snap["profile"] == "test"
-    assert set(snap["components"]) == {"database", "health"}
+    assert set(snap["components"]) == {"database", "sqlite_version", "health"}
     meta = snap["snapshot"]
     assert meta["schema"] == 1 and meta["pid"] == os.getpid() and meta["closed"] is False
     assert set(meta) == {"schema", "pid", "host", "written_at", "closed", "transitions"}

@@ -154,7 +154,7 @@ def test_live_check_of_a_path_and_the_json_schema(tmp_path: Path, env: dict[str,
     assert rc == 0
     assert set(data) == {"status", "database", "profile", "checked_at", "components", "source", "not_checked", "exit_code"}
     assert data["status"] == "up" and data["profile"] == "plain" and data["source"] == {"kind": "live"}
-    assert list(data["components"]) == ["database", "health"]
+    assert list(data["components"]) == ["database", "health", "sqlite_version"]
     for component in data["components"].values():
         assert set(component) == {"status", "summary", "details"}
         assert component["status"] in ("unknown", "up", "degraded", "down")

@@ -230,7 +230,7 @@ def test_hook_on_commit_invariant(tmp_path: Path, plugins, caplog: pytest.LogCap
 def test_hook_on_health(tmp_path: Path, plugins) -> None:
     store = open_with(tmp_path / "a.db", "t_raiser", "t_recorder", "t_toggle")
     report = store.health()
-    assert set(report.components) == {"database", "t_raiser", "t_recorder", "t_toggle"}
+    assert set(report.components) == {"database", "sqlite_version", "t_raiser", "t_recorder", "t_toggle"}
     assert report.components["t_raiser"].status is HealthStatus.UNKNOWN
     assert "t_raiser on_health" in report.components["t_raiser"].summary
     assert report.components["t_recorder"].summary == "rec"

@@ -9,6 +9,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+from corestore import profiles
+
 import corestore
 from corestore import ConfigError, PluginError, Profile
 from corestore.profiles import load_config, resolve_profile
@@ -37,9 +39,12 @@ def test_profile_is_frozen_hashable_and_evolvable(tmp_path: Path) -> None:
 
 def test_builtin_profiles() -> None:
     default = resolve_profile("default", config=None, path="x.db")
-    assert default.plugins == ("wal_guard", "wal_invariants", "circuit_breaker", "health")
+    # on a stdlib SQLite with the WAL-reset bug the default carries the mitigation (issue 20)
+    mitigation = profiles.WAL_RESET_MITIGATION if profiles._MITIGATE_BY_DEFAULT else ()
+    assert default.plugins == ("wal_guard", "wal_invariants", "circuit_breaker", "health") + mitigation
     assert default.pragmas["journal_mode"] == "wal" and default.pragmas["synchronous"] == "full"
-    assert default.pragmas["busy_timeout"] == 5000 and default.pragmas["wal_autocheckpoint"] == 1000
+    assert default.pragmas["busy_timeout"] == 5000
+    assert default.pragmas["wal_autocheckpoint"] == (0 if mitigation else 1000)
     assert resolve_profile("minimal", config=None, path="x.db").plugins == ()
 
 
@@ -72,7 +77,8 @@ def test_extends_enable_disable_and_merge(tmp_path: Path) -> None:
     """)
     config = load_config(cfg)
     ingest = resolve_profile("ingest", config=config, path="x.db")
-    assert ingest.plugins == ("wal_guard", "wal_invariants", "circuit_breaker", "accounting")
+    mitigation = profiles.WAL_RESET_MITIGATION if profiles._MITIGATE_BY_DEFAULT else ()
+    assert ingest.plugins == ("wal_guard", "wal_invariants", "circuit_breaker") + mitigation + ("accounting",)
     assert ingest.pragmas["busy_timeout"] == 7000 and ingest.pragmas["journal_mode"] == "wal"
     assert ingest.retry.budget_s == 2.5
     binding = config.databases["events"]

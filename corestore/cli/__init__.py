@@ -1,5 +1,5 @@
-"""The ``corestore`` command line: ``plugins``, ``profiles``, ``demo``, ``doctor`` and ``health``,
-plus the commands of the ``corestore.cli`` entry-point group. ``--json`` everywhere; exit codes
+"""The ``corestore`` command line: ``plugins``, ``profiles``, ``demo``, ``doctor``, ``health`` and
+``backup``, plus the commands of the ``corestore.cli`` entry-point group. ``--json`` everywhere; exit codes
 0 UP, 1 DEGRADED, 2 DOWN, 64 usage or config error.
 
 The CLI reads ``--config``, else ``$CORESTORE_CONFIG``, else ``./corestore.toml`` when present
@@ -31,6 +31,7 @@ from ..check import check_profile
 from ..errors import ConfigError, PluginError, StoreError
 from ..health import HealthStatus
 from ..profiles import BUILTIN_PROFILES, load_config, resolve_profile
+from . import backup as _backup
 from . import doctor as _doctor
 from . import health as _health
 from ._common import EXIT_USAGE, AddArguments, Parser, Run, add_command, config_path, emit
@@ -277,6 +278,7 @@ COMMANDS.update({
     "demo": ("run a short multi-threaded write workload on an embedded database and report", _demo_args, run_demo),
     "doctor": (_doctor.HELP, _doctor.add_arguments, _doctor.run_doctor),
     "health": (_health.HELP, _health.add_arguments, _health.run_health),
+    "backup": (_backup.HELP, _backup.add_arguments, _backup.run_backup),
 })
 
 

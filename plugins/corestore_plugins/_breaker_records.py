@@ -157,5 +157,8 @@ _DONE = object()  # the in-flight marker of an operation whose outcome was count
 _CLOSED = BreakerState.CLOSED
 
 
+_READ_KINDS = ("read", "backup")  # a backup only reads the database
+
+
 def _lane_of(op: Any) -> str:
-    return "read" if op is not None and op.kind == "read" else "write"
+    return "read" if op is not None and op.kind in _READ_KINDS else "write"

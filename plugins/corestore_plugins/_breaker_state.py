@@ -26,7 +26,7 @@ __all__ = ["Breaker", "breaker_for"]
 logger = logging.getLogger("corestore_plugins.circuit_breaker")
 
 from ._breaker_records import (
-    _CLOSED, _DONE, _TRANSITIONS_KEPT, LANES, NAME, BreakerState, Transition, _Flight, _Lane, _lane_of,
+    _CLOSED, _DONE, _TRANSITIONS_KEPT, LANES, NAME, BreakerState, Transition, _Flight, _Lane, _lane_of, _READ_KINDS,
 )
 
 
@@ -232,7 +232,7 @@ class Breaker:
     def record_success(self, op: Any) -> None:
         """Count a successful outcome of ``op`` (once per operation)."""
         key = id(op)
-        read = op.kind == "read"
+        read = op.kind in _READ_KINDS
         lane = self._read if read else self._write
         if self._state is _CLOSED and lane.consecutive == 0 and lane.window is None:
             # The steady state, without the lock: nothing to reset, nothing to record but the

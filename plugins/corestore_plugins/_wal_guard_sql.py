@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 _RETRIED = frozenset({ErrorKind.BUSY, ErrorKind.TRANSIENT_IO, ErrorKind.FATAL_IO})
 _PROTOCOL = 15
 _CANTOPEN = 14
-_SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3, "0": 0, "1": 1, "2": 2, "3": 3}
-_SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 _RESYNC_SQL = "SELECT count(*) FROM sqlite_master"
 
 

@@ -199,7 +199,7 @@ class Quarantine:
         record = self._record
         if record is None:
             return
-        if self.settings.allow_reads and (operation.kind == "read" or operation.name == "backup"):
+        if self.settings.allow_reads and operation.kind in ("read", "backup"):
             return
         self._refused += 1
         what = "reads and writes are" if not self.settings.allow_reads else "writes are"

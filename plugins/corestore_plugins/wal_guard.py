@@ -31,9 +31,10 @@ other plugin sees the connection):
    profile sets ``fallback = "delete"`` and the header does not say WAL; otherwise it is an error
    that says what happened and what to do. An allowed downgrade logs one WARNING and makes the
    health component DEGRADED with the reason.
-5. ``busy_timeout``, ``synchronous``, ``wal_autocheckpoint`` (1000 unless the profile sets it) and
-   ``journal_size_limit`` are read back and compared with the profile; a mismatch is an error
-   naming the pragma.
+5. Every pragma the profile sets is read back and compared (:mod:`corestore_plugins._pragma_readback`
+   lists the few that cannot be), and ``wal_autocheckpoint`` (1000 unless the profile sets it; 0
+   when ``checkpoint_governor`` is enabled, which owns checkpoints); a mismatch is an error naming
+   the pragma. Later changes are ``pragma_guard``'s business.
 
 No close-time checkpoint: SQLite checkpoints and removes ``-wal`` on the last close by itself.
 """
@@ -64,9 +65,11 @@ from corestore.sqlitefile import SqliteHeader, file_size, read_header
 from corestore.settings import at_least_field, integer_at_least, non_negative_seconds, one_of
 
 from ._wal_guard_sql import (
-    _RESYNC_SQL, _RETRIED, _SYNCHRONOUS, _SYNCHRONOUS_NAMES, _classification, _describe_header, _is_core_cantopen,
+    _RESYNC_SQL, _RETRIED, _classification, _describe_header, _is_core_cantopen,
     _is_database_error, _is_protocol, _mode, _pragma_value,
 )
+
+from ._pragma_readback import describe, expected_pragmas, read_back
 
 __all__ = ["WalGuard", "DEFAULT_WAL_AUTOCHECKPOINT", "FALLBACK_MODES"]
 
@@ -79,6 +82,7 @@ FALLBACK_MODES = ("none", "delete")
 _FALLBACK_MEANINGS = {"none": "never leave WAL: refuse the open",
                       "delete": "rollback-journal mode, only on a permanent WAL incompatibility of a file not yet in WAL"}
 
+_GOVERNOR = "checkpoint_governor"  # when enabled it owns checkpoints: wal_autocheckpoint is 0, not 1000
 
 
 class WalGuard:
@@ -94,9 +98,9 @@ class WalGuard:
     | ``backoff_base_s`` | float | ``0.05`` | delay after the first failed attempt; doubles per attempt, jittered (between half and all of it). |
     | ``backoff_max_s`` | float | ``1.0`` | ceiling of one delay between attempts (>= ``backoff_base_s``). |
 
-    Pragmas verified on every connection (from the profile's ``pragmas``): ``busy_timeout``,
-    ``synchronous``, ``journal_size_limit`` when the profile sets them, and ``wal_autocheckpoint``
-    (``1000`` unless the profile sets another value).
+    Pragmas verified on every connection: every pragma the profile's ``pragmas`` set (except the
+    few :mod:`corestore_plugins._pragma_readback` cannot read back), and ``wal_autocheckpoint``
+    (``1000`` unless the profile sets another value; ``0`` with ``checkpoint_governor``).
 
     State, also in the health component's details: :attr:`switched_by_this_process`,
     :attr:`switches`, :attr:`fallback` and :attr:`fallback_reason`.
@@ -403,39 +407,29 @@ class WalGuard:
             )
 
     # -- pragmas -----------------------------------------------------------------------------
-    def _expected_pragmas(self, store: Any) -> dict[str, int]:
+    def _expected_pragmas(self, store: Any) -> dict[str, Any]:
         if self._expected is None:
-            pragmas = store.profile.pragmas
-            out: dict[str, int] = {}
-            if "busy_timeout" in pragmas:
-                out["busy_timeout"] = int(pragmas["busy_timeout"])
-            if "synchronous" in pragmas:
-                out["synchronous"] = _SYNCHRONOUS[str(pragmas["synchronous"]).lower()]
-            autocheckpoint = int(pragmas.get("wal_autocheckpoint", DEFAULT_WAL_AUTOCHECKPOINT))
-            out["wal_autocheckpoint"] = max(autocheckpoint, 0)  # SQLite reads 0 back for any value <= 0
-            if "journal_size_limit" in pragmas:
-                out["journal_size_limit"] = max(int(pragmas["journal_size_limit"]), -1)  # < -1 reads back -1
-            self._expected = out
+            self._expected = expected_pragmas(store, wal_guard_defaults=True)
         return self._expected
 
     def _verify_pragmas(self, store: Any, conn: Any) -> None:
+        """Read back every pragma the profile sets (:mod:`corestore_plugins._pragma_readback`)."""
         expected = self._expected_pragmas(store)
-        if "wal_autocheckpoint" not in store.profile.pragmas:
+        if _GOVERNOR in store.plugins:
+            conn.execute("PRAGMA wal_autocheckpoint = 0").fetchall()
+        elif "wal_autocheckpoint" not in store.profile.pragmas:
             conn.execute(f"PRAGMA wal_autocheckpoint = {DEFAULT_WAL_AUTOCHECKPOINT}").fetchall()
-        for name, want in expected.items():
-            got = _pragma_value(conn, f"PRAGMA {name}")
-            if got is None or int(got) != want:
-                asked = store.profile.pragmas.get(name, want)
-                shown = f"{want} ({_SYNCHRONOUS_NAMES.get(want, want)})" if name == "synchronous" else str(want)
-                raise FatalError(
-                    f"{store.path}: PRAGMA {name} reads back {got!r}, but profile {store.profile.name!r} sets "
-                    f"{name} = {asked!r} (expected {shown}). Something changed it on this connection after the "
-                    "core applied it (another plugin's on_open, the application), or this SQLite does not accept "
-                    f"the value; the connection is refused.",
-                    classification=_classification(ErrorKind.ENVIRONMENT, "PRAGMA_MISMATCH",
-                                                    f"{name}: expected {want}, read back {got}"),
-                    committed=False, path=store.path,
-                )
+        for name, want, got in read_back(conn, expected):
+            asked = store.profile.pragmas.get(name, want)
+            raise FatalError(
+                f"{store.path}: PRAGMA {name} reads back {got!r}, but profile {store.profile.name!r} sets "
+                f"{name} = {asked!r} (expected {describe(name, want)}). Something changed it on this connection after the "
+                "core applied it (another plugin's on_open, the application), or this SQLite does not accept "
+                f"the value; the connection is refused.",
+                classification=_classification(ErrorKind.ENVIRONMENT, "PRAGMA_MISMATCH",
+                                                f"{name}: expected {want}, read back {got}"),
+                committed=False, path=store.path,
+            )
 
     # -- health ------------------------------------------------------------------------------
     @hookimpl

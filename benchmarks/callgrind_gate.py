@@ -1,0 +1,74 @@
+"""Instructions per uncontended write transaction with and without ``write_gate`` (issue 19).
+
+Not a benchmark module (no ``run``): a measurement script for valgrind's callgrind, which counts
+user-space instructions (the gate's fcntl and futex system calls are kernel time, not counted:
+the wall-time row ``contention.single_writer`` covers them). Usage::
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m benchmarks.callgrind_gate PROFILE N DIR
+
+``PROFILE`` is ``default`` or ``gate`` (the default profile + write_gate), ``N`` the number of
+single-row ``store.run()`` inserts; the instructions per transaction are the difference between
+``N`` and ``0`` divided by ``N`` (``python -m benchmarks.callgrind_gate --compare DIR`` does it).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import attrs
+
+import corestore
+from corestore.profiles import resolve_profile
+
+__all__ = ["main"]
+
+
+def _workload(which: str, n: int, directory: str) -> None:
+    base = resolve_profile("default", config=None, path="")
+    plugins = tuple(base.plugins) + (("write_gate",) if which == "gate" else ())
+    path = os.path.join(directory, f"cg-{which}-{n}-{os.getpid()}.db")
+    profile = attrs.evolve(base, path=path, plugins=plugins, pragmas={**base.pragmas, "synchronous": "normal"})
+    store = corestore.open(profile)
+    ex = store.database.execute_sql
+    ex("CREATE TABLE IF NOT EXISTS event (id INTEGER PRIMARY KEY, n INTEGER, payload TEXT)")
+    for _ in range(50):  # warm: every code path imported and cached
+        store.run(lambda: ex("INSERT INTO event (n, payload) VALUES (?, ?)", (0, "y" * 64)))
+    for i in range(n):
+        store.run(lambda i=i: ex("INSERT INTO event (n, payload) VALUES (?, ?)", (i, "y" * 64)))
+    store.close()
+    for suffix in ("", "-wal", "-shm", ".corestore-lock", ".corestore-gate"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def _instructions(which: str, n: int, directory: str) -> int:
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
+         "benchmarks.callgrind_gate", which, str(n), directory],
+        capture_output=True, text=True, check=True,
+    )
+    match = re.search(r"Collected\s*:\s*([\d,]+)", proc.stderr)
+    if match is None:
+        raise RuntimeError(f"no instruction count in valgrind's output: {proc.stderr[-500:]}")
+    return int(match.group(1).replace(",", ""))
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--compare":
+        directory = argv[1] if len(argv) > 1 else tempfile.gettempdir()
+        n = 2000
+        for which in ("default", "gate"):
+            per = (_instructions(which, n, directory) - _instructions(which, 0, directory)) / n
+            print(f"{which}: {per:,.0f} instructions per transaction")
+        return 0
+    _workload(argv[0], int(argv[1]), argv[2])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
