@@ -73,7 +73,8 @@ import threading
 import time
 from typing import Any, ClassVar
 
-__all__ = ["Gate", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_for", "gate_path_for", "open_sidecar"]
+__all__ = ["Gate", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_for", "gate_path_for", "open_sidecar",
+           "reset_gates_after_fork"]
 
 logger = logging.getLogger(__name__)
 
@@ -817,6 +818,7 @@ _gates_lock = threading.Lock()
 
 def gate_for(db_path: str) -> Gate:
     """The process-wide :class:`Gate` of ``db_path`` (a real path): one per file per process."""
+    reset_gates_after_fork()  # a no-op unless this is a forked child whose stores all were closed
     with _gates_lock:
         gate = _gates.get(db_path)
         if gate is None:
@@ -824,11 +826,17 @@ def gate_for(db_path: str) -> Gate:
         return gate
 
 
-def _reset_after_fork() -> None:
-    global _gates_lock
+_reset_in_pid = os.getpid()
+
+
+def reset_gates_after_fork() -> None:
+    """In a forked child: drop every gate's process state (descriptors, locks, helper threads:
+    the parent's). Called by the plugin's ``on_fork_child`` (once per store; the first call in
+    each process does the work)."""
+    global _gates_lock, _reset_in_pid
+    if _reset_in_pid == os.getpid():
+        return
+    _reset_in_pid = os.getpid()
     _gates_lock = threading.Lock()
     for gate in _gates.values():
         gate._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)

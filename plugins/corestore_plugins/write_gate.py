@@ -41,32 +41,20 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import attrs
 
 from corestore import HealthComponent, HealthStatus, hookimpl
-from corestore.settings import boolean, non_negative_seconds
+from corestore.forking import refusal_for
+from corestore.settings import boolean, non_negative_seconds, number, optional
 
-from ._write_gate_ticket import Gate, Outcome, gate_for
+from ._write_gate_ticket import Gate, Outcome, gate_for, reset_gates_after_fork
 
 __all__ = ["WriteGate", "fair_busy_handler"]
 
 logger = logging.getLogger(__name__)
 
-
-
-def _optional_seconds(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None:
-        non_negative_seconds(instance, attribute, value)
-
-
-def _positive_seconds(instance: Any, attribute: Any, value: Any) -> None:
-    non_negative_seconds(instance, attribute, value)
-    if value == 0:
-        from corestore.errors import ConfigError
-
-        raise ConfigError(f"{attribute.name} = {value!r} must be a number > 0 (seconds)")
 
 
 def fair_busy_handler(timeout_s: float, sleep_s: float, deadline_of: Any = None) -> Any:
@@ -144,7 +132,7 @@ class WriteGate:
         """Settings of :class:`WriteGate`."""
 
         timeout_s: float | None = attrs.field(
-            default=None, validator=_optional_seconds,
+            default=None, validator=optional(non_negative_seconds),
             metadata={"help": "longest wait for the gate (none: the profile's busy_timeout); a deadline shortens it"},
         )
         checkpoints: bool = attrs.field(
@@ -175,11 +163,15 @@ class WriteGate:
                               "spin_s after the end of the current turn, instead of sleeping (0: always sleep)"},
         )
         busy_sleep_s: float = attrs.field(
-            default=0.001, validator=_positive_seconds, metadata={"help": "the fair busy handler's fixed sleep"},
+            default=0.001, validator=number(0, low_inclusive=False, unit="seconds"), metadata={"help": "the fair busy handler's fixed sleep"},
         )
 
-    def __init__(self, settings: "WriteGate.Settings | None" = None) -> None:
+    def __init__(self, settings: "WriteGate.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds, monotonic) times the waits the plugin counts and the shortened busy
+        wait; the gate itself keeps to :func:`time.monotonic` (its times are shared across processes)."""
         self.settings = settings if settings is not None else self.Settings()
+        self.clock = clock
         self._gate: Gate | None = None
         self._store: Any = None
         self._busy_ms = 0
@@ -265,7 +257,9 @@ class WriteGate:
             with self._stats_lock:
                 self._counts["ungated_first"] += 1
             return  # this thread's first operation opens its connection (maybe under the init lock)
-        started = time.monotonic()
+        if refusal_for(store.path) is not None:
+            return  # a forked child that may not use this file: the core refuses it at once, no wait
+        started = self.clock()
         timeout = self._timeout
         if operation.deadline is not None:
             timeout = min(timeout, operation.deadline - started)
@@ -280,7 +274,7 @@ class WriteGate:
         with self._stats_lock:
             counts[outcome.value] += 1
             if outcome is Outcome.WAITED or outcome is Outcome.TIMEOUT:
-                waited = time.monotonic() - started
+                waited = self.clock() - started
                 counts["wait_s_total"] += waited
                 if waited > counts["wait_s_max"]:
                     counts["wait_s_max"] = waited
@@ -324,6 +318,14 @@ class WriteGate:
             self._restore_busy_wait()
 
     @hookimpl
+    def on_fork_child(self, store: Any) -> None:
+        """In a forked child (the core calls it): the gates' descriptors, locks and helper threads
+        belong to the parent (reset once per process), and so do this plugin's per-thread holds."""
+        reset_gates_after_fork()
+        self._local = threading.local()
+        self._stats_lock = threading.Lock()
+
+    @hookimpl
     def on_health(self, store: Any) -> HealthComponent:
         """UP: the gate's state and the admission counters (no I/O)."""
         stats = self.stats()
@@ -354,7 +356,7 @@ class WriteGate:
         operation ends on time (a BUSY that ends it is SQLite's, classified as usual)."""
         local = self._state()
         conn = local.conn
-        remaining_ms = max(0, int((budget_end - time.monotonic()) * 1000))
+        remaining_ms = max(0, int((budget_end - self.clock()) * 1000))
         local.deadline = budget_end
         if not (self.settings.apsw_busy_handler and store.profile.driver == "apsw"):
             try:
