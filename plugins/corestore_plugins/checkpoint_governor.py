@@ -49,7 +49,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import attrs
 
@@ -107,14 +107,19 @@ class CheckpointGovernor:
         wal_reset_mitigation: bool = attrs.field(default=True, validator=boolean, metadata={
             "help": "on a SQLite with the WAL-reset bug: checkpoints only under the write gate, busy = breach"})
 
-    def __init__(self, settings: "CheckpointGovernor.Settings | None" = None) -> None:
+    def __init__(self, settings: "CheckpointGovernor.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds, monotonic) dates the last checkpoint and how long readers have held
+        a snapshot; the checkpoint history's ``start_ns``/``end_ns`` stay :func:`time.monotonic_ns`."""
         self.settings = settings if settings is not None else CheckpointGovernor.Settings()
+        self.clock = clock
         self._store: Any = None
         self._lock = threading.Lock()
         self._round_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._restart = False  # set in a forked child: start a thread of its own on first use
         self._ops = 0  # the commit-path counter (approximate across threads: it only paces checks)
         self._affected = False
         self._counts = {"checks": 0, "checkpoints": 0, "completed": 0, "busy": 0, "breaches": 0, "errors": 0,
@@ -166,7 +171,7 @@ class CheckpointGovernor:
         out.update(mode=self.settings.mode, target_wal_bytes=self.settings.target_wal_bytes, wal_bytes=wal,
                    wal_frames=self._frames(store, wal), starving_readers=starving)
         if last is not None:
-            last["age_s"] = round(time.monotonic() - last.pop("at_monotonic"), 3)
+            last["age_s"] = round(self.clock() - last.pop("at_monotonic"), 3)
         out["last_checkpoint"] = last
         return out
 
@@ -203,10 +208,27 @@ class CheckpointGovernor:
     def on_store_open(self, store: Any) -> None:
         """Start the governor thread (governed mode, a writable file, ``interval_s`` > 0)."""
         self._store = store
+        self._start(store)
+
+    def _start(self, store: Any) -> None:
         if (self.settings.mode == "governed" and not store.memory and not store.profile.read_only):
             self._thread = threading.Thread(target=self._loop, name=f"corestore-governor:{os.path.basename(store.path)}",
                                             daemon=True)
             self._thread.start()
+
+    @hookimpl
+    def on_fork_child(self, store: Any) -> None:
+        """In a forked child (the core calls it): the governor thread and its locks are the
+        parent's. No thread is started here (a fork handler must not); a child that writes gets its
+        own at its ``check_every``-th operation (the parent's keeps governing the file meanwhile)."""
+        self._lock = threading.Lock()
+        self._round_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._restart = self._thread is not None and not store.closed
+        self._thread = None
+        self._readers = {}
+        self._starving = []
 
     @hookimpl
     def on_success(self, store: Any, operation: Any) -> None:
@@ -214,6 +236,9 @@ class CheckpointGovernor:
         self._ops += 1
         if self._ops >= self.settings.check_every:
             self._ops = 0
+            if self._restart:  # a forked child that uses the store: its own governor thread, started here
+                self._restart = False
+                self._start(store)
             self._wake.set()
 
     @hookimpl
@@ -315,7 +340,7 @@ class CheckpointGovernor:
             entry = {"start_ns": start, "end_ns": end, "mode": "TRUNCATE", "result": result, "gate_held": bool(held),
                      "error": error}
             self._history.append(entry)
-            self._last = {"at_monotonic": time.monotonic(), "result": result, "error": error, "gate_held": bool(held)}
+            self._last = {"at_monotonic": self.clock(), "result": result, "error": error, "gate_held": bool(held)}
             if error is not None:
                 self._counts["errors"] += 1
                 outcome = "error"
@@ -333,7 +358,7 @@ class CheckpointGovernor:
         return outcome
 
     def _note_readers(self, readers: list[dict[str, Any]]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             seen = {(r["pid"], r["slot"]) for r in readers}
             self._readers = {k: v for k, v in self._readers.items() if k in seen}

@@ -31,7 +31,7 @@ import sqlite3
 import sys
 import threading
 import time
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import attrs
 
@@ -79,8 +79,13 @@ class Maintenance:
         quick_check_budget_s: float = attrs.field(default=1.0, validator=non_negative_seconds, metadata={
             "help": "a quick_check is interrupted after this long (result 'incomplete')"})
 
-    def __init__(self, settings: "Maintenance.Settings | None" = None) -> None:
+    def __init__(self, settings: "Maintenance.Settings | None" = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds, monotonic) schedules the periodic jobs and times them; a job's
+        ``at`` is wall time and the quick_check budget SQLite's progress handler enforces stays
+        :func:`time.monotonic`."""
         self.settings = settings if settings is not None else Maintenance.Settings()
+        self.clock = clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,6 +176,14 @@ class Maintenance:
             self._thread.join(self.settings.quick_check_budget_s + 10)
 
     @hookimpl
+    def on_fork_child(self, store: Any) -> None:
+        """In a forked child (the core calls it): the periodic thread and the lock are the
+        parent's; the child runs no periodic job (the parent keeps running them on the file)."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    @hookimpl
     def on_health(self, store: Any) -> HealthComponent:
         """The last results (no I/O): DOWN when a quick_check found damage, DEGRADED when the last
         optimize failed."""
@@ -189,7 +202,7 @@ class Maintenance:
 
     # -- internals -------------------------------------------------------------------------------
     def _record(self, job: str, fn: Any, extra: dict[str, Any]) -> dict[str, Any]:
-        started, at = time.monotonic(), time.time()
+        started, at = self.clock(), time.time()
         result: dict[str, Any] = {"at": at, **extra}
         try:
             fn()
@@ -202,31 +215,31 @@ class Maintenance:
                 result["outcome"] = "damaged"  # SQLite stopped the check itself: the file is damaged
                 result["problems"] = [f"{c.name}: {c.message}"]
             logger.warning("%s: maintenance %s failed: %s", getattr(self._store, "path", "?"), job, result["error"])
-        result["duration_s"] = round(time.monotonic() - started, 4)
+        result["duration_s"] = round(self.clock() - started, 4)
         with self._lock:
             self._results[job] = dict(result)
         return result
 
     def _loop(self) -> None:
         s = self.settings
-        now = time.monotonic()
+        now = self.clock()
         due = {"optimize": now + s.optimize_interval_s if s.optimize_interval_s > 0 else None,
                "quick_check": now + s.quick_check_interval_s if s.quick_check_interval_s > 0 else None}
         while True:
             pending = [t for t in due.values() if t is not None]
-            if not pending or self._stop.wait(max(0.0, min(pending) - time.monotonic())):
+            if not pending or self._stop.wait(max(0.0, min(pending) - self.clock())):
                 return
             store = self._store
             if store is None or store.closed:
                 return
-            now = time.monotonic()
+            now = self.clock()
             try:
                 if due["optimize"] is not None and now >= due["optimize"]:
                     self.optimize(store)
-                    due["optimize"] = time.monotonic() + s.optimize_interval_s
+                    due["optimize"] = self.clock() + s.optimize_interval_s
                 if due["quick_check"] is not None and now >= due["quick_check"]:
                     self.quick_check(store)
-                    due["quick_check"] = time.monotonic() + s.quick_check_interval_s
+                    due["quick_check"] = self.clock() + s.quick_check_interval_s
             except Exception:  # never die silently
                 logger.exception("%s: maintenance round failed", store.path)
 

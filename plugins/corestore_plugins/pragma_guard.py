@@ -105,6 +105,13 @@ class PragmaGuard:
         return None
 
     @hookimpl
+    def on_fork_child(self, store: Any) -> None:
+        """In a forked child (the core calls it): a new lock; the drift found on the parent's
+        connections is the parent's (the child opens connections of its own)."""
+        self._lock = threading.Lock()
+        self._drift = {}
+
+    @hookimpl
     def on_health(self, store: Any) -> HealthComponent:
         """DEGRADED while any connection reports a pragma other than the profile's (no I/O)."""
         drift = self.drift()

@@ -66,7 +66,7 @@ from corestore.settings import at_least_field, integer_at_least, non_negative_se
 
 from ._wal_guard_sql import (
     _RESYNC_SQL, _RETRIED, _classification, _describe_header, _is_core_cantopen,
-    _is_database_error, _is_protocol, _mode, _pragma_value,
+    _is_database_error, _is_protocol, _mode,
 )
 
 from ._pragma_readback import describe, expected_pragmas, read_back
