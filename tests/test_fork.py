@@ -442,3 +442,32 @@ def test_apsw_store_follows_the_same_rule(db_path: str) -> None:
     assert refused["ok"] is False and refused["type"] == "FatalError" and "fork" in refused["message"]
     assert count(db_path) == 2
     store.close()
+
+
+# -- issue 20's plugins in a forked child --------------------------------------------------------
+def test_write_gate_and_governor_start_afresh_in_a_forked_child(db_path: str) -> None:
+    store = corestore.open(db_path, setup=schema, enable=["write_gate", "checkpoint_governor"])
+    for who in ("parent", "parent2"):
+        insert(store, who)
+    plugin = store.plugin("write_gate")
+    gate = plugin.gate
+    assert gate is not None and gate.snapshot()["available"]
+    gated_in_parent = plugin.stats()["gated"]
+
+    def child(ch: Forked) -> dict[str, Any]:
+        before = gate.snapshot()  # on_fork_child dropped the parent's descriptors and mapping
+        for i in range(3):
+            insert(store, f"child{i}")  # the store was idle at fork(): the child may use it
+        after = gate.snapshot()
+        gated = store.plugin("write_gate").stats()["gated"]
+        store.close()
+        return {"before": before["available"], "after": after["available"], "gated": gated}
+
+    result = Forked(child).result()
+    assert result["ok"], result
+    value = result["value"]
+    assert value["before"] is False and value["after"] is True, value
+    assert value["gated"] > gated_in_parent, value  # the child's writes went through its own gate
+    insert(store, "parent3")  # the parent's gate still works after the fork
+    assert count(db_path) == 6
+    store.close()
