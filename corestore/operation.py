@@ -8,7 +8,7 @@ from typing import Any, Literal, Mapping
 
 import attrs
 
-__all__ = ["Operation", "Violation", "OperationKind"]
+__all__ = ["Operation", "Outcome", "Violation", "OperationKind", "SUCCEEDED"]
 
 OperationKind = Literal["read", "write", "open", "batch", "checkpoint"]
 _KINDS = ("read", "write", "open", "batch", "checkpoint")
@@ -32,6 +32,44 @@ class Operation:
     @property
     def is_write(self) -> bool:
         return self.kind != "read"
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class Outcome:
+    """How one operation ended, as ``after_operation`` receives it (its ``outcome`` argument).
+
+    ``error`` is the exception the caller saw (a :class:`~corestore.StoreError` with its
+    ``classification`` for database errors; the caller's own exception as raised; a
+    :class:`~corestore.CircuitOpenError` when a ``before_operation`` refused it), None on success.
+    ``retrying`` is True when ``run()`` will try the unit again: an attempt whose error the caller
+    never sees (BUSY, TRANSIENT_IO within the retry budget). Built only when some plugin asks for
+    the ``outcome`` argument; every success shares :data:`SUCCEEDED`.
+    """
+
+    error: BaseException | None = None
+    retrying: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the operation succeeded (committed, or the read finished)."""
+        return self.error is None
+
+    @property
+    def classification(self) -> Any:
+        """The error's :class:`~corestore.Classification` (None on success or for an error that is
+        not the database's, e.g. the caller's own exception)."""
+        return getattr(self.error, "classification", None)
+
+    @property
+    def committed(self) -> bool | None:
+        """True on a successful write; else the error's ``committed`` (False when it has none)."""
+        if self.error is None:
+            return True
+        return getattr(self.error, "committed", False)
+
+
+#: The outcome of every operation that succeeded.
+SUCCEEDED = Outcome()
 
 
 def _freeze_evidence(value: Mapping[str, Any] | None) -> Mapping[str, Any]:

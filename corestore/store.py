@@ -141,17 +141,22 @@ class _Txn:
     def __enter__(self) -> "_Txn":
         try:
             return self.store._begin(self)
-        except BaseException:
+        except BaseException as err:
             if self.report and self.op is not None and not self.nested:
-                self.store.hooks.after_operation(self.store, self.op)
+                self.store.hooks.after_operation(self.store, self.op, err)
             raise
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        error = exc
         try:
             return self.store._end(self, exc)
+        except BaseException as err:
+            error = err
+            raise
         finally:  # run() reports its own attempts (report=False)
             if self.report and self.op is not None and not self.nested:
-                self.store.hooks.after_operation(self.store, self.op)
+                self.store.hooks.after_operation(self.store, self.op, error)
+            error = None  # the traceback holds this frame: no cycle through it
 
     def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # decorator use, like peewee
         import functools
@@ -320,15 +325,19 @@ class Store:
                            deadline=None if deadline_s is None else started + deadline_s)
             txn = _Txn(self, kind, lock_type="DEFERRED" if read else "IMMEDIATE", name=name, op=op, report=False)
             result: Any = None
+            error: BaseException | None = None
+            delay: float | None = None
             try:
                 with txn:
                     result = fn()
                     txn.result = result
                 return result
             except InvariantViolation as err:
+                error = err
                 err.result = txn.result
                 raise
             except StoreError as err:
+                error = err
                 c = err.classification
                 if c is None or not self._may_retry(err, c, attempts, policy, deadline, idempotent):
                     if c is not None and c.is_fault:
@@ -341,9 +350,13 @@ class Store:
                 n = attempts[c.kind]
                 delay = min(policy.max_delay_s, policy.base_delay_s * (2 ** (n - 1)))
                 delay = random.uniform(delay / 2, delay)
-                time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            except BaseException as err:
+                error = err
+                raise
             finally:
-                self.hooks.after_operation(self, op)
+                self.hooks.after_operation(self, op, error, delay is not None)
+                error = None  # no reference cycle through the traceback
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
 
     def _may_retry(self, err: StoreError, c: Classification, attempts: dict[ErrorKind, int], policy: Any,
                    deadline: float, idempotent: bool) -> bool:
@@ -643,6 +656,7 @@ class Store:
             raise QueryError(f"{self.path}: {name or kind} cannot run inside a transaction",
                              classification=Classification(kind=ErrorKind.PROGRAMMING, name="IN_TRANSACTION"), path=self.path)
         op = Operation(kind=kind, name=name)
+        error: BaseException | None = None
         try:
             self.hooks.before_operation(self, op)
             record = self._acquire_for(op, True)
@@ -652,8 +666,12 @@ class Store:
                 raise self._failed(err, op, committed=False, report=True) from err
             finally:
                 self.database.release(record)
+        except BaseException as err:
+            error = err
+            raise
         finally:
-            self.hooks.after_operation(self, op)
+            self.hooks.after_operation(self, op, error)
+            error = None  # no reference cycle through the traceback
 
     # -- statements outside transactions -----------------------------------------------------
     def _autocommit(self, execute: Callable[..., Any], sql: str, params: Any, is_read: bool,
@@ -669,6 +687,7 @@ class Store:
         op = None
         if hooks.has_operation_hooks or hooks.has_on_fatal:
             op = Operation(kind="read" if is_read else "write", name="statement")
+        error: BaseException | None = None
         try:
             if hooks.has_before_operation:
                 hooks.before_operation(self, op)
@@ -693,8 +712,12 @@ class Store:
             elif hooks.has_on_success:
                 hooks.on_success(self, op)
             return cursor
+        except BaseException as err:
+            error = err
+            raise
         finally:
-            hooks.after_operation(self, op)
+            hooks.after_operation(self, op, error)
+            error = None  # no reference cycle through the traceback
 
     # -- errors ---------------------------------------------------------------------------------
     def _classify(self, err: BaseException, op: Operation | None) -> Classification:
