@@ -306,9 +306,17 @@ def _version() -> str:
         return __version__
 
 
+#: Entry-point group of modules that add CLI commands (each registers itself with :func:`command`
+#: when imported), e.g. ``serve-health = "some_package.some_module"``.
+CLI_ENTRY_POINT_GROUP = "corestore.cli"
+
+
 def _load_optional_commands() -> None:
-    """Import the modules that register more commands (doctor, health)."""
+    """Import the modules that register more commands: the core's (doctor, health), then every
+    entry point of the ``corestore.cli`` group. One that fails to import is logged and left out:
+    a broken extension must not take the rest of the CLI down."""
     import importlib
+    import importlib.metadata
 
     for module in ("corestore.doctor",):
         try:
@@ -316,6 +324,13 @@ def _load_optional_commands() -> None:
         except ModuleNotFoundError as err:
             if err.name != module:
                 raise
+    for ep in importlib.metadata.entry_points(group=CLI_ENTRY_POINT_GROUP):
+        if ep.name in COMMANDS:
+            continue
+        try:
+            ep.load()
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            logger.warning("CLI extension %r (%s) failed to load: %s: %s", ep.name, ep.value, type(err).__name__, err)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
