@@ -123,7 +123,7 @@ class Prometheus:
 
     def __init__(self, settings: "Prometheus.Settings | None" = None) -> None:
         self.settings = settings if settings is not None else Prometheus.Settings()
-        self._local = threading.local()
+        self._t0: dict[int, float] = {}  # id(operation) -> start (the core keeps it alive until after_operation)
         self._store: "weakref.ref[Store] | None" = None
         self._db = ""
         self._next_refresh = 0.0
@@ -149,17 +149,14 @@ class Prometheus:
             _INSTANCES.discard(self)
 
     @hookimpl
-    def before_operation(self, operation: "Operation") -> None:
-        self._local.op = operation
-        self._local.t0 = time.monotonic()
+    def before_operation(self, store: "Store", operation: "Operation") -> None:
+        self._t0[id(operation)] = time.monotonic()
 
     @hookimpl
-    def after_operation(self, operation: "Operation", outcome: "Outcome") -> None:
-        local = self._local
+    def after_operation(self, store: "Store", operation: "Operation", outcome: "Outcome") -> None:
         now = time.monotonic()
-        started = local.t0 if getattr(local, "op", None) is operation else operation.started
-        local.op = None
-        elapsed = now - started
+        started = self._t0.pop(id(operation), None)
+        elapsed = now - (operation.started if started is None else started)
         if outcome.error is None:
             child = self._ok.get(operation.kind)
             if child is None:
