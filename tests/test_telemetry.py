@@ -162,7 +162,21 @@ def test_spans_when_enabled(tmp_path: Path, reader: InMemoryMetricReader) -> Non
     assert spans[2].status.is_ok is False
 
 
+def test_buffered_samples_reach_the_sdk_at_collection(tmp_path: Path, reader: InMemoryMetricReader) -> None:
+    store = corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("telemetry",), pragmas=PRAGMAS,
+                                   settings={"telemetry": {"buffer_size": 100}}))
+    store.database.execute_sql("create table t(x)")
+    for i in range(10):
+        with store.transaction():
+            store.database.execute_sql("insert into t values (?)", (i,))
+    assert len(store.plugin("telemetry")._buffer) == 11  # nothing recorded yet on the callers' thread
+    writes = [p for p in points(reader)["db.client.operation.duration"] if p.attributes["db.operation.name"] == "write"]
+    assert writes[0].count == 11  # the collection drained the buffer first
+    assert store.plugin("telemetry")._buffer == []
+    store.close()
+
+
 def test_spans_are_off_by_default_and_settings_are_checked(tmp_path: Path) -> None:
     assert telemetry.Telemetry.Settings().spans is False
-    with pytest.raises(corestore.ConfigError, match="buffer_size = 0 must be an integer >= 1"):
-        corestore.open(Profile(path=str(tmp_path / "x.db"), plugins=("telemetry",), settings={"telemetry": {"buffer_size": 0}}))
+    with pytest.raises(corestore.ConfigError, match="buffer_size = -1 must be an integer >= 0"):
+        corestore.open(Profile(path=str(tmp_path / "x.db"), plugins=("telemetry",), settings={"telemetry": {"buffer_size": -1}}))

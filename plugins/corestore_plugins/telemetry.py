@@ -13,12 +13,12 @@ transaction spans tables; corestore does not parse SQL), and on failure ``error.
 ``corestore.error.kind``. SQLite-specific figures carry the ``corestore.`` prefix; the table of
 every instrument is on the Observability page of the docs.
 
-Cost on the caller's path: the histogram samples of successful attempts are buffered per
-store and handed to the SDK in bulk, at collection time (the observable instruments' callback
-runs first in every collection) or when ``buffer_size`` samples are waiting; failures, retries
-and counters are recorded at once. Recording one sample in the OpenTelemetry Python SDK costs
-several microseconds, more than the whole budget of a transaction; the buffer moves that cost
-off the transaction, not out of the process (site/performance.md gives both numbers).
+Cost: recording one sample in the OpenTelemetry Python SDK costs several microseconds, more
+than corestore's own work per transaction (site/performance.md). With ``buffer_size > 0`` the
+samples of successful attempts are buffered per store and handed to the SDK in bulk at
+collection time (the observable instruments' callbacks run first in every collection) or when
+``buffer_size`` are waiting: that moves the cost off the transaction, not out of the process,
+and the caller that fills the buffer pays for all of it at once.
 """
 from __future__ import annotations
 
@@ -142,8 +142,9 @@ class Telemetry:
     key            type   default  meaning
     =============  =====  =======  ==============================================================
     spans          bool   false    one CLIENT span per operation attempt (needs a tracer provider)
-    buffer_size    int    1024     successful-attempt samples buffered before they are recorded on
-                                   the caller's thread (they are also recorded at every collection)
+    buffer_size    int    0        > 0: successful-attempt samples are buffered and recorded at every
+                                   collection, or on the caller's thread once this many wait;
+                                   0: each is recorded at once
     =============  =====  =======  ==============================================================
     """
 
@@ -153,8 +154,9 @@ class Telemetry:
     class Settings:
         spans: bool = attrs.field(default=False, validator=boolean,
                                   metadata={"help": "one CLIENT span per operation attempt"})
-        buffer_size: int = attrs.field(default=1024, validator=number(1, 1_000_000, integer=True),
-                                       metadata={"help": "successful-attempt samples buffered before recording them"})
+        buffer_size: int = attrs.field(default=0, validator=number(0, 1_000_000, integer=True),
+                                       metadata={"help": "successful-attempt samples buffered and recorded at collection "
+                                                         "(or when this many wait); 0: record each at once"})
 
     def __init__(self, settings: "Telemetry.Settings | None" = None) -> None:
         self.settings = settings if settings is not None else Telemetry.Settings()
@@ -167,6 +169,7 @@ class Telemetry:
         self._ok: dict[str, dict[str, Any]] = {}
         self._base: dict[str, Any] = {}
         self._instruments: dict[str, Any] = {}
+        self._histogram: Any = None
         self._transitions = _observe.TransitionCounter()
         self._last_checkpoint: float | None = None
         self._tracer: Any = None
@@ -177,6 +180,7 @@ class Telemetry:
         self._store = weakref.ref(store)
         self._base = {"db.system.name": "sqlite", "db.namespace": _observe.namespace(store)}
         self._instruments = _get_instruments()
+        self._histogram = self._instruments["db.client.operation.duration"]
         if self.settings.spans:
             from opentelemetry import trace
 
@@ -211,10 +215,13 @@ class Telemetry:
             attributes = self._ok.get(operation.kind)
             if attributes is None:
                 attributes = self._ok[operation.kind] = self._attributes(operation.kind)
-            buffer = self._buffer
-            buffer.append((elapsed, attributes))
-            if len(buffer) >= self._buffer_size:
-                self.flush()
+            if self._buffer_size == 0:
+                self._histogram.record(elapsed, attributes)
+            else:
+                buffer = self._buffer
+                buffer.append((elapsed, attributes))
+                if len(buffer) >= self._buffer_size:
+                    self.flush()
             if operation.kind == "checkpoint" and operation.name is None:
                 self._checkpoint_done(now, "ok")
         else:
