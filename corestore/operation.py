@@ -62,7 +62,8 @@ class Outcome:
 
     @property
     def committed(self) -> bool | None:
-        """True on a successful write; else the error's ``committed`` (False when it has none)."""
+        """True on success (a write committed, a read finished); else the error's ``committed``
+        (False when it has none: nothing was committed)."""
         if self.error is None:
             return True
         return getattr(self.error, "committed", False)

@@ -36,3 +36,16 @@ def test_the_probe_semantics_and_deployment_snippets_are_there() -> None:
     for needed in ("/livez", "/readyz", "/startupz", "/healthz", "/metrics", "readinessProbe", "livenessProbe",
                    "startupProbe", "mark_process_dead", "PROMETHEUS_MULTIPROC_DIR", "serve-health"):
         assert needed in text, needed
+
+
+@pytest.mark.parametrize("snippet", ["observability_mount.py", "observability_gunicorn.py"])
+def test_observability_snippets_run(snippet: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    pytest.importorskip("prometheus_client", reason="needs prometheus_client (the test extra)")
+    proc = subprocess.run([sys.executable, str(PAGE.parent / "snippets" / snippet)], cwd=tmp_path, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

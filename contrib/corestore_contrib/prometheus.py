@@ -138,15 +138,13 @@ class Prometheus:
         self._store = weakref.ref(store)
         self._db = _observe.namespace(store)
         _M["corestore_sqlite_version_info"].labels(_observe.sqlite_version()).set(1)
-        with _observe._registry_lock:
-            _INSTANCES.add(self)
+        _observe.register(_INSTANCES, self)
         self.refresh()
 
     @hookimpl
     def on_close(self, store: "Store") -> None:
         self.refresh()
-        with _observe._registry_lock:
-            _INSTANCES.discard(self)
+        _observe.unregister(_INSTANCES, self)
 
     @hookimpl
     def before_operation(self, store: "Store", operation: "Operation") -> None:

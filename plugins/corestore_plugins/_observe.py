@@ -35,6 +35,8 @@ __all__ = [
     "error_fields",
     "TransitionCounter",
     "live",
+    "register",
+    "unregister",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,6 +159,18 @@ class TransitionCounter:
 
 
 _registry_lock = threading.Lock()
+
+
+def register(instances: "weakref.WeakSet[Any]", plugin: Any) -> None:
+    """Add ``plugin`` to an exporter's set of live plugin instances."""
+    with _registry_lock:
+        instances.add(plugin)
+
+
+def unregister(instances: "weakref.WeakSet[Any]", plugin: Any) -> None:
+    """Remove ``plugin`` from an exporter's set of live plugin instances."""
+    with _registry_lock:
+        instances.discard(plugin)
 
 
 def live(instances: "weakref.WeakSet[Any]") -> list[Any]:

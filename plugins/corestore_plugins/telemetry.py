@@ -187,14 +187,12 @@ class Telemetry:
             provider = _provider["tracer"]
             self._tracer = (provider.get_tracer("corestore", _version()) if provider is not None
                             else trace.get_tracer("corestore", _version()))
-        with _observe._registry_lock:
-            _INSTANCES.add(self)
+        _observe.register(_INSTANCES, self)
 
     @hookimpl
     def on_close(self, store: "Store") -> None:
         self.flush()
-        with _observe._registry_lock:
-            _INSTANCES.discard(self)
+        _observe.unregister(_INSTANCES, self)
 
     # -- operations ----------------------------------------------------------------------------
     # Both hooks take every argument of their specification: pluggy then calls them without an
