@@ -20,7 +20,9 @@ class Operation:
 
     ``kind`` is ``"read" | "write" | "open" | "batch" | "checkpoint"``; ``name`` an optional label
     from the caller; ``attempt`` counts from 1 across ``run()`` retries; ``started`` and
-    ``deadline`` are ``time.monotonic()`` values (``deadline`` None when unbounded).
+    ``deadline`` are ``time.monotonic()`` values (``deadline`` None when unbounded): ``started``
+    is when this operation (this attempt, in ``run()``) began, just before ``before_operation``,
+    so ``time.monotonic() - operation.started`` in ``after_operation`` is its duration.
     """
 
     kind: str  # one of _KINDS; not validated per instance: the core builds one per operation (hot path)

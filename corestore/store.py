@@ -321,7 +321,7 @@ class Store:
         kind = "read" if read else "write"
         while True:
             attempt += 1
-            op = Operation(kind=kind, name=name, attempt=attempt, started=started,
+            op = Operation(kind=kind, name=name, attempt=attempt,  # started: now, this attempt's start
                            deadline=None if deadline_s is None else started + deadline_s)
             txn = _Txn(self, kind, lock_type="DEFERRED" if read else "IMMEDIATE", name=name, op=op, report=False)
             result: Any = None

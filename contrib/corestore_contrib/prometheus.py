@@ -123,7 +123,6 @@ class Prometheus:
 
     def __init__(self, settings: "Prometheus.Settings | None" = None) -> None:
         self.settings = settings if settings is not None else Prometheus.Settings()
-        self._t0: dict[int, float] = {}  # id(operation) -> start (the core keeps it alive until after_operation)
         self._store: "weakref.ref[Store] | None" = None
         self._db = ""
         self._next_refresh = 0.0
@@ -147,14 +146,9 @@ class Prometheus:
         _observe.unregister(_INSTANCES, self)
 
     @hookimpl
-    def before_operation(self, store: "Store", operation: "Operation") -> None:
-        self._t0[id(operation)] = time.monotonic()
-
-    @hookimpl
     def after_operation(self, store: "Store", operation: "Operation", outcome: "Outcome") -> None:
         now = time.monotonic()
-        started = self._t0.pop(id(operation), None)
-        elapsed = now - (operation.started if started is None else started)
+        elapsed = now - operation.started  # this attempt's start
         if outcome.error is None:
             child = self._ok.get(operation.kind)
             if child is None:

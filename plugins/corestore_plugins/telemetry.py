@@ -160,8 +160,6 @@ class Telemetry:
 
     def __init__(self, settings: "Telemetry.Settings | None" = None) -> None:
         self.settings = settings if settings is not None else Telemetry.Settings()
-        self._t0: dict[int, float] = {}  # id(operation) -> start (the core keeps it alive until after_operation)
-        self._spans: dict[int, Any] = {}
         self._buffer_size = self.settings.buffer_size
         self._buffer: list[tuple[float, dict[str, Any]]] = []
         self._flush_lock = threading.Lock()
@@ -195,20 +193,13 @@ class Telemetry:
         _observe.unregister(_INSTANCES, self)
 
     # -- operations ----------------------------------------------------------------------------
-    # Both hooks take every argument of their specification: pluggy then calls them without an
-    # adapter (the cheapest dispatch; see site/performance.md).
-    @hookimpl
-    def before_operation(self, store: "Store", operation: "Operation") -> None:
-        self._t0[id(operation)] = _monotonic()
-        if self._tracer is not None:
-            self._spans[id(operation)] = self._tracer.start_span(
-                f"{operation.kind} {self._base['db.namespace']}", kind=_span_kind(), attributes=self._attributes(operation.kind))
-
+    # One hook, taking every argument of its specification: pluggy's dispatch then calls it
+    # without an adapter. The attempt's start is ``operation.started`` (set just before
+    # ``before_operation``), so no ``before_operation`` is needed: half the dispatch cost.
     @hookimpl
     def after_operation(self, store: "Store", operation: "Operation", outcome: "Outcome") -> None:
         now = _monotonic()
-        started = self._t0.pop(id(operation), None)
-        elapsed = now - (operation.started if started is None else started)
+        elapsed = now - operation.started
         if outcome.error is None:
             attributes = self._ok.get(operation.kind)
             if attributes is None:
@@ -225,7 +216,7 @@ class Telemetry:
         else:
             self._failed(operation, outcome, elapsed, now)
         if self._tracer is not None:
-            self._end_span(self._spans.pop(id(operation), None), outcome)
+            self._span(operation, outcome, elapsed)
 
     def _attributes(self, kind: str) -> dict[str, Any]:
         return {**self._base, "db.operation.name": kind}
@@ -253,9 +244,11 @@ class Telemetry:
             self._last_checkpoint = now
         self._instruments["corestore.checkpoints"].add(1, {**self._base, "corestore.checkpoint.result": result})
 
-    def _end_span(self, span: Any, outcome: "Outcome") -> None:
-        if span is None:
-            return
+    def _span(self, operation: "Operation", outcome: "Outcome", elapsed: float) -> None:
+        """One CLIENT span for the attempt, started at its start (``operation.started``)."""
+        end = time.time_ns()
+        span = self._tracer.start_span(f"{operation.kind} {self._base['db.namespace']}", kind=_span_kind(),
+                                       attributes=self._attributes(operation.kind), start_time=end - int(elapsed * 1e9))
         if outcome.error is not None:
             from opentelemetry.trace import Status, StatusCode
 
@@ -266,7 +259,7 @@ class Telemetry:
             if kind is not None:
                 span.set_attribute("corestore.error.kind", kind)
             span.set_status(Status(StatusCode.ERROR, error_type))
-        span.end()
+        span.end(end_time=end)
 
     # -- collection ----------------------------------------------------------------------------
     def flush(self) -> None:
