@@ -136,7 +136,11 @@ def test_wsgi_readiness_follows_a_critical_breaker(tmp_path: Path, failpoint: An
     status, body = get(base + "/healthz")
     assert status == 200 and store.path in json.loads(body)["databases"]
     assert get(base + "/nope")[0] == 404
+    assert store.plugin("probes").stats()["critical"] is True
+    assert store.plugin("prometheus").stats() == {"database": store.path, "refresh_s": 1.0, "attached": True,
+                                                  "multiprocess": bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))}
     store.close()
+    assert store.plugin("prometheus").stats()["attached"] is False
 
 
 def test_asgi_under_uvicorn_readiness_and_metrics(tmp_path: Path, failpoint: Any, asgi_server: Any) -> None:
@@ -188,11 +192,15 @@ def test_liveness_opt_in_after_on_persistent_failure(tmp_path: Path, wsgi_server
     plain = wsgi_server(http_health.make_wsgi_app())
     opted = wsgi_server(http_health.make_wsgi_app(fail_liveness_on_persistent_failure=True))
     assert get(opted + "/livez")[0] == 200
+    probes = store.plugin("probes")
+    assert probes.stats() == {"critical": False, "persistent_failure_age_s": None}
     # the hook fired through the store's own hook caller: the fault paths that lead to it
     # (accounting's escalation, quarantine's first trip) are tested with those plugins
     store.hooks.on_persistent_failure(store, store.health(probe=False))
     assert get(opted + "/livez")[0] == 503
     assert get(plain + "/livez")[0] == 200  # not opted in: liveness never fails for a database
+    age = probes.stats()["persistent_failure_age_s"]
+    assert age is not None and 0 <= age < 30
     store.close()
     assert get(opted + "/livez")[0] == 200  # the store is gone: nothing to restart for
 
@@ -278,3 +286,32 @@ def test_the_core_cli_does_not_import_contrib() -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert CLI_ENTRY_POINT_GROUP == "corestore.cli" and "serve-health" in sub.choices
     assert "serve-health" not in COMMANDS  # an entry point's register(subparsers), not a core command
+
+
+def test_serve_health_reads_the_snapshot_then_checks_read_only(tmp_path: Path) -> None:
+    """serve-health reads a live snapshot in its own process (corestore.sidecar_formats); once the
+    writer closed the store, the snapshot no longer speaks for it and a read-only check does."""
+    from corestore_contrib.serve_health import OutsideView
+
+    config = tmp_path / "corestore.toml"
+    config.write_text('[databases.app]\npath = "app.db"\n[databases.app.settings.health]\n'
+                      'snapshot_path = "app.health.json"\n')
+    store = corestore.open("app", config=str(config))
+    try:
+        store.database.execute_sql("create table t(x)")
+        store.health()
+        assert store.plugin("health").flush()
+        view = OutsideView(["app"], critical=["app"], config=str(config), cache_s=0, timeout_s=60)
+        status, _ctype, body = view.handle("/healthz")
+        report = json.loads(body)["databases"]["app"]
+        assert status == 200 and report["status"] == "up"
+        assert report["source"] == {"kind": "snapshot", "snapshot_path": str(tmp_path / "app.health.json"),
+                                    "pid": os.getpid(), "host": report["source"]["host"],
+                                    "written_at": report["source"]["written_at"]}
+        assert view.handle("/readyz")[0] == 200
+    finally:
+        store.close()
+    status, _ctype, body = view.handle("/healthz")  # closed: the child's read-only check answers
+    report = json.loads(body)["databases"]["app"]
+    assert report["source"]["kind"] == "live" and "closed the store" in report["source"]["snapshot_skipped"]
+    assert status == 200 and report["status"] in ("up", "degraded")

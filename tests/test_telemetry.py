@@ -180,3 +180,54 @@ def test_spans_are_off_by_default_and_settings_are_checked(tmp_path: Path) -> No
     assert telemetry.Telemetry.Settings().spans is False
     with pytest.raises(corestore.ConfigError, match="buffer_size = -1 must be an integer >= 0"):
         corestore.open(Profile(path=str(tmp_path / "x.db"), plugins=("telemetry",), settings={"telemetry": {"buffer_size": -1}}))
+
+
+def test_stats_clock_and_fork_child(tmp_path: Path, reader: InMemoryMetricReader) -> None:
+    """``stats()``; the ``clock`` attribute times each attempt (a clock 5 s ahead of
+    ``time.monotonic`` shows as 5 s); a real ``os.fork()``: the child starts with an empty buffer
+    (the parent's samples are not recorded twice) while the parent keeps its own."""
+    import json
+    import os
+    import select
+    import time
+
+    store = corestore.open(Profile(path=str(tmp_path / "f.db"), plugins=("telemetry",), pragmas=PRAGMAS,
+                                   settings={"telemetry": {"buffer_size": 1000}}))
+    plugin = store.plugin("telemetry")
+    store.database.execute_sql("create table t(x)")
+    assert plugin.stats() == {"buffered": 2, "buffer_size": 1000, "spans": False, "attached": True,
+                              "checkpoint_age_s": None}  # the open and the CREATE wait for a collection
+    plugin.clock = lambda: time.monotonic() + 5.0
+    with store.transaction(name="late"):
+        store.database.execute_sql("insert into t values (1)")
+    assert plugin._buffer[-1][0] >= 5.0
+    plugin.clock = time.monotonic
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave, never back into pytest
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(store.plugin("telemetry").stats()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 30
+    data = b""
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                pytest.fail("the forked child reported nothing within 30 s (a hang in on_fork_child?)")
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert json.loads(data)["buffered"] == 0
+    assert plugin.stats()["buffered"] == 3
+    store.checkpoint()
+    age = plugin.stats()["checkpoint_age_s"]
+    assert age is not None and 0 <= age < 30
+    store.close()
