@@ -118,7 +118,9 @@ class HookCaller:
         # the implementations are called with (store, operation) exactly as before it existed.
         after = self._impls["after_operation"]
         self.wants_outcome = any("outcome" in impl.argnames for impl in after)
-        if not self.wants_outcome:
+        if self.wants_outcome:  # the class's after_operation stays the plain, cheaper one otherwise
+            self.after_operation = self._after_operation_with_outcome  # type: ignore[method-assign]
+        else:
             self._calls["after_operation"] = tuple(
                 (i.plugin_name, _positional(i, "after_operation", ("store", "operation"))) for i in after)
         # before_operation runs on every operation's path: its implementations are called
@@ -195,20 +197,27 @@ class HookCaller:
 
     def after_operation(self, store: Store, operation: Operation | None, error: BaseException | None = None,
                         retrying: bool = False) -> None:
-        """``error``: what ended the operation (None: success); ``retrying``: ``run()`` tries again."""
+        """``error``: what ended the operation (None: success); ``retrying``: ``run()`` tries again.
+        No implementation names ``outcome`` here (else :meth:`_after_operation_with_outcome`
+        replaces this method on the instance): neither is used."""
         if operation is None:
-            return
-        if self.wants_outcome:
-            outcome = SUCCEEDED if error is None and not retrying else Outcome(error=error, retrying=retrying)
-            for plugin, fn in self._calls["after_operation"]:
-                try:
-                    fn(store, operation, outcome)
-                except Exception:
-                    logger.exception("after_operation of plugin %r raised; the other plugins still run", plugin)
             return
         for plugin, fn in self._calls["after_operation"]:  # isolated, inlined: it runs on every operation
             try:
                 fn(store, operation)
+            except Exception:
+                logger.exception("after_operation of plugin %r raised; the other plugins still run", plugin)
+
+    def _after_operation_with_outcome(self, store: Store, operation: Operation | None,
+                                      error: BaseException | None = None, retrying: bool = False) -> None:
+        """``after_operation`` when an implementation names ``outcome``: build it (every success
+        shares :data:`~corestore.operation.SUCCEEDED`) and pass it to each implementation."""
+        if operation is None:
+            return
+        outcome = SUCCEEDED if error is None and not retrying else Outcome(error=error, retrying=retrying)
+        for plugin, fn in self._calls["after_operation"]:
+            try:
+                fn(store, operation, outcome)
             except Exception:
                 logger.exception("after_operation of plugin %r raised; the other plugins still run", plugin)
 

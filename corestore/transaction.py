@@ -127,16 +127,17 @@ class _Txn:
             raise
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        error = exc
+        # run() reports its own attempts (report=False); no try/finally: the success path stays
+        # as short as it was before after_operation had an outcome
         try:
-            return end_txn(self.store, self, exc)
+            result = end_txn(self.store, self, exc)
         except BaseException as err:
-            error = err
-            raise
-        finally:  # run() reports its own attempts (report=False)
             if self.report and self.op is not None and not self.nested:
-                self.store.hooks.after_operation(self.store, self.op, error)
-            error = None  # the traceback holds this frame: no cycle through it
+                self.store.hooks.after_operation(self.store, self.op, err)
+            raise
+        if self.report and self.op is not None and not self.nested:
+            self.store.hooks.after_operation(self.store, self.op, exc)
+        return result
 
     def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # decorator use, like peewee
         import functools
