@@ -25,7 +25,7 @@ from .errors import (
 )
 from .health import HealthComponent, HealthReport, HealthStatus
 from .hookspecs import hookimpl, hookspec
-from .operation import Operation, Violation
+from .operation import Operation, Outcome, Violation
 from .profiles import Profile, RetryPolicy
 from .store import Store, open
 
@@ -39,6 +39,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "Operation",
+    "Outcome",
     "Violation",
     "ErrorKind",
     "Classification",

@@ -17,7 +17,7 @@ import pluggy
 from . import hookspecs
 from .errors import Classification, InvariantViolation, PluginError, UnsavedDataError
 from .health import HealthComponent, HealthStatus
-from .operation import Operation, Violation
+from .operation import SUCCEEDED, Operation, Outcome, Violation
 
 if TYPE_CHECKING:  # pragma: no cover
     from .health import HealthReport
@@ -33,11 +33,12 @@ _SPEC_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _positional(impl: pluggy.HookImpl, hook: str) -> Callable[..., Any]:
-    """A callable taking the hook's arguments positionally, in spec order: the implementation
-    itself when it takes them all (the hot path: no dict, no pluggy dispatch), else a generated
-    adapter passing just the subset it asked for (as fast as a direct call)."""
-    spec = _SPEC_ARGS[hook]
+def _positional(impl: pluggy.HookImpl, hook: str, spec: tuple[str, ...] | None = None) -> Callable[..., Any]:
+    """A callable taking the hook's arguments (or ``spec``, a prefix of them) positionally, in
+    spec order: the implementation itself when it takes them all (the hot path: no dict, no
+    pluggy dispatch), else a generated adapter passing just the subset it asked for (as fast as
+    a direct call)."""
+    spec = spec or _SPEC_ARGS[hook]
     fn = impl.function
     names = tuple(impl.argnames)
     if names == spec:
@@ -113,6 +114,15 @@ class HookCaller:
         self.has_on_commit_invariant = bool(self._impls["on_commit_invariant"])
         self.has_on_fatal = bool(self._impls["on_fatal"])
         self.has_after_operation = bool(self._impls["after_operation"])
+        # after_operation's ``outcome`` is built only when an implementation names it; otherwise
+        # the implementations are called with (store, operation) exactly as before it existed.
+        after = self._impls["after_operation"]
+        self.wants_outcome = any("outcome" in impl.argnames for impl in after)
+        if self.wants_outcome:  # the class's after_operation stays the plain, cheaper one otherwise
+            self.after_operation = self._after_operation_with_outcome  # type: ignore[method-assign]
+        else:
+            self._calls["after_operation"] = tuple(
+                (i.plugin_name, _positional(i, "after_operation", ("store", "operation"))) for i in after)
         # before_operation runs on every operation's path: its implementations are called
         # directly, in pluggy's order, the first raise stopping the rest (what pluggy does
         # without wrappers, for a third of the cost); through pluggy when one is a wrapper.
@@ -185,12 +195,29 @@ class HookCaller:
             except Exception:
                 logger.exception("on_success of plugin %r raised; the other plugins still run", plugin)
 
-    def after_operation(self, store: Store, operation: Operation | None) -> None:
+    def after_operation(self, store: Store, operation: Operation | None, error: BaseException | None = None,
+                        retrying: bool = False) -> None:
+        """``error``: what ended the operation (None: success); ``retrying``: ``run()`` tries again.
+        No implementation names ``outcome`` here (else :meth:`_after_operation_with_outcome`
+        replaces this method on the instance): neither is used."""
         if operation is None:
             return
         for plugin, fn in self._calls["after_operation"]:  # isolated, inlined: it runs on every operation
             try:
                 fn(store, operation)
+            except Exception:
+                logger.exception("after_operation of plugin %r raised; the other plugins still run", plugin)
+
+    def _after_operation_with_outcome(self, store: Store, operation: Operation | None,
+                                      error: BaseException | None = None, retrying: bool = False) -> None:
+        """``after_operation`` when an implementation names ``outcome``: build it (every success
+        shares :data:`~corestore.operation.SUCCEEDED`) and pass it to each implementation."""
+        if operation is None:
+            return
+        outcome = SUCCEEDED if error is None and not retrying else Outcome(error=error, retrying=retrying)
+        for plugin, fn in self._calls["after_operation"]:
+            try:
+                fn(store, operation, outcome)
             except Exception:
                 logger.exception("after_operation of plugin %r raised; the other plugins still run", plugin)
 

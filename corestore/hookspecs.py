@@ -31,7 +31,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import Classification
     from .health import HealthComponent, HealthReport, HealthStatus
-    from .operation import Operation, Violation
+    from .operation import Operation, Outcome, Violation
     from .store import Store
 
 __all__ = [
@@ -151,15 +151,21 @@ def on_success(store: "Store", operation: "Operation") -> None:
 
 @isolated
 @hookspec
-def after_operation(store: "Store", operation: "Operation") -> None:
+def after_operation(store: "Store", operation: "Operation", outcome: "Outcome") -> None:
     """Called once when an operation that ``before_operation`` was called for is over, however it
     ended: after ``on_success`` / ``on_fatal``, or without either (contention, a caller error,
     the caller's own exception, refused by a ``before_operation``). In ``run()`` each attempt is
-    its own operation: its ``after_operation`` comes after the decision to retry it or to report
-    it to ``on_fatal``. Called after the operation's connection was released.
+    its own operation: its ``after_operation`` comes right after the decision to retry it (before
+    the backoff sleep) or to report it to ``on_fatal``. Called after the operation's connection
+    was released.
 
     :param store: the store.
     :param operation: the same object ``before_operation`` received.
+    :param outcome: how it ended (:class:`~corestore.Outcome`: ``ok``, ``error``, its
+        ``classification``, ``committed``, ``retrying``). This is the hook that sees *every*
+        outcome: BUSY, constraint and query errors, attempts ``run()`` retried, refusals.
+        Optional: an implementation that does not name ``outcome`` is called without it, and
+        the core builds no outcome when no implementation asks for one (added in 0.2).
 
     Return None. Isolated: an implementation that raises is logged and skipped. (The circuit
     breaker frees a half-open probe slot here when the probe ended with neither outcome.)

@@ -67,26 +67,36 @@ class _DbTxn(_Txn):
     def commit(self, begin: bool = True) -> None:
         db = self.store.database
         ends = self._ends_here(begin)
+        error: BaseException | None = None
         try:
             db.commit()
             self.store._run_callbacks()
             if begin:
                 db.begin(self.lock_type)
+        except BaseException as err:
+            error = err
+            raise
         finally:
             if ends:
-                finish(self.store, self)
+                finish(self.store, self, error)
+            error = None  # no reference cycle through the traceback
 
     def rollback(self, begin: bool = True) -> None:
         db = self.store.database
         ends = self._ends_here(begin)
+        error: BaseException | None = None
         try:
             db.rollback()
             self.store._clear_callbacks()
             if begin:
                 db.begin(self.lock_type)
+        except BaseException as err:
+            error = err
+            raise
         finally:
             if ends:
-                finish(self.store, self)
+                finish(self.store, self, error)
+            error = None  # no reference cycle through the traceback
 
     def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # a fresh transaction per call, as peewee
         import functools
@@ -113,9 +123,9 @@ def direct_begin(store: "Store", lock_type: str | None) -> None:
     txn.direct = True
     try:
         begin_txn(store, txn)
-    except BaseException:
+    except BaseException as err:
         if txn.op is not None:
-            store.hooks.after_operation(store, txn.op)
+            store.hooks.after_operation(store, txn.op, err)
         raise
 
 
@@ -131,6 +141,7 @@ def commit_active(store: "Store", txn: _Txn) -> None:
     """COMMIT what ``txn`` holds (``db.commit()``): outcome as in :func:`~corestore.transaction.end_txn`, then the
     post-commit policies. A bare ``db.begin()`` transaction ends here."""
     conn = txn.record.conn
+    error: BaseException | None = None
     try:
         try:
             conn.execute("COMMIT")
@@ -153,14 +164,19 @@ def commit_active(store: "Store", txn: _Txn) -> None:
             after_commit(store, commit_invariants(store, conn, txn.op), txn.op)
         elif store.hooks.has_on_success:
             store.hooks.on_success(store, txn.op)
+    except BaseException as err:
+        error = err
+        raise
     finally:
         if txn.direct:
-            finish(store, txn)
+            finish(store, txn, error)
+        error = None  # no reference cycle through the traceback
 
 
 def rollback_active(store: "Store", txn: _Txn) -> None:
     """ROLLBACK what ``txn`` holds (``db.rollback()``), unless SQLite already rolled back."""
     conn = txn.record.conn
+    error: BaseException | None = None
     try:
         if store._in_txn(conn):
             try:
@@ -169,9 +185,13 @@ def rollback_active(store: "Store", txn: _Txn) -> None:
                 raise translate_in_transaction(store, err) from err
         with store._stats_lock:
             store._stats["rollbacks"] += 1
+    except BaseException as err:
+        error = err
+        raise
     finally:
         if txn.direct:
-            finish(store, txn)
+            finish(store, txn, error)
+        error = None  # no reference cycle through the traceback
 
 
 def abandon_direct(store: "Store", txn: _Txn) -> None:
@@ -189,6 +209,7 @@ def end_db(store: "Store", txn: _Txn, exc: BaseException | None) -> bool:
     db = store.database
     txn.exiting = True
     db.pop_transaction()
+    error = exc  # what ended it, for after_operation's outcome
     try:
         if exc is not None:
             try:
@@ -210,5 +231,9 @@ def end_db(store: "Store", txn: _Txn, exc: BaseException | None) -> bool:
                 logger.debug("%s: ROLLBACK after a failed COMMIT failed", store.path, exc_info=True)
             raise
         return False
+    except BaseException as err:
+        error = err
+        raise
     finally:
-        finish(store, txn)
+        finish(store, txn, error)
+        error = None  # no reference cycle through the traceback

@@ -29,6 +29,7 @@ def with_connection(store: "Store", kind: str, fn: Callable[[Any], T], *, name: 
         raise QueryError(f"{store.path}: {name or kind} cannot run inside a transaction",
                          classification=Classification(kind=ErrorKind.PROGRAMMING, name="IN_TRANSACTION"), path=store.path)
     op = Operation(kind=kind, name=name)
+    error: BaseException | None = None
     try:
         store.hooks.before_operation(store, op)
         record = acquire_for(store, op, True)
@@ -40,8 +41,12 @@ def with_connection(store: "Store", kind: str, fn: Callable[[Any], T], *, name: 
             raise failed(store, err, op, committed=False, report=True) from err
         finally:
             store.database.release(record)
+    except BaseException as err:
+        error = err
+        raise
     finally:
-        store.hooks.after_operation(store, op)
+        store.hooks.after_operation(store, op, error)
+        error = None  # no reference cycle through the traceback
 
 
 
@@ -58,6 +63,7 @@ def autocommit(store: "Store", execute: Callable[..., Any], sql: str, params: An
     op = None
     if hooks.has_operation_hooks or hooks.has_on_fatal:
         op = Operation(kind="read" if is_read else "write", name="statement")
+    error: BaseException | None = None
     try:
         if hooks.has_before_operation:
             hooks.before_operation(store, op)
@@ -87,8 +93,12 @@ def autocommit(store: "Store", execute: Callable[..., Any], sql: str, params: An
         elif hooks.has_on_success:
             hooks.on_success(store, op)
         return cursor
+    except BaseException as err:
+        error = err
+        raise
     finally:
-        hooks.after_operation(store, op)
+        hooks.after_operation(store, op, error)
+        error = None  # no reference cycle through the traceback
 
 
 def acquire_for(store: "Store", op: Operation | None, report: bool) -> Any:

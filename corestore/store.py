@@ -265,6 +265,7 @@ class Store:
         healthy (a half-open breaker waits for a real read or write to close)."""
         hooks = self.hooks
         op = Operation(kind="open")
+        error: BaseException | None = None
         try:
             hooks.before_operation(self, op)
             try:
@@ -275,8 +276,12 @@ class Store:
                 if c is not None and c.code != 26 and not isinstance(err, CircuitOpenError):
                     note_fault(self, c, op, err, report=True)
                 raise
+        except BaseException as err:
+            error = err
+            raise
         finally:
-            hooks.after_operation(self, op)
+            hooks.after_operation(self, op, error)
+            error = None  # no reference cycle through the traceback
 
     # -- health ---------------------------------------------------------------------------------
     def _maybe_probe(self) -> None:

@@ -121,17 +121,23 @@ class _Txn:
     def __enter__(self) -> "_Txn":
         try:
             return begin_txn(self.store, self)
-        except BaseException:
+        except BaseException as err:
             if self.report and self.op is not None and not self.nested:
-                self.store.hooks.after_operation(self.store, self.op)
+                self.store.hooks.after_operation(self.store, self.op, err)
             raise
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        # run() reports its own attempts (report=False); no try/finally: the success path stays
+        # as short as it was before after_operation had an outcome
         try:
-            return end_txn(self.store, self, exc)
-        finally:  # run() reports its own attempts (report=False)
+            result = end_txn(self.store, self, exc)
+        except BaseException as err:
             if self.report and self.op is not None and not self.nested:
-                self.store.hooks.after_operation(self.store, self.op)
+                self.store.hooks.after_operation(self.store, self.op, err)
+            raise
+        if self.report and self.op is not None and not self.nested:
+            self.store.hooks.after_operation(self.store, self.op, exc)
+        return result
 
     def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:  # decorator use, like peewee
         import functools
@@ -162,19 +168,23 @@ def run(store: "Store", fn: Callable[[], T], *, read: bool = False, deadline_s: 
     kind = "read" if read else "write"
     while True:
         attempt += 1
-        op = Operation(kind=kind, name=name, attempt=attempt, started=started,
+        op = Operation(kind=kind, name=name, attempt=attempt,  # started: now, this attempt's start
                        deadline=None if deadline_s is None else started + deadline_s)
         txn = _Txn(store, kind, lock_type="DEFERRED" if read else "IMMEDIATE", name=name, op=op, report=False)
         result: Any = None
+        error: BaseException | None = None
+        delay: float | None = None
         try:
             with txn:
                 result = fn()
                 txn.result = result
             return result
         except InvariantViolation as err:
+            error = err
             err.result = txn.result
             raise
         except StoreError as err:
+            error = err
             c = err.classification
             if c is None or not may_retry(store, err, c, attempts, policy, deadline, idempotent):
                 if c is not None and c.is_fault:
@@ -187,9 +197,13 @@ def run(store: "Store", fn: Callable[[], T], *, read: bool = False, deadline_s: 
             n = attempts[c.kind]
             delay = min(policy.max_delay_s, policy.base_delay_s * (2 ** (n - 1)))
             delay = random.uniform(delay / 2, delay)
-            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        except BaseException as err:
+            error = err
+            raise
         finally:
-            store.hooks.after_operation(store, op)
+            store.hooks.after_operation(store, op, error, delay is not None)
+            error = None  # no reference cycle through the traceback
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
 
 
 def may_retry(store: "Store", err: StoreError, c: Classification, attempts: dict[ErrorKind, int], policy: Any,
@@ -456,8 +470,9 @@ def rollback_inside(store: "Store", txn: _Txn, begin: bool) -> None:
         db.begin(txn.lock_type)
 
 
-def finish(store: "Store", txn: _Txn) -> None:
-    """Release the connection ``txn`` holds and end its operation (idempotent)."""
+def finish(store: "Store", txn: _Txn, error: BaseException | None = None) -> None:
+    """Release the connection ``txn`` holds and end its operation (idempotent); ``error`` is what
+    ended it (None: it succeeded), for ``after_operation``'s outcome."""
     record = txn.record
     if record is None:
         return
@@ -470,4 +485,4 @@ def finish(store: "Store", txn: _Txn) -> None:
         db.release(record)
     finally:
         if txn.report and txn.op is not None:
-            store.hooks.after_operation(store, txn.op)
+            store.hooks.after_operation(store, txn.op, error)

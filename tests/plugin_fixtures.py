@@ -258,3 +258,22 @@ class ForeignKeysOff:
     @hookimpl(tryfirst=True)
     def on_open(self, store: Any, connection: Any) -> None:
         connection.execute("PRAGMA foreign_keys = 0")
+
+
+OUTCOME_CALLBACKS: list = []
+
+
+class OutcomeRecorder:
+    """Records ``after_operation``'s ``outcome`` (the extended contract); calls the callables in
+    :data:`OUTCOME_CALLBACKS` with each outcome (a test releases a lock holder there)."""
+
+    name = "t_outcome"
+
+    @hookimpl
+    def after_operation(self, operation: Any, outcome: Any) -> None:
+        c = outcome.classification
+        record(self.name, "after_operation", operation.name, operation.attempt, outcome.ok,
+               c.kind.name if c is not None else (type(outcome.error).__name__ if outcome.error else None),
+               outcome.retrying, outcome.committed)
+        for fn in list(OUTCOME_CALLBACKS):
+            fn(outcome)
