@@ -264,6 +264,8 @@ class Executor:
             if job.cancel_requested:
                 job.state = _DONE
                 job.outcome = "not_started"
+            else:
+                job.state = _RUNNING
         if job.outcome:
             self.count("cancelled_not_started")
             logger.info("%s: arun unit %s was cancelled before it started; it never ran", self.store_path, job.label)

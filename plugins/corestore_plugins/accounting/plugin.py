@@ -20,6 +20,7 @@ accepted. One daemon writer thread per store writes batches; see
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -290,6 +291,12 @@ class Accounting:
         if self._thread is not None and threading.current_thread() is self._thread:
             raise PluginError("accounting.flush() was called from the accounting writer thread (it would wait for itself)")
         return self._ledger.wait_settled(timeout)
+
+    async def aflush(self, timeout: float) -> bool:
+        """:meth:`flush` from asyncio, waiting in a thread so the loop never blocks; ``timeout``
+        is required (a thread waiting forever is not bounded). :meth:`submit` needs no async
+        twin: it never blocks (unless ``on_full = "block"``, which waits ``block_timeout_s``)."""
+        return await asyncio.to_thread(self.flush, timeout)
 
     def close(self) -> dict[str, Any]:
         """Stop accepting rows, write the backlog within ``drain_timeout_s``, dead-letter (and
