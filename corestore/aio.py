@@ -24,6 +24,7 @@ import collections
 import contextvars
 import logging
 import os
+import queue as queues
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -162,8 +163,7 @@ class Executor:
         self.queue = queue
         self.pid = os.getpid()
         self._lock = threading.Lock()
-        self._jobs: "collections.deque[_Job | None]" = collections.deque()
-        self._ready = threading.Condition(self._lock)
+        self._jobs: "queues.SimpleQueue[_Job | None]" = queues.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._admitted = 0  # running + waiting for a worker
         self._waiters: "collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]" = collections.deque()
@@ -235,19 +235,15 @@ class Executor:
 
     def submit(self, job: _Job) -> None:
         with self._lock:
-            self._jobs.append(job)
             if len(self._workers) < self.threads and len(self._workers) < self._admitted:
                 worker = threading.Thread(target=self._work, name=f"corestore-aio-{len(self._workers)}", daemon=True)
                 self._workers.append(worker)
                 worker.start()
-            self._ready.notify()
+        self._jobs.put(job)
 
     def _work(self) -> None:
         while True:
-            with self._lock:
-                while not self._jobs:
-                    self._ready.wait()
-                job = self._jobs.popleft()
+            job = self._jobs.get()
             if job is None:
                 return
             try:
@@ -280,9 +276,9 @@ class Executor:
         """Stop the workers after the units already admitted (blocking; not on the loop)."""
         with self._lock:
             self._shut = True
-            self._jobs.extend([None] * len(self._workers))
-            self._ready.notify_all()
             workers = list(self._workers)
+        for _ in workers:
+            self._jobs.put(None)
         end = time.monotonic() + timeout
         for worker in workers:
             worker.join(max(0.0, end - time.monotonic()))
