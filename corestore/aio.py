@@ -135,12 +135,18 @@ class _Job:
             self.conn = None
             if not self.cancel_requested or self.outcome:
                 return
+        self.record_outcome(executor)
+
+    def record_outcome(self, executor: "Executor") -> None:
+        """The outcome of a unit that was cancelled while it ran (or just as it ended), from how it
+        ended; logged and counted once."""
         err = self.error
-        if err is None:
+        if not self.gated:  # not a unit of work (ahealth): nothing was committed or not
+            self.outcome = "completed"
+            return
+        if err is None or (isinstance(err, StoreError) and err.committed is True):
             self.outcome = "committed"
-        elif isinstance(err, StoreError) and err.committed is True:
-            self.outcome = "committed"
-        elif isinstance(err, StoreError) and err.committed is None and not isinstance(err, UnitCancelled):
+        elif isinstance(err, StoreError) and err.committed is None:
             self.outcome = "unknown"
         else:
             self.outcome = "not_committed"
@@ -235,6 +241,9 @@ class Executor:
 
     def submit(self, job: _Job) -> None:
         with self._lock:
+            if self._shut:  # admitted while the store was closing: no worker will take it
+                raise StoreClosedError(f"{self.store_path}: the store was closed (its asyncio executor is shut down)",
+                                       path=self.store_path)
             if len(self._workers) < self.threads and len(self._workers) < self._admitted:
                 worker = threading.Thread(target=self._work, name=f"corestore-aio-{len(self._workers)}", daemon=True)
                 self._workers.append(worker)
@@ -295,7 +304,8 @@ def configure(store: "Store", *, threads: int | None = None, queue: int | None =
         if ex is not None and ex.pid != os.getpid():
             ex = None  # a forked child: the parent's worker threads do not exist here
         if ex is None:
-            ex = Executor(store, DEFAULT_THREADS if threads is None else threads, DEFAULT_QUEUE if queue is None else queue)
+            ex = Executor(store, DEFAULT_THREADS if threads is None else threads,
+                          DEFAULT_QUEUE if queue is None else queue)
             store._aio = ex
         elif (threads is not None and threads != ex.threads) or (queue is not None and queue != ex.queue):
             raise ConfigError(f"{store.path}: the asyncio executor already runs with threads={ex.threads}, "
@@ -331,7 +341,9 @@ async def _submit(store: "Store", call: Callable[[_Job], T], label: str, deadlin
             logger.info("%s: arun unit %s: cancelled again while waiting for it to end; its outcome goes to the log "
                         "and stats()", store.path, label)
             raise
-        raise asyncio.CancelledError(f"{store.path}: arun unit {label}: outcome {job.outcome or 'completed'}") from None
+        if not job.outcome:  # it ended just before the cancellation reached it
+            job.record_outcome(ex)
+        raise asyncio.CancelledError(f"{store.path}: arun unit {label}: outcome {job.outcome}") from None
 
 
 def _remaining(job: _Job) -> float | None:
@@ -393,7 +405,7 @@ async def ahealth(store: "Store", *, probe: bool = True, deadline_s: float | Non
 def aio_stats(store: "Store") -> dict[str, int]:
     """The executor's counters (zeros before the first async call): calls, rejected_busy, the
     cancelled units by outcome, threads, queue, workers started, admitted and waiting units."""
-    ex = store._aio
+    ex: Executor | None = store._aio
     if ex is None:
         out = dict.fromkeys(_COUNTERS, 0)
         out.update(threads=DEFAULT_THREADS, queue=DEFAULT_QUEUE, workers=0, admitted=0, waiting=0)

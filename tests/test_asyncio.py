@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -20,10 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, child_env, run_python
 
 import corestore
 from corestore.aio import DEFAULT_QUEUE, DEFAULT_THREADS
+
+from helpers import ROOT, child_env, run_python
 
 SNIPPET = ROOT / "site" / "snippets" / "asyncio_starlette.py"
 

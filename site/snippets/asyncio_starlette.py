@@ -83,5 +83,6 @@ if __name__ == "__main__":
     sock.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0))
     sock.listen(128)  # connections wait in the backlog until the app has started
     print("listening on", sock.getsockname()[1], flush=True)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shuts down (the lifespan closes the store), then re-raises it
+    # Ctrl-C: uvicorn shuts down (the lifespan flushes and closes the store), then re-raises it
+    with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
