@@ -7,12 +7,18 @@ hands it to a worker thread and is woken when it ends. Nothing here does I/O on 
 Cancellation tells the truth (see ``site/concepts/asyncio.md`` for the table):
 
 * cancelled before a worker picked the unit up: it never runs (outcome ``not_started``);
-* cancelled while it runs: a flag is checked when each attempt starts and before each statement,
-  and the running statement is interrupted (``conn.interrupt()``) under the unit's lock; the
-  last check, under the same lock, happens before COMMIT and ends the window: after it nothing
-  interrupts the unit, so an interrupt can never race into COMMIT. The unit either stops before
-  COMMIT (``not_committed``: rolled back) or finishes (``committed``); an error from COMMIT itself
-  leaves ``unknown``. Nothing is retried after COMMIT (``run()``'s rule).
+* cancelled while it runs: a flag (set under the unit's lock) is checked when each attempt starts
+  and before each statement, and the running statement is interrupted by a progress handler on
+  the worker's own connection, which aborts a statement only while the unit is running. The last
+  check, under the same lock, happens before COMMIT and ends the window: the handler is removed
+  and nothing interrupts the unit any more, so an interrupt can never race into COMMIT. The unit
+  either stops before COMMIT (``not_committed``: rolled back) or finishes (``committed``); an
+  error from COMMIT itself leaves ``unknown``. Nothing is retried after COMMIT (``run()``'s rule).
+
+  Not ``sqlite3_interrupt()`` from the loop: it does nothing while no statement runs, and while
+  another statement of the connection is still pending (a cursor not read to its end) its flag
+  stays set and aborts the ROLLBACK too, leaving the connection inside its transaction with the
+  write lock held. The progress handler aborts one statement, once, and never a ROLLBACK.
 
 The outcome is logged, counted (``store.stats()["asyncio"]``) and carried by the
 ``CancelledError`` the cancelled caller receives (after the unit ended).
@@ -54,6 +60,14 @@ _COUNTERS = ("calls", "rejected_busy", "cancelled_not_started", "cancelled_not_c
 _lock = threading.Lock()  # creating a store's executor
 
 
+def _progress_handler(conn: Any, handler: Callable[[], int] | None) -> None:
+    """Install (or with None remove) ``handler`` on ``conn``, called every 1000 VM steps."""
+    if hasattr(conn, "set_progress_handler"):  # sqlite3; apsw >= 3.42 too
+        conn.set_progress_handler(handler, 1000)
+    else:  # pragma: no cover - older apsw
+        conn.setprogresshandler(handler, 1000)
+
+
 class UnitCancelled(Exception):
     """Raised on the worker thread inside a cancelled ``arun`` unit, before a statement or
     before COMMIT: the transaction rolls back and ``run()`` does not retry it. The caller never
@@ -64,7 +78,7 @@ class _Job:
     """One unit on its way through the executor; also its cancellation gate (``run(gate=)``)."""
 
     __slots__ = ("store", "call", "label", "deadline", "lock", "state", "cancel_requested", "conn", "fut", "ended",
-                 "loop", "result", "error", "outcome", "delivered", "gated")
+                 "loop", "result", "error", "outcome", "delivered", "gated", "fired")
 
     def __init__(self, store: "Store", call: Callable[["_Job"], Any], label: str, deadline: float | None,
                  loop: asyncio.AbstractEventLoop, gated: bool) -> None:
@@ -84,37 +98,55 @@ class _Job:
         self.outcome = ""
         self.delivered = False
         self.gated = gated
+        self.fired = False  # the progress handler stopped a statement (it does so once)
 
     # -- the gate (worker thread, called by transaction.run and database.execute_sql) ----------
     def start(self, txn: Any) -> None:
         with self.lock:
             if self.cancel_requested:
+                self.fired = True
                 raise UnitCancelled(f"{self.store.path}: arun unit {self.label} was cancelled before it started")
             self.conn = txn.record.conn
             txn.gate = self
+        _progress_handler(self.conn, self.progress)
 
     def check(self) -> None:
         if self.cancel_requested:
+            self.fired = True  # the handler must not abort the ROLLBACK that follows
             raise UnitCancelled(f"{self.store.path}: arun unit {self.label} was cancelled; stopped before a statement")
+
+    def progress(self) -> int:
+        """SQLite's progress handler (worker thread, inside a statement): non-zero aborts the
+        statement (``SQLITE_INTERRUPT``); only while running, and only once."""
+        if self.cancel_requested and not self.fired and self.state == _RUNNING:
+            self.fired = True
+            return 1
+        return 0
 
     def commit(self) -> None:
         with self.lock:  # the last point at which the unit can be stopped: after it, no interrupt
             if self.cancel_requested:
+                self.fired = True
                 raise UnitCancelled(f"{self.store.path}: arun unit {self.label} was cancelled; stopped before COMMIT")
             self.state = _COMMITTING
-            self.conn = None
+        self.unhook()
+
+    def unhook(self) -> None:
+        """Remove the progress handler from the worker's connection (worker thread)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                _progress_handler(conn, None)
+            except Exception:  # closed at release (stale generation): nothing to remove
+                logger.debug("%s: removing the progress handler failed", self.store.path, exc_info=True)
 
     # -- the loop side ---------------------------------------------------------------------------
     def cancel(self) -> None:
         """Ask the unit to stop: a queued one never starts; a running one stops at its next
-        statement (the running statement is interrupted) or finishes when COMMIT was reached."""
+        statement (the running one is aborted by the progress handler) or, once COMMIT was
+        reached, finishes."""
         with self.lock:
             self.cancel_requested = True
-            if self.state == _RUNNING and self.conn is not None:
-                try:
-                    self.conn.interrupt()
-                except Exception:  # the connection was closed in the meantime: nothing runs on it
-                    logger.debug("%s: interrupt of arun unit %s failed", self.store.path, self.label, exc_info=True)
 
     def deliver(self) -> None:
         """On the loop: hand the result to the caller (unless it was cancelled) and wake a
@@ -130,9 +162,9 @@ class _Job:
 
     def settle(self, executor: "Executor") -> None:
         """On the worker, after the unit: the outcome of a cancelled unit, logged and counted."""
+        self.unhook()
         with self.lock:
             self.state = _DONE
-            self.conn = None
             if not self.cancel_requested or self.outcome:
                 return
         self.record_outcome(executor)

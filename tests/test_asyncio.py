@@ -176,6 +176,39 @@ async def scenario_cancel_interrupts_statement(path: str) -> dict:
     return {"message": message, "took": took, "stats": stats["asyncio"], "faults": stats["faults"]}
 
 
+async def scenario_cancel_with_a_pending_cursor(path: str) -> dict:
+    store = await open_store(path)
+    await store.arun(lambda: [insert(store, i) for i in range(10, 20)])
+    inside = threading.Event()
+    slow = ("WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 500000000) "
+            "SELECT count(*) FROM c")
+
+    def unit() -> None:
+        insert(store, 100)
+        pending = store.database.execute_sql("SELECT x FROM t")
+        pending.fetchone()  # a statement left pending: sqlite3_interrupt's flag would outlive the abort
+        inside.set()
+        store.database.execute_sql(slow).fetchone()
+
+    task = asyncio.ensure_future(store.arun(unit))
+    await until(inside.is_set, "the unit to start its long statement")
+    await asyncio.sleep(0.05)
+    task.cancel()
+    try:
+        await task
+        raise AssertionError("the cancelled unit returned")
+    except asyncio.CancelledError as err:
+        message = str(err)
+    # the write lock is free: the ROLLBACK was not aborted with the statement
+    other = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("ROLLBACK")
+    other.close()
+    await store.arun(lambda: insert(store, 9))
+    await store.aclose()
+    return {"message": message}
+
+
 async def scenario_cancel_at_commit(path: str) -> dict:
     store = await open_store(path, threads=1)
     at_commit, proceed = threading.Event(), threading.Event()
@@ -309,6 +342,13 @@ def test_cancel_interrupts_the_running_statement(tmp_path: Path) -> None:
     assert out["took"] < 5, "the long statement was not interrupted"
     assert out["faults"] == 0, "a cancellation is not a storage fault"
     assert count(str(tmp_path / "a.db"), "SELECT count(*) FROM t WHERE x = 1") == 0
+    assert count(str(tmp_path / "a.db"), "SELECT count(*) FROM t WHERE x = 9") == 1
+
+
+def test_cancel_with_a_pending_cursor_rolls_back_and_frees_the_lock(tmp_path: Path) -> None:
+    out = run_scenario("scenario_cancel_with_a_pending_cursor", tmp_path / "a.db")
+    assert "outcome not_committed" in out["message"]
+    assert count(str(tmp_path / "a.db"), "SELECT count(*) FROM t WHERE x = 100") == 0
     assert count(str(tmp_path / "a.db"), "SELECT count(*) FROM t WHERE x = 9") == 1
 
 

@@ -293,9 +293,7 @@ class Accounting:
         return self._ledger.wait_settled(timeout)
 
     async def aflush(self, timeout: float) -> bool:
-        """:meth:`flush` from asyncio, waiting in a thread so the loop never blocks; ``timeout``
-        is required (a thread waiting forever is not bounded). :meth:`submit` needs no async
-        twin: it never blocks (unless ``on_full = "block"``, which waits ``block_timeout_s``)."""
+        """:meth:`flush` in a thread, so the event loop never blocks; ``timeout`` is required."""
         return await asyncio.to_thread(self.flush, timeout)
 
     def close(self) -> dict[str, Any]:
