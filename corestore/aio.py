@@ -375,6 +375,7 @@ async def _submit(store: "Store", call: Callable[[_Job], T], label: str, deadlin
             raise
         if not job.outcome:  # it ended just before the cancellation reached it
             job.record_outcome(ex)
+        job.error = None  # nobody will read it: free its traceback (and the unit's cursors) now
         raise asyncio.CancelledError(f"{store.path}: arun unit {label}: outcome {job.outcome}") from None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -28,14 +29,15 @@ from helpers import ROOT, child_env, run_python
 SNIPPET = ROOT / "site" / "snippets" / "asyncio_starlette.py"
 
 
-def run_scenario(name: str, path: Path, timeout: float = 60) -> dict:
-    """Run ``asyncio.run(<name>(path))`` of this module in a child; return what it returned."""
+def run_scenario(name: str, path: Path, timeout: float = 60, driver: str = "sqlite3") -> dict:
+    """Run ``asyncio.run(<name>(path))`` of this module in a child (stores on ``driver``);
+    return what it returned."""
     proc = run_python(f"""
         import asyncio, json, sys
         import test_asyncio
         out = asyncio.run(asyncio.wait_for(test_asyncio.{name}(sys.argv[1]), {timeout - 10}))
         print("RESULT", json.dumps(out))
-    """, str(path), timeout=timeout)
+    """, str(path), timeout=timeout, env=child_env(CORESTORE_TEST_DRIVER=driver))
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
@@ -51,8 +53,9 @@ def count(path: str, sql: str = "SELECT count(*) FROM t") -> int:
 
 
 async def open_store(path: str, **sizes: int) -> corestore.Store:
-    store = await corestore.aopen(corestore.Profile(path=path, pragmas={"journal_mode": "wal", "busy_timeout": 5000}),
-                                  **sizes)
+    driver = os.environ.get("CORESTORE_TEST_DRIVER", "sqlite3")
+    store = await corestore.aopen(corestore.Profile(path=path, driver=driver,
+                                                    pragmas={"journal_mode": "wal", "busy_timeout": 5000}), **sizes)
     await store.arun(lambda: store.database.execute_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
     return store
 
@@ -336,8 +339,9 @@ def test_cancelled_while_running_stops_before_the_next_statement(tmp_path: Path)
     assert count(str(tmp_path / "a.db")) == 0  # the first statement's row was rolled back too
 
 
-def test_cancel_interrupts_the_running_statement(tmp_path: Path) -> None:
-    out = run_scenario("scenario_cancel_interrupts_statement", tmp_path / "a.db")
+@pytest.mark.parametrize("driver", ["sqlite3", "apsw"])
+def test_cancel_interrupts_the_running_statement(tmp_path: Path, driver: str) -> None:
+    out = run_scenario("scenario_cancel_interrupts_statement", tmp_path / "a.db", driver=driver)
     assert "outcome not_committed" in out["message"]
     assert out["took"] < 5, "the long statement was not interrupted"
     assert out["faults"] == 0, "a cancellation is not a storage fault"
@@ -345,8 +349,9 @@ def test_cancel_interrupts_the_running_statement(tmp_path: Path) -> None:
     assert count(str(tmp_path / "a.db"), "SELECT count(*) FROM t WHERE x = 9") == 1
 
 
-def test_cancel_with_a_pending_cursor_rolls_back_and_frees_the_lock(tmp_path: Path) -> None:
-    out = run_scenario("scenario_cancel_with_a_pending_cursor", tmp_path / "a.db")
+@pytest.mark.parametrize("driver", ["sqlite3", "apsw"])
+def test_cancel_with_a_pending_cursor_rolls_back_and_frees_the_lock(tmp_path: Path, driver: str) -> None:
+    out = run_scenario("scenario_cancel_with_a_pending_cursor", tmp_path / "a.db", driver=driver)
     assert "outcome not_committed" in out["message"]
     assert count(str(tmp_path / "a.db"), "SELECT count(*) FROM t WHERE x = 100") == 0
     assert count(str(tmp_path / "a.db"), "SELECT count(*) FROM t WHERE x = 9") == 1
