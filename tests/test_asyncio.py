@@ -439,3 +439,36 @@ def test_starlette_snippet_with_a_real_server(tmp_path: Path) -> None:
     db = str(tmp_path / "notes.db")
     assert count(db, "SELECT count(*) FROM note") == 5
     assert count(db, "SELECT count(*) FROM usage") == 5  # aflush at shutdown made every usage row durable
+
+
+def test_arun_in_a_forked_child_gets_its_own_executor(tmp_path: Path) -> None:
+    proc = run_python("""
+        import asyncio, os, sys, corestore
+        path = sys.argv[1]
+
+        async def setup():
+            s = await corestore.aopen(corestore.Profile(path=path, pragmas={"journal_mode": "wal"}))
+            await s.arun(lambda: s.database.execute_sql("CREATE TABLE t (x INTEGER)"))
+            return s
+
+        s = asyncio.run(setup())
+        parent_executor = s._aio
+        pid = os.fork()
+        if pid == 0:  # the parent's worker threads do not exist here: a new executor, new workers
+            async def child():
+                await s.arun(lambda: s.database.execute_sql("INSERT INTO t VALUES (1)"))
+                return s._aio is not parent_executor and s.stats()["asyncio"]["calls"] == 1
+            ok = asyncio.run(asyncio.wait_for(child(), 20))
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+
+        async def parent():
+            await s.arun(lambda: s.database.execute_sql("INSERT INTO t VALUES (2)"))
+            await s.aclose()
+        asyncio.run(parent())
+        print("parent ok", parent_executor.stats()["calls"])
+    """, str(tmp_path / "a.db"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "parent ok 2" in proc.stdout
+    assert count(str(tmp_path / "a.db"), "SELECT count(*) FROM t WHERE x IN (1, 2)") == 2  # child's and parent's
