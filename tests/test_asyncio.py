@@ -150,6 +150,34 @@ async def scenario_cancel_between_statements(path: str) -> dict:
     return {"message": message, "stats": stats}
 
 
+async def scenario_cancel_swallowed_by_the_unit(path: str) -> dict:
+    store = await open_store(path)
+    inside, proceed = threading.Event(), threading.Event()
+
+    def unit() -> str:
+        insert(store, 1)
+        inside.set()
+        proceed.wait(10)
+        try:
+            insert(store, 2)
+        except Exception:  # noqa: BLE001 - the unit swallows the cancellation on purpose
+            return "swallowed"
+        return "not cancelled"
+
+    task = asyncio.ensure_future(store.arun(unit))
+    await until(inside.is_set, "the unit to run its first statement")
+    task.cancel()
+    await asyncio.sleep(0)
+    proceed.set()
+    try:
+        await task
+        raise AssertionError("the cancelled unit returned")
+    except asyncio.CancelledError as err:
+        message = str(err)
+    await store.aclose()
+    return {"message": message}
+
+
 async def scenario_cancel_interrupts_statement(path: str) -> dict:
     store = await open_store(path)
     inside = threading.Event()
@@ -337,6 +365,12 @@ def test_cancelled_while_running_stops_before_the_next_statement(tmp_path: Path)
     assert "outcome not_committed" in out["message"]
     assert out["stats"]["cancelled_not_committed"] == 1
     assert count(str(tmp_path / "a.db")) == 0  # the first statement's row was rolled back too
+
+
+def test_a_unit_that_swallows_the_cancellation_is_still_not_committed(tmp_path: Path) -> None:
+    out = run_scenario("scenario_cancel_swallowed_by_the_unit", tmp_path / "a.db")
+    assert "outcome not_committed" in out["message"]  # the last check, before COMMIT, stopped it
+    assert count(str(tmp_path / "a.db")) == 0
 
 
 @pytest.mark.parametrize("driver", ["sqlite3", "apsw"])
