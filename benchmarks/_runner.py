@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 #: The benchmarks a complete checkout has; one that is absent is reported as missing.
-EXPECTED: tuple[str, ...] = ("hotpath", "accounting", "multiprocess", "open", "breaker", "recovery")
+EXPECTED: tuple[str, ...] = ("hotpath", "accounting", "multiprocess", "open", "breaker", "recovery", "asyncio")
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent

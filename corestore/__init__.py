@@ -27,12 +27,14 @@ from .health import HealthComponent, HealthReport, HealthStatus
 from .hookspecs import hookimpl, hookspec
 from .operation import Operation, Outcome, Violation
 from .profiles import Profile, RetryPolicy
+from .aio import aopen
 from .store import Store, open
 
 __version__ = "0.1.0"
 
 __all__ = [
     "open",
+    "aopen",
     "Store",
     "Profile",
     "RetryPolicy",

@@ -394,6 +394,8 @@ class PolicyMixin:
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
         record = self._state.record  # type: ignore[attr-defined]
         if record is not None and record.active is not None:  # inside this thread's store transaction
+            if record.active.gate is not None:  # an arun() unit: cancelled -> stop before this statement
+                record.active.gate.check()
             try:
                 return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
             except Exception as err:

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
+from . import aio
 from .backends import Backend, backend_for
 from .errors import CircuitOpenError, Classification, ConfigError, PluginError, StoreError
 from .health import HealthComponent, HealthReport, HealthStatus
@@ -86,6 +87,7 @@ class Store:
         self._in_txn: Callable[[Any], bool] = self.backend.in_transaction_test(profile.driver)
         self._run_callbacks: Callable[[], None] = getattr(self.database, "_run_commit_callbacks", noop)  # peewee >= 4
         self._clear_callbacks: Callable[[], None] = getattr(self.database, "_clear_commit_callbacks", noop)
+        self._aio: Any = None  # the asyncio executor (corestore.aio), created by the first aopen()/arun()
 
     # -- public API ------------------------------------------------------------------------
     @property
@@ -120,6 +122,22 @@ class Store:
         run is one outcome, however many attempts it took.
         """
         return run(self, fn, read=read, deadline_s=deadline_s, idempotent=idempotent, name=name)
+
+    async def arun(self, fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
+                   idempotent: bool = False, name: str | None = None) -> T:
+        """:meth:`run` from asyncio: the whole unit on the store's bounded executor, the loop never
+        blocked. Cancelled before it started it never runs; cancelled while running it stops
+        before its next statement or finishes, never interrupted once COMMIT is reached
+        (``site/concepts/asyncio.md``). ``deadline_s`` bounds the wait for a slot and the run."""
+        return await aio.arun(self, fn, read=read, deadline_s=deadline_s, idempotent=idempotent, name=name)
+
+    async def aclose(self, timeout: float = 30.0) -> None:
+        """:meth:`close` off the event loop; the last reference also stops the executor."""
+        await aio.aclose(self, timeout)
+
+    async def ahealth(self, *, probe: bool = True, deadline_s: float | None = None) -> HealthReport:
+        """:meth:`health` on the store's executor (the probe reads the database)."""
+        return await aio.ahealth(self, probe=probe, deadline_s=deadline_s)
 
     def plugin(self, which: str | type) -> Any:
         """The plugin instance enabled for this store, by name or class.
@@ -195,6 +213,7 @@ class Store:
             out["faults_by_kind"] = dict(self._faults_by_kind)
         out["connections"] = self.database.connection_count()
         out["generation"] = self.database.generation
+        out["asyncio"] = aio.aio_stats(self)
         return out
 
     def health(self, *, probe: bool = True) -> HealthReport:

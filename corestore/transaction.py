@@ -93,7 +93,7 @@ class _Txn:
     """
 
     __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result",
-                 "qo", "direct", "peewee")
+                 "qo", "direct", "peewee", "gate")
 
     def __init__(self, store: "Store", kind: str, *, lock_type: str | None, name: str | None,
                  op: Operation | None = None, report: bool = True) -> None:
@@ -110,6 +110,7 @@ class _Txn:
         self.qo = 0
         self.direct = False
         self.peewee = False
+        self.gate: Any = None  # an arun() unit's cancellation gate (corestore.aio), checked per statement
 
     # peewee's transaction API, for code that calls txn.commit()/rollback() inside the block
     def commit(self, begin: bool = True) -> None:
@@ -151,13 +152,17 @@ class _Txn:
 
 
 def run(store: "Store", fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
-        idempotent: bool = False, name: str | None = None) -> T:
+        idempotent: bool = False, name: str | None = None, gate: Any = None) -> T:
     """``store.run()``: ``fn()`` inside ``store.transaction()`` (``read=True``: ``store.read()``),
     retried as a whole by policy: BUSY and TRANSIENT_IO within the profile's retry budget and
     ``deadline_s`` (whichever is shorter), FATAL_IO only when the profile's
     ``retry.fatal_attempts`` allows (after a reopen). Once COMMIT was issued nothing is
     retried unless ``idempotent=True``. ``on_fatal`` hears about the final failure only: a
     run is one outcome, however many attempts it took.
+
+    ``gate`` (``store.arun()``, :mod:`corestore.aio`): checked when each attempt starts, before
+    each statement and, last, before COMMIT (``gate.commit()``: after it the unit can no longer
+    be stopped); whatever it raises rolls the attempt back and is never retried.
     """
     policy = store.profile.retry
     started = time.monotonic()
@@ -176,8 +181,12 @@ def run(store: "Store", fn: Callable[[], T], *, read: bool = False, deadline_s: 
         delay: float | None = None
         try:
             with txn:
+                if gate is not None:
+                    gate.start(txn)
                 result = fn()
                 txn.result = result
+                if gate is not None:
+                    gate.commit()
             return result
         except InvariantViolation as err:
             error = err

@@ -20,6 +20,7 @@ accepted. One daemon writer thread per store writes batches; see
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -290,6 +291,10 @@ class Accounting:
         if self._thread is not None and threading.current_thread() is self._thread:
             raise PluginError("accounting.flush() was called from the accounting writer thread (it would wait for itself)")
         return self._ledger.wait_settled(timeout)
+
+    async def aflush(self, timeout: float) -> bool:
+        """:meth:`flush` in a thread, so the event loop never blocks; ``timeout`` is required."""
+        return await asyncio.to_thread(self.flush, timeout)
 
     def close(self) -> dict[str, Any]:
         """Stop accepting rows, write the backlog within ``drain_timeout_s``, dead-letter (and
