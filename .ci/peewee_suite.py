@@ -61,8 +61,9 @@ def _load_tests_package(checkout: str) -> None:
 
 def _inject_store() -> Any:
     """Replace peewee's test ``db`` with a default-profile store's database on the same file."""
-    import corestore
     import tests.base as base
+
+    import corestore
 
     store = corestore.open(os.path.abspath(base.db.database))
     sdb = store.database

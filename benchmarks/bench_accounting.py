@@ -33,7 +33,8 @@ import sqlite3
 import statistics
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import peewee
 

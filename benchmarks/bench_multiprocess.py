@@ -20,9 +20,9 @@ from __future__ import annotations
 import array
 import multiprocessing
 import os
-import statistics
 import shutil
 import sqlite3
+import statistics
 import sys
 import time
 from typing import Any

@@ -5,10 +5,11 @@ pluggy hooks, what to do at each moment that matters. This module is the only im
 """
 from __future__ import annotations
 
+from .aio import aopen
 from .errors import (
     BusyError,
-    Classification,
     CircuitOpenError,
+    Classification,
     ConfigError,
     ConstraintError,
     CorruptionError,
@@ -27,7 +28,6 @@ from .health import HealthComponent, HealthReport, HealthStatus
 from .hookspecs import hookimpl, hookspec
 from .operation import Operation, Outcome, Violation
 from .profiles import Profile, RetryPolicy
-from .aio import aopen
 from .store import Store, open
 
 __version__ = "0.1.0"

@@ -33,7 +33,8 @@ import os
 import queue as queues
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BusyError, Classification, ConfigError, ErrorKind, StoreClosedError, StoreError
 from .transaction import run
@@ -80,7 +81,7 @@ class _Job:
     __slots__ = ("store", "call", "label", "deadline", "lock", "state", "cancel_requested", "conn", "fut", "ended",
                  "loop", "result", "error", "outcome", "delivered", "gated", "fired")
 
-    def __init__(self, store: "Store", call: Callable[["_Job"], Any], label: str, deadline: float | None,
+    def __init__(self, store: Store, call: Callable[[_Job], Any], label: str, deadline: float | None,
                  loop: asyncio.AbstractEventLoop, gated: bool) -> None:
         self.store = store
         self.call = call
@@ -160,7 +161,7 @@ class _Job:
         if self.ended is not None and not self.ended.done():
             self.ended.set_result(None)
 
-    def settle(self, executor: "Executor") -> None:
+    def settle(self, executor: Executor) -> None:
         """On the worker, after the unit: the outcome of a cancelled unit, logged and counted."""
         self.unhook()
         with self.lock:
@@ -169,7 +170,7 @@ class _Job:
                 return
         self.record_outcome(executor)
 
-    def record_outcome(self, executor: "Executor") -> None:
+    def record_outcome(self, executor: Executor) -> None:
         """The outcome of a unit that was cancelled while it ran (or just as it ended), from how it
         ended; logged and counted once."""
         err = self.error
@@ -192,7 +193,7 @@ class Executor:
     with its own connection) and at most ``queue`` units waiting for one. Admission beyond that
     waits asynchronously, up to the unit's deadline, then raises :class:`BusyError`."""
 
-    def __init__(self, store: "Store", threads: int = DEFAULT_THREADS, queue: int = DEFAULT_QUEUE) -> None:
+    def __init__(self, store: Store, threads: int = DEFAULT_THREADS, queue: int = DEFAULT_QUEUE) -> None:
         for key, value, low in (("threads", threads, 1), ("queue", queue, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{store.path}: asyncio executor {key} = {value!r} must be an integer >= {low}")
@@ -201,10 +202,10 @@ class Executor:
         self.queue = queue
         self.pid = os.getpid()
         self._lock = threading.Lock()
-        self._jobs: "queues.SimpleQueue[_Job | None]" = queues.SimpleQueue()
+        self._jobs: queues.SimpleQueue[_Job | None] = queues.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._admitted = 0  # running + waiting for a worker
-        self._waiters: "collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]" = collections.deque()
+        self._waiters: collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = collections.deque()
         self._shut = False
         self._counters = dict.fromkeys(_COUNTERS, 0)
 
@@ -234,7 +235,7 @@ class Executor:
             self._waiters.append(entry)
         try:
             await asyncio.wait_for(waiter, max(0.0, until - time.monotonic()))
-        except (asyncio.TimeoutError, asyncio.CancelledError) as err:
+        except (TimeoutError, asyncio.CancelledError) as err:
             with self._lock:
                 try:
                     self._waiters.remove(entry)
@@ -265,7 +266,7 @@ class Executor:
             except RuntimeError:  # that waiter's loop is closed: the next one gets the slot
                 continue
 
-    def _granted(self, waiter: "asyncio.Future[None]") -> None:
+    def _granted(self, waiter: asyncio.Future[None]) -> None:
         if waiter.done():  # it gave up (deadline or cancelled) after the slot was handed to it
             self.release()
         else:
@@ -328,7 +329,7 @@ class Executor:
                                worker.name, timeout)
 
 
-def configure(store: "Store", *, threads: int | None = None, queue: int | None = None) -> Executor:
+def configure(store: Store, *, threads: int | None = None, queue: int | None = None) -> Executor:
     """The store's executor, created with ``threads``/``queue`` (defaults :data:`DEFAULT_THREADS`,
     :data:`DEFAULT_QUEUE`); asking an existing one for other sizes is a :class:`ConfigError`."""
     with _lock:
@@ -346,7 +347,7 @@ def configure(store: "Store", *, threads: int | None = None, queue: int | None =
         return ex
 
 
-async def _submit(store: "Store", call: Callable[[_Job], T], label: str, deadline_s: float | None, gated: bool) -> T:
+async def _submit(store: Store, call: Callable[[_Job], T], label: str, deadline_s: float | None, gated: bool) -> T:
     ex = store._aio
     if ex is None or ex.pid != os.getpid():
         ex = configure(store)
@@ -390,7 +391,7 @@ def _remaining(job: _Job) -> float | None:
     return left
 
 
-async def arun(store: "Store", fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
+async def arun(store: Store, fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
                idempotent: bool = False, name: str | None = None) -> T:
     """``store.arun()``: ``store.run(fn, ...)`` on the store's executor; see the module docstring."""
     label = repr(name) if name else getattr(fn, "__qualname__", "unit")
@@ -403,7 +404,7 @@ async def arun(store: "Store", fn: Callable[[], T], *, read: bool = False, deadl
     return await _submit(store, call, label, deadline_s, True)
 
 
-async def aopen(*args: Any, threads: int | None = None, queue: int | None = None, **kwargs: Any) -> "Store":
+async def aopen(*args: Any, threads: int | None = None, queue: int | None = None, **kwargs: Any) -> Store:
     """``corestore.open()`` off the loop (the WAL switch and the init lock may wait for seconds),
     then the store's executor with ``threads``/``queue`` (see :func:`configure`)."""
     from .opening import open as open_store
@@ -417,7 +418,7 @@ async def aopen(*args: Any, threads: int | None = None, queue: int | None = None
     return store
 
 
-async def aclose(store: "Store", timeout: float = 30.0) -> None:
+async def aclose(store: Store, timeout: float = 30.0) -> None:
     """``store.close()`` off the loop (plugins drain: accounting may write for seconds); the last
     reference also stops the executor, waiting up to ``timeout`` seconds for running units."""
 
@@ -430,12 +431,12 @@ async def aclose(store: "Store", timeout: float = 30.0) -> None:
     await asyncio.to_thread(close)
 
 
-async def ahealth(store: "Store", *, probe: bool = True, deadline_s: float | None = None) -> "HealthReport":
+async def ahealth(store: Store, *, probe: bool = True, deadline_s: float | None = None) -> HealthReport:
     """``store.health()`` on the store's executor (the probe reads the database)."""
     return await _submit(store, lambda job: store.health(probe=probe), "health", deadline_s, False)
 
 
-def aio_stats(store: "Store") -> dict[str, int]:
+def aio_stats(store: Store) -> dict[str, int]:
     """The executor's counters (zeros before the first async call): calls, rejected_busy, the
     cancelled units by outcome, threads, queue, workers started, admitted and waiting units."""
     ex: Executor | None = store._aio

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -27,7 +28,7 @@ __all__ = ["check_path", "check_profile"]
 logger = logging.getLogger(__name__)
 
 
-def check_path(profile: "Profile") -> "Profile":
+def check_path(profile: Profile) -> Profile:
     """``profile`` with its path made absolute and real; :class:`ConfigError` when ``open()``
     could not use it: a directory, a missing parent directory (corestore never creates one), a
     read-only profile whose file does not exist. ``:memory:`` passes as is."""
@@ -45,7 +46,7 @@ def check_path(profile: "Profile") -> "Profile":
     return attrs.evolve(profile, path=path)
 
 
-def check_profile(profile: "Profile", *, extra: Iterable[str] | None = None) -> "tuple[Profile, HookCaller, dict[str, Any]]":
+def check_profile(profile: Profile, *, extra: Iterable[str] | None = None) -> tuple[Profile, HookCaller, dict[str, Any]]:
     """Every check ``open()`` makes short of opening the file: :func:`check_path`, then the
     plugins and their hooks (``extra`` defaults to ``$CORESTORE_PLUGINS``). Returns the checked
     profile, the hook caller and the plugin instances (unused by the CLI, which only checks)."""

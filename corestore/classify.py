@@ -35,8 +35,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import peewee
 

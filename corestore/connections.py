@@ -65,7 +65,7 @@ class BoundedLock:
         self.timeout = timeout
         self.what = what
 
-    def __enter__(self) -> "BoundedLock":
+    def __enter__(self) -> BoundedLock:
         me = threading.get_ident()
         if self._owner == me:
             raise misuse(f"{self.what}: this thread re-entered the database's connect/close while opening or "

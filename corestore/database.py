@@ -59,10 +59,10 @@ _FORGOTTEN: list[Any] = []
 _is_read_sql = is_read_sql
 
 # Every policy database of this process (what the fork hooks walk; see corestore.forking).
-_DATABASES: "weakref.WeakSet[PolicyMixin]" = weakref.WeakSet()
+_DATABASES: weakref.WeakSet[PolicyMixin] = weakref.WeakSet()
 
 
-def all_databases() -> "list[PolicyMixin]":
+def all_databases() -> list[PolicyMixin]:
     """Every store database alive in this process, closed or not."""
     return list(_DATABASES)
 
@@ -77,9 +77,9 @@ class PolicyMixin:
     """The policy layer, mixed into a peewee database class by a backend (see
     :mod:`corestore.backends.sqlite`) and set up by :func:`build_database`."""
 
-    _store_ref: "weakref.ref[Store]"
+    _store_ref: weakref.ref[Store]
 
-    def _setup_policy(self, store: "Store", link: "StoreLink") -> None:
+    def _setup_policy(self, store: Store, link: StoreLink) -> None:
         self._store_ref = weakref.ref(store)
         # the instance has 30 attributes with peewee's own: CPython (3.11+) shares the keys of at
         # most 30 per class, and one more makes every attribute read of the database slower (about
@@ -99,7 +99,7 @@ class PolicyMixin:
 
     # -- connections -----------------------------------------------------------------------
     @property
-    def store(self) -> "Store":
+    def store(self) -> Store:
         store = self._store_ref()
         if store is None:  # pragma: no cover - the store owns the database
             raise StoreClosedError("the store of this database was garbage-collected")
@@ -470,7 +470,7 @@ class PolicyMixin:
         super().init(database, **kwargs)  # type: ignore[misc]
 
 
-def build_database(cls: type, store: "Store", link: "StoreLink", database: str, **kwargs: Any) -> Any:
+def build_database(cls: type, store: Store, link: StoreLink, database: str, **kwargs: Any) -> Any:
     """An instance of ``cls`` (a backend's subclass of :class:`PolicyMixin` and a peewee database)
     for ``store``, talking to it through ``link``; ``kwargs`` go to peewee's ``__init__``."""
     db = cls.__new__(cls)

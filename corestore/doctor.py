@@ -34,7 +34,8 @@ import sqlite3
 import stat
 import time
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -105,7 +106,7 @@ def diagnose(
     add = findings.append
 
     def done(usage_error: bool = False) -> Diagnosis:
-        return Diagnosis(path=real, findings=tuple(findings), checked_at=_dt.datetime.now(_dt.timezone.utc),
+        return Diagnosis(path=real, findings=tuple(findings), checked_at=_dt.datetime.now(_dt.UTC),
                          usage_error=usage_error)
 
     sides = {name: real + suffix for name, suffix in (("wal", "-wal"), ("shm", "-shm"), ("journal", "-journal"))}

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .findings import Finding, Severity
 from .osprobe import filesystem_type, is_network_filesystem

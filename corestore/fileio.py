@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["atomic_write", "fsync_directory", "write_all"]
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import logging
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import attrs
 

@@ -60,17 +60,17 @@ _gate = threading.Condition()
 _forking = False
 _refuse_all: str | None = None  # in a child: why every database is refused
 _refused: dict[str, str] = {}  # in a child: real path -> why it is refused
-_waiting: "list[PolicyMixin]" = []  # the databases held for the fork in progress
+_waiting: list[PolicyMixin] = []  # the databases held for the fork in progress
 
 
-def _databases() -> "list[PolicyMixin]":
+def _databases() -> list[PolicyMixin]:
     from .database import all_databases
 
     return all_databases()
 
 
 # -- opening (called by the database around every new connection) ------------------------------
-def enter_open(db: "PolicyMixin") -> None:
+def enter_open(db: PolicyMixin) -> None:
     """A new connection of ``db`` is about to be opened: wait while a fork is being prepared
     (bounded), then count it as opening."""
     with _gate:
@@ -88,7 +88,7 @@ def enter_open(db: "PolicyMixin") -> None:
         db._opening += 1
 
 
-def exit_open(db: "PolicyMixin") -> None:
+def exit_open(db: PolicyMixin) -> None:
     """The connection counted by :func:`enter_open` is registered (or failed)."""
     with _gate:
         db._opening -= 1
@@ -167,7 +167,7 @@ def _after_in_child() -> None:
     _notify_plugins(dbs)
 
 
-def _notify_plugins(dbs: "list[PolicyMixin]") -> None:
+def _notify_plugins(dbs: list[PolicyMixin]) -> None:
     """Run ``on_fork_child`` for each store the child inherited, once per store."""
     seen: set[int] = set()
     for db in dbs:

@@ -1,7 +1,8 @@
 """A read-only, hashable mapping, so profiles can be deeply immutable and used as cache keys."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 __all__ = ["FrozenMap", "freeze"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -76,14 +77,14 @@ class HealthReport:
     @classmethod
     def from_components(
         cls, components: Iterable[HealthComponent], *, database: str, profile: str
-    ) -> "HealthReport":
+    ) -> HealthReport:
         comps = {c.name: c for c in components}
         return cls(
             status=worst_status(c.status for c in comps.values()),
             components=comps,
             database=database,
             profile=profile,
-            checked_at=_dt.datetime.now(_dt.timezone.utc),
+            checked_at=_dt.datetime.now(_dt.UTC),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -325,7 +325,7 @@ class HookCaller:
             raise unsaved
 
     # -- fork ------------------------------------------------------------------------------
-    def on_fork_child(self, store: "Store") -> None:
+    def on_fork_child(self, store: Store) -> None:
         self._isolated("on_fork_child", store)
 
     def _isolated(self, hook: str, *args: Any) -> None:

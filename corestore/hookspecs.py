@@ -24,7 +24,8 @@ have, is refused at open and by ``corestore profiles --check``, unless it is mar
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -76,7 +77,7 @@ def isolated(spec: Any) -> Any:
 
 
 @hookspec
-def on_store_open(store: "Store") -> None:
+def on_store_open(store: Store) -> None:
     """Called once per store, when ``corestore.open()`` creates it: after its first connection is
     ready (and ``on_open`` ran for it), before the ``setup`` callable, before any operation. It
     pairs with ``on_close``. Do one-time setup here (bind to the store, read a marker left by an
@@ -90,7 +91,7 @@ def on_store_open(store: "Store") -> None:
 
 
 @hookspec
-def on_open(store: "Store", connection: Any) -> None:
+def on_open(store: Store, connection: Any) -> None:
     """Called for each new DB-API connection, after the profile's pragmas, before first use.
 
     :param store: the store the connection belongs to.
@@ -107,7 +108,7 @@ def on_open(store: "Store", connection: Any) -> None:
 
 
 @hookspec(firstresult=True)
-def classify_error(store: "Store", error: BaseException, operation: "Operation | None") -> "Classification | None":
+def classify_error(store: Store, error: BaseException, operation: Operation | None) -> Classification | None:
     """Called for any exception raised by the database; decides what it means.
 
     :param store: the store.
@@ -122,7 +123,7 @@ def classify_error(store: "Store", error: BaseException, operation: "Operation |
 
 
 @hookspec
-def before_operation(store: "Store", operation: "Operation") -> None:
+def before_operation(store: Store, operation: Operation) -> None:
     """Called before a transaction or unit of work starts, before any connection is touched.
 
     Also called, with ``operation.kind == "open"``, before a new store opens its first
@@ -139,7 +140,7 @@ def before_operation(store: "Store", operation: "Operation") -> None:
 
 @isolated
 @hookspec
-def on_success(store: "Store", operation: "Operation") -> None:
+def on_success(store: Store, operation: Operation) -> None:
     """Called after an operation committed (or a read finished) and its invariants ran.
 
     :param store: the store.
@@ -151,7 +152,7 @@ def on_success(store: "Store", operation: "Operation") -> None:
 
 @isolated
 @hookspec
-def after_operation(store: "Store", operation: "Operation", outcome: "Outcome") -> None:
+def after_operation(store: Store, operation: Operation, outcome: Outcome) -> None:
     """Called once when an operation that ``before_operation`` was called for is over, however it
     ended: after ``on_success`` / ``on_fatal``, or without either (contention, a caller error,
     the caller's own exception, refused by a ``before_operation``). In ``run()`` each attempt is
@@ -178,7 +179,7 @@ def after_operation(store: "Store", operation: "Operation", outcome: "Outcome") 
 
 
 @hookspec
-def on_commit_invariant(store: "Store", connection: Any, operation: "Operation") -> "Iterable[Violation] | None":
+def on_commit_invariant(store: Store, connection: Any, operation: Operation) -> Iterable[Violation] | None:
     """Called right after a successful COMMIT of a write transaction, on the same connection.
 
     :param store: the store.
@@ -198,7 +199,7 @@ def on_commit_invariant(store: "Store", connection: Any, operation: "Operation")
 
 @isolated
 @hookspec
-def on_fatal(store: "Store", error: BaseException, classification: "Classification", operation: "Operation | None") -> None:
+def on_fatal(store: Store, error: BaseException, classification: Classification, operation: Operation | None) -> None:
     """Called when an operation failed with a storage fault (not contention, not a caller error).
 
     :param store: the store.
@@ -215,7 +216,7 @@ def on_fatal(store: "Store", error: BaseException, classification: "Classificati
 
 @isolated
 @hookspec
-def on_persistent_failure(store: "Store", report: "HealthReport") -> None:
+def on_persistent_failure(store: Store, report: HealthReport) -> None:
     """Called when a fault episode outlasted a plugin's escalation rule: the application's
     "restart me" seam (e.g. accounting's ``persistent_after_s``, quarantine's first trip).
 
@@ -233,7 +234,7 @@ def on_persistent_failure(store: "Store", report: "HealthReport") -> None:
 
 @isolated
 @hookspec
-def on_health(store: "Store") -> "HealthComponent | list[HealthComponent] | None":
+def on_health(store: Store) -> HealthComponent | list[HealthComponent] | None:
     """Called by ``store.health()``: report this plugin's state.
 
     :param store: the store.
@@ -246,7 +247,7 @@ def on_health(store: "Store") -> "HealthComponent | list[HealthComponent] | None
 
 @isolated
 @hookspec
-def on_health_changed(store: "Store", previous: "HealthStatus", current: "HealthStatus") -> None:
+def on_health_changed(store: Store, previous: HealthStatus, current: HealthStatus) -> None:
     """Called once when the aggregate status of the store changed.
 
     :param store: the store.
@@ -269,7 +270,7 @@ def on_health_changed(store: "Store", previous: "HealthStatus", current: "Health
 
 @isolated
 @hookspec
-def on_close(store: "Store") -> None:
+def on_close(store: Store) -> None:
     """Called by ``store.close()`` when the last reference is released, before connections close
     (so a plugin can drain queued writes).
 
@@ -286,7 +287,7 @@ def on_close(store: "Store") -> None:
 
 @isolated
 @hookspec
-def on_fork_child(store: "Store") -> None:
+def on_fork_child(store: Store) -> None:
     """Called in a child process right after ``os.fork()``, once per store the child inherited,
     after the core has set the store's own state for the child (inherited connections forgotten,
     refusals decided; see :mod:`corestore.forking`).

@@ -29,7 +29,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import BusyError, Classification, ErrorKind, FatalError
 from .sidecar import SidecarError, open_sidecar, sidecar_path, writers_mode
@@ -49,7 +49,7 @@ _OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
 _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _USE_OFD = sys.platform.startswith("linux") and struct.calcsize("P") == 8  # the layout above is the 64-bit one
 
-_registry: dict[str, "InitLock"] = {}
+_registry: dict[str, InitLock] = {}
 _registry_lock = threading.Lock()
 _warned: set[str] = set()
 
@@ -125,7 +125,7 @@ class InitLock:
         self._fd: int | None = None
 
     @classmethod
-    def for_path(cls, db_path: str) -> "InitLock":
+    def for_path(cls, db_path: str) -> InitLock:
         with _registry_lock:
             lock = _registry.get(db_path)
             if lock is None:

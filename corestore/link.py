@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["LINK", "StoreLinkImpl", "init_connection"]
 
 
-def init_connection(store: "Store", conn: Any) -> None:
+def init_connection(store: Store, conn: Any) -> None:
     """Prepare a new driver connection: the backend's preparation (pragmas, ``busy_timeout``
     first, the journal mode under the init lock, its returned value checked), then ``on_open``."""
     store.backend.prepare_connection(store, conn)

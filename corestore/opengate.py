@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from .profiles import Profile
@@ -47,7 +48,7 @@ def unregister(path: str, owner: str) -> None:
             _gates.pop(path, None)
 
 
-def check(profile: "Profile") -> None:
+def check(profile: Profile) -> None:
     """Run every gate registered for ``profile.path`` (raises what a gate raises)."""
     gates = _gates.get(profile.path)
     if gates:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import opengate
 from .check import check_path
@@ -29,11 +30,11 @@ __all__ = ["open", "open_stores", "release", "looks_like_bare_name"]
 
 logger = logging.getLogger(__name__)
 
-_cache: "dict[tuple[str, Profile], Store]" = {}
+_cache: dict[tuple[str, Profile], Store] = {}
 _cache_lock = threading.Lock()
 _key_locks: dict[tuple[str, Profile], threading.Lock] = {}
 _drivers: dict[str, tuple[str, int]] = {}  # real path -> (driver, open stores)
-_all_stores: "set[Store]" = set()
+_all_stores: set[Store] = set()
 
 
 def looks_like_bare_name(target: str) -> bool:
@@ -70,7 +71,7 @@ def _resolve(target: str | os.PathLike[str] | Profile, profile: str | None, conf
     return check_path(resolved)
 
 
-def release(store: "Store") -> bool:
+def release(store: Store) -> bool:
     """``store.close()``: release one reference. True when it was the last one (the store is then
     marked closed, out of the cache and the driver claims; the caller closes it), else False."""
     with _cache_lock:
@@ -87,7 +88,7 @@ def release(store: "Store") -> bool:
     return True
 
 
-def _claim_driver(store: "Store") -> None:
+def _claim_driver(store: Store) -> None:
     if store.memory:
         return
     current = _drivers.get(store.path)
@@ -99,7 +100,7 @@ def _claim_driver(store: "Store") -> None:
     _drivers[store.path] = (store.profile.driver, (current[1] if current else 0) + 1)
 
 
-def _release_driver(store: "Store") -> None:
+def _release_driver(store: Store) -> None:
     current = _drivers.get(store.path)
     if current is not None:
         if current[1] <= 1:
@@ -113,11 +114,11 @@ def open(  # noqa: A001 - the public name is fixed by the design
     *,
     profile: str | None = None,
     config: str | os.PathLike[str] | None = None,
-    setup: "Callable[[Store], Any] | None" = None,
+    setup: Callable[[Store], Any] | None = None,
     enable: Iterable[str] = (),
     disable: Iterable[str] = (),
     settings: Mapping[str, Mapping[str, Any]] | None = None,
-) -> "Store":
+) -> Store:
     """Open (or share) the store for ``target``: a path, a name bound in ``[databases]``, or a
     :class:`Profile`.
 
@@ -155,7 +156,7 @@ def open(  # noqa: A001 - the public name is fixed by the design
     return _create(resolved, setup, None)
 
 
-def _create(resolved: Profile, setup: "Callable[[Store], Any] | None", key: Any) -> "Store":
+def _create(resolved: Profile, setup: Callable[[Store], Any] | None, key: Any) -> Store:
     from .store import Store  # store.py imports this module
 
     store = Store(resolved, setup=setup, key=key)
@@ -181,7 +182,7 @@ def _create(resolved: Profile, setup: "Callable[[Store], Any] | None", key: Any)
     return store
 
 
-def open_stores() -> "list[Store]":
+def open_stores() -> list[Store]:
     """Every store open in this process (for the CLI and tests)."""
     with _cache_lock:
         return list(_all_stores)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from .classify import FLAGS_BY_KIND, code_name
 from .errors import Classification, CorruptionError, ErrorKind, FatalError, StoreError, TransientError

@@ -14,7 +14,8 @@ import logging
 import os
 import struct
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 

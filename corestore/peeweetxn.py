@@ -9,7 +9,8 @@ functions take the store first, like those of :mod:`corestore.transaction`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import StoreError
 from .raising import failed, is_db_error, is_peewee_own, note_fault, translate_in_transaction
@@ -39,14 +40,14 @@ class _DbTxn(_Txn):
 
     __slots__ = ("_args", "exiting")
 
-    def __init__(self, store: "Store", args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    def __init__(self, store: Store, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         lock = args[0] if args else kwargs.get("lock_type")
         super().__init__(store, "write", lock_type=lock_name(store, lock), name="transaction")
         self._args = (args, dict(kwargs))
         self.peewee = True
         self.exiting = False
 
-    def __enter__(self) -> "_DbTxn":
+    def __enter__(self) -> _DbTxn:
         db = self.store.database
         if db.transaction_depth() == 0:
             return super().__enter__()  # type: ignore[return-value]
@@ -111,12 +112,12 @@ class _DbTxn(_Txn):
         return inner
 
 
-def db_transaction(store: "Store", args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _DbTxn:
+def db_transaction(store: Store, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _DbTxn:
     """peewee's ``db.transaction(*args, **kwargs)`` on the store's database."""
     return _DbTxn(store, args, kwargs)
 
 
-def direct_begin(store: "Store", lock_type: str | None) -> None:
+def direct_begin(store: Store, lock_type: str | None) -> None:
     """``db.begin()`` with no store transaction on the thread: a store write transaction
     (policies, the connection held) that ends at ``db.commit()`` or ``db.rollback()``."""
     txn = _Txn(store, "write", lock_type=lock_name(store, lock_type), name="begin")
@@ -129,7 +130,7 @@ def direct_begin(store: "Store", lock_type: str | None) -> None:
         raise
 
 
-def begin_again(store: "Store", active: _Txn, lock_type: str | None) -> None:
+def begin_again(store: Store, active: _Txn, lock_type: str | None) -> None:
     """BEGIN on the connection ``active`` holds (peewee's re-BEGIN after an inner commit)."""
     try:
         active.record.conn.execute(BEGIN[lock_name(store, lock_type)])
@@ -137,7 +138,7 @@ def begin_again(store: "Store", active: _Txn, lock_type: str | None) -> None:
         raise translate_in_transaction(store, err) from err
 
 
-def commit_active(store: "Store", txn: _Txn) -> None:
+def commit_active(store: Store, txn: _Txn) -> None:
     """COMMIT what ``txn`` holds (``db.commit()``): outcome as in :func:`~corestore.transaction.end_txn`, then the
     post-commit policies. A bare ``db.begin()`` transaction ends here."""
     conn = txn.record.conn
@@ -173,7 +174,7 @@ def commit_active(store: "Store", txn: _Txn) -> None:
         error = None  # no reference cycle through the traceback
 
 
-def rollback_active(store: "Store", txn: _Txn) -> None:
+def rollback_active(store: Store, txn: _Txn) -> None:
     """ROLLBACK what ``txn`` holds (``db.rollback()``), unless SQLite already rolled back."""
     conn = txn.record.conn
     error: BaseException | None = None
@@ -194,7 +195,7 @@ def rollback_active(store: "Store", txn: _Txn) -> None:
         error = None  # no reference cycle through the traceback
 
 
-def abandon_direct(store: "Store", txn: _Txn) -> None:
+def abandon_direct(store: Store, txn: _Txn) -> None:
     """``db.close()`` while a bare ``db.begin()`` transaction is open: roll it back and end it
     (closing the sqlite3 connection would roll it back too)."""
     try:
@@ -203,7 +204,7 @@ def abandon_direct(store: "Store", txn: _Txn) -> None:
         finish(store, txn)
 
 
-def end_db(store: "Store", txn: _Txn, exc: BaseException | None) -> bool:
+def end_db(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
     """End a top-level :class:`_DbTxn` as peewee's ``_transaction.__exit__`` does (pop, then
     ``commit(False)``, or ``rollback(False)`` on an error or a failed commit)."""
     db = store.database

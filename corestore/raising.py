@@ -102,14 +102,14 @@ def is_peewee_own(err: BaseException) -> bool:
     return isinstance(err, peewee.PeeweeException) and not isinstance(err, StoreError) and driver_error(err) is None
 
 
-def classify(store: "Store", err: BaseException, op: Operation | None) -> Classification:
+def classify(store: Store, err: BaseException, op: Operation | None) -> Classification:
     """The verdict on ``err``: its own classification if it has one, else the ``classify_error`` hook's."""
     if isinstance(err, StoreError) and err.classification is not None:
         return err.classification
     return store.hooks.classify_error(store, err, op)
 
 
-def note_fault(store: "Store", c: Classification, op: Operation | None, err: BaseException, *, report: bool) -> None:
+def note_fault(store: Store, c: Classification, op: Operation | None, err: BaseException, *, report: bool) -> None:
     """Apply the verdict ``c``: count a fault, reopen when asked, tell ``on_fatal`` (``report``)."""
     if c.is_fault:
         with store._stats_lock:
@@ -122,7 +122,7 @@ def note_fault(store: "Store", c: Classification, op: Operation | None, err: Bas
         fire_on_fatal(store, err, c, op)
 
 
-def fire_on_fatal(store: "Store", err: BaseException, c: Classification, op: Operation | None) -> None:
+def fire_on_fatal(store: Store, err: BaseException, c: Classification, op: Operation | None) -> None:
     """``on_fatal`` on the failing caller's thread: a ``health()`` called from inside it (a
     plugin escalating) never runs the database probe (site/plugins/health.md)."""
     scope = store._fault_scope
@@ -133,7 +133,7 @@ def fire_on_fatal(store: "Store", err: BaseException, c: Classification, op: Ope
         scope.depth -= 1
 
 
-def failed(store: "Store", err: BaseException, op: Operation | None, *, committed: bool | None, report: bool,
+def failed(store: Store, err: BaseException, op: Operation | None, *, committed: bool | None, report: bool,
            classification: Classification | None = None) -> BaseException:
     """Classify ``err``, apply the verdict (reopen, ``on_fatal``), return what to raise."""
     if isinstance(err, StoreError) and err.classification is not None and classification is None:
@@ -147,7 +147,7 @@ def failed(store: "Store", err: BaseException, op: Operation | None, *, committe
     return exc
 
 
-def exception_for(store: "Store", err: BaseException, c: Classification, committed: bool | None) -> StoreError:
+def exception_for(store: Store, err: BaseException, c: Classification, committed: bool | None) -> StoreError:
     """The caller's exception for ``err`` classified as ``c``: what, to which file, committed or not, what next."""
     cls = EXCEPTION_FOR_KIND.get(c.kind, StoreError)
     what = c.name or c.kind.name
@@ -158,7 +158,7 @@ def exception_for(store: "Store", err: BaseException, c: Classification, committ
     return cls(message, classification=c, committed=committed, path=store.path)
 
 
-def write_in_read(store: "Store", err: BaseException) -> ReadOnlyError | None:
+def write_in_read(store: Store, err: BaseException) -> ReadOnlyError | None:
     """A ReadOnlyError if ``err`` is SQLite refusing a change because a read scope of this
     thread's transaction has ``query_only`` on; None otherwise."""
     active = store.database._active()
@@ -176,7 +176,7 @@ def write_in_read(store: "Store", err: BaseException) -> ReadOnlyError | None:
     )
 
 
-def translate_in_transaction(store: "Store", err: BaseException) -> BaseException:
+def translate_in_transaction(store: Store, err: BaseException) -> BaseException:
     """A statement failed inside this thread's store transaction: the exception to raise (not
     yet a fault: the transaction's end applies the verdict)."""
     if not is_db_error(err) or isinstance(err, StoreError):
@@ -190,7 +190,7 @@ def translate_in_transaction(store: "Store", err: BaseException) -> BaseExceptio
     return exception_for(store, err, c, committed=False)
 
 
-def translate_open_error(store: "Store", err: BaseException) -> BaseException:
+def translate_open_error(store: Store, err: BaseException) -> BaseException:
     """Opening a connection failed: the exception to raise (not a database: ``CorruptionError``;
     a read-only profile on a WAL file it cannot read: ``FatalError`` naming why)."""
     if isinstance(err, StoreError) or not is_db_error(err):

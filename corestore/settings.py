@@ -22,7 +22,8 @@ file and the table to the :class:`~corestore.ConfigError`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import ConfigError
 

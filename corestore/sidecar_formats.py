@@ -19,7 +19,8 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import ConfigError
 from .fileio import atomic_write

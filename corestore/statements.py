@@ -6,7 +6,8 @@ health probe). Each still passes through ``before_operation``, classification an
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import Classification, ErrorKind, QueryError, ReadOnlyError, StoreClosedError, StoreError
 from .operation import Operation
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def with_connection(store: "Store", kind: str, fn: Callable[[Any], T], *, name: str | None = None) -> T:
+def with_connection(store: Store, kind: str, fn: Callable[[Any], T], *, name: str | None = None) -> T:
     """Run ``fn(conn)`` on this thread's connection outside any transaction, as an operation."""
     if store.database.in_transaction() or store.database._active() is not None:
         raise QueryError(f"{store.path}: {name or kind} cannot run inside a transaction",
@@ -50,7 +51,7 @@ def with_connection(store: "Store", kind: str, fn: Callable[[Any], T], *, name: 
 
 
 
-def autocommit(store: "Store", execute: Callable[..., Any], sql: str, params: Any, is_read: bool,
+def autocommit(store: Store, execute: Callable[..., Any], sql: str, params: Any, is_read: bool,
                 args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     if store._closed and not store._draining:
         raise StoreClosedError(f"{store.path}: the store was closed", path=store.path)
@@ -101,7 +102,7 @@ def autocommit(store: "Store", execute: Callable[..., Any], sql: str, params: An
         error = None  # no reference cycle through the traceback
 
 
-def acquire_for(store: "Store", op: Operation | None, report: bool) -> Any:
+def acquire_for(store: Store, op: Operation | None, report: bool) -> Any:
     """This thread's connection for ``op``. Failing to open it is the operation's outcome:
     a fault is counted and reported (``on_fatal``, so the circuit breaker sees CANTOPEN)."""
     try:

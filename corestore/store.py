@@ -21,7 +21,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from . import aio
 from .backends import Backend, backend_for
@@ -52,7 +53,7 @@ class Store:
     ``plugins`` (instances by name), ``hooks`` (the :class:`~corestore.registry.HookCaller`).
     """
 
-    def __init__(self, profile: Profile, *, setup: Callable[["Store"], Any] | None = None, key: Any = None) -> None:
+    def __init__(self, profile: Profile, *, setup: Callable[[Store], Any] | None = None, key: Any = None) -> None:
         self.profile = profile
         self.path = profile.path
         self._key = key
@@ -262,7 +263,7 @@ class Store:
                 self._anchor.close()
                 self._anchor = None
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def iso(ts: float) -> str:
     """The unix time ``ts`` (seconds, as :func:`time.time` returns) as ISO 8601, UTC, milliseconds."""
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="milliseconds")
 
 
 def now_iso() -> str:

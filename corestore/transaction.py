@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import peewee
 
@@ -95,7 +96,7 @@ class _Txn:
     __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result",
                  "qo", "direct", "peewee", "gate")
 
-    def __init__(self, store: "Store", kind: str, *, lock_type: str | None, name: str | None,
+    def __init__(self, store: Store, kind: str, *, lock_type: str | None, name: str | None,
                  op: Operation | None = None, report: bool = True) -> None:
         self.store = store
         self.kind = kind
@@ -119,7 +120,7 @@ class _Txn:
     def rollback(self, begin: bool = True) -> None:
         rollback_inside(self.store, self, begin)
 
-    def __enter__(self) -> "_Txn":
+    def __enter__(self) -> _Txn:
         try:
             return begin_txn(self.store, self)
         except BaseException as err:
@@ -151,7 +152,7 @@ class _Txn:
         return inner
 
 
-def run(store: "Store", fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
+def run(store: Store, fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
         idempotent: bool = False, name: str | None = None, gate: Any = None) -> T:
     """``store.run()``: ``fn()`` inside ``store.transaction()`` (``read=True``: ``store.read()``),
     retried as a whole by policy: BUSY and TRANSIENT_IO within the profile's retry budget and
@@ -215,7 +216,7 @@ def run(store: "Store", fn: Callable[[], T], *, read: bool = False, deadline_s: 
         time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
 
 
-def may_retry(store: "Store", err: StoreError, c: Classification, attempts: dict[ErrorKind, int], policy: Any,
+def may_retry(store: Store, err: StoreError, c: Classification, attempts: dict[ErrorKind, int], policy: Any,
                deadline: float, idempotent: bool) -> bool:
     if err.committed is True or (err.committed is None and not idempotent):
         return False  # COMMIT was issued: never retried unless the caller said it is safe
@@ -230,7 +231,7 @@ def may_retry(store: "Store", err: StoreError, c: Classification, attempts: dict
 # -- transactions (internal) ---------------------------------------------------------------
 
 
-def lock_name(store: "Store", lock_type: Any) -> str | None:
+def lock_name(store: Store, lock_type: Any) -> str | None:
     if lock_type not in BEGIN:
         upper = str(lock_type).upper()
         if upper not in BEGIN:
@@ -242,7 +243,7 @@ def lock_name(store: "Store", lock_type: Any) -> str | None:
     return lock_type  # type: ignore[no-any-return]
 
 
-def begin_txn(store: "Store", txn: _Txn) -> _Txn:
+def begin_txn(store: Store, txn: _Txn) -> _Txn:
     db = store.database
     state = db._state
     if state.transactions and not txn.direct:
@@ -292,7 +293,7 @@ def begin_txn(store: "Store", txn: _Txn) -> _Txn:
     return txn
 
 
-def begin_nested(store: "Store", txn: _Txn) -> _Txn:
+def begin_nested(store: Store, txn: _Txn) -> _Txn:
     """``txn`` entered inside another transaction of this thread: a savepoint of it."""
     db = store.database
     top = db.top_transaction()
@@ -316,7 +317,7 @@ def begin_nested(store: "Store", txn: _Txn) -> _Txn:
     return txn
 
 
-def set_query_only(store: "Store", record: Any, on: bool) -> None:
+def set_query_only(store: Store, record: Any, on: bool) -> None:
     """Switch ``PRAGMA query_only`` on ``record``'s connection.
 
     It stays on after a read transaction (switching it costs a statement and makes SQLite
@@ -336,7 +337,7 @@ def set_query_only(store: "Store", record: Any, on: bool) -> None:
     record.query_only = on
 
 
-def leave_query_only(store: "Store", txn: _Txn, record: Any) -> None:
+def leave_query_only(store: Store, txn: _Txn, record: Any) -> None:
     """``txn`` ends with a read scope still open on a write (an error unwound it): switch
     ``query_only`` off."""
     if txn.qo:
@@ -345,7 +346,7 @@ def leave_query_only(store: "Store", txn: _Txn, record: Any) -> None:
             set_query_only(store, record, False)
 
 
-def end_txn(store: "Store", txn: _Txn, exc: BaseException | None) -> bool:
+def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
     if txn.nested:
         try:
             return bool(txn._savepoint.__exit__(type(exc) if exc else None, exc, None))
@@ -414,7 +415,7 @@ def end_txn(store: "Store", txn: _Txn, exc: BaseException | None) -> bool:
     return False
 
 
-def commit_invariants(store: "Store", conn: Any, op: Operation | None) -> tuple[list[Violation], bool] | None:
+def commit_invariants(store: Store, conn: Any, op: Operation | None) -> tuple[list[Violation], bool] | None:
     """Run ``on_commit_invariant`` on ``conn``. Called while the caller still holds the
     connection's record (busy): a check runs statements on ``conn``, and a connection closed
     by ``close()``/``invalidate()`` from another thread in the middle of a statement crashes
@@ -424,7 +425,7 @@ def commit_invariants(store: "Store", conn: Any, op: Operation | None) -> tuple[
     return None
 
 
-def after_commit(store: "Store", checked: tuple[list[Violation], bool] | None, op: Operation | None) -> None:
+def after_commit(store: Store, checked: tuple[list[Violation], bool] | None, op: Operation | None) -> None:
     """After the record is released: report what :func:`commit_invariants` found, then
     ``on_success``."""
     if checked is not None:
@@ -435,7 +436,7 @@ def after_commit(store: "Store", checked: tuple[list[Violation], bool] | None, o
         store.hooks.on_success(store, op)
 
 
-def report_violations(store: "Store", violations: list[Violation], op: Operation | None, raise_it: bool) -> None:
+def report_violations(store: Store, violations: list[Violation], op: Operation | None, raise_it: bool) -> None:
     """Log, count and report (``on_fatal`` with kind INVARIANT) violations found after a
     durable commit; raise ``InvariantViolation(committed=True)`` only when a check asked."""
     text = "; ".join(f"{v.check}: {v.message}" for v in violations)
@@ -451,7 +452,7 @@ def report_violations(store: "Store", violations: list[Violation], op: Operation
         raise err
 
 
-def commit_inside(store: "Store", txn: _Txn, begin: bool) -> None:
+def commit_inside(store: Store, txn: _Txn, begin: bool) -> None:
     """``txn.commit()`` inside a ``store.transaction()`` block: as peewee's, through
     ``db.commit()`` (a real COMMIT: invariants run) and ``db.begin()``; a nested one releases
     its savepoint."""
@@ -465,7 +466,7 @@ def commit_inside(store: "Store", txn: _Txn, begin: bool) -> None:
         db.begin(txn.lock_type)
 
 
-def rollback_inside(store: "Store", txn: _Txn, begin: bool) -> None:
+def rollback_inside(store: Store, txn: _Txn, begin: bool) -> None:
     if txn.nested:
         if _SAVEPOINT_ROLLBACK_BEGINS:
             txn._savepoint.rollback(begin)
@@ -479,7 +480,7 @@ def rollback_inside(store: "Store", txn: _Txn, begin: bool) -> None:
         db.begin(txn.lock_type)
 
 
-def finish(store: "Store", txn: _Txn, error: BaseException | None = None) -> None:
+def finish(store: Store, txn: _Txn, error: BaseException | None = None) -> None:
     """Release the connection ``txn`` holds and end its operation (idempotent); ``error`` is what
     ended it (None: it succeeded), for ``after_operation``'s outcome."""
     record = txn.record

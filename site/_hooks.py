@@ -29,7 +29,8 @@ import logging
 import os
 import posixpath
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["MARKER", "OPTIONAL_PAGES", "NOT_SET", "render_markers", "settings_table", "toml_type", "toml_value", "GENERATORS"]
 
@@ -216,7 +217,7 @@ _RETRY_MEANING = {
 def _profiles_other(arg: str) -> str:
     import attrs
 
-    from corestore.profiles import RetryPolicy, _ENUM_PRAGMAS, _BOOL_PRAGMAS, _INT_PRAGMAS, _INT_PRAGMA_RANGES
+    from corestore.profiles import _BOOL_PRAGMAS, _ENUM_PRAGMAS, _INT_PRAGMA_RANGES, _INT_PRAGMAS, RetryPolicy
 
     if arg == "retry":
         rows = []

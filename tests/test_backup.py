@@ -12,6 +12,7 @@ import pytest
 
 import corestore
 from corestore.backup import BackupRefused
+
 from helpers import child_env
 
 ROWS = 300

@@ -18,6 +18,7 @@ from corestore import HealthStatus, registry
 from corestore.sqlitebugs import affecting
 from corestore_contrib.waiting import wait_until
 from corestore_plugins._wal_readers import wal_readers
+
 from helpers import child_env
 
 MiB = 1024 * 1024

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,6 @@ from corestore_plugins.circuit_breaker import Breaker, BreakerState, CircuitBrea
 
 from helpers import child_env
 from plugin_fixtures import EVENTS
-
 
 ROOT = Path(__file__).resolve().parent.parent
 PRAGMAS = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"}

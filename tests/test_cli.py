@@ -23,7 +23,7 @@ def test_demo_writes_accounts_and_reports_up(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["writes"] > 0 and data["rows"] == data["writes"] and data["errors"] == {}
-    from corestore.profiles import WAL_RESET_MITIGATION, _MITIGATE_BY_DEFAULT
+    from corestore.profiles import _MITIGATE_BY_DEFAULT, WAL_RESET_MITIGATION
 
     mitigation = list(WAL_RESET_MITIGATION) if _MITIGATE_BY_DEFAULT else []  # issue 20: the default's mitigation
     assert data["profile"] == ["wal_guard", "wal_invariants", "circuit_breaker", "health"] + mitigation + ["accounting"]

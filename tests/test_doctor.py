@@ -18,16 +18,18 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from helpers import child_env, root_only
 from corestore import osprobe
 from corestore.doctor import Severity, diagnose
 from corestore.osprobe import filesystem_type
 from corestore.sqlitefile import read_wal_summary
+
+from helpers import child_env, root_only
 
 CLI = [sys.executable, "-m", "corestore.cli"]
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import peewee
 import pytest
@@ -19,9 +20,9 @@ import pytest
 import corestore
 from corestore import Profile, ReadOnlyError
 from corestore.sqlkind import is_read_sql
-from plugin_fixtures import EVENTS
 
 from helpers import run_python
+from plugin_fixtures import EVENTS
 
 PRAGMAS = {"busy_timeout": 2000, "journal_mode": "wal", "synchronous": "normal"}
 

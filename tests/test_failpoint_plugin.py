@@ -18,7 +18,6 @@ import pytest
 
 import corestore
 
-
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "site"
 PAGE = SITE / "testing-faults.md"

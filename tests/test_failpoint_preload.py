@@ -29,7 +29,6 @@ from corestore_contrib.failpoint import (
     preload_counters,
 )
 
-
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload failpoint needs Linux")
 WAL_FULL = {"journal_mode": "wal", "synchronous": "full"}
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from corestore_contrib.failpoint import PreloadFailpoint
-
 
 VALUE = "x" * 3000  # one row filling most of one 4096-byte page: its tail lies in the page's second half
 PROBE = f"SELECT v = '{VALUE}', length(v), instr(v, char(0)), (SELECT count(*) FROM t) FROM t WHERE id = 1"

@@ -18,7 +18,6 @@ from corestore import ErrorKind  # noqa: E402
 from corestore_contrib.failpoint import FailpointVFS, integrity_check, resolve_code  # noqa: E402
 from corestore_contrib.waiting import wait_until  # noqa: E402
 
-
 WAL = {"journal_mode": "wal", "synchronous": "full"}
 
 

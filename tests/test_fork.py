@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ class Forked:
     """A child made by ``os.fork()`` running ``body(channel)``; JSON lines both ways through
     pipes; every wait in the parent has a deadline and a child that overstays is killed."""
 
-    def __init__(self, body: Callable[["Forked"], Any]) -> None:
+    def __init__(self, body: Callable[[Forked], Any]) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         self._buffer = b""

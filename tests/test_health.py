@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 import corestore
-from helpers import ROOT, child_env
 from corestore import ConfigError, HealthComponent, HealthStatus, Profile, StoreError, hookimpl
 from corestore.health import worst_status
 from corestore_contrib.waiting import wait_until
 from corestore_plugins.health import Health, read_snapshot
 
+from helpers import ROOT, child_env
 
 PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000}
 

@@ -11,8 +11,8 @@ import corestore
 from corestore import ErrorKind, HealthStatus, InvariantViolation, Profile
 from corestore.hookspecs import HOOK_NAMES
 
-from plugin_fixtures import EVENTS
 from helpers import Holder
+from plugin_fixtures import EVENTS
 
 
 @pytest.fixture

@@ -180,7 +180,7 @@ def test_open_composes_on_the_default_in_code(tmp_path: Path) -> None:
                            settings={"health": {"probe_interval_s": 2.5}, "accounting": {"batch_size": 10}})
     try:
         assert store.profile.name == "default"
-        from corestore.profiles import WAL_RESET_MITIGATION, _MITIGATE_BY_DEFAULT
+        from corestore.profiles import _MITIGATE_BY_DEFAULT, WAL_RESET_MITIGATION
 
         mitigation = WAL_RESET_MITIGATION if _MITIGATE_BY_DEFAULT else ()  # issue 20: the default's mitigation
         assert store.profile.plugins == ("wal_guard", "wal_invariants", "health") + mitigation + ("accounting",)

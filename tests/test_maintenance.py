@@ -8,6 +8,7 @@ import corestore
 from corestore import HealthStatus
 from corestore.sqlitebugs import linked_version, parse_version
 from corestore_contrib.waiting import wait_until
+
 from helpers import Holder
 
 

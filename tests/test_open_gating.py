@@ -23,7 +23,6 @@ from corestore.oserrors import KIND_BY_ERRNO, classify_os_error, os_store_error
 from corestore.sqlitefile import read_header
 from corestore_contrib.failpoint import PreloadFailpoint, preload_counters
 
-
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload failpoint needs Linux")
 
 

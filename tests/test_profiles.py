@@ -9,10 +9,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from corestore import profiles
-
 import corestore
-from corestore import ConfigError, PluginError, Profile
+from corestore import ConfigError, PluginError, Profile, profiles
 from corestore.profiles import load_config, resolve_profile
 
 

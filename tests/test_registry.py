@@ -11,8 +11,8 @@ import corestore
 from corestore import PluginError, Profile
 from corestore.registry import discover, load_plugin_class
 
-from helpers import child_env, run_python
 import plugin_fixtures
+from helpers import child_env, run_python
 
 
 def test_first_party_plugins_are_entry_points() -> None:

@@ -17,7 +17,6 @@ import pytest
 import corestore
 from corestore import ConfigError, Profile, ReadOnlyError, StoreClosedError
 
-
 WAL_NORMAL = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal"}
 
 
@@ -219,7 +218,7 @@ def test_checkpoint_backup_and_stats(minimal: corestore.Store, tmp_path: Path) -
     assert stats["transactions"] == 1 and stats["statements"] >= 1 and stats["faults"] == 0
 
 
-def _child_writes(path: str, queue: "multiprocessing.Queue[object]") -> None:
+def _child_writes(path: str, queue: multiprocessing.Queue[object]) -> None:
     try:
         store = corestore.open(path, profile="minimal")  # the cache was emptied at fork: a fresh store
         store.database.execute_sql("insert into t values ('child')")
@@ -256,7 +255,7 @@ def test_forked_child_writes_without_touching_parent_connections(db_path: str) -
     check.close()
 
 
-def _child_reuses_parent_store(store: corestore.Store, queue: "multiprocessing.Queue[object]") -> None:
+def _child_reuses_parent_store(store: corestore.Store, queue: multiprocessing.Queue[object]) -> None:
     try:
         store.database.execute_sql("insert into t values ('child')")  # the inherited store reopens cleanly
         queue.put(("ok", store.stats()["connections_opened"]))

@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import attrs
 import pytest
@@ -131,7 +132,7 @@ class DenyJournalMode:
     class Settings:
         deny: str = attrs.field(default="set_wal", metadata={"help": "set_wal or all"})
 
-    def __init__(self, settings: "DenyJournalMode.Settings") -> None:
+    def __init__(self, settings: DenyJournalMode.Settings) -> None:
         self.settings = settings
 
     @hookimpl(tryfirst=True)
@@ -159,7 +160,7 @@ class Tamper:
         pragma: str = attrs.field(default="synchronous", metadata={"help": "pragma to change"})
         value: int = attrs.field(default=0, metadata={"help": "value to set"})
 
-    def __init__(self, settings: "Tamper.Settings") -> None:
+    def __init__(self, settings: Tamper.Settings) -> None:
         self.settings = settings
 
     @hookimpl(tryfirst=True)
@@ -197,7 +198,7 @@ class Barrier:
         directory: str = attrs.field(default="", metadata={"help": "where the processes meet"})
         parties: int = attrs.field(default=1, metadata={"help": "how many processes"})
 
-    def __init__(self, settings: "Barrier.Settings") -> None:
+    def __init__(self, settings: Barrier.Settings) -> None:
         self.settings = settings
         self.passed = False
 

@@ -24,7 +24,8 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -65,7 +66,7 @@ class Probes:
         critical: bool = attrs.field(default=False, validator=boolean,
                                      metadata={"help": "readiness fails while this database is unusable"})
 
-    def __init__(self, settings: "Probes.Settings | None" = None, *,
+    def __init__(self, settings: Probes.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`): the same
         keyword and ``clock`` attribute as every shipped plugin that reads the time; it stamps
@@ -75,16 +76,16 @@ class Probes:
         self._path: str | None = None
 
     @hookimpl
-    def on_store_open(self, store: "Store") -> None:
+    def on_store_open(self, store: Store) -> None:
         self._path = store.path
 
     @hookimpl
-    def on_persistent_failure(self, store: "Store") -> None:
+    def on_persistent_failure(self, store: Store) -> None:
         with _persistent_lock:
             _persistent[store.path] = self.clock()
 
     @hookimpl
-    def on_fork_child(self, store: "Store") -> None:
+    def on_fork_child(self, store: Store) -> None:
         """In a forked child: a new lock (another thread of the parent may have held it)."""
         global _persistent_lock
         _persistent_lock = threading.Lock()
@@ -130,10 +131,10 @@ class HealthEndpoints:
         return _resolve(str(target), None, config).path
 
     # -- the probes --------------------------------------------------------------------------
-    def stores(self) -> list["Store"]:
+    def stores(self) -> list[Store]:
         return [s for s in open_stores() if not s.closed]
 
-    def is_critical(self, store: "Store") -> bool:
+    def is_critical(self, store: Store) -> bool:
         plugin = store.plugins.get("probes")
         return store.path in self.critical or bool(plugin is not None and plugin.settings.critical)
 

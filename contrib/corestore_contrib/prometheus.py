@@ -18,7 +18,8 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -77,7 +78,7 @@ def _make() -> dict[str, Any]:
 
 
 _M = _make()
-_INSTANCES: "weakref.WeakSet[Prometheus]" = weakref.WeakSet()
+_INSTANCES: weakref.WeakSet[Prometheus] = weakref.WeakSet()
 
 
 def refresh_all() -> None:
@@ -121,7 +122,7 @@ class Prometheus:
         refresh_s: float = attrs.field(default=1.0, validator=number(0.0, 3600.0),
                                        metadata={"help": "seconds between two gauge refreshes after operations"})
 
-    def __init__(self, settings: "Prometheus.Settings | None" = None, *,
+    def __init__(self, settings: Prometheus.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`): the same
         keyword and ``clock`` attribute as every shipped plugin that reads the time. Durations
@@ -129,7 +130,7 @@ class Prometheus:
         replacement must keep that scale."""
         self.settings = settings if settings is not None else Prometheus.Settings()
         self.clock: Callable[[], float] = clock
-        self._store: "weakref.ref[Store] | None" = None
+        self._store: weakref.ref[Store] | None = None
         self._db = ""
         self._next_refresh = 0.0
         self._refresh_lock = threading.Lock()
@@ -139,7 +140,7 @@ class Prometheus:
         self._ok: dict[str, Any] = {}
 
     @hookimpl
-    def on_store_open(self, store: "Store") -> None:
+    def on_store_open(self, store: Store) -> None:
         self._store = weakref.ref(store)
         self._db = _observe.namespace(store)
         _M["corestore_sqlite_version_info"].labels(_observe.sqlite_version()).set(1)
@@ -147,12 +148,12 @@ class Prometheus:
         self.refresh()
 
     @hookimpl
-    def on_close(self, store: "Store") -> None:
+    def on_close(self, store: Store) -> None:
         self.refresh()
         _observe.unregister(_INSTANCES, self)
 
     @hookimpl
-    def on_fork_child(self, store: "Store") -> None:
+    def on_fork_child(self, store: Store) -> None:
         """In a forked child: a refresh another thread of the parent was in holds the lock for
         ever; prometheus_client itself starts the child's multiprocess files by pid."""
         self._refresh_lock = threading.Lock()
@@ -169,7 +170,7 @@ class Prometheus:
                 "multiprocess": bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))}
 
     @hookimpl
-    def after_operation(self, store: "Store", operation: "Operation", outcome: "Outcome") -> None:
+    def after_operation(self, store: Store, operation: Operation, outcome: Outcome) -> None:
         now = self.clock()
         elapsed = now - operation.started  # this attempt's start
         if outcome.error is None:
@@ -195,7 +196,7 @@ class Prometheus:
             self.refresh()
 
     @hookimpl
-    def on_health_changed(self, store: "Store") -> None:
+    def on_health_changed(self, store: Store) -> None:
         self.refresh(health=False)  # called from inside health(): the status comes from last_health
         last = store.last_health
         if last is not None:

@@ -13,7 +13,8 @@ A second engine is a new module beside it that provides the same members, and a 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..errors import Classification
@@ -32,38 +33,38 @@ class StoreLink(Protocol):
     The store's implementation is :data:`corestore.link.LINK`.
     """
 
-    def init_connection(self, store: "Store", conn: Any) -> None:
+    def init_connection(self, store: Store, conn: Any) -> None:
         """Prepare a new driver connection (the backend's preparation, then ``on_open``)."""
 
-    def translate_open_error(self, store: "Store", err: BaseException) -> BaseException:
+    def translate_open_error(self, store: Store, err: BaseException) -> BaseException:
         """The exception to raise for a failure to open a connection."""
 
-    def translate_in_transaction(self, store: "Store", err: BaseException) -> BaseException:
+    def translate_in_transaction(self, store: Store, err: BaseException) -> BaseException:
         """The exception to raise for a statement that failed inside a store transaction."""
 
-    def autocommit(self, store: "Store", execute: Callable[..., Any], sql: str, params: Any, is_read: bool,
+    def autocommit(self, store: Store, execute: Callable[..., Any], sql: str, params: Any, is_read: bool,
                    args: tuple[Any, ...], kwargs: Any) -> Any:
         """Run one statement outside any transaction as an operation of its own."""
 
-    def db_transaction(self, store: "Store", args: tuple[Any, ...], kwargs: Any) -> Any:
+    def db_transaction(self, store: Store, args: tuple[Any, ...], kwargs: Any) -> Any:
         """peewee's ``db.transaction()``: a store write transaction with peewee's semantics."""
 
-    def direct_begin(self, store: "Store", lock_type: str | None) -> None:
+    def direct_begin(self, store: Store, lock_type: str | None) -> None:
         """``db.begin()`` with no store transaction on the thread: open one."""
 
-    def begin_again(self, store: "Store", active: Any, lock_type: str | None) -> None:
+    def begin_again(self, store: Store, active: Any, lock_type: str | None) -> None:
         """BEGIN on the connection ``active`` holds (peewee's re-BEGIN after an inner commit)."""
 
-    def commit_active(self, store: "Store", txn: Any) -> None:
+    def commit_active(self, store: Store, txn: Any) -> None:
         """``db.commit()`` inside a store transaction: COMMIT under the store's policies."""
 
-    def rollback_active(self, store: "Store", txn: Any) -> None:
+    def rollback_active(self, store: Store, txn: Any) -> None:
         """``db.rollback()`` inside a store transaction."""
 
-    def abandon_direct(self, store: "Store", txn: Any) -> None:
+    def abandon_direct(self, store: Store, txn: Any) -> None:
         """``db.close()`` while a bare ``db.begin()`` transaction is open: roll it back, end it."""
 
-    def set_query_only(self, store: "Store", record: Any, on: bool) -> None:
+    def set_query_only(self, store: Store, record: Any, on: bool) -> None:
         """Switch the connection's read-only mode (``PRAGMA query_only`` on SQLite)."""
 
 
@@ -73,11 +74,11 @@ class Backend(Protocol):
     #: the engine's name (``"sqlite"``)
     name: str
 
-    def make_database(self, store: "Store", link: StoreLink) -> tuple[Any, Any]:
+    def make_database(self, store: Store, link: StoreLink) -> tuple[Any, Any]:
         """The store's peewee database for ``store.profile`` and an anchor connection that keeps
         an in-memory database alive (None otherwise)."""
 
-    def prepare_connection(self, store: "Store", conn: Any) -> None:
+    def prepare_connection(self, store: Store, conn: Any) -> None:
         """Apply the profile to a new driver connection (pragmas, journal mode)."""
 
     def in_transaction_test(self, driver: str) -> Callable[[Any], bool]:
@@ -89,14 +90,14 @@ class Backend(Protocol):
     def read_header(self, path: str) -> Any:
         """The database file's header, or None when it is not a database of this engine."""
 
-    def init_lock(self, path: str) -> "InitLock":
+    def init_lock(self, path: str) -> InitLock:
         """The cross-process lock that serialises initialisation of ``path``."""
 
-    def classify_exception(self, err: BaseException) -> "Classification":
+    def classify_exception(self, err: BaseException) -> Classification:
         """The engine's code table: the verdict on a driver error."""
 
 
-def backend_for(profile: "Profile") -> Backend:
+def backend_for(profile: Profile) -> Backend:
     """The backend for ``profile`` (every profile is SQLite today)."""
     from .sqlite import BACKEND
 

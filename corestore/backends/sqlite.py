@@ -22,7 +22,8 @@ import sqlite3
 import sys
 import urllib.parse
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
@@ -33,8 +34,8 @@ from ..initlock import InitLock
 from ..sqlitefile import SqliteHeader, read_header
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import StoreLink
     from ..store import Store
+    from . import StoreLink
 
 __all__ = [
     "BACKEND",
@@ -55,27 +56,27 @@ logger = logging.getLogger(__name__)
 
 
 # -- connection preparation: one function per policy, PREPARE wires them ----------------------
-def set_busy_timeout(store: "Store", conn: Any) -> None:
+def set_busy_timeout(store: Store, conn: Any) -> None:
     """``busy_timeout`` first: every statement after it waits for locks instead of failing."""
     busy = store.profile.pragmas.get("busy_timeout")
     if busy is not None:
         conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
 
 
-def read_schema(store: "Store", conn: Any) -> None:
+def read_schema(store: Store, conn: Any) -> None:
     """Read the header now: a file that is not a database fails at open, not at the first write."""
     if not store.memory:
         conn.execute("PRAGMA schema_version").fetchone()
 
 
-def set_pragmas(store: "Store", conn: Any) -> None:
+def set_pragmas(store: Store, conn: Any) -> None:
     """Every other pragma of the profile, in the profile's order."""
     for name, value in store.profile.pragmas.items():
         if name != "busy_timeout" and name != "journal_mode":
             conn.execute(f"PRAGMA {name} = {value}")
 
 
-def set_journal_mode(store: "Store", conn: Any) -> None:
+def set_journal_mode(store: Store, conn: Any) -> None:
     """The profile's journal mode, under the init lock, its returned value checked (a refusal is
     a ``FatalError``). Left to ``wal_guard`` when it is enabled; never on a read-only profile."""
     wanted = store.profile.pragmas.get("journal_mode")
@@ -98,10 +99,10 @@ def set_journal_mode(store: "Store", conn: Any) -> None:
 
 
 #: How a new connection is prepared, in order.
-PREPARE: tuple[Callable[["Store", Any], None], ...] = (set_busy_timeout, read_schema, set_pragmas, set_journal_mode)
+PREPARE: tuple[Callable[[Store, Any], None], ...] = (set_busy_timeout, read_schema, set_pragmas, set_journal_mode)
 
 
-def prepare_connection(store: "Store", conn: Any) -> None:
+def prepare_connection(store: Store, conn: Any) -> None:
     """Apply :data:`PREPARE` to ``conn``."""
     for step in PREPARE:
         step(store, conn)
@@ -152,7 +153,7 @@ def database_class(driver: str) -> type:
     return cls
 
 
-def make_database(store: "Store", link: "StoreLink") -> tuple[Any, Any]:
+def make_database(store: Store, link: StoreLink) -> tuple[Any, Any]:
     """The policy database for ``store.profile`` and, for ``:memory:``, the anchor connection that
     keeps the shared in-memory database alive while the store is open (else None)."""
     profile = store.profile
@@ -195,10 +196,10 @@ class SqliteBackend:
 
     name = "sqlite"
 
-    def make_database(self, store: "Store", link: "StoreLink") -> tuple[Any, Any]:
+    def make_database(self, store: Store, link: StoreLink) -> tuple[Any, Any]:
         return make_database(store, link)
 
-    def prepare_connection(self, store: "Store", conn: Any) -> None:
+    def prepare_connection(self, store: Store, conn: Any) -> None:
         prepare_connection(store, conn)
 
     def in_transaction_test(self, driver: str) -> Callable[[Any], bool]:

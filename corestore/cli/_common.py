@@ -8,7 +8,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..health import EXIT_USAGE
 from ..profiles import ENV_CONFIG

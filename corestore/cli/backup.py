@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import ConfigError
 from ._common import EXIT_USAGE, emit

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -55,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _doctor_path(args: argparse.Namespace) -> str:
     """The file for ``NAME|PATH``: a name bound in ``[databases]`` (like ``corestore health``),
     else the path as given."""
-    from ..profiles import load_config
     from ..opening import looks_like_bare_name
+    from ..profiles import load_config
 
     target = args.path
     cfg = load_config(config_path(args))

@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import socket
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -48,8 +49,8 @@ def _pid_alive(pid: Any) -> bool | None:
 
 
 def _resolve_target(args: argparse.Namespace) -> Any:
-    from ..profiles import load_config, resolve_profile
     from ..opening import looks_like_bare_name
+    from ..profiles import load_config, resolve_profile
 
     cfg = load_config(config_path(args))
     target = args.target
@@ -68,7 +69,7 @@ def _resolve_target(args: argparse.Namespace) -> Any:
 def _synthetic(path: str, profile: str, status: HealthStatus, summary: str, **details: Any) -> dict[str, Any]:
     return {
         "status": status.value, "database": path, "profile": profile,
-        "checked_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "checked_at": _dt.datetime.now(_dt.UTC).isoformat(),
         "components": {"database": {"status": status.value, "summary": summary, "details": to_jsonable(details)}},
     }
 
@@ -159,7 +160,7 @@ def _live_report(profile: Any) -> dict[str, Any]:
                       plugins=tuple(p for p in profile.plugins if p not in writers))
     try:
         store = open_store(ro)
-    except (ConfigError,):
+    except ConfigError:
         raise
     except StoreError as err:
         c = err.classification

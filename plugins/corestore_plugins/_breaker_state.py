@@ -11,7 +11,8 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from corestore.errors import CircuitOpenError, Classification
 from corestore.health import HealthComponent
@@ -26,7 +27,17 @@ __all__ = ["Breaker", "breaker_for"]
 logger = logging.getLogger("corestore_plugins.circuit_breaker")
 
 from ._breaker_records import (
-    _CLOSED, _DONE, _TRANSITIONS_KEPT, LANES, NAME, BreakerState, Transition, _Flight, _Lane, _lane_of, _READ_KINDS,
+    _CLOSED,
+    _DONE,
+    _READ_KINDS,
+    _TRANSITIONS_KEPT,
+    LANES,
+    NAME,
+    BreakerState,
+    Transition,
+    _Flight,
+    _Lane,
+    _lane_of,
 )
 
 
@@ -47,7 +58,7 @@ class Breaker:
     public methods, never from inside ``on_fatal``/``on_success``.
     """
 
-    def __init__(self, path: str, settings: "CircuitBreaker.Settings", *, owner: str = "",
+    def __init__(self, path: str, settings: CircuitBreaker.Settings, *, owner: str = "",
                  clock: Callable[[], float] | None = None) -> None:
         self.path = path
         self.settings = settings

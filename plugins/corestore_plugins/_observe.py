@@ -61,12 +61,12 @@ def sqlite_version() -> str:
     return sqlite3.sqlite_version
 
 
-def namespace(store: "Store") -> str:
+def namespace(store: Store) -> str:
     """``db.namespace`` for a store: its database path (``:memory:`` for a memory database)."""
     return str(store.path)
 
 
-def wal_bytes(store: "Store") -> int | None:
+def wal_bytes(store: Store) -> int | None:
     """Size of the store's ``-wal`` file in bytes (0 when there is none; None for memory)."""
     if store.memory:
         return None
@@ -78,7 +78,7 @@ def wal_bytes(store: "Store") -> int | None:
         return None
 
 
-def breaker_state(store: "Store") -> str | None:
+def breaker_state(store: Store) -> str | None:
     """The circuit breaker's state name (``closed`` ...; its ``stats()["state"]``), None without
     the plugin."""
     plugin = store.plugins.get("circuit_breaker")
@@ -90,14 +90,14 @@ def breaker_state(store: "Store") -> str | None:
         return None
 
 
-def quarantined(store: "Store") -> bool | None:
+def quarantined(store: Store) -> bool | None:
     """True when the ``quarantine`` plugin refuses writes (its ``stats()["quarantined"]``); None
     without the plugin."""
     plugin = store.plugins.get("quarantine")
     return None if plugin is None else bool(plugin.stats()["quarantined"])
 
 
-def accounting_figures(store: "Store") -> dict[str, float] | None:
+def accounting_figures(store: Store) -> dict[str, float] | None:
     """``pending`` rows, ``lag_s`` (p99 of submit-to-commit delay of recent batches), ``blocked``
     (submitters waiting for room) and the cumulative counters of :data:`ACCOUNTING_OUTCOMES`,
     from the plugin's ``stats()``; None without the plugin."""
@@ -113,12 +113,12 @@ def accounting_figures(store: "Store") -> dict[str, float] | None:
     return figures
 
 
-def health_value(store: "Store") -> int:
+def health_value(store: Store) -> int:
     """The store's aggregate status as :data:`HEALTH_VALUES` (computed without I/O)."""
     return HEALTH_VALUES[store.health(probe=False).status]
 
 
-def error_fields(outcome: "Outcome") -> tuple[str, str | None, str | None]:
+def error_fields(outcome: Outcome) -> tuple[str, str | None, str | None]:
     """``(error.type, db.response.status_code, corestore.error.kind)`` of a failed outcome.
 
     ``db.response.status_code`` is SQLite's extended result code name (``SQLITE_BUSY``,
@@ -143,7 +143,7 @@ class TransitionCounter:
         self._last: Any = None
         self.counts: dict[str, int] = {state: 0 for state in BREAKER_STATES}
 
-    def update(self, store: "Store") -> dict[str, int]:
+    def update(self, store: Store) -> dict[str, int]:
         """Count transitions seen since the last call; returns the cumulative counts."""
         plugin = store.plugins.get("circuit_breaker")
         if plugin is None:
@@ -168,13 +168,13 @@ class TransitionCounter:
 _registry_lock = threading.Lock()
 
 
-def register(instances: "weakref.WeakSet[Any]", plugin: Any) -> None:
+def register(instances: weakref.WeakSet[Any], plugin: Any) -> None:
     """Add ``plugin`` to an exporter's set of live plugin instances."""
     with _registry_lock:
         instances.add(plugin)
 
 
-def unregister(instances: "weakref.WeakSet[Any]", plugin: Any) -> None:
+def unregister(instances: weakref.WeakSet[Any], plugin: Any) -> None:
     """Remove ``plugin`` from an exporter's set of live plugin instances."""
     with _registry_lock:
         instances.discard(plugin)
@@ -187,7 +187,7 @@ def after_fork_in_child() -> None:
     _registry_lock = threading.Lock()
 
 
-def live(instances: "weakref.WeakSet[Any]") -> list[Any]:
+def live(instances: weakref.WeakSet[Any]) -> list[Any]:
     """A snapshot of a weak set (for iteration while other threads add to it)."""
     with _registry_lock:
         return list(instances)

@@ -17,7 +17,8 @@ page count) and ``cache_spill`` (reads back a page threshold, not the value set)
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["NOT_READ_BACK", "expected_pragmas", "read_back", "describe"]
 

@@ -86,7 +86,7 @@ class _Futex:
                       ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_int(0))
 
 
-def _make_futex() -> "_Futex | None":
+def _make_futex() -> _Futex | None:
     if os.environ.get("CORESTORE_GATE_NO_FUTEX"):  # tests run the helper-thread path with it
         return None
     try:
@@ -108,13 +108,13 @@ class Outcome:
 
     __slots__ = ("value", "held")
 
-    HELD: ClassVar["Outcome"]
-    WAITED: ClassVar["Outcome"]
-    RESUMED: ClassVar["Outcome"]
-    REENTERED: ClassVar["Outcome"]
-    TIMEOUT: ClassVar["Outcome"]
-    UNAVAILABLE: ClassVar["Outcome"]
-    ALL: ClassVar[tuple["Outcome", ...]]
+    HELD: ClassVar[Outcome]
+    WAITED: ClassVar[Outcome]
+    RESUMED: ClassVar[Outcome]
+    REENTERED: ClassVar[Outcome]
+    TIMEOUT: ClassVar[Outcome]
+    UNAVAILABLE: ClassVar[Outcome]
+    ALL: ClassVar[tuple[Outcome, ...]]
 
     def __init__(self, value: str, held: bool) -> None:
         self.value = value
@@ -207,7 +207,7 @@ class _Helper:
 
     __slots__ = ("gate", "go", "done", "mutex", "fd", "byte", "cancelled", "finished", "error", "thread")
 
-    def __init__(self, gate: "GateTable") -> None:
+    def __init__(self, gate: GateTable) -> None:
         self.gate = gate
         self.go = threading.Lock()
         self.go.acquire()

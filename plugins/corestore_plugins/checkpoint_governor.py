@@ -49,7 +49,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import attrs
 
@@ -107,7 +108,7 @@ class CheckpointGovernor:
         wal_reset_mitigation: bool = attrs.field(default=True, validator=boolean, metadata={
             "help": "on a SQLite with the WAL-reset bug: checkpoints only under the write gate, busy = breach"})
 
-    def __init__(self, settings: "CheckpointGovernor.Settings | None" = None, *,
+    def __init__(self, settings: CheckpointGovernor.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds, monotonic) dates the last checkpoint and how long readers have held
         a snapshot; the checkpoint history's ``start_ns``/``end_ns`` stay :func:`time.monotonic_ns`."""

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -118,7 +119,7 @@ class CircuitBreaker:
             0, 1, low_inclusive=False, what="a fraction in (0, 1], e.g. 0.5 for half of the calls"), metadata={
             "help": "fraction of failed calls in the window that opens the breaker"})
 
-    def __init__(self, settings: "CircuitBreaker.Settings | None" = None, *,
+    def __init__(self, settings: CircuitBreaker.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
         plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
@@ -166,7 +167,7 @@ class CircuitBreaker:
         self.breaker.reset()
 
     # -- attaching ------------------------------------------------------------------------------
-    def _attach(self, store: "Store") -> Breaker:
+    def _attach(self, store: Store) -> Breaker:
         who = _describe(store)
         with _lock():
             if self._breaker is not None:
@@ -195,48 +196,48 @@ class CircuitBreaker:
 
     # -- hooks ---------------------------------------------------------------------------------
     @hookimpl
-    def on_store_open(self, store: "Store") -> None:
+    def on_store_open(self, store: Store) -> None:
         if self._breaker is None:
             self._attach(store)  # conflicting settings fail corestore.open() itself
 
     @hookimpl
-    def on_fork_child(self, store: "Store") -> None:
+    def on_fork_child(self, store: Store) -> None:
         """In a forked child (the core calls it): new registry lock, inherited breakers reset."""
         _lock()
         if self._breaker is not None:
             self._breaker._after_fork_in_child()
 
     @hookimpl
-    def before_operation(self, store: "Store", operation: "Operation") -> None:
+    def before_operation(self, store: Store, operation: Operation) -> None:
         (self._breaker or self._attach(store)).admit(operation)
 
     @hookimpl
-    def on_success(self, operation: "Operation") -> None:
+    def on_success(self, operation: Operation) -> None:
         breaker = self._breaker
         if breaker is not None:
             breaker.record_success(operation)
 
     @hookimpl
-    def on_fatal(self, classification: Classification, operation: "Operation | None") -> None:
+    def on_fatal(self, classification: Classification, operation: Operation | None) -> None:
         breaker = self._breaker
         if breaker is not None and classification.trips_breaker:
             breaker.record_fault(operation, classification)
 
     @hookimpl
-    def after_operation(self, operation: "Operation") -> None:
+    def after_operation(self, operation: Operation) -> None:
         breaker = self._breaker
         if breaker is not None:
             breaker.finish(operation)
 
     @hookimpl
-    def on_health(self, store: "Store") -> HealthComponent | None:
+    def on_health(self, store: Store) -> HealthComponent | None:
         breaker = self._breaker
         if breaker is None:
             return None
         return breaker.component()
 
     @hookimpl
-    def on_close(self, store: "Store") -> None:
+    def on_close(self, store: Store) -> None:
         breaker = self._breaker
         if breaker is not None:
             breaker._detach_store(store)

@@ -35,13 +35,15 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from corestore import ConfigError, HealthComponent, HealthReport, HealthStatus, hookimpl
 from corestore.settings import boolean, non_empty_string, number, optional
 from corestore.sidecar import sidecar_mode
+
 # the snapshot format is the core's (the CLI reads it too); re-exported here for plugin users
 from corestore.sidecar_formats import SNAPSHOT_SCHEMA, read_snapshot, resolve_snapshot_path, write_snapshot
 from corestore.timefmt import iso as _iso
@@ -65,7 +67,7 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-def snapshot_path_for(profile: "Profile") -> str | None:
+def snapshot_path_for(profile: Profile) -> str | None:
     """Where a store opened with ``profile`` writes its snapshot (None: the profile writes none,
     or does not enable ``health``). Validates the settings like the store would."""
     if "health" not in profile.plugins:
@@ -121,7 +123,7 @@ class Health:
                               "sidecar allowed to be more permissive than the database); false: the database's mode"},
         )
 
-    def __init__(self, settings: "Health.Settings | None" = None, *,
+    def __init__(self, settings: Health.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
         plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on
@@ -129,7 +131,7 @@ class Health:
         self.settings = settings if settings is not None else Health.Settings()
         self.clock: Callable[[], float] = clock
         self._cond = threading.Condition(threading.Lock())
-        self._store_ref: "weakref.ref[Store] | None" = None
+        self._store_ref: weakref.ref[Store] | None = None
         self._db_path: str | None = None
         self._snapshot_file: str | None = None
         self._pending: Any = None  # None, _REFRESH or a HealthReport: the latest write request
@@ -176,7 +178,7 @@ class Health:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
-    def check_profile(self, profile: "Profile") -> str | None:
+    def check_profile(self, profile: Profile) -> str | None:
         """The snapshot file ``profile`` would write (None: none), refused with a
         :class:`ConfigError` when its directory does not exist or it is a directory. Called by
         ``corestore.open()`` and ``corestore profiles --check`` alike, before the file is opened."""
@@ -194,7 +196,7 @@ class Health:
 
     # -- hooks ---------------------------------------------------------------------------------
     @hookimpl
-    def on_store_open(self, store: "Store") -> None:
+    def on_store_open(self, store: Store) -> None:
         """Once per store: the probe interval, the snapshot file, the watcher thread."""
         store.probe_interval_s = self.settings.probe_interval_s
         snapshot = self.check_profile(store.profile)
@@ -206,7 +208,7 @@ class Health:
                 self._ensure_thread()
 
     @hookimpl
-    def on_health(self, store: "Store") -> HealthComponent:
+    def on_health(self, store: Store) -> HealthComponent:
         if self._snapshot_file is not None and not self._initial_requested:
             self._initial_requested = True
             self._request(_REFRESH)  # the first report has no transition: write it anyway
@@ -243,7 +245,7 @@ class Health:
         return HealthComponent(name=self.name, status=status, summary=summary, details=details)
 
     @hookimpl
-    def on_health_changed(self, store: "Store", previous: HealthStatus, current: HealthStatus) -> None:
+    def on_health_changed(self, store: Store, previous: HealthStatus, current: HealthStatus) -> None:
         with self._cond:
             self._transitions += 1
             self._last_transition = (HealthStatus(previous), HealthStatus(current), time.time())
@@ -256,7 +258,7 @@ class Health:
         self._request(report if report is not None and report.status is current else _REFRESH)
 
     @hookimpl
-    def on_close(self, store: "Store") -> None:
+    def on_close(self, store: Store) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -344,7 +346,7 @@ class Health:
         self._last_write_at = time.time()
 
     @hookimpl
-    def on_fork_child(self, store: "Store") -> None:
+    def on_fork_child(self, store: Store) -> None:
         """In a forked child (the core calls it): the writer thread and its lock belong to the parent."""
         self._after_fork_in_child()
 

@@ -31,7 +31,8 @@ import sqlite3
 import sys
 import threading
 import time
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import attrs
 
@@ -79,7 +80,7 @@ class Maintenance:
         quick_check_budget_s: float = attrs.field(default=1.0, validator=non_negative_seconds, metadata={
             "help": "a quick_check is interrupted after this long (result 'incomplete')"})
 
-    def __init__(self, settings: "Maintenance.Settings | None" = None, *,
+    def __init__(self, settings: Maintenance.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds, monotonic) schedules the periodic jobs and times them; a job's
         ``at`` is wall time and the quick_check budget SQLite's progress handler enforces stays

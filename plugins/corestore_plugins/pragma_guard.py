@@ -54,7 +54,7 @@ class PragmaGuard:
         check_every: int = attrs.field(default=100, validator=integer_at_least(1), metadata={
             "help": "commits between two read-backs of the profile's pragmas on the committing connection"})
 
-    def __init__(self, settings: "PragmaGuard.Settings | None" = None) -> None:
+    def __init__(self, settings: PragmaGuard.Settings | None = None) -> None:
         self.settings = settings if settings is not None else PragmaGuard.Settings()
         self._lock = threading.Lock()
         self._commits = 0

@@ -38,7 +38,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import attrs
 
@@ -51,6 +52,8 @@ from corestore import (
     HealthStatus,
     hookimpl,
 )
+from corestore.settings import boolean, non_negative_seconds
+
 # the marker format is the core's (the doctor reads it too); re-exported here for plugin users
 from corestore.sidecar_formats import (
     MARKER_FORMAT,
@@ -61,7 +64,6 @@ from corestore.sidecar_formats import (
     read_marker,
     write_marker,
 )
-from corestore.settings import boolean, non_negative_seconds
 from corestore.timefmt import iso as _iso
 
 from ._quarantine_evidence import _kinds_converter, gather_evidence
@@ -140,7 +142,7 @@ class Quarantine:
             metadata={"help": "on CORRUPT, seconds of PRAGMA quick_check that must find damage first (0: no check)"},
         )
 
-    def __init__(self, settings: "Quarantine.Settings | None" = None, *,
+    def __init__(self, settings: Quarantine.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
         plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on

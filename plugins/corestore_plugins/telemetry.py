@@ -26,7 +26,8 @@ import logging
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -61,7 +62,7 @@ INSTRUMENTS: dict[str, tuple[str, str, str]] = {
     "corestore.sqlite.version": ("gauge", "1", "1, with the linked SQLite library in corestore.sqlite.version"),
 }
 
-_INSTANCES: "weakref.WeakSet[Telemetry]" = weakref.WeakSet()
+_INSTANCES: weakref.WeakSet[Telemetry] = weakref.WeakSet()
 _lock = threading.Lock()
 _provider: dict[str, Any] = {"meter": None, "tracer": None}
 _instruments: dict[str, Any] = {}
@@ -157,7 +158,7 @@ class Telemetry:
                                        metadata={"help": "successful-attempt samples buffered and recorded at collection "
                                                          "(or when this many wait); 0: record each at once"})
 
-    def __init__(self, settings: "Telemetry.Settings | None" = None, *,
+    def __init__(self, settings: Telemetry.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
         plugin reads the time with: the same keyword, and the same ``clock`` attribute, on every
@@ -169,7 +170,7 @@ class Telemetry:
         self._buffer_size = self.settings.buffer_size
         self._buffer: list[tuple[float, dict[str, Any]]] = []
         self._flush_lock = threading.Lock()
-        self._store: "weakref.ref[Store] | None" = None
+        self._store: weakref.ref[Store] | None = None
         self._ok: dict[str, dict[str, Any]] = {}
         self._base: dict[str, Any] = {}
         self._instruments: dict[str, Any] = {}
@@ -180,7 +181,7 @@ class Telemetry:
 
     # -- lifecycle -----------------------------------------------------------------------------
     @hookimpl
-    def on_store_open(self, store: "Store") -> None:
+    def on_store_open(self, store: Store) -> None:
         self._store = weakref.ref(store)
         self._base = {"db.system.name": "sqlite", "db.namespace": _observe.namespace(store)}
         self._instruments = _get_instruments()
@@ -194,12 +195,12 @@ class Telemetry:
         _observe.register(_INSTANCES, self)
 
     @hookimpl
-    def on_close(self, store: "Store") -> None:
+    def on_close(self, store: Store) -> None:
         self.flush()
         _observe.unregister(_INSTANCES, self)
 
     @hookimpl
-    def on_fork_child(self, store: "Store") -> None:
+    def on_fork_child(self, store: Store) -> None:
         """In a forked child: the buffered samples are the parent's (recording them here would
         count them twice), and a lock another thread of the parent held at the fork stays held."""
         global _lock
@@ -223,7 +224,7 @@ class Telemetry:
     # without an adapter. The attempt's start is ``operation.started`` (set just before
     # ``before_operation``), so no ``before_operation`` is needed: half the dispatch cost.
     @hookimpl
-    def after_operation(self, store: "Store", operation: "Operation", outcome: "Outcome") -> None:
+    def after_operation(self, store: Store, operation: Operation, outcome: Outcome) -> None:
         now = self.clock()
         elapsed = now - operation.started
         if outcome.error is None:
@@ -247,7 +248,7 @@ class Telemetry:
     def _attributes(self, kind: str) -> dict[str, Any]:
         return {**self._base, "db.operation.name": kind}
 
-    def _failed(self, operation: "Operation", outcome: "Outcome", elapsed: float, now: float) -> None:
+    def _failed(self, operation: Operation, outcome: Outcome, elapsed: float, now: float) -> None:
         error_type, status, kind = _observe.error_fields(outcome)
         attributes = self._attributes(operation.kind)
         attributes["error.type"] = error_type
@@ -270,7 +271,7 @@ class Telemetry:
             self._last_checkpoint = now
         self._instruments["corestore.checkpoints"].add(1, {**self._base, "corestore.checkpoint.result": result})
 
-    def _span(self, operation: "Operation", outcome: "Outcome", elapsed: float) -> None:
+    def _span(self, operation: Operation, outcome: Outcome, elapsed: float) -> None:
         """One CLIENT span for the attempt, started at its start (``operation.started``)."""
         end = time.time_ns()
         span = self._tracer.start_span(f"{operation.kind} {self._base['db.namespace']}", kind=_span_kind(),

@@ -61,15 +61,20 @@ from corestore import (
     TransientError,
     hookimpl,
 )
-from corestore.sqlitefile import SqliteHeader, file_size, read_header
 from corestore.settings import at_least_field, integer_at_least, non_negative_seconds, one_of
-
-from ._wal_guard_sql import (
-    _RESYNC_SQL, _RETRIED, _classification, _describe_header, _is_core_cantopen,
-    _is_database_error, _is_protocol, _mode,
-)
+from corestore.sqlitefile import SqliteHeader, file_size, read_header
 
 from ._pragma_readback import describe, expected_pragmas, read_back
+from ._wal_guard_sql import (
+    _RESYNC_SQL,
+    _RETRIED,
+    _classification,
+    _describe_header,
+    _is_core_cantopen,
+    _is_database_error,
+    _is_protocol,
+    _mode,
+)
 
 __all__ = ["WalGuard", "DEFAULT_WAL_AUTOCHECKPOINT", "FALLBACK_MODES"]
 
@@ -123,7 +128,7 @@ class WalGuard:
             non_negative_seconds, at_least_field("backoff_base_s")), metadata={
             "help": "ceiling of one delay between switch attempts"})
 
-    def __init__(self, settings: "WalGuard.Settings | None" = None) -> None:
+    def __init__(self, settings: WalGuard.Settings | None = None) -> None:
         self.settings = settings if settings is not None else WalGuard.Settings()
         self._lock = threading.Lock()
         self._switches = 0

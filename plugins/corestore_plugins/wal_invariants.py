@@ -56,7 +56,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import attrs
 
@@ -69,8 +70,8 @@ from corestore import (
     hookimpl,
 )
 from corestore.classify import classify_exception
-from corestore.sqlitefile import header_descriptor, read_header
 from corestore.settings import integer_at_least, non_negative_seconds, one_of
+from corestore.sqlitefile import header_descriptor, read_header
 from corestore.timefmt import now_iso
 
 from ._wal_snapshot import _end_read, _in_transaction, _Inconclusive, _size, _Snapshot
@@ -145,7 +146,7 @@ class WalInvariants:
                               "rollback modes and a connection's first commit are always checked"},
         )
 
-    def __init__(self, settings: "WalInvariants.Settings | None" = None, *,
+    def __init__(self, settings: WalInvariants.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds on a monotonic scale; default :func:`time.monotonic`) is what the
         plugin's time-based rules read: the same keyword, and the same ``clock`` attribute, on

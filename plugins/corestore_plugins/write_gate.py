@@ -41,7 +41,8 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, ClassVar, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import attrs
 
@@ -166,7 +167,7 @@ class WriteGate:
             default=0.001, validator=number(0, low_inclusive=False, unit="seconds"), metadata={"help": "the fair busy handler's fixed sleep"},
         )
 
-    def __init__(self, settings: "WriteGate.Settings | None" = None, *,
+    def __init__(self, settings: WriteGate.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds, monotonic) times the waits the plugin counts and the shortened busy
         wait; the gate itself keeps to :func:`time.monotonic` (its times are shared across processes)."""

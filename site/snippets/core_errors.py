@@ -1,5 +1,6 @@
-import corestore
 import peewee
+
+import corestore
 from corestore import ErrorKind, StoreError
 from corestore.classify import classify_code
 

@@ -1,5 +1,6 @@
-import corestore
 import peewee
+
+import corestore
 
 
 class Event(peewee.Model):

@@ -1,6 +1,7 @@
 import os
 
 import attrs
+
 import corestore
 
 os.makedirs("data", exist_ok=True)

@@ -1,5 +1,6 @@
-import corestore
 import peewee
+
+import corestore
 from corestore import StoreError
 
 

@@ -1,5 +1,6 @@
-import corestore
 import pytest
+
+import corestore
 
 # Your own profile (a name; add config="corestore.toml" if it is defined there), over the failpoint VFS.
 pytestmark = pytest.mark.corestore_profile("minimal", pragmas={"journal_mode": "wal"}, failpoint=True)

@@ -1,6 +1,7 @@
 import attrs
-import corestore
 import pytest
+
+import corestore
 
 pytestmark = pytest.mark.corestore_profile("minimal", pragmas={"journal_mode": "wal"}, failpoint=True)
 

@@ -1,5 +1,6 @@
-import corestore
 import pytest
+
+import corestore
 from corestore_contrib.failpoint import FailpointVFS
 
 

@@ -1,5 +1,6 @@
-import corestore
 from acme_policy import FaultBudget
+
+import corestore
 
 orders = corestore.open("orders", config="corestore.toml")
 # enabled after the default plugins

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._check import integrity_check
 from ._preload import (
     CONTROL_ENV,
     PRELOAD_OPS,
@@ -37,7 +38,6 @@ from ._preload import (
     run_in_child,
     start_child,
 )
-from ._check import integrity_check
 
 __all__ = [
     # in-process VFS (apsw)

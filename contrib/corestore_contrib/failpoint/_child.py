@@ -10,7 +10,8 @@ import importlib
 import json
 import os
 import traceback
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._preload import preload_counters
 

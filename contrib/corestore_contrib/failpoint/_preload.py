@@ -30,8 +30,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -94,7 +95,7 @@ class ShimBuildError(RuntimeError):
 class ChildFailedError(RuntimeError):
     """:meth:`ChildResult.check` on a child that raised, crashed or exited non-zero."""
 
-    def __init__(self, message: str, result: "ChildResult") -> None:
+    def __init__(self, message: str, result: ChildResult) -> None:
         super().__init__(message)
         self.result = result
 
@@ -192,7 +193,7 @@ class PreloadRule:
         return f"{self.id} {','.join(self.ops)} {self.errno} {self.after} {count} {self.glob}"
 
     @classmethod
-    def parse(cls, line: str) -> "PreloadRule":
+    def parse(cls, line: str) -> PreloadRule:
         ident, ops, err, after, count, pattern = line.split(" ", 5)
         return cls(
             id=int(ident),
@@ -278,7 +279,7 @@ class PreloadFailpoint:
         self._children: list[ChildProcess] = []
 
     @classmethod
-    def from_env(cls, *, database: str | os.PathLike[str] | None = None) -> "PreloadFailpoint":
+    def from_env(cls, *, database: str | os.PathLike[str] | None = None) -> PreloadFailpoint:
         """The control of the failpoint this (child) process runs under, from ``$CORESTORE_FAILPOINT_CONTROL``."""
         path = os.environ.get(CONTROL_ENV)
         if not path:
@@ -365,18 +366,18 @@ class PreloadFailpoint:
         os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, self.control)
 
-    def _locked(self) -> "_FileLock":
+    def _locked(self) -> _FileLock:
         return _FileLock(self.control.with_name(self.control.name + ".lock"))
 
     # -- children ----------------------------------------------------------------------------
 
     def run(self, target: Callable[..., Any] | str, *, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-            env: Mapping[str, str] | None = None, timeout_s: float = 60.0, cwd: str | os.PathLike[str] | None = None) -> "ChildResult":
+            env: Mapping[str, str] | None = None, timeout_s: float = 60.0, cwd: str | os.PathLike[str] | None = None) -> ChildResult:
         """:func:`run_in_child` under this failpoint."""
         return run_in_child(target, control=self, args=args, kwargs=kwargs, env=env, timeout_s=timeout_s, cwd=cwd)
 
     def start(self, target: Callable[..., Any] | str, *, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-              env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None) -> "ChildProcess":
+              env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None) -> ChildProcess:
         """:func:`start_child` under this failpoint; :meth:`close` kills children still running."""
         child = start_child(target, control=self, args=args, kwargs=kwargs, env=env, cwd=cwd)
         self._children.append(child)
@@ -440,7 +441,7 @@ class ChildResult:
     def ok(self) -> bool:
         return self.returncode == 0 and self.error is None
 
-    def check(self) -> "ChildResult":
+    def check(self) -> ChildResult:
         """Return self if the child succeeded, else raise :class:`ChildFailedError` with its
         traceback and stderr."""
         if self.ok:

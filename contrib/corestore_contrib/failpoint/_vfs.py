@@ -34,7 +34,8 @@ import os
 import threading
 import time
 import types
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import apsw
 import attrs
@@ -216,7 +217,7 @@ class FailpointCounters:
 class _FailpointFile(apsw.VFSFile):
     """The default VFS's file, with every data operation asking the failpoint first."""
 
-    def __init__(self, vfs: "FailpointVFS", name: Any, flags: list[int]) -> None:
+    def __init__(self, vfs: FailpointVFS, name: Any, flags: list[int]) -> None:
         self._fp = vfs
         self.role = _role_for(flags[0])
         raw = name.filename() if isinstance(name, apsw.URIFilename) else name
@@ -416,7 +417,7 @@ class FailpointVFS(apsw.VFS):
             super().unregister()
             logger.debug("failpoint VFS %r unregistered", self.name)
 
-    def __enter__(self) -> "FailpointVFS":
+    def __enter__(self) -> FailpointVFS:
         return self
 
     def __exit__(self, *exc: Any) -> None:

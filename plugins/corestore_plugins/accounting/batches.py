@@ -4,7 +4,7 @@ batch attempt ended (moved verbatim out of :mod:`corestore_plugins.accounting.wr
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from corestore import ErrorKind
 

@@ -28,7 +28,8 @@ import logging
 import os
 import threading
 import uuid
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["Item", "Ledger", "FlushWaiter", "percentiles"]
 

@@ -27,21 +27,22 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import peewee
 
 from corestore import ConfigError, HealthComponent, PluginError, UnsavedDataError, hookimpl
 
+from .batches import BATCHES_TABLE
 from .clock import Clock, ManualClock, SystemClock
 from .deadletter import DeadLetter, DeadLetterSink, default_path
 from .escalation import Escalation
 from .ledger import Ledger, percentiles
 from .rows import table_label
-from .status import component, log_close
 from .settings import ON_FULL, ON_UNKNOWN_TABLE
 from .settings import Settings as _Settings
-from .batches import BATCHES_TABLE
+from .status import component, log_close
 from .writer import Writer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,7 +58,7 @@ _perf_ns = time.perf_counter_ns
 _now = time.time
 
 
-_INSTANCES: "weakref.WeakSet[Accounting]" = weakref.WeakSet()
+_INSTANCES: weakref.WeakSet[Accounting] = weakref.WeakSet()
 
 
 class Accounting:
@@ -101,7 +102,7 @@ class Accounting:
 
     Settings = _Settings
 
-    def __init__(self, settings: "_Settings | None" = None, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: _Settings | None = None, *, clock: Clock | None = None) -> None:
         """``clock`` drives the writer's waits and time-based rules (default the real clock; a
         :class:`ManualClock` in tests); like every shipped plugin's ``clock`` keyword, but with
         ``sleep(seconds, wake)`` too, since the writer waits on it. :meth:`use_clock` sets it later."""
@@ -463,7 +464,7 @@ class Accounting:
             )
 
     @hookimpl
-    def on_store_open(self, store: "Store") -> None:
+    def on_store_open(self, store: Store) -> None:
         """Bind to the store, once, when it opens."""
         s = self.settings
         path: str | None = None
@@ -479,7 +480,7 @@ class Accounting:
         self._store = store
 
     @hookimpl
-    def on_health(self, store: "Store") -> HealthComponent:
+    def on_health(self, store: Store) -> HealthComponent:
         """The ``accounting`` component: DEGRADED while a fault episode is past ``degraded_after``
         or the queue is full, DOWN if the writer thread died; details are the counters."""
         thread = self._thread
@@ -487,12 +488,12 @@ class Accounting:
                          writer_stopped=thread is not None and not thread.is_alive() and not self._closing)
 
     @hookimpl
-    def on_fork_child(self, store: "Store") -> None:
+    def on_fork_child(self, store: Store) -> None:
         """In a forked child: start empty (the core calls it; see :meth:`_after_fork_in_child`)."""
         self._after_fork_in_child()
 
     @hookimpl
-    def on_close(self, store: "Store") -> None:
+    def on_close(self, store: Store) -> None:
         """Drain (see :meth:`close`) before the store closes its connections."""
         self.close()
 

@@ -22,7 +22,8 @@ dead-lettered with the error and the others go on.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import peewee
 

@@ -17,7 +17,7 @@ __all__ = ["component", "log_close"]
 logger = logging.getLogger(__name__)
 
 
-def component(name: str, st: dict[str, Any], sink: DeadLetterSink, *, settings: "Settings",
+def component(name: str, st: dict[str, Any], sink: DeadLetterSink, *, settings: Settings,
               writer_stopped: bool) -> HealthComponent:
     """The ``accounting`` component: DOWN when accepted rows are only in memory or the writer
     thread died (``writer_stopped``), DEGRADED while a fault episode is past ``degraded_after``,

@@ -29,13 +29,27 @@ import math
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from corestore import CircuitOpenError, ErrorKind, StoreClosedError, StoreError
 
 from .batches import (
-    _CHECK, _CREATE, _PRUNE, _PRUNE_EVERY_S, _RECORD, BATCHES_TABLE, CALLER_KINDS, Abandoned, AlreadyCommitted, Outcome,
-    batch_id_floor, describe, kind_name, log_letters, message,
+    _CHECK,
+    _CREATE,
+    _PRUNE,
+    _PRUNE_EVERY_S,
+    _RECORD,
+    BATCHES_TABLE,
+    CALLER_KINDS,
+    Abandoned,
+    AlreadyCommitted,
+    Outcome,
+    batch_id_floor,
+    describe,
+    kind_name,
+    log_letters,
+    message,
 )
 from .deadletter import DeadLetter, DeadLetterSink
 from .escalation import DEGRADED, PERSISTENT, REOPEN, Escalation
@@ -55,7 +69,7 @@ logger = logging.getLogger(__name__)
 class Writer:
     """The writer loop of one :class:`~corestore_plugins.accounting.Accounting` (one thread)."""
 
-    def __init__(self, store: "Store", *, settings: "Settings", ledger: Ledger, episode: Escalation, clock: Clock,
+    def __init__(self, store: Store, *, settings: Settings, ledger: Ledger, episode: Escalation, clock: Clock,
                  sink: DeadLetterSink, abandon: threading.Event, closing: Callable[[], bool],
                  tables_stale: Callable[[], bool], tables_seen: Callable[[frozenset[str]], None]) -> None:
         """Handed its collaborators: ``abandon`` is set by ``close()`` at its deadline, ``closing()``

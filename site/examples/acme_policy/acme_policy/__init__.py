@@ -13,12 +13,17 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import attrs
 
 from corestore import (
-    Classification, ConfigError, HealthComponent, HealthStatus, hookimpl,
+    Classification,
+    ConfigError,
+    HealthComponent,
+    HealthStatus,
+    hookimpl,
 )
 from corestore.settings import integer_at_least, non_negative_seconds
 
@@ -27,7 +32,7 @@ __all__ = ["FaultBudget"]
 logger = logging.getLogger(__name__)
 
 
-def _not_zero(instance: Any, attribute: "attrs.Attribute[Any]",
+def _not_zero(instance: Any, attribute: attrs.Attribute[Any],
               value: float) -> None:
     if value == 0:  # after non_negative_seconds: a number >= 0 here
         raise ConfigError(

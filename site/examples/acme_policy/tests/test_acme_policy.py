@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from acme_policy import FaultBudget
 
 import corestore
 from corestore import ErrorKind, HealthStatus
-
-from acme_policy import FaultBudget
 
 WINDOW_S = 0.5
 BUDGET = {"acme_fault_budget": {"max_faults": 1, "window_s": WINDOW_S}}
