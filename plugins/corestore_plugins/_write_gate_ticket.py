@@ -465,16 +465,14 @@ class Gate:
         t = getattr(self._local, "t", None)
         return t is not None and t.depth > 0
 
-    def acquire(self, timeout_s: float, *, turn_s: float = 0.0, round_s: float = 0.0, spin_s: float = 0.0) -> Outcome:
+    def acquire(self, timeout_s: float, *, turn_s: float = 0.0, round_s: float = 0.0) -> Outcome:
         """Take the gate within ``timeout_s`` seconds (FIFO across threads and processes).
 
         ``turn_s`` > 0 opens a *turn*: until ``turn_s`` after the gate became ours, a
         :meth:`release` with ``linger_s`` keeps the place while others wait, and this thread's
         next :meth:`acquire` resumes it without a hand-off. ``round_s`` > 0 shortens the turn to
         ``round_s`` divided among the writers waiting behind when the gate became ours (so that a
-        whole round of turns takes about ``round_s``). ``spin_s`` > 0: the next in line
-        stays on the CPU (yielding it) from ``spin_s`` before to ``spin_s`` after the end of its
-        predecessor's turn instead of sleeping through it (a hand-off without a wake-up).
+        whole round of turns takes about ``round_s``).
         """
         t = getattr(self._local, "t", None) or self._thread_state()
         if t.depth:
@@ -495,14 +493,13 @@ class Gate:
                 self._proc.release()
             logger.debug("%s: gate descriptor: %s", self.path, err)
             return Outcome.UNAVAILABLE
-        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0, spin_s, round_s)
+        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0, round_s)
         if outcome.held:
             t.depth = 1
             t.fd = fd
         return outcome
 
-    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float, spin: float,
-                          round_s: float) -> Outcome:
+    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float, round_s: float) -> Outcome:
         if not self._meta_lock(fd, deadline):
             self._give_back(fd)
             return Outcome.TIMEOUT
@@ -531,7 +528,7 @@ class Gate:
             if pred_done:
                 outcome = Outcome.HELD
             elif _FUTEX is not None:
-                outcome = self._wait_futex(fd, ticket, deadline, spin)
+                outcome = self._wait_futex(fd, ticket, deadline)
             else:
                 outcome = self._wait_helper(fd, ticket, deadline)
         except BaseException:  # a failed wait (an fcntl error): leave the queue, never stall it
@@ -608,7 +605,7 @@ class Gate:
                 return self._give_up(fd, ticket)
         return Outcome.WAITED
 
-    def _wait_futex(self, fd: int, ticket: int, deadline: float, spin: float = 0.0) -> Outcome:
+    def _wait_futex(self, fd: int, ticket: int, deadline: float) -> Outcome:
         """Wait for the turn on the predecessor's state word: its release (``DONE``) or give-up
         (``ABANDONED``) wakes us at once. After a sleep that changed nothing (every
         ``LIVENESS_S`` at most) we check that it is still alive, i.e. still holds its byte, so a
@@ -647,18 +644,8 @@ class Gate:
             if remaining <= 0:
                 return self._give_up(fd, ticket)
             wait = min(remaining, LIVENESS_S)
-            end = until / 1e9 if until else 0.0  # LINGER: its end; HOLDING: the end of its turn
-            if spin and end - spin <= now < end + spin:
-                # next in line and the turn ends within moments: stay on the CPU (yielding it)
-                # rather than pay a wake-up; bounded, then back to sleeping
-                stop = min(deadline, end + spin)
-                address_state = (owner, state)
-                while time.monotonic() < stop and self._state(pred)[:2] == address_state:
-                    os.sched_yield()
-                check = self._state(pred)[:2] == address_state
-                continue
-            if end > now:
-                wait = min(wait, max(end - spin - now, 0.00002) if spin else end - now)
+            if until and until / 1e9 > now:  # LINGER: its end; HOLDING: the end of its turn
+                wait = min(wait, until / 1e9 - now)
             futex.wait(self._state_address(pred), state, max(wait, 0.00002))
             check = self._state(pred)[:2] == (owner, state)  # unchanged: check it is alive
         return Outcome.WAITED
