@@ -122,7 +122,7 @@ class WriteGate:
     ``turn_s``            float 0.005   The longest turn: while its turn lasts (or while nobody
                                         waits) a writer keeps its place between transactions and
                                         resumes without a hand-off (0: hand off after each one).
-    ``round_s``           float 0.01    A turn is at most ``round_s`` divided among the writers
+    ``round_s``           float 0.005   A turn is at most ``round_s`` divided among the writers
                                         waiting behind, so a round of turns takes about
                                         ``round_s`` (0: every turn is ``turn_s``).
     ``linger_s``          float 0.0002  How long a kept place waits for its writer to come back
@@ -158,7 +158,7 @@ class WriteGate:
                               "between transactions and resumes without a hand-off (0: hand off after each one)"},
         )
         round_s: float = attrs.field(
-            default=0.01, validator=non_negative_seconds,
+            default=0.005, validator=non_negative_seconds,
             metadata={"help": "a round of turns: a writer's turn is at most round_s divided among the writers "
                               "waiting behind it (and at most turn_s), bounding everyone's wait (0: turn_s)"},
         )
