@@ -50,6 +50,21 @@ def _ordered_pragmas(pragmas: Any) -> list[tuple[str, Any]]:
     return first + sorted(items.items()) + last
 
 
+def _begin_immediate(conn: sqlite3.Connection) -> int:
+    """``BEGIN IMMEDIATE``, tried again after a BUSY that outlasted busy_timeout (what an
+    application does; on a loaded machine SQLite's busy handler can starve a writer for 5 s).
+    Returns how many BUSY errors it took."""
+    busy = 0
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return busy
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorcode", None) != 5:  # SQLITE_BUSY
+                raise
+            busy += 1
+
+
 def _raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n: int, barrier: Any, results: Any) -> None:
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -58,7 +73,7 @@ def _raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n: int, 
         barrier.wait(_BARRIER_TIMEOUT_S)
         start = time.monotonic()
         for i in range(n):
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn)
             conn.execute(INSERT, (worker, i, PAYLOAD))
             conn.execute("COMMIT")
         end = time.monotonic()
@@ -100,14 +115,7 @@ def _timed_raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n:
         start = clock()
         for i in range(n):
             t0 = clock()
-            while True:  # what an application does when BEGIN IMMEDIATE outlasts busy_timeout: try again
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as err:
-                    if getattr(err, "sqlite_errorcode", None) != 5:  # SQLITE_BUSY
-                        raise
-                    busy += 1
+            busy += _begin_immediate(conn)
             conn.execute(INSERT, (worker, i, PAYLOAD))
             conn.execute("COMMIT")
             lat[i] = clock() - t0
