@@ -105,6 +105,9 @@ _MAX_IDLE_HELPERS = 8
 #: With futex waits, how often a waiter checks that its predecessor is still alive (a crashed
 #: process wakes nobody; the kernel drops its fcntl lock, which the check sees).
 LIVENESS_S = 0.005
+#: A turn lasts at least as long as this many transactions like its first one: with slow commits
+#: (``synchronous=FULL``: an fsync each) a hand-off per commit would cost a wake-up each.
+MIN_TURN_TRANSACTIONS = 3
 
 
 class _Futex:
@@ -323,10 +326,11 @@ class _Thread:
     turn ends, and whether it keeps its place (``kept``: ``LINGER``, its byte unlocked). Only its
     own thread changes it while the thread lives."""
 
-    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread")
+    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread", "since")
 
     def __init__(self) -> None:
         self.depth, self.ticket, self.fd, self.turn_end, self.kept = 0, 0, -1, 0.0, False
+        self.since = 0.0  # when the current turn's first transaction began (0: measured already)
         self.thread = threading.current_thread()
 
 
@@ -538,8 +542,10 @@ class Gate:
             if turn_s > 0 and round_s > 0:  # share a round among those waiting behind
                 waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1  # type: ignore[arg-type]
                 turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
-            turn_end = time.monotonic() + turn_s
+            now = time.monotonic()
+            turn_end = now + turn_s
             t.turn_end = turn_end
+            t.since = now if turn_s > 0 else 0.0
             self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)
         return outcome
 
@@ -758,6 +764,9 @@ class Gate:
         if linger_s > 0 and _FUTEX is not None:
             m = self._map
             now = time.monotonic()
+            if t.since:  # a turn holds at least MIN_TURN_TRANSACTIONS transactions as long as the first
+                t.turn_end = max(t.turn_end, t.since + (now - t.since) * MIN_TURN_TRANSACTIONS)
+                t.since = 0.0
             waiters = _U64.unpack_from(m, _NEXT)[0] > ticket + 1  # type: ignore[arg-type]
             if not waiters or now < t.turn_end:
                 until = min(t.turn_end, now + linger_s) if waiters else now + linger_s
