@@ -29,7 +29,8 @@ hands the turn over explicitly, like a CLH queue lock built from fcntl byte-rang
   writes ``LINGER`` (with the time the linger ends) and unlocks its byte. If the same thread writes
   again it try-locks its byte back and, if its entry still says ``LINGER``, resumes (``RESUMED``:
   two fcntl calls, no hand-off) as long as its turn (``turn_s`` from when the gate became its)
-  lasts, or for ever while nobody waits. A waiter takes a kept place over once its linger ends: it
+  lasts (at least three transactions like its first), or for ever while nobody waits. A waiter
+  takes a kept place over once its linger ends: it
   try-locks the byte (so the owner cannot resume meanwhile), writes ``DONE`` and goes in. Every
   turn ends with a real hand-off when others wait: round-robin, ``turn_s`` at a time.
 * **Releasing**: write ``DONE`` into the own entry, wake the successor, unlock the own byte; a
