@@ -327,11 +327,12 @@ class _Thread:
     turn ends, and whether it keeps its place (``kept``: ``LINGER``, its byte unlocked). Only its
     own thread changes it while the thread lives."""
 
-    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread", "since")
+    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread", "since", "turn_max")
 
     def __init__(self) -> None:
         self.depth, self.ticket, self.fd, self.turn_end, self.kept = 0, 0, -1, 0.0, False
         self.since = 0.0  # when the current turn's first transaction began (0: measured already)
+        self.turn_max = 0.0  # turn_s: the longest a turn may be stretched to
         self.thread = threading.current_thread()
 
 
@@ -540,6 +541,7 @@ class Gate:
             self._give_up(fd, ticket)
             raise
         if outcome.held:
+            t.turn_max = turn_s
             if turn_s > 0 and round_s > 0:  # share a round among those waiting behind
                 waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1  # type: ignore[arg-type]
                 turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
@@ -765,8 +767,11 @@ class Gate:
         if linger_s > 0 and _FUTEX is not None:
             m = self._map
             now = time.monotonic()
-            if t.since:  # a turn holds at least MIN_TURN_TRANSACTIONS transactions as long as the first
-                t.turn_end = max(t.turn_end, t.since + (now - t.since) * MIN_TURN_TRANSACTIONS)
+            if t.since:  # a turn holds at least MIN_TURN_TRANSACTIONS transactions as long as the first,
+                # but never more than turn_s (a first transaction slowed by preemption must not
+                # make a long turn)
+                stretch = min((now - t.since) * MIN_TURN_TRANSACTIONS, t.turn_max)
+                t.turn_end = max(t.turn_end, t.since + stretch)
                 t.since = 0.0
             waiters = _U64.unpack_from(m, _NEXT)[0] > ticket + 1  # type: ignore[arg-type]
             if not waiters or now < t.turn_end:
