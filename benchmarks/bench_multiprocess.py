@@ -50,6 +50,21 @@ def _ordered_pragmas(pragmas: Any) -> list[tuple[str, Any]]:
     return first + sorted(items.items()) + last
 
 
+def _begin_immediate(conn: sqlite3.Connection) -> int:
+    """``BEGIN IMMEDIATE``, tried again after a BUSY that outlasted busy_timeout (what an
+    application does; on a loaded machine SQLite's busy handler can starve a writer for 5 s).
+    Returns how many BUSY errors it took."""
+    busy = 0
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return busy
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorcode", None) != 5:  # SQLITE_BUSY
+                raise
+            busy += 1
+
+
 def _raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n: int, barrier: Any, results: Any) -> None:
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -58,7 +73,7 @@ def _raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n: int, 
         barrier.wait(_BARRIER_TIMEOUT_S)
         start = time.monotonic()
         for i in range(n):
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn)
             conn.execute(INSERT, (worker, i, PAYLOAD))
             conn.execute("COMMIT")
         end = time.monotonic()
@@ -84,8 +99,11 @@ def _store_worker(profile: corestore.Profile, worker: int, n: int, barrier: Any,
         results.put((worker, 0.0, 0.0, f"{type(err).__name__}: {err}", 0))
 
 
-def _timed_raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n: int, barrier: Any, results: Any) -> None:
-    """The raw side of the contention rows: every transaction timed inside the worker."""
+def _timed_raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n: int, barrier: Any, results: Any,
+                      done: Any) -> None:
+    """The raw side of the contention rows: every transaction timed inside the worker. A worker
+    that has finished waits for the others (``done``) before it closes and exits, so its teardown
+    (closing, interpreter exit: CPU) never competes with the writers still timed."""
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=0)
         for name, value in pragmas:
@@ -97,26 +115,22 @@ def _timed_raw_worker(path: str, pragmas: list[tuple[str, Any]], worker: int, n:
         start = clock()
         for i in range(n):
             t0 = clock()
-            while True:  # what an application does when BEGIN IMMEDIATE outlasts busy_timeout: try again
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as err:
-                    if getattr(err, "sqlite_errorcode", None) != 5:  # SQLITE_BUSY
-                        raise
-                    busy += 1
+            busy += _begin_immediate(conn)
             conn.execute(INSERT, (worker, i, PAYLOAD))
             conn.execute("COMMIT")
             lat[i] = clock() - t0
         end = clock()
+        done.wait(_BARRIER_TIMEOUT_S + 120)
         conn.close()
         results.put((worker, start, end, None, busy, lat.tobytes()))
     except BaseException as err:  # reported to the parent, which fails the sample
         results.put((worker, 0.0, 0.0, f"{type(err).__name__}: {err}", 0, b""))
 
 
-def _timed_store_worker(profile: corestore.Profile, worker: int, n: int, barrier: Any, results: Any) -> None:
-    """The corestore side of the contention rows: ``store.run()`` per insert, each timed."""
+def _timed_store_worker(profile: corestore.Profile, worker: int, n: int, barrier: Any, results: Any,
+                        done: Any) -> None:
+    """The corestore side of the contention rows: ``store.run()`` per insert, each timed (and
+    the same wait for the others before closing as the raw side)."""
     try:
         store = corestore.open(profile)
         execute = store.database.execute_sql
@@ -129,6 +143,7 @@ def _timed_store_worker(profile: corestore.Profile, worker: int, n: int, barrier
             store.run(lambda i=i: execute(INSERT, (worker, i, PAYLOAD)))
             lat[i] = clock() - t0
         end = clock()
+        done.wait(_BARRIER_TIMEOUT_S + 120)
         retries = store.stats()["retries"]
         store.close()
         results.put((worker, start, end, None, retries, lat.tobytes()))
@@ -173,6 +188,7 @@ class _Runner:
     def _sample(self, side: str) -> float:
         path = self._fresh(side)
         barrier = self.ctx.Barrier(self.processes)
+        done = self.ctx.Barrier(self.processes)
         results = self.ctx.Queue()
         procs = []
         for w in range(self.processes):
@@ -182,6 +198,8 @@ class _Runner:
             else:
                 args = (attrs.evolve(self.profile, path=path), w, self.inserts, barrier, results)
                 target = _timed_store_worker if self.timed else _store_worker
+            if self.timed:
+                args += (done,)
             p = self.ctx.Process(target=target, args=args, daemon=True)
             p.start()
             procs.append(p)

@@ -54,6 +54,9 @@ _MAX_IDLE_HELPERS = 8
 #: With futex waits, how often a waiter checks that its predecessor is still alive (a crashed
 #: process wakes nobody; the kernel drops its fcntl lock, which the check sees).
 LIVENESS_S = 0.005
+#: A turn lasts at least as long as this many transactions like its first one: with slow commits
+#: (``synchronous=FULL``: an fsync each) a hand-off per commit would cost a wake-up each.
+MIN_TURN_TRANSACTIONS = 3
 
 
 class _Futex:
@@ -272,10 +275,12 @@ class _Thread:
     turn ends, and whether it keeps its place (``kept``: ``LINGER``, its byte unlocked). Only its
     own thread changes it while the thread lives."""
 
-    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread")
+    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread", "since", "turn_max")
 
     def __init__(self) -> None:
         self.depth, self.ticket, self.fd, self.turn_end, self.kept = 0, 0, -1, 0.0, False
+        self.since = 0.0  # when the current turn's first transaction began (0: measured already)
+        self.turn_max = 0.0  # turn_s: the longest a turn may be stretched to
         self.thread = threading.current_thread()
 
 

@@ -29,7 +29,8 @@ hands the turn over explicitly, like a CLH queue lock built from fcntl byte-rang
   writes ``LINGER`` (with the time the linger ends) and unlocks its byte. If the same thread writes
   again it try-locks its byte back and, if its entry still says ``LINGER``, resumes (``RESUMED``:
   two fcntl calls, no hand-off) as long as its turn (``turn_s`` from when the gate became its)
-  lasts, or for ever while nobody waits. A waiter takes a kept place over once its linger ends: it
+  lasts (at least three transactions like its first), or for ever while nobody waits. A waiter
+  takes a kept place over once its linger ends: it
   try-locks the byte (so the owner cannot resume meanwhile), writes ``DONE`` and goes in. Every
   turn ends with a real hand-off when others wait: round-robin, ``turn_s`` at a time.
 * **Releasing**: write ``DONE`` into the own entry, wake the successor, unlock the own byte; a
@@ -88,6 +89,7 @@ from ._write_gate_table import (
     _WRLCK,
     GATE_SUFFIX,
     LIVENESS_S,
+    MIN_TURN_TRANSACTIONS,
     SLOTS,
     GateTable,
     Outcome,
@@ -124,16 +126,14 @@ class Gate(GateTable):
         t = getattr(self._local, "t", None)
         return t is not None and t.depth > 0
 
-    def acquire(self, timeout_s: float, *, turn_s: float = 0.0, round_s: float = 0.0, spin_s: float = 0.0) -> Outcome:
+    def acquire(self, timeout_s: float, *, turn_s: float = 0.0, round_s: float = 0.0) -> Outcome:
         """Take the gate within ``timeout_s`` seconds (FIFO across threads and processes).
 
         ``turn_s`` > 0 opens a *turn*: until ``turn_s`` after the gate became ours, a
         :meth:`release` with ``linger_s`` keeps the place while others wait, and this thread's
         next :meth:`acquire` resumes it without a hand-off. ``round_s`` > 0 shortens the turn to
         ``round_s`` divided among the writers waiting behind when the gate became ours (so that a
-        whole round of turns takes about ``round_s``). ``spin_s`` > 0: the next in line
-        stays on the CPU (yielding it) from ``spin_s`` before to ``spin_s`` after the end of its
-        predecessor's turn instead of sleeping through it (a hand-off without a wake-up).
+        whole round of turns takes about ``round_s``).
         """
         t = getattr(self._local, "t", None) or self._thread_state()
         if t.depth:
@@ -154,14 +154,13 @@ class Gate(GateTable):
                 self._proc.release()
             logger.debug("%s: gate descriptor: %s", self.path, err)
             return Outcome.UNAVAILABLE
-        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0, spin_s, round_s)
+        outcome = self._enqueue_and_wait(t, fd, deadline, turn_s if _FUTEX is not None else 0.0, round_s)
         if outcome.held:
             t.depth = 1
             t.fd = fd
         return outcome
 
-    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float, spin: float,
-                          round_s: float) -> Outcome:
+    def _enqueue_and_wait(self, t: _Thread, fd: int, deadline: float, turn_s: float, round_s: float) -> Outcome:
         if not self._meta_lock(fd, deadline):
             self._give_back(fd)
             return Outcome.TIMEOUT
@@ -190,18 +189,21 @@ class Gate(GateTable):
             if pred_done:
                 outcome = Outcome.HELD
             elif _FUTEX is not None:
-                outcome = self._wait_futex(fd, ticket, deadline, spin)
+                outcome = self._wait_futex(fd, ticket, deadline)
             else:
                 outcome = self._wait_helper(fd, ticket, deadline)
         except BaseException:  # a failed wait (an fcntl error): leave the queue, never stall it
             self._give_up(fd, ticket)
             raise
         if outcome.held:
+            t.turn_max = turn_s
             if turn_s > 0 and round_s > 0:  # share a round among those waiting behind
                 waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1  # type: ignore[arg-type]
                 turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
-            turn_end = time.monotonic() + turn_s
+            now = time.monotonic()
+            turn_end = now + turn_s
             t.turn_end = turn_end
+            t.since = now if turn_s > 0 else 0.0
             self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)
         return outcome
 
@@ -267,7 +269,7 @@ class Gate(GateTable):
                 return self._give_up(fd, ticket)
         return Outcome.WAITED
 
-    def _wait_futex(self, fd: int, ticket: int, deadline: float, spin: float = 0.0) -> Outcome:
+    def _wait_futex(self, fd: int, ticket: int, deadline: float) -> Outcome:
         """Wait for the turn on the predecessor's state word: its release (``DONE``) or give-up
         (``ABANDONED``) wakes us at once. After a sleep that changed nothing (every
         ``LIVENESS_S`` at most) we check that it is still alive, i.e. still holds its byte, so a
@@ -306,18 +308,8 @@ class Gate(GateTable):
             if remaining <= 0:
                 return self._give_up(fd, ticket)
             wait = min(remaining, LIVENESS_S)
-            end = until / 1e9 if until else 0.0  # LINGER: its end; HOLDING: the end of its turn
-            if spin and end - spin <= now < end + spin:
-                # next in line and the turn ends within moments: stay on the CPU (yielding it)
-                # rather than pay a wake-up; bounded, then back to sleeping
-                stop = min(deadline, end + spin)
-                address_state = (owner, state)
-                while time.monotonic() < stop and self._state(pred)[:2] == address_state:
-                    os.sched_yield()
-                check = self._state(pred)[:2] == address_state
-                continue
-            if end > now:
-                wait = min(wait, max(end - spin - now, 0.00002) if spin else end - now)
+            if until and until / 1e9 > now:  # LINGER: its end; HOLDING: the end of its turn
+                wait = min(wait, until / 1e9 - now)
             futex.wait(self._state_address(pred), state, max(wait, 0.00002))
             check = self._state(pred)[:2] == (owner, state)  # unchanged: check it is alive
         return Outcome.WAITED
@@ -430,6 +422,12 @@ class Gate(GateTable):
         if linger_s > 0 and _FUTEX is not None:
             m = self._map
             now = time.monotonic()
+            if t.since:  # a turn holds at least MIN_TURN_TRANSACTIONS transactions as long as the first,
+                # but never more than turn_s (a first transaction slowed by preemption must not
+                # make a long turn)
+                stretch = min((now - t.since) * MIN_TURN_TRANSACTIONS, t.turn_max)
+                t.turn_end = max(t.turn_end, t.since + stretch)
+                t.since = 0.0
             waiters = _U64.unpack_from(m, _NEXT)[0] > ticket + 1  # type: ignore[arg-type]
             if not waiters or now < t.turn_end:
                 until = min(t.turn_end, now + linger_s) if waiters else now + linger_s

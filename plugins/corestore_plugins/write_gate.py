@@ -111,13 +111,11 @@ class WriteGate:
     ``turn_s``            float 0.005   The longest turn: while its turn lasts (or while nobody
                                         waits) a writer keeps its place between transactions and
                                         resumes without a hand-off (0: hand off after each one).
-    ``round_s``           float 0.01    A turn is at most ``round_s`` divided among the writers
+    ``round_s``           float 0.005   A turn is at most ``round_s`` divided among the writers
                                         waiting behind, so a round of turns takes about
                                         ``round_s`` (0: every turn is ``turn_s``).
     ``linger_s``          float 0.0002  How long a kept place waits for its writer to come back
                                         before the next in line may take it over.
-    ``spin_s``            float 0       The next in line yields the CPU instead of sleeping from
-                                        ``spin_s`` before to ``spin_s`` after a turn's end.
     ``apsw_busy_handler`` bool  false   apsw driver: install the fair busy handler.
     ``busy_sleep_s``      float 0.001   The fair busy handler's fixed sleep.
     ===================== ===== ======= =========================================================
@@ -149,7 +147,7 @@ class WriteGate:
                               "between transactions and resumes without a hand-off (0: hand off after each one)"},
         )
         round_s: float = attrs.field(
-            default=0.01, validator=non_negative_seconds,
+            default=0.005, validator=non_negative_seconds,
             metadata={"help": "a round of turns: a writer's turn is at most round_s divided among the writers "
                               "waiting behind it (and at most turn_s), bounding everyone's wait (0: turn_s)"},
         )
@@ -157,11 +155,6 @@ class WriteGate:
             default=0.0002, validator=non_negative_seconds,
             metadata={"help": "how long a writer keeps its place after a transaction, within its turn, "
                               "while others wait (0: never)"},
-        )
-        spin_s: float = attrs.field(
-            default=0.0, validator=non_negative_seconds,
-            metadata={"help": "the next writer in line stays on the CPU (yielding it) from spin_s before to "
-                              "spin_s after the end of the current turn, instead of sleeping (0: always sleep)"},
         )
         busy_sleep_s: float = attrs.field(
             default=0.001, validator=number(0, low_inclusive=False, unit="seconds"), metadata={"help": "the fair busy handler's fixed sleep"},
@@ -179,7 +172,6 @@ class WriteGate:
         self._local = threading.local()
         self._stats_lock = threading.Lock()
         self._turn_s = self.settings.turn_s
-        self._spin_s = self.settings.spin_s
         self._round_s = self.settings.round_s
         self._timeout = 0.0  # set at the first connection (the profile's busy_timeout by default)
         self._counts: dict[str, Any] = {o.value: 0 for o in Outcome.ALL}  # by outcome; stats() names them
@@ -265,7 +257,7 @@ class WriteGate:
         if operation.deadline is not None:
             timeout = min(timeout, operation.deadline - started)
         try:
-            outcome = gate.acquire(timeout, turn_s=self._turn_s, round_s=self._round_s, spin_s=self._spin_s)
+            outcome = gate.acquire(timeout, turn_s=self._turn_s, round_s=self._round_s)
         except Exception:  # the gate is an optimisation: a failure of its own never fails a write
             logger.exception("%s: write gate failed; using SQLite's own lock", store.path)
             outcome = Outcome.UNAVAILABLE
