@@ -461,6 +461,9 @@ def test_starlette_snippet_with_a_real_server(tmp_path: Path) -> None:
             assert json.loads(resp.read()) == {"id": ids[2], "text": "note 2"}
         with urllib.request.urlopen(f"{base}/health", timeout=10) as resp:
             assert json.loads(resp.read()) == {"status": "UP"}
+        for probe in ("livez", "readyz", "startupz"):  # corestore_contrib.http_health, mounted
+            with urllib.request.urlopen(f"{base}/probes/{probe}", timeout=10) as resp:
+                assert resp.status == 200, probe
     finally:
         proc.send_signal(signal.SIGINT)  # graceful: the lifespan flushes accounting and closes the store
         try:

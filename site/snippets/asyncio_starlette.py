@@ -1,6 +1,8 @@
 """A Starlette (or FastAPI: the same ASGI app) service on a store: every unit of work through
 ``await store.arun()``, usage rows through accounting's non-blocking ``submit()``, the store's
-health through ``await store.ahealth()``, and ``aflush``/``aclose`` at shutdown.
+health through ``await store.ahealth()``, the Kubernetes probes (``/probes/livez``,
+``/probes/readyz``, ``/probes/startupz``, ``/probes/healthz``, ``/probes/metrics``) from
+``corestore_contrib.http_health`` mounted beside the routes, and ``aflush``/``aclose`` at shutdown.
 
 Run it: ``python asyncio_starlette.py [PORT]`` (0 or nothing: an ephemeral port, printed).
 """
@@ -13,9 +15,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 import corestore
+from corestore_contrib.http_health import make_asgi_app
 
 
 class Note(peewee.Model):
@@ -75,6 +78,9 @@ app = Starlette(routes=[
     Route("/notes", add_note, methods=["POST"]),
     Route("/notes/{note_id:int}", get_note),
     Route("/health", health),
+    # probe-aware health for the orchestrator: readiness fails while notes.db is critical and its
+    # breaker is open, it is quarantined or DOWN; liveness never fails for the database
+    Mount("/probes", app=make_asgi_app(expect=["notes.db"], critical=["notes.db"])),
 ], lifespan=lifespan)
 
 
