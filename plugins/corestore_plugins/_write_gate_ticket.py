@@ -198,7 +198,7 @@ class Gate(GateTable):
             raise
         if outcome.held:
             if turn_s > 0 and round_s > 0:  # share a round among those waiting behind
-                waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1  # type: ignore[arg-type]
+                waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1
                 turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
             turn_end = time.monotonic() + turn_s
             t.turn_end = turn_end
