@@ -39,9 +39,13 @@ class ConnectionRecord:
         self.cursor_out = False
 
 
-class PolicyState(peewee._ConnectionLocal):  # type: ignore[misc, name-defined]
+class PolicyState(peewee._ConnectionLocal):
     """peewee's per-thread connection state; ``record`` (this thread's :class:`ConnectionRecord`)
     is always present, None when the thread has no connection."""
+
+    record: ConnectionRecord | None
+    closed: bool
+    transactions: list[Any]
 
     def reset(self) -> None:
         super().reset()

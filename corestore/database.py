@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import forking
 from .connections import BoundedLock, ConnectionRecord, PolicyState, misuse
@@ -78,6 +78,13 @@ class PolicyMixin:
     :mod:`corestore.backends.sqlite`) and set up by :func:`build_database`."""
 
     _store_ref: weakref.ref[Store]
+    if TYPE_CHECKING:  # supplied by the peewee database class this is mixed into (see build_database)
+        database: str
+        _state: PolicyState
+        _lock: BoundedLock
+        _fork_clean: bool  # set by corestore.forking while a fork is prepared
+
+        def in_transaction(self) -> bool: ...
 
     def _setup_policy(self, store: Store, link: StoreLink) -> None:
         self._store_ref = weakref.ref(store)
@@ -129,14 +136,15 @@ class PolicyMixin:
                 self._records.add(record)
         finally:
             forking.exit_open(self)
-        self._state.record = record  # type: ignore[attr-defined]
+        self._state.record = record
         return conn
 
     def connect(self, reuse_if_open: bool = False) -> bool:
         # Errors from opening are classified by the store (outside peewee's wrapper, which would
         # rename corestore's exceptions).
         try:
-            return super().connect(reuse_if_open)  # type: ignore[misc]
+            connected: bool = super().connect(reuse_if_open)  # type: ignore[misc]  # peewee's Database supplies it
+            return connected
         except StoreClosedError:
             raise
         except Exception as err:
@@ -148,7 +156,7 @@ class PolicyMixin:
     def _close(self, conn: Any) -> None:
         record = getattr(self._state, "record", None)
         if record is not None and record.conn is conn:
-            self._state.record = None  # type: ignore[attr-defined]
+            self._state.record = None
             with self._registry_lock:
                 self._records.discard(record)
             with record.lock:
@@ -200,9 +208,9 @@ class PolicyMixin:
         for record in records:
             if not self._close_record(record, wait=False, spare_cursor=not shut):
                 busy += 1
-        if not self.in_transaction():  # type: ignore[attr-defined]
-            self._state.reset()  # type: ignore[attr-defined]
-            self._state.record = None  # type: ignore[attr-defined]
+        if not self.in_transaction():
+            self._state.reset()
+            self._state.record = None
         return busy
 
     def invalidate(self) -> int:
@@ -227,8 +235,8 @@ class PolicyMixin:
         (a hook or a callback running a statement while its own transaction holds the
         connection): refused with :class:`QueryError` instead of a deadlock.
         """
-        state = self._state  # type: ignore[attr-defined]
-        record = getattr(state, "record", None) if not state.closed else None
+        state = self._state
+        record: ConnectionRecord | None = getattr(state, "record", None) if not state.closed else None
         if record is not None:
             if record.busy:
                 raise self._reentry_error()
@@ -240,8 +248,8 @@ class PolicyMixin:
                 return record
             record.lock.release()
             self._drop_stale(record)
-        self.connect()  # type: ignore[attr-defined]
-        record = state.record
+        self.connect()
+        record = cast(ConnectionRecord, state.record)  # connect() has just registered it (_connect)
         if not record.lock.acquire(True, self.lock_wait_s):
             raise self._lock_timeout()
         if record.closed:  # closed by close()/invalidate() on another thread before it was locked
@@ -284,7 +292,7 @@ class PolicyMixin:
 
     def _drop_stale(self, record: ConnectionRecord) -> None:
         self._close_record(record, wait=True)
-        state = self._state  # type: ignore[attr-defined]
+        state = self._state
         if getattr(state, "record", None) is record and not state.transactions:
             state.reset()
             state.record = None
@@ -351,7 +359,7 @@ class PolicyMixin:
             self._lock = BoundedLock(old.timeout, old.what)
         elif old is not None:
             self._lock = type(old)()
-        state = self._state  # type: ignore[attr-defined]
+        state = self._state
         if state.conn is not None:
             _FORGOTTEN.append(state.conn)
         state.reset()
@@ -359,7 +367,7 @@ class PolicyMixin:
 
     # -- the policy layer --------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        state = self._state  # type: ignore[attr-defined]
+        state = self._state
         record = state.record
         if record is not None and record.active is not None:  # checked when the transaction began
             return state.conn.cursor()
@@ -386,13 +394,13 @@ class PolicyMixin:
         """peewee's ``connection()``; outside a store transaction the raw connection is
         writable (``query_only``, left on by a read transaction, is switched off)."""
         conn = super().connection()  # type: ignore[misc]
-        record = self._state.record  # type: ignore[attr-defined]
+        record = self._state.record
         if record is not None and record.query_only and record.active is None:
             self._link.set_query_only(self.store, record, False)
         return conn
 
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-        record = self._state.record  # type: ignore[attr-defined]
+        record = self._state.record
         if record is not None and record.active is not None:  # inside this thread's store transaction
             if record.active.gate is not None:  # an arun() unit: cancelled -> stop before this statement
                 record.active.gate.check()
@@ -400,11 +408,12 @@ class PolicyMixin:
                 return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
             except Exception as err:
                 raise self._link.translate_in_transaction(self.store, err) from err
-        return self._link.autocommit(self.store, super().execute_sql, sql, params, is_read_sql(sql), args, kwargs)
+        return self._link.autocommit(self.store, super().execute_sql,  # type: ignore[misc]  # peewee's Database supplies it
+                                     sql, params, is_read_sql(sql), args, kwargs)
 
     def _active(self) -> Any:
         """The store transaction holding this thread's connection, or None."""
-        record = self._state.record  # type: ignore[attr-defined]
+        record = self._state.record
         return record.active if record is not None else None
 
     # -- peewee's transaction API -------------------------------------------------------------
@@ -454,11 +463,11 @@ class PolicyMixin:
         bare :meth:`begin` and never finished is rolled back first, as closing the sqlite3
         connection would."""
         active = self._active()
-        if active is not None and not self.in_transaction():  # type: ignore[attr-defined]
+        if active is not None and not self.in_transaction():
             self._link.abandon_direct(self.store, active)
         return bool(super().close())  # type: ignore[misc]
 
-    def init(self, database: Any, **kwargs: Any) -> None:
+    def init(self, database: Any, *args: Any, **kwargs: Any) -> None:
         """Refused on a store's database: it would move the database off the path that the
         store's cache, locks, breaker and quarantine are keyed on."""
         if isinstance(getattr(self, "_state", None), PolicyState):  # built (build_database sets it last)
@@ -467,13 +476,13 @@ class PolicyMixin:
                 "circuit breaker and quarantine belong to this path. Open a store for the other database with "
                 "corestore.open(path) and bind the models to its database (store.bind([...]))"
             )
-        super().init(database, **kwargs)  # type: ignore[misc]
+        super().init(database, *args, **kwargs)  # type: ignore[misc]
 
 
-def build_database(cls: type, store: Store, link: StoreLink, database: str, **kwargs: Any) -> Any:
+def build_database(cls: type[PolicyMixin], store: Store, link: StoreLink, database: str, **kwargs: Any) -> Any:
     """An instance of ``cls`` (a backend's subclass of :class:`PolicyMixin` and a peewee database)
     for ``store``, talking to it through ``link``; ``kwargs`` go to peewee's ``__init__``."""
-    db = cls.__new__(cls)
+    db: Any = cls.__new__(cls)  # with the peewee database's __init__ (mixed in by the backend)
     db._setup_policy(store, link)
     db.__init__(database, **kwargs)
     db._lock = BoundedLock(db.lock_wait_s, f"{database}")

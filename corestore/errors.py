@@ -12,6 +12,7 @@ working while one ``except StoreError`` catches everything.
 from __future__ import annotations
 
 import enum
+from types import EllipsisType
 from typing import Any
 
 import attrs
@@ -97,12 +98,12 @@ class StoreError(Exception):
         message: str,
         *,
         classification: Classification | None = None,
-        committed: bool | None | type = ...,  # type: ignore[assignment]
+        committed: bool | None | EllipsisType = ...,
         path: str | None = None,
     ) -> None:
         super().__init__(message)
         self.classification = classification
-        self.committed: bool | None = self.default_committed if committed is ... else committed  # type: ignore[assignment]
+        self.committed: bool | None = self.default_committed if committed is ... else committed
         self.path = path
 
     @property

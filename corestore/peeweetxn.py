@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .errors import StoreError
 from .raising import failed, is_db_error, is_peewee_own, note_fault, translate_in_transaction
@@ -108,6 +108,7 @@ class _DbTxn(_Txn):
         def inner(*a: Any, **k: Any) -> T:
             with _DbTxn(self.store, args, kwargs):
                 return fn(*a, **k)
+            return cast(T, None)  # as before: only if __exit__ swallowed the error (it never does)
 
         return inner
 
@@ -164,7 +165,7 @@ def commit_active(store: Store, txn: _Txn) -> None:
         if txn.kind == "write":  # the record is still held here (released by _finish)
             after_commit(store, commit_invariants(store, conn, txn.op), txn.op)
         elif store.hooks.has_on_success:
-            store.hooks.on_success(store, txn.op)
+            store.hooks.on_success(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
     except BaseException as err:
         error = err
         raise
@@ -204,7 +205,7 @@ def abandon_direct(store: Store, txn: _Txn) -> None:
         finish(store, txn)
 
 
-def end_db(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
+def end_db(store: Store, txn: _DbTxn, exc: BaseException | None) -> bool:
     """End a top-level :class:`_DbTxn` as peewee's ``_transaction.__exit__`` does (pop, then
     ``commit(False)``, or ``rollback(False)`` on an error or a failed commit)."""
     db = store.database

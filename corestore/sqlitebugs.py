@@ -140,7 +140,8 @@ def _mitigation_state(store: Any, bug: KnownBug) -> tuple[bool, str]:
     state = getattr(plugin, "mitigation_state", None)
     if state is None:
         return False, f"{bug.mitigation} does not report a mitigation"
-    return state(store)
+    holds: tuple[bool, str] = state(store)  # a plugin's mitigation_state(store)
+    return holds
 
 
 def version_component(store: Any) -> HealthComponent:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 
 __all__ = ["is_read_sql"]
 
@@ -64,7 +65,7 @@ def _skip_quoted(sql: str, i: int) -> int:
     return n
 
 
-def _tokens(sql: str):  # type: ignore[no-untyped-def]
+def _tokens(sql: str) -> Iterator[str]:
     """Top-level tokens: words (upper-cased), single punctuation, and ``"()"`` for a whole
     parenthesised group (its content is skipped: a sub-query never decides the statement)."""
     n = len(sql)
@@ -105,7 +106,7 @@ def _tokens(sql: str):  # type: ignore[no-untyped-def]
         i = _skip_space(sql, i)
 
 
-def _main_after_with(tokens) -> str | None:  # type: ignore[no-untyped-def]
+def _main_after_with(tokens: Iterator[str]) -> str | None:
     """After ``WITH``: skip ``[RECURSIVE] name [(cols)] AS [NOT] [MATERIALIZED] (...)`` items
     separated by commas; the keyword that follows is the main statement's."""
     expect_item = True

@@ -67,7 +67,7 @@ def autocommit(store: Store, execute: Callable[..., Any], sql: str, params: Any,
     error: BaseException | None = None
     try:
         if hooks.has_before_operation:
-            hooks.before_operation(store, op)
+            hooks.before_operation(store, op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
         db = store.database
         record = acquire_for(store, op, True)
         record.cursor_out = is_read  # the caller may go on fetching after the release
@@ -92,7 +92,7 @@ def autocommit(store: Store, execute: Callable[..., Any], sql: str, params: Any,
         if not is_read:
             after_commit(store, checked, op)
         elif hooks.has_on_success:
-            hooks.on_success(store, op)
+            hooks.on_success(store, op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
         return cursor
     except BaseException as err:
         error = err

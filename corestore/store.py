@@ -105,9 +105,8 @@ class Store:
         Never retried (use :meth:`run`). Nested in another store or peewee transaction it joins it
         as a savepoint; inside :meth:`read` it is an error.
         """
-        if lock_type not in BEGIN:
-            lock_type = lock_name(self, lock_type)
-        return _Txn(self, "write", lock_type=lock_type, name=name)
+        lock: str | None = lock_type if lock_type in BEGIN else lock_name(self, lock_type)
+        return _Txn(self, "write", lock_type=lock, name=name)
 
     def read(self, *, name: str | None = None) -> _Txn:
         """A read transaction (``BEGIN DEFERRED``): one consistent snapshot. Never retried."""
@@ -169,7 +168,8 @@ class Store:
         dropped when their transaction ends. Returns how many were still busy."""
         with self._stats_lock:
             self._stats["reopens"] += 1
-        return self.database.invalidate()
+        busy: int = self.database.invalidate()
+        return busy
 
     def checkpoint(self, mode: str = "PASSIVE", *, busy_timeout_ms: int | None = None,
                    name: str | None = None) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import peewee
 
@@ -148,6 +148,7 @@ class _Txn:
         def inner(*args: Any, **kwargs: Any) -> T:
             with _Txn(self.store, self.kind, lock_type=self.lock_type, name=self.name):
                 return fn(*args, **kwargs)
+            return cast(T, None)  # as before: only if __exit__ swallowed the error (it never does)
 
         return inner
 
@@ -177,7 +178,6 @@ def run(store: Store, fn: Callable[[], T], *, read: bool = False, deadline_s: fl
         op = Operation(kind=kind, name=name, attempt=attempt,  # started: now, this attempt's start
                        deadline=None if deadline_s is None else started + deadline_s)
         txn = _Txn(store, kind, lock_type="DEFERRED" if read else "IMMEDIATE", name=name, op=op, report=False)
-        result: Any = None
         error: BaseException | None = None
         delay: float | None = None
         try:
@@ -260,7 +260,7 @@ def begin_txn(store: Store, txn: _Txn) -> _Txn:
     if txn.op is None and (hooks.has_operation_hooks or hooks.has_on_fatal):
         txn.op = Operation(kind=txn.kind, name=txn.name)
     if hooks.has_before_operation:
-        hooks.before_operation(store, txn.op)
+        hooks.before_operation(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
     try:  # statements.acquire_for(store, txn.op, txn.report), inlined: the hot path
         record = db.acquire()
     except StoreError as err:
@@ -411,7 +411,7 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
     if txn.kind == "write":
         after_commit(store, checked, txn.op)
     elif store.hooks.has_on_success:
-        store.hooks.on_success(store, txn.op)
+        store.hooks.on_success(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
     return False
 
 
@@ -421,7 +421,7 @@ def commit_invariants(store: Store, conn: Any, op: Operation | None) -> tuple[li
     by ``close()``/``invalidate()`` from another thread in the middle of a statement crashes
     the process (the stdlib driver is not safe against a concurrent close)."""
     if store.hooks.has_on_commit_invariant:
-        return store.hooks.on_commit_invariant(store, conn, op)
+        return store.hooks.on_commit_invariant(store, conn, op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
     return None
 
 
@@ -433,7 +433,7 @@ def after_commit(store: Store, checked: tuple[list[Violation], bool] | None, op:
         if violations:
             report_violations(store, violations, op, raise_requested)
     if store.hooks.has_on_success:
-        store.hooks.on_success(store, op)
+        store.hooks.on_success(store, op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
 
 
 def report_violations(store: Store, violations: list[Violation], op: Operation | None, raise_it: bool) -> None:

@@ -93,7 +93,7 @@ def _profiles_using(cfg: Any) -> dict[str, list[str]]:
 def run_plugins(args: argparse.Namespace) -> int:
     cfg = load_config(config_path(args))
     users = _profiles_using(cfg)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, ep in sorted(registry.discover().items()):
         dist = getattr(ep, "dist", None)
         rows.append({
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         try:
-            code = run(args)
+            code: int = run(args)
         except (ConfigError, PluginError) as err:
             code = _fail(args, err, EXIT_USAGE)
         except StoreError as err:

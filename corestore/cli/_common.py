@@ -55,7 +55,7 @@ def add_command(subparsers: Any, name: str, help: str, add_arguments: AddArgumen
     as what ``corestore NAME`` calls. Returns the subparser.
 
     This is what a ``corestore.cli`` entry point calls (site/cli.md, "Adding a command")."""
-    p = subparsers.add_parser(name, help=help, description=help)
+    p: argparse.ArgumentParser = subparsers.add_parser(name, help=help, description=help)
     p.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     add_arguments(p)

@@ -58,7 +58,7 @@ def _doctor_path(args: argparse.Namespace) -> str:
     from ..opening import looks_like_bare_name
     from ..profiles import load_config
 
-    target = args.path
+    target: str = args.path
     cfg = load_config(config_path(args))
     binding = cfg.databases.get(target) if cfg else None
     if binding is not None:

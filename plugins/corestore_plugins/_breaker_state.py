@@ -288,7 +288,7 @@ class Breaker:
         lane_name = _lane_of(op)
         with self._lock:
             key = id(op)
-            flight = self._flights.get(key) if op is not None else None
+            flight: Any = self._flights.get(key) if op is not None else None  # a _Flight when `probe` below
             if flight is _DONE:
                 return
             probe = flight.__class__ is _Flight

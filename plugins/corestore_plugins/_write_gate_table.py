@@ -20,7 +20,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 __all__ = ["GateTable", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_path_for", "open_sidecar"]
 
@@ -288,6 +288,10 @@ class GateTable:
     """One process's view of one gate sidecar: its descriptors (a pool), the shared mapping and
     the per-thread states; the entries of the table and the ``META`` lock. :class:`Gate` adds the
     queue on top."""
+
+    if TYPE_CHECKING:  # supplied by the subclass (Gate, in _write_gate_ticket)
+        def _orphan_done(self, helper: _Helper) -> None: ...
+        def _sweep_ended_threads(self) -> None: ...
 
     def __init__(self, db_path: str) -> None:
         self.db_path = db_path

@@ -198,7 +198,7 @@ class Gate(GateTable):
         if outcome.held:
             t.turn_max = turn_s
             if turn_s > 0 and round_s > 0:  # share a round among those waiting behind
-                waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1  # type: ignore[arg-type]
+                waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1
                 turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
             now = time.monotonic()
             turn_end = now + turn_s

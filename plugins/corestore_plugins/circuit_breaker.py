@@ -31,7 +31,8 @@ from corestore.errors import ConfigError, PluginError
 from corestore.health import HealthComponent
 from corestore.settings import at_least_field, integer_at_least, number, optional
 
-from ._breaker_state import LANES, Breaker, BreakerState, Transition, _lock, _registry, breaker_for
+from ._breaker_records import LANES, BreakerState, Transition
+from ._breaker_state import Breaker, _lock, _registry, breaker_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore.errors import Classification
@@ -172,6 +173,7 @@ class CircuitBreaker:
         with _lock():
             if self._breaker is not None:
                 return self._breaker
+            breaker: Breaker | None
             if store.memory:
                 breaker = Breaker(store.path, self.settings, owner=who, clock=self.clock)
             else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from corestore import ErrorKind
+from corestore import Classification, ErrorKind
 
 from .deadletter import DeadLetter
 from .ledger import Item
@@ -58,14 +58,14 @@ class Outcome:
 def describe(err: BaseException | None) -> str:
     if err is None:
         return "unknown error"
-    c = getattr(err, "classification", None)
+    c: Classification | None = getattr(err, "classification", None)
     if c is not None:
         return c.name or c.kind.name
     return type(err).__name__
 
 
 def message(err: BaseException) -> str:
-    c = getattr(err, "classification", None)
+    c: Classification | None = getattr(err, "classification", None)
     if c is not None and c.message:
         return c.message
     return f"{type(err).__name__}: {err}"[:300]
@@ -73,7 +73,7 @@ def message(err: BaseException) -> str:
 
 def kind_name(err: BaseException, classify: Callable[[BaseException], ErrorKind]) -> str:
     """The error kind a dead letter records: the classification's, else ``classify(err)``'s."""
-    c = getattr(err, "classification", None)
+    c: Classification | None = getattr(err, "classification", None)
     if c is not None:
         return c.kind.name
     try:

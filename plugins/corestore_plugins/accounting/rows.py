@@ -48,7 +48,11 @@ def table_label(table: Any) -> str:
     if isinstance(table, str):
         return table
     meta = getattr(table, "_meta", None)
-    return getattr(meta, "table_name", None) or getattr(table, "__name__", repr(table))
+    table_name: str | None = getattr(meta, "table_name", None)  # a peewee model's
+    if table_name:
+        return table_name
+    class_name: str = getattr(table, "__name__", repr(table))
+    return class_name
 
 
 class Plan:
@@ -138,7 +142,9 @@ class Plan:
             if self.add_ts:
                 return [(sql, (*row.values(), ts)) for _, row, ts, _ in items], items, []
             return [(sql, tuple(row.values())) for _, row, _, _ in items], items, []
-        out, good, bad = [], [], []
+        out: list[tuple[str, tuple[Any, ...]]] = []
+        good: list[Item] = []
+        bad: list[tuple[Item, BaseException]] = []
         for item in items:
             try:
                 out.append((sql, convert(item[1], item[2])))
@@ -232,7 +238,7 @@ class RowPlanner:
         if ts is not None and ts not in keys and table not in self._columns and columns_of is not None:
             self._columns[table] = frozenset(columns_of(table))
         add_ts = ts is not None and ts not in keys and ts in self._columns.get(table, ())
-        columns = list(keys) + ([ts] if add_ts else [])  # type: ignore[list-item]
+        columns = list(keys) + ([ts] if add_ts else [])
         return Plan(table, quote(table), columns, None, add_ts=add_ts)
 
     def _build_model(self, model: Any, keys: tuple[Any, ...]) -> Plan:
@@ -324,11 +330,11 @@ def _compile(given: list[tuple[Any, peewee.Field]], defaults: list[peewee.Field]
             env[f"d{j}"], env[f"dc{j}"] = default, field.db_value
             out.append(f"dc{j}(d{j}())")
         else:
-            env[f"dv{j}"] = field.db_value(default)
+            env[f"dv{j}"] = field.db_value(default)  # type: ignore[no-untyped-call]  # untyped in peewee's stubs
             out.append(f"dv{j}")
     if ts_field is not None:
         if isinstance(ts_field, peewee.DateTimeField):
-            db_value = ts_field.db_value
+            db_value: Callable[[Any], Any] = ts_field.db_value  # untyped in peewee's stubs
             env["tc"] = lambda t: db_value(_dt.datetime.fromtimestamp(t))
             out.append("tc(ts)")
         elif _fast_type(ts_field) in (float, _IDENTITY):
