@@ -164,7 +164,8 @@ class WriteGate:
                               "spin_s after the end of the current turn, instead of sleeping (0: always sleep)"},
         )
         busy_sleep_s: float = attrs.field(
-            default=0.001, validator=number(0, low_inclusive=False, unit="seconds"), metadata={"help": "the fair busy handler's fixed sleep"},
+            default=0.001, validator=number(0, low_inclusive=False, unit="seconds"),
+            metadata={"help": "the fair busy handler's fixed sleep"},
         )
 
     def __init__(self, settings: WriteGate.Settings | None = None, *,
@@ -211,8 +212,8 @@ class WriteGate:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``gated`` (operations that held the gate), ``immediate`` (no wait),
-        ``resumed`` (a kept place, no hand-off), ``waited``, ``reentered``, ``timeouts`` (went on to SQLite's lock after the timeout),
-        ``unavailable`` (no gate: SQLite's lock only), ``ungated_first`` (a thread's first
+        ``resumed`` (a kept place, no hand-off), ``waited``, ``reentered``, ``timeouts`` (went on to
+        SQLite's lock after the timeout), ``unavailable`` (no gate: SQLite's lock only), ``ungated_first`` (a thread's first
         operation), ``wait_s_total``, ``wait_s_max``; plus the gate's own state under ``gate``."""
         with self._stats_lock:
             c = dict(self._counts)
