@@ -238,8 +238,7 @@ def _version_gate_finding(add: Callable[[Finding], None]) -> None:
                     details=details))
         return
     text = "; ".join(f"{d}: SQLite {versions[d]} has "
-                     f"{', '.join(b.id + ' (' + b.page + ', fixed in ' + b.fixed_in + ')' for b in bugs[d])}"
-                     for d in hit)
+                     f"{', '.join(b.id + ' (' + b.page + ', fixed in ' + b.fixed_in + ')' for b in bugs[d])}" for d in hit)
     fixed = [d for d in drivers if not bugs[d]]
     advice = bugs[hit[0]][0].advice
     if fixed:
@@ -274,8 +273,7 @@ def _header_findings(header: Any, size: int, wal_stat: os.stat_result | None, ad
                     message=f"{text}; the file is {size} bytes but the header counts {expected}",
                     advice=("the missing pages may still be in -wal; do not delete it" if wal_note else
                             "the file was truncated: stop writers, copy it with its -journal, "
-                            "restore from a copy or run .recover"),
-                    details=details))
+                            "restore from a copy or run .recover"), details=details))
         return
     if size % ps:
         add(Finding(check="header", severity=Severity.WARNING,
@@ -372,8 +370,7 @@ def _wal_findings(real: str, st: os.stat_result, header: Any, wal_stat: os.stat_
     else:
         add(Finding(check="wal", severity=Severity.INFO,
                     message=f"leftover -wal {human_size(wal_stat.st_size)} with no committed transaction to replay "
-                            f"({counts}){mode_note}",
-                    advice="harmless; SQLite resets it at the next write", details=details))
+                            f"({counts}){mode_note}", advice="harmless; SQLite resets it at the next write", details=details))
     return summary
 
 
@@ -398,12 +395,10 @@ def _journal_findings(real: str, journal: os.stat_result | None, holders: list[L
         add(Finding(check="journal", severity=Severity.WARNING,
                     message=f"hot -journal ({journal.st_size} bytes): a writer stopped in the middle of a transaction",
                     advice="do not delete -journal (the database would stay half-written); "
-                           "the next read-write open rolls it back",
-                    details=details))
+                           "the next read-write open rolls it back", details=details))
     elif journal.st_size and any(h.lock in ("reserved", "pending", "exclusive") for h in holders):
         add(Finding(check="journal", severity=Severity.OK,
-                    message=f"-journal of a running write transaction ({journal.st_size} bytes)",
-                    details=details))
+                    message=f"-journal of a running write transaction ({journal.st_size} bytes)", details=details))
     else:
         add(Finding(check="journal", severity=Severity.OK,
                     message=f"-journal present but not hot ({journal.st_size} bytes; nothing to roll back)", details=details))
@@ -461,8 +456,7 @@ def _sqlite_findings(real: str, header: Any, wal_stat: os.stat_result | None, in
         add(Finding(check=check, severity=Severity.ERROR,
                     message=f"{len(rows)}{'+' if len(rows) >= 20 else ''} problem(s): {rows[0]}",
                     advice="stop writers; copy the database with its -wal and -shm together, "
-                           "then `sqlite3 COPY .recover`; never delete -wal",
-                    details=details))
+                           "then `sqlite3 COPY .recover`; never delete -wal", details=details))
 
 
 def _sqlite_error(check: str, err: BaseException, c: Any, opened: str, add: Callable[[Finding], None]) -> None:
