@@ -73,7 +73,7 @@ class PairSamples:
     @property
     def ratios(self) -> list[float]:
         """corestore / baseline for each pair (the pairing cancels slow drift of the machine)."""
-        return [c / b if b else math.inf for b, c in zip(self.baseline, self.corestore)]
+        return [c / b if b else math.inf for b, c in zip(self.baseline, self.corestore, strict=True)]
 
 
 def _timed(fn: Callable[[], float | None]) -> float:
@@ -421,7 +421,8 @@ def _run_module(name: str, path: pathlib.Path, *, quick: bool, timeout_s: float,
                                         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if tmpdir:
         env["CORESTORE_BENCH_TMPDIR"] = tmpdir
-    cmd = [sys.executable, "-m", "benchmarks", "--child", str(path), "--out", out] + (["--quick"] if quick else []) + (["-v"] if verbose else [])
+    cmd = ([sys.executable, "-m", "benchmarks", "--child", str(path), "--out", out]
+           + (["--quick"] if quick else []) + (["-v"] if verbose else []))
     started = time.monotonic()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout_s, stdout=sys.stderr)
@@ -481,7 +482,8 @@ def _cells(row: Mapping[str, Any], *, reason_width: int | None = None) -> tuple[
             text = text[: reason_width - 1] + "…"
         return (str(row.get("name")), "–", text, "", "", "", target, status)
     unit = str(row.get("unit", ""))
-    spread = "/".join("–" if v is None else f"{v:.0f}%" for v in (row.get("baseline_spread_pct"), row.get("corestore_spread_pct")))
+    spread = "/".join("–" if v is None else f"{v:.0f}%"
+                      for v in (row.get("baseline_spread_pct"), row.get("corestore_spread_pct")))
     ratio = row.get("ratio")
     ratio_txt = "–" if ratio is None else _ratio_text(float(ratio))
     if ratio is not None and row.get("ratio_min") is not None:
@@ -617,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             s = row.get("samples") or {}
             if "ratios" in s:
                 print(f"\n{row['name']} ({row.get('unit', '')}): baseline-first per pair {s['baseline_first']}")
-                for i, (b, c, r) in enumerate(zip(s["baseline"], s["corestore"], s["ratios"])):
+                for i, (b, c, r) in enumerate(zip(s["baseline"], s["corestore"], s["ratios"], strict=True)):
                     print(f"  pair {i + 1}: baseline {b:.4g}  corestore {c:.4g}  ratio {r:.3f}")
     print(f"\n{mode} run: {len(selected)} benchmark(s) in {elapsed:.1f} s", flush=True)
 

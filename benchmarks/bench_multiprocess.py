@@ -312,7 +312,7 @@ def measure_contention(profile: corestore.Profile, sync: str, *, processes: int,
         name = f"contention.{sync}.{shape}.{figure}"
         target = _WALL_TARGET[sync] if figure == "wall_s" else _CONTENTION_TARGETS.get(figure)
         samples = PairSamples()
-        for i, (b, c) in enumerate(zip(raw, gate)):
+        for i, (b, c) in enumerate(zip(raw, gate, strict=True)):
             samples.baseline.append(b[figure])
             samples.corestore.append(c[figure])
             samples.baseline_first.append(i % 2 == 0)

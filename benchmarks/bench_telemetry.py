@@ -54,7 +54,7 @@ def _install_sdk() -> Any:
 
 
 def _added_us(samples: Any, n: int) -> float:
-    return statistics.median((c - b) / n * 1e6 for b, c in zip(samples.baseline, samples.corestore))
+    return statistics.median((c - b) / n * 1e6 for b, c in zip(samples.baseline, samples.corestore, strict=True))
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -237,8 +237,8 @@ def _version_gate_finding(add: Callable[[Finding], None]) -> None:
                     message="; ".join(f"{d}: SQLite {versions[d]}, no known corruption bug" for d in drivers),
                     details=details))
         return
-    text = "; ".join(f"{d}: SQLite {versions[d]} has {', '.join(b.id + ' (' + b.page + ', fixed in ' + b.fixed_in + ')' for b in bugs[d])}"
-                     for d in hit)
+    text = "; ".join(f"{d}: SQLite {versions[d]} has "
+                     f"{', '.join(b.id + ' (' + b.page + ', fixed in ' + b.fixed_in + ')' for b in bugs[d])}" for d in hit)
     fixed = [d for d in drivers if not bugs[d]]
     advice = bugs[hit[0]][0].advice
     if fixed:
@@ -272,8 +272,8 @@ def _header_findings(header: Any, size: int, wal_stat: os.stat_result | None, ad
                     severity=Severity.WARNING if wal_note else Severity.ERROR,
                     message=f"{text}; the file is {size} bytes but the header counts {expected}",
                     advice=("the missing pages may still be in -wal; do not delete it" if wal_note else
-                            "the file was truncated: stop writers, copy it with its -journal, restore from a copy or run .recover"),
-                    details=details))
+                            "the file was truncated: stop writers, copy it with its -journal, "
+                            "restore from a copy or run .recover"), details=details))
         return
     if size % ps:
         add(Finding(check="header", severity=Severity.WARNING,
@@ -337,13 +337,15 @@ def _wal_findings(real: str, st: os.stat_result, header: Any, wal_stat: os.stat_
         return summary
     if not summary["valid"]:
         add(Finding(check="wal", severity=Severity.WARNING,
-                    message=f"-wal of {wal_stat.st_size} bytes is not a valid write-ahead log ({summary.get('reason')}); SQLite ignores it",
+                    message=f"-wal of {wal_stat.st_size} bytes is not a valid write-ahead log ({summary.get('reason')}); "
+                            "SQLite ignores it",
                     advice="keep it until you know where it came from; never delete a -wal while a process uses the database",
                     details=details))
         return summary
     if header is not None and summary["page_size"] != header.page_size:
         add(Finding(check="wal", severity=Severity.WARNING,
-                    message=f"-wal page size {summary['page_size']} differs from the database's {header.page_size}: it is not this database's log",
+                    message=f"-wal page size {summary['page_size']} differs from the database's {header.page_size}: "
+                            "it is not this database's log",
                     advice="keep it aside; it may belong to another copy of this database", details=details))
         return summary
     tx = summary["transactions"]
@@ -356,7 +358,8 @@ def _wal_findings(real: str, st: os.stat_result, header: Any, wal_stat: os.stat_
     if in_use:
         add(Finding(check="wal", severity=Severity.WARNING if mode_note else Severity.OK,
                     message=f"live -wal {human_size(wal_stat.st_size)}: {counts}{shm_text}{mode_note}",
-                    advice="a journal-mode change while processes use the file; check every process's profile" if mode_note else "",
+                    advice=("a journal-mode change while processes use the file; check every process's profile"
+                            if mode_note else ""),
                     details=details))
     elif tx:
         add(Finding(check="wal", severity=Severity.WARNING,
@@ -366,8 +369,8 @@ def _wal_findings(real: str, st: os.stat_result, header: Any, wal_stat: os.stat_
                     details=details))
     else:
         add(Finding(check="wal", severity=Severity.INFO,
-                    message=f"leftover -wal {human_size(wal_stat.st_size)} with no committed transaction to replay ({counts}){mode_note}",
-                    advice="harmless; SQLite resets it at the next write", details=details))
+                    message=f"leftover -wal {human_size(wal_stat.st_size)} with no committed transaction to replay "
+                            f"({counts}){mode_note}", advice="harmless; SQLite resets it at the next write", details=details))
     return summary
 
 
@@ -391,11 +394,11 @@ def _journal_findings(real: str, journal: os.stat_result | None, holders: list[L
     if _hot_journal(journal, real, holders):
         add(Finding(check="journal", severity=Severity.WARNING,
                     message=f"hot -journal ({journal.st_size} bytes): a writer stopped in the middle of a transaction",
-                    advice="do not delete -journal (the database would stay half-written); the next read-write open rolls it back",
-                    details=details))
+                    advice="do not delete -journal (the database would stay half-written); "
+                           "the next read-write open rolls it back", details=details))
     elif journal.st_size and any(h.lock in ("reserved", "pending", "exclusive") for h in holders):
-        add(Finding(check="journal", severity=Severity.OK, message=f"-journal of a running write transaction ({journal.st_size} bytes)",
-                    details=details))
+        add(Finding(check="journal", severity=Severity.OK,
+                    message=f"-journal of a running write transaction ({journal.st_size} bytes)", details=details))
     else:
         add(Finding(check="journal", severity=Severity.OK,
                     message=f"-journal present but not hot ({journal.st_size} bytes; nothing to roll back)", details=details))
@@ -411,7 +414,7 @@ def _sqlite_findings(real: str, header: Any, wal_stat: os.stat_result | None, in
     # change during the check is detected below and the check repeated with mode=ro).
     immutable = header is not None and header.is_wal and wal_stat is None and not in_use
     check = "integrity_check" if integrity else "quick_check"
-    for attempt in (1, 2):
+    for _attempt in (1, 2):
         before = _fingerprint(real)
         opened = "immutable=1" if immutable else "mode=ro"
         uri = f"file:{urllib.parse.quote(real)}?{'immutable=1' if immutable else 'mode=ro'}"
@@ -423,7 +426,7 @@ def _sqlite_findings(real: str, header: Any, wal_stat: os.stat_result | None, in
             return
         try:
             if progress is not None:
-                conn.set_progress_handler(lambda: progress(time.monotonic() - started) or 0, 1000)
+                conn.set_progress_handler(lambda started=started: progress(time.monotonic() - started) or 0, 1000)
             conn.execute("PRAGMA query_only = 1")
             mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             rows = [r[0] for r in conn.execute(f"PRAGMA {check}(20)").fetchall()]
@@ -452,8 +455,8 @@ def _sqlite_findings(real: str, header: Any, wal_stat: os.stat_result | None, in
         details["problems"] = rows
         add(Finding(check=check, severity=Severity.ERROR,
                     message=f"{len(rows)}{'+' if len(rows) >= 20 else ''} problem(s): {rows[0]}",
-                    advice="stop writers; copy the database with its -wal and -shm together, then `sqlite3 COPY .recover`; never delete -wal",
-                    details=details))
+                    advice="stop writers; copy the database with its -wal and -shm together, "
+                           "then `sqlite3 COPY .recover`; never delete -wal", details=details))
 
 
 def _sqlite_error(check: str, err: BaseException, c: Any, opened: str, add: Callable[[Finding], None]) -> None:

@@ -92,8 +92,10 @@ def space_finding(real: str, data_size: int, add: Callable[[Finding], None]) -> 
                "database_and_wal_bytes": data_size}
     text = f"{human_size(free)} free of {human_size(total)} in {directory}"
     if free < 1024 * 1024 or (vfs.f_files and vfs.f_favail == 0):
-        add(Finding(check="space", severity=Severity.ERROR, message=f"{text}{'; no free inode' if vfs.f_files and vfs.f_favail == 0 else ''}",
-                    advice="writes fail with SQLITE_FULL; free space first (never by deleting -wal or -journal)", details=details))
+        add(Finding(check="space", severity=Severity.ERROR,
+                    message=f"{text}{'; no free inode' if vfs.f_files and vfs.f_favail == 0 else ''}",
+                    advice="writes fail with SQLITE_FULL; free space first (never by deleting -wal or -journal)",
+                    details=details))
     elif free < max(64 * 1024 * 1024, data_size):
         add(Finding(check="space", severity=Severity.WARNING, message=f"{text}; less than the database needs to grow or vacuum",
                     advice="free space before the next checkpoint or VACUUM", details=details))

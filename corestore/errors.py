@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-class ErrorKind(str, enum.Enum):
+class ErrorKind(str, enum.Enum):  # noqa: UP042 - StrEnum would format a member with a spec (f'{m:>9}') by value, not by __str__ (the name)
     """What a database error means for the core (the taxonomy: site/concepts/errors.md)."""
 
     BUSY = "busy"

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 DOCTOR_SCHEMA = 1
 
 
-class Severity(str, enum.Enum):
+class Severity(enum.StrEnum):
     """How bad a finding is: ``error`` makes the diagnosis DOWN, ``warning`` DEGRADED."""
 
     OK = "ok"

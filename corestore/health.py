@@ -17,7 +17,7 @@ __all__ = ["HealthStatus", "HealthComponent", "HealthReport", "worst_status", "t
 EXIT_USAGE = 64
 
 
-class HealthStatus(str, enum.Enum):
+class HealthStatus(str, enum.Enum):  # noqa: UP042 - StrEnum would format a member with a spec (f'{m:>9}') by value, not by __str__ (the name)
     """Status of a component or a whole store; ordered DOWN > DEGRADED > UP > UNKNOWN."""
 
     UNKNOWN = "unknown"

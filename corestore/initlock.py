@@ -107,7 +107,8 @@ def _holder(fd: int) -> str:
         try:
             os.kill(int(recorded), 0)
         except ProcessLookupError:
-            return f"another process (its PID could not be found; PID {recorded}, the last holder recorded in the lock file, has exited)"
+            return (f"another process (its PID could not be found; PID {recorded}, the last holder recorded in the lock file, "
+                    "has exited)")
         except OSError:
             pass  # alive, another user's process
         return f"PID {recorded} (recorded in the lock file by its holder)"

@@ -289,8 +289,8 @@ def _not_faults() -> frozenset[Any]:
 
 
 _HOOK_GROUPS = {
-    "on_store_open": "open", "on_open": "open", "classify_error": "operate", "before_operation": "operate", "on_success": "operate",
-    "after_operation": "operate",
+    "on_store_open": "open", "on_open": "open", "classify_error": "operate", "before_operation": "operate",
+    "on_success": "operate", "after_operation": "operate",
     "on_commit_invariant": "commit", "on_fatal": "fail", "on_persistent_failure": "fail",
     "on_health": "health", "on_health_changed": "health", "on_close": "close", "on_fork_child": "fork",
 }

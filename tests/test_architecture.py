@@ -132,14 +132,6 @@ def _line_counts() -> dict[str, int]:
     return {rel(p): len(p.read_text().splitlines()) for p in paths}
 
 
-OVERSIZE = sorted(f"{name} ({n})" for name, n in _line_counts().items() if n > MAX_LINES)
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 17 splits these in parallel branches (R1-R3); the lead makes this strict after merging: "
-    + (", ".join(OVERSIZE) or "none left"),
-)
 def test_no_module_in_core_or_plugins_is_over_500_lines() -> None:
     over = {name: n for name, n in _line_counts().items() if n > MAX_LINES}
     assert not over, f"modules over {MAX_LINES} lines (split them along their seams): {over}"

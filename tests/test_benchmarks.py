@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins"), str(ROOT / "contrib")])})
+                          timeout=timeout,
+                          env={**os.environ,
+                               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins"), str(ROOT / "contrib")])})
 
 
 def test_quick_only_hotpath_writes_json(tmp_path: Path) -> None:

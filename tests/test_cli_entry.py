@@ -23,7 +23,8 @@ ENTRY_FORMS = {
 }
 
 
-def _run(cmd: list[str], *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], *args: str, env: dict[str, str] | None = None,
+         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     environment = env if env is not None else child_env()
     environment.pop("CORESTORE_CONFIG", None)
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60, env=environment, cwd=cwd)

@@ -39,8 +39,9 @@ def test_every_panel_queries_an_exported_metric() -> None:
             assert not unknown, f"panel {panel['title']!r} queries {unknown}, which the exporter does not export"
             covered |= names
     # the figures the issue asks the dashboard to show
-    for needed in ("corestore_health_status", "corestore_operation_duration_seconds_bucket", "corestore_breaker_transitions_total",
-                   "corestore_wal_bytes", "corestore_accounting_queue_depth", "corestore_accounting_rows_total"):
+    for needed in ("corestore_health_status", "corestore_operation_duration_seconds_bucket",
+                   "corestore_breaker_transitions_total", "corestore_wal_bytes", "corestore_accounting_queue_depth",
+                   "corestore_accounting_rows_total"):
         assert needed in covered, needed
 
 

@@ -454,7 +454,8 @@ def test_quarantine_marker_shown_and_cleared(tmp_path: Path) -> None:
     assert "quarantine marker removed" in proc.stdout
     assert not marker.exists()
     again = run_cli("doctor", "--clear-quarantine", str(db), "--json")
-    assert again.returncode == 0 and by_check(json.loads(again.stdout))["clear-quarantine"]["message"] == "no quarantine marker to clear"
+    assert again.returncode == 0 and by_check(json.loads(again.stdout))["clear-quarantine"]["message"] == (
+        "no quarantine marker to clear")
 
 
 def test_clear_quarantine_refused_while_the_file_is_damaged(tmp_path: Path) -> None:

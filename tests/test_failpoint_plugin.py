@@ -31,7 +31,8 @@ def run_inner_pytest(tmp_path: Path, *files: Path, env: dict[str, str] | None = 
     child_env.update(env or {})
     child_env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     child_env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "plugins"), str(ROOT / "contrib")] + ([child_env["PYTHONPATH"]] if child_env.get("PYTHONPATH") else [])
+        [str(ROOT), str(ROOT / "plugins"), str(ROOT / "contrib")]
+        + ([child_env["PYTHONPATH"]] if child_env.get("PYTHONPATH") else [])
     )
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "corestore_contrib.pytest_plugin",

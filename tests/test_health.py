@@ -141,7 +141,8 @@ def test_report_aggregates_the_worst_component(tmp_path: Path, plugins) -> None:
     flap = store.plugin("t_h_flap")
     first = store.health()
     assert first.status is HealthStatus.UP
-    assert list(first.components) == ["database", "sqlite_version", "health", "t_h_flap"]  # the core's two first, then profile order
+    # the core's two first, then profile order
+    assert list(first.components) == ["database", "sqlite_version", "health", "t_h_flap"]
     assert first.database == store.path and first.profile == "test"
     assert first.checked_at.tzinfo is not None
     assert first.components["database"].summary == "probe ok"
@@ -202,7 +203,7 @@ def test_transitions_fire_exactly_once_under_8_threads(tmp_path: Path, plugins) 
             errors.append(err)
 
     def every_thread_called(more: int, than: list[int]) -> bool:
-        return all(now >= before + more for now, before in zip(calls, than)) or bool(errors)
+        return all(now >= before + more for now, before in zip(calls, than, strict=True)) or bool(errors)
 
     threads = [threading.Thread(target=hammer, args=(i,), name=f"hammer-{i}") for i in range(8)]
     for t in threads:
@@ -484,7 +485,8 @@ def test_snapshot_path_resolution_and_validation(tmp_path: Path) -> None:
         open_store(tmp_path / "c.db", "health", snapshot_path="nowhere/c.json")
     assert not (tmp_path / "nowhere").exists()
     with pytest.raises(ConfigError, match="is relative, but the database is ':memory:'"):
-        corestore.open(Profile(path=":memory:", name="mem", plugins=("health",), settings={"health": {"snapshot_path": "m.json"}}))
+        corestore.open(Profile(path=":memory:", name="mem", plugins=("health",),
+                               settings={"health": {"snapshot_path": "m.json"}}))
     for key, value, message in (
         ("probe_interval_s", -1, "must be a finite number of seconds >= 0"),
         ("probe_interval_s", "5", "expected a number of seconds"),

@@ -129,7 +129,8 @@ def test_hook_before_operation_wrapper(tmp_path: Path, plugins) -> None:
     # (None: the store's first connection, an operation of kind "open")
     assert events("t_wrap_all", "before_operation") == [("enter", None), ("enter", "w"), ("enter", "forbidden"),
                                                         ("saw", "PermissionError")]
-    assert events("t_recorder", "before_operation") == [("open", None), ("write", "w")]  # t_gate raised first: the rest did not run
+    # t_gate raised first: the rest did not run
+    assert events("t_recorder", "before_operation") == [("open", None), ("write", "w")]
     store.close()
 
 

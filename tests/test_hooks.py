@@ -50,7 +50,8 @@ def test_hook_on_open(tmp_path: Path, plugins) -> None:
     store.close()
     # raising refuses the connection: open() fails and nothing stays open
     with pytest.raises(RuntimeError, match="refused by t_recorder"):
-        corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("t_recorder",), settings={"t_recorder": {"fail_open": True}}))
+        corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("t_recorder",),
+                               settings={"t_recorder": {"fail_open": True}}))
 
 
 def test_hook_on_store_open(tmp_path: Path, plugins) -> None:

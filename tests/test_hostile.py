@@ -535,7 +535,8 @@ def test_a_plugin_raising_anything_at_import_is_a_plugin_error(tmp_path: Path, i
     site = install_plugins(t_exits="plugin_exits:Nothing")
     (site / "plugin_exits.py").write_text(statement + "\n")
     sys.modules.pop("plugin_exits", None)
-    with pytest.raises(PluginError, match=r"plugin 't_exits' \(plugin_exits:Nothing\) failed to import: (SystemExit|GeneratorExit)"):
+    with pytest.raises(PluginError,
+                       match=r"plugin 't_exits' \(plugin_exits:Nothing\) failed to import: (SystemExit|GeneratorExit)"):
         corestore.open(Profile(path=str(tmp_path / "a.db"), plugins=("t_exits",)))
     sys.modules.pop("plugin_exits", None)
 

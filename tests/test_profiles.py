@@ -123,10 +123,13 @@ def test_same_path_and_profile_share_a_store(tmp_path: Path) -> None:
     ("text", "match"),
     [
         ('[profiles.x]\nplugins = ["health"]\ncolour = "red"\n', r"\[profiles\.x\]: unknown key 'colour'; allowed: extends"),
-        ('[profiles.x]\nextends = "nope"\n', r"\[profiles\.x\] key 'extends': unknown profile 'nope'; known: default, minimal, x"),
+        ('[profiles.x]\nextends = "nope"\n',
+         r"\[profiles\.x\] key 'extends': unknown profile 'nope'; known: default, minimal, x"),
         ('[profiles.a]\nextends = "b"\n[profiles.b]\nextends = "a"\n', r"cycle a -> b -> a"),
-        ('[profiles.x]\n[profiles.x.pragmas]\nbusy_timout = 5\n', r"\[profiles\.x\] key 'pragmas\.busy_timout': unknown pragma 'busy_timout'"),
-        ('[profiles.x]\n[profiles.x.pragmas]\nsynchronous = "sometimes"\n', r"pragma synchronous = 'sometimes' is not allowed; allowed: off, normal, full"),
+        ('[profiles.x]\n[profiles.x.pragmas]\nbusy_timout = 5\n',
+         r"\[profiles\.x\] key 'pragmas\.busy_timout': unknown pragma 'busy_timout'"),
+        ('[profiles.x]\n[profiles.x.pragmas]\nsynchronous = "sometimes"\n',
+         r"pragma synchronous = 'sometimes' is not allowed; allowed: off, normal, full"),
         ('[profiles.x]\n[profiles.x.pragmas]\nbusy_timeout = "soon"\n', r"busy_timeout = 'soon' must be an integer"),
         ('[profiles.x]\nplugins = "health"\n', r"key 'plugins' must be a list of plugin names"),
         ('[profiles.x]\nread_only = "yes"\n', r"key 'read_only' must be true or false"),
@@ -173,7 +176,8 @@ def test_unknown_and_mistyped_settings_keys(tmp_path: Path, install_plugins) -> 
         [profiles.z.settings.no_such_plugin]
         a = 1
     """)
-    with pytest.raises(ConfigError, match=r"\[profiles\.x\] settings\.t_recorder: unknown key 'lable'; allowed: label, fail_open"):
+    with pytest.raises(ConfigError,
+                       match=r"\[profiles\.x\] settings\.t_recorder: unknown key 'lable'; allowed: label, fail_open"):
         corestore.open(str(tmp_path / "a.db"), profile="x", config=cfg)
     with pytest.raises(ConfigError, match=r"\[profiles\.y\] settings\.t_recorder: .*label"):
         corestore.open(str(tmp_path / "a.db"), profile="y", config=cfg)

@@ -79,7 +79,8 @@ def test_plugin_that_fails_to_import_only_breaks_profiles_that_need_it(tmp_path:
     install_plugins(t_broken="plugin_broken:Nothing")
     ok = corestore.open(str(tmp_path / "a.db"), profile="minimal")
     ok.close()
-    with pytest.raises(PluginError, match=r"plugin 't_broken' \(plugin_broken:Nothing\) failed to import: ImportError: plugin_broken needs"):
+    with pytest.raises(PluginError,
+                       match=r"plugin 't_broken' \(plugin_broken:Nothing\) failed to import: ImportError: plugin_broken needs"):
         corestore.open(Profile(path=str(tmp_path / "b.db"), plugins=("t_broken",)))
     assert not (tmp_path / "b.db").exists()
 

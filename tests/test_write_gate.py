@@ -371,10 +371,10 @@ def test_threads_and_processes_share_one_queue(tmp_path: Path, mode: str) -> Non
     for child in children:
         try:
             outs.append(child.communicate(timeout=LIMIT_S))
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as err:
             for c in children:
                 c.kill()
-            raise AssertionError("a writer process hung")
+            raise AssertionError("a writer process hung") from err
         assert child.returncode == 0, outs[-1]
     for stdout, _ in outs:
         assert "gated 160 busy 0 timeouts 0" in stdout, stdout
@@ -527,7 +527,7 @@ def test_plugin_through_entry_points_stats_and_health(tmp_path: Path) -> None:
     store = corestore.open(_profile(db))
     wg = store.plugin("write_gate")
     assert isinstance(wg, WriteGate) and store.plugin(WriteGate) is wg
-    for i in range(3):
+    for _ in range(3):
         store.run(lambda: store.database.execute_sql("INSERT INTO t (who, n) VALUES ('x', 1)"))
     store.database.execute_sql("INSERT INTO t (who, n) VALUES ('autocommit', 1)")
     with store.read():

@@ -146,7 +146,8 @@ class HealthEndpoints:
                 return _json(503, {"status": "fail", "checked": "on_persistent_failure (opt-in)",
                                    "persistent_failure": sorted(failing)})
         return _json(200, {"status": "ok", "checked": "the process answers; database health never fails liveness"
-                                                     + (" (except after on_persistent_failure: opted in)" if self.fail_liveness else "")})
+                                                     + (" (except after on_persistent_failure: opted in)"
+                                                        if self.fail_liveness else "")})
 
     def readyz(self) -> Response:
         from corestore_plugins import _observe

@@ -176,7 +176,8 @@ def make_database(store: Store, link: StoreLink) -> tuple[Any, Any]:
         if store.memory:
             target = f"file:corestore-mem-{uuid.uuid4().hex}?mode=memory&cache=shared"
             flags |= apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-            anchor = apsw.Connection(target, flags=flags, vfs=profile.vfs) if profile.vfs else apsw.Connection(target, flags=flags)
+            anchor = (apsw.Connection(target, flags=flags, vfs=profile.vfs) if profile.vfs
+                      else apsw.Connection(target, flags=flags))
         elif profile.read_only:
             target = f"file:{urllib.parse.quote(store.path)}?mode=ro"
             flags |= apsw.SQLITE_OPEN_READONLY

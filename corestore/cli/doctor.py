@@ -100,7 +100,8 @@ def _clear_quarantine(diag: Diagnosis, *, force: bool, as_json: bool) -> Diagnos
             print(format_marker(evidence))
         else:
             print(json.dumps(evidence, indent=2, sort_keys=True, default=str))
-    damage = [f for f in diag.findings if f.check in ("quick_check", "integrity_check", "header") and f.severity is Severity.ERROR]
+    damage = [f for f in diag.findings
+              if f.check in ("quick_check", "integrity_check", "header") and f.severity is Severity.ERROR]
     if damage and not force:
         note = Finding(check="clear-quarantine", severity=Severity.ERROR,
                        message=f"refused: the {damage[0].check} check found damage; the marker stays",

@@ -28,7 +28,7 @@ _WINDOW_BUCKETS = 10
 _TRANSITIONS_KEPT = 64
 
 
-class BreakerState(str, enum.Enum):
+class BreakerState(str, enum.Enum):  # noqa: UP042 - StrEnum would format a member with a spec (f'{m:>9}') by value, not by __str__ (the name)
     """Where a breaker stands. ``ISOLATED`` is forced open by :meth:`Breaker.isolate` until
     :meth:`Breaker.reset`."""
 

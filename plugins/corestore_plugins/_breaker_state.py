@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 import weakref
@@ -17,14 +16,6 @@ from typing import TYPE_CHECKING, Any
 from corestore.errors import CircuitOpenError, Classification
 from corestore.health import HealthComponent
 from corestore.timefmt import iso as _iso
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .circuit_breaker import CircuitBreaker
-
-__all__ = ["Breaker", "breaker_for"]
-
-# Transitions are logged on the plugin's channel, as before the split (log filters keep working).
-logger = logging.getLogger("corestore_plugins.circuit_breaker")
 
 from ._breaker_records import (
     _CLOSED,
@@ -39,6 +30,19 @@ from ._breaker_records import (
     _Lane,
     _lane_of,
 )
+
+# re-exported: the plugin and older imports find the registry here
+from ._breaker_registry import _lock as _lock
+from ._breaker_registry import _registry as _registry
+from ._breaker_registry import breaker_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .circuit_breaker import CircuitBreaker
+
+__all__ = ["Breaker", "breaker_for"]
+
+# Transitions are logged on the plugin's channel, as before the split (log filters keep working).
+logger = logging.getLogger("corestore_plugins.circuit_breaker")
 
 
 # -- the breaker ---------------------------------------------------------------------------------
@@ -492,29 +496,3 @@ def _env_plugins() -> tuple[str, ...]:
 
     return env_plugins()
 
-
-# -- the process-wide registry -------------------------------------------------------------------
-_registry: dict[str, Breaker] = {}
-_registry_lock = threading.Lock()
-_registry_pid = os.getpid()
-
-
-def _lock() -> threading.Lock:
-    """The registry lock of this process. The first use in a forked child makes a new one and
-    resets every inherited breaker (another thread of the parent may have held a lock at the
-    fork, and its operations never end here): ``on_fork_child`` calls it, and so does any
-    later lookup, so a child that inherited no store with the plugin is covered too."""
-    global _registry_lock, _registry_pid
-    if _registry_pid != os.getpid():
-        _registry_lock, _registry_pid = threading.Lock(), os.getpid()
-        for breaker in list(_registry.values()):
-            breaker._after_fork_in_child()
-    return _registry_lock
-
-
-def breaker_for(path: str | os.PathLike[str]) -> Breaker | None:
-    """The breaker this process keeps for the database file at ``path`` (None if no store with
-    the plugin has opened it)."""
-    real = os.path.realpath(os.fspath(path))
-    with _lock():
-        return _registry.get(real)

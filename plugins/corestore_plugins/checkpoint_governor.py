@@ -85,7 +85,7 @@ class CheckpointGovernor:
     | ``checkpoint_busy_ms`` | int | 200 | longest wait of one checkpoint for the writer lock or a reader |
     | ``gate_timeout_s`` | float | 5.0 | longest wait for the write gate before a round is skipped |
     | ``wal_reset_mitigation`` | bool | true | on a SQLite with the WAL-reset bug, require the write gate and count busy checkpoints as breaches |
-    """
+    """  # noqa: E501 - a markdown table row cannot be wrapped (the settings table above)
 
     name: ClassVar[str] = "checkpoint_governor"
 

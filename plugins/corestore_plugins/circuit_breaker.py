@@ -112,8 +112,9 @@ class CircuitBreaker:
             "help": "operations admitted at once while half-open"})
         success_threshold: int = attrs.field(default=1, validator=integer_at_least(1), metadata={
             "help": "successful probes (of the direction that tripped it) that close the breaker"})
-        window_s: float | None = attrs.field(default=None, validator=optional(number(0, low_inclusive=False, noun="a number")), metadata={
-            "help": "sliding window (seconds) of the failure-rate rule; unset turns the rule off"})
+        window_s: float | None = attrs.field(
+            default=None, validator=optional(number(0, low_inclusive=False, noun="a number")), metadata={
+                "help": "sliding window (seconds) of the failure-rate rule; unset turns the rule off"})
         min_calls: int = attrs.field(default=10, validator=integer_at_least(1), metadata={
             "help": "calls of one direction in the window before the rate rule can trip"})
         failure_rate: float = attrs.field(default=0.5, validator=number(

@@ -109,7 +109,7 @@ class WalGuard:
 
     State, also in the health component's details: :attr:`switched_by_this_process`,
     :attr:`switches`, :attr:`fallback` and :attr:`fallback_reason`.
-    """
+    """  # noqa: E501 - a markdown table row cannot be wrapped (the settings table above)
 
     name: ClassVar[str] = "wal_guard"
 

@@ -157,7 +157,8 @@ class WriteGate:
                               "while others wait (0: never)"},
         )
         busy_sleep_s: float = attrs.field(
-            default=0.001, validator=number(0, low_inclusive=False, unit="seconds"), metadata={"help": "the fair busy handler's fixed sleep"},
+            default=0.001, validator=number(0, low_inclusive=False, unit="seconds"),
+            metadata={"help": "the fair busy handler's fixed sleep"},
         )
 
     def __init__(self, settings: WriteGate.Settings | None = None, *,
@@ -203,8 +204,8 @@ class WriteGate:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``gated`` (operations that held the gate), ``immediate`` (no wait),
-        ``resumed`` (a kept place, no hand-off), ``waited``, ``reentered``, ``timeouts`` (went on to SQLite's lock after the timeout),
-        ``unavailable`` (no gate: SQLite's lock only), ``ungated_first`` (a thread's first
+        ``resumed`` (a kept place, no hand-off), ``waited``, ``reentered``, ``timeouts`` (went on to
+        SQLite's lock after the timeout), ``unavailable`` (no gate: SQLite's lock only), ``ungated_first`` (a thread's first
         operation), ``wait_s_total``, ``wait_s_max``; plus the gate's own state under ``gate``."""
         with self._stats_lock:
             c = dict(self._counts)

@@ -4,13 +4,15 @@ import os
 
 import corestore
 
+# --8<-- [start:imports]
+from corestore_contrib.http_health import make_asgi_app, make_wsgi_app
+
+# --8<-- [end:imports]
 os.makedirs("data", exist_ok=True)
 with open("corestore.toml", "w") as fh:
     fh.write('[databases.orders]\npath = "data/orders.db"\nprofile = "default"\n')
 
 # --8<-- [start:mount]
-from corestore_contrib.http_health import make_asgi_app, make_wsgi_app
-
 # Starlette / FastAPI: app.mount("/health", health) -> GET /health/readyz
 health = make_asgi_app(expect=["orders"], config="corestore.toml")
 # Flask / Django: DispatcherMiddleware(app.wsgi_app, {"/health": wsgi_health})

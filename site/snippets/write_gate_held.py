@@ -8,7 +8,7 @@ store = corestore.open(corestore.Profile(
 ))
 store.database.execute_sql("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT)")
 for item in ("tea", "milk"):
-    store.run(lambda: store.database.execute_sql("INSERT INTO orders (item) VALUES (?)", (item,)))
+    store.run(lambda item=item: store.database.execute_sql("INSERT INTO orders (item) VALUES (?)", (item,)))
 
 gate = store.plugin("write_gate")
 with gate.held(timeout_s=2.0) as held:  # True, or False if it could not be had in time

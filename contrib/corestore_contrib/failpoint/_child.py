@@ -22,7 +22,8 @@ _CODE_ATTRS = ("sqlite_errorcode", "sqlite_errorname", "result", "extendedresult
 
 def _details(exc: BaseException) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    names = _CODE_ATTRS if hasattr(exc, "extendedresult") else tuple(n for n in _CODE_ATTRS if n not in ("result", "extendedresult"))
+    names = (_CODE_ATTRS if hasattr(exc, "extendedresult")
+             else tuple(n for n in _CODE_ATTRS if n not in ("result", "extendedresult")))
     for name in names:
         if hasattr(exc, name):
             value = getattr(exc, name)

@@ -220,7 +220,8 @@ def _normalise_ops(op: str | Iterable[str]) -> tuple[str, ...]:
             return PRELOAD_OPS
         key = _OP_ALIASES.get(key, key)
         if key not in PRELOAD_OPS:
-            hint = " (the shim does not wrap fstat: use the FailpointVFS for file-size faults)" if key in ("size", "fstat") else ""
+            hint = (" (the shim does not wrap fstat: use the FailpointVFS for file-size faults)"
+                    if key in ("size", "fstat") else "")
             raise ValueError(f"op {name!r} is not one of {', '.join(PRELOAD_OPS)} (or 'any'){hint}")
         if key not in out:
             out.append(key)
@@ -340,7 +341,7 @@ class PreloadFailpoint:
         with self._locked():
             rules = [r for r in self._read() if rule is not None and r.id != rule.id]
             self._write(rules)
-        logger.info("preload failpoint healed %s", "rule %d" % rule.id if rule is not None else "all rules")
+        logger.info("preload failpoint healed %s", f"rule {rule.id}" if rule is not None else "all rules")
 
     def _read(self) -> list[PreloadRule]:
         try:
@@ -372,7 +373,8 @@ class PreloadFailpoint:
     # -- children ----------------------------------------------------------------------------
 
     def run(self, target: Callable[..., Any] | str, *, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-            env: Mapping[str, str] | None = None, timeout_s: float = 60.0, cwd: str | os.PathLike[str] | None = None) -> ChildResult:
+            env: Mapping[str, str] | None = None, timeout_s: float = 60.0,
+            cwd: str | os.PathLike[str] | None = None) -> ChildResult:
         """:func:`run_in_child` under this failpoint."""
         return run_in_child(target, control=self, args=args, kwargs=kwargs, env=env, timeout_s=timeout_s, cwd=cwd)
 

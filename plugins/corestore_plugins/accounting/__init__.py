@@ -3,7 +3,8 @@ never silently lossy (site/plugins/accounting.md).
 
 The package: :mod:`.plugin` (the :class:`Accounting` plugin: ``submit()``, ``flush()``,
 ``close()``, ``stats()``), :mod:`.settings` (its settings), :mod:`.writer` (the writer thread,
-handed its collaborators), :mod:`.batches` (the exactly-once bookkeeping), :mod:`.ledger` (the
+handed its collaborators; it inherits the settling of outcomes from :mod:`.settling`),
+:mod:`.atexit_drain` (draining forgotten stores at exit), :mod:`.batches` (the exactly-once bookkeeping), :mod:`.ledger` (the
 queue, counters and ``flush()`` waits), :mod:`.rows` (turning rows into INSERTs),
 :mod:`.escalation` (the fault episode), :mod:`.deadletter` (the dead-letter file),
 :mod:`.status` (the health component) and :mod:`.clock` (the writer's clock).

@@ -21,12 +21,10 @@ accepted. One daemon writer thread per store writes batches; see
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,6 +32,7 @@ import peewee
 
 from corestore import ConfigError, HealthComponent, PluginError, UnsavedDataError, hookimpl
 
+from .atexit_drain import _INSTANCES
 from .batches import BATCHES_TABLE
 from .clock import Clock, ManualClock, SystemClock
 from .deadletter import DeadLetter, DeadLetterSink, default_path
@@ -56,9 +55,6 @@ logger = logging.getLogger(__name__)
 _GRACE_S = 2.0  # after drain_timeout_s, how long close() lets a writer stuck inside SQLite finish
 _perf_ns = time.perf_counter_ns
 _now = time.time
-
-
-_INSTANCES: weakref.WeakSet[Accounting] = weakref.WeakSet()
 
 
 class Accounting:
@@ -497,18 +493,3 @@ class Accounting:
         """Drain (see :meth:`close`) before the store closes its connections."""
         self.close()
 
-
-def _drain_at_exit() -> None:
-    """atexit: drain every accounting whose store the application forgot to close."""
-    for acc in list(_INSTANCES):
-        if acc._closed or acc._thread is None:
-            continue
-        logger.warning("accounting: %s: the store was not closed; draining its queue at exit",
-                       acc._store.path if acc._store is not None else "?")
-        try:
-            acc.close()
-        except Exception:  # noqa: BLE001 - keep draining the others
-            logger.exception("accounting: draining at exit failed")
-
-
-atexit.register(_drain_at_exit)

@@ -48,7 +48,8 @@ class Settings:
         metadata={"help": "the dead-letter file (default <db>.corestore-deadletter.jsonl)"})
     backoff_initial_s: float = attrs.field(default=0.05, validator=_POSITIVE,
                                            metadata={"help": "first wait after a faulted batch (doubles per retry)"})
-    backoff_max_s: float = attrs.field(default=5.0, validator=attrs.validators.and_(_POSITIVE, at_least_field("backoff_initial_s")),
+    backoff_max_s: float = attrs.field(default=5.0,
+                                       validator=attrs.validators.and_(_POSITIVE, at_least_field("backoff_initial_s")),
                                        metadata={"help": "longest wait between retries of a faulted batch"})
     reopen_after: int = attrs.field(default=3, validator=integer_at_least(1),
                                     metadata={"help": "reopen the writer connection every N faulted batches"})
