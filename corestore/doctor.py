@@ -6,8 +6,7 @@ SQLite locks other processes hold (``F_OFD_GETLK``, else ``F_GETLK``, on SQLite'
 takes no lock itself), and only then opens SQLite read-only (``mode=ro``) for ``quick_check``
 (``integrity_check`` with ``--integrity``). No byte of the database or of ``-wal`` changes
 (SQLite may rebuild ``-shm``, the shared-memory index, which holds no data); a missing file is
-never created. Incident 002 is why: its "doctor" and its automatic "cleanup" deleted ``-wal`` and
-``-shm`` files that can hold committed transactions. This doctor reports a leftover ``-wal``
+never created: a "doctor" that "cleans up" ``-wal``/``-shm`` loses committed transactions. This doctor reports a leftover ``-wal``
 (how many committed transactions it holds, verified with the WAL checksums) and says what to do;
 it never "fixes" one.
 
@@ -19,11 +18,10 @@ Two cases where opening SQLite, even read-only, would change files are handled w
   empty ``-wal`` and a ``-shm`` behind; the doctor reads it with ``immutable=1`` instead (nobody
   holds it), then checks that the file did not change meanwhile (else it checks again ``mode=ro``).
 
-The command around it (``corestore doctor``, ``--clear-quarantine``) is in :mod:`corestore.cli.doctor`;
-the findings are :mod:`corestore.findings`, the checks of permissions, space and file system
-:mod:`corestore.doctor_environment`, the lock and file-system probes
-:mod:`corestore.osprobe`, the ``-wal`` reader :func:`corestore.sqlitefile.read_wal_summary`, the
-quarantine marker :mod:`corestore.sidecar_formats`.
+The command is in :mod:`corestore.cli.doctor`; findings in :mod:`corestore.findings`; checks of
+permissions, space and file system in :mod:`corestore.doctor_environment`; lock and file-system
+probes in :mod:`corestore.osprobe`; the ``-wal`` reader and the marker in :mod:`corestore.sqlitefile`
+and :mod:`corestore.sidecar_formats`.
 """
 from __future__ import annotations
 
@@ -426,7 +424,10 @@ def _sqlite_findings(real: str, header: Any, wal_stat: os.stat_result | None, in
             return
         try:
             if progress is not None:
-                conn.set_progress_handler(lambda started=started: progress(time.monotonic() - started) or 0, 1000)
+                def report(started: float = started, progress: Callable[[float], None] = progress) -> int:
+                    progress(time.monotonic() - started)
+                    return 0  # never interrupts
+                conn.set_progress_handler(report, 1000)
             conn.execute("PRAGMA query_only = 1")
             mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             rows = [r[0] for r in conn.execute(f"PRAGMA {check}(20)").fetchall()]

@@ -207,7 +207,9 @@ def _run_demo(args: argparse.Namespace, directory: str) -> int:
         while time.monotonic() < stop:
             seq += 1
             try:
-                store.run(lambda seq=seq: Event.create(thread=n, seq=seq, payload="x" * 64), name="demo-write")
+                def write(seq: int = seq) -> Any:
+                    return Event.create(thread=n, seq=seq, payload="x" * 64)
+                store.run(write, name="demo-write")
                 with lock:
                     counts["writes"] += 1
                 if acc is not None and acc.submit(Usage, {"thread": n, "tokens": seq % 100}):
