@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .errors import StoreError
-from .raising import failed, is_db_error, is_peewee_own, note_fault, translate_in_transaction
+from .raising import commit_failed, failed, is_db_error, is_peewee_own, note_fault, translate_in_transaction
 from .transaction import BEGIN, _Txn, after_commit, begin_txn, commit_invariants, finish, lock_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,31 +66,22 @@ class _DbTxn(_Txn):
                 and self not in self.store.database._state.transactions)
 
     def commit(self, begin: bool = True) -> None:
-        db = self.store.database
-        ends = self._ends_here(begin)
-        error: BaseException | None = None
-        try:
-            db.commit()
-            self.store._run_callbacks()
-            if begin:
-                db.begin(self.lock_type)
-        except BaseException as err:
-            error = err
-            raise
-        finally:
-            if ends:
-                finish(self.store, self, error)
-            error = None  # no reference cycle through the traceback
+        self._end_inside(self.store.database.commit, self.store._run_callbacks, begin)
 
     def rollback(self, begin: bool = True) -> None:
-        db = self.store.database
+        self._end_inside(self.store.database.rollback, self.store._clear_callbacks, begin)
+
+    def _end_inside(self, end: Callable[[], Any], callbacks: Callable[[], None], begin: bool) -> None:
+        """peewee's ``commit()``/``rollback()`` on this transaction: through ``db.commit()`` /
+        ``db.rollback()`` (wrappers see them), then peewee's callbacks, then BEGIN again when asked;
+        the transaction's operation ends here when this was its last word."""
         ends = self._ends_here(begin)
         error: BaseException | None = None
         try:
-            db.rollback()
-            self.store._clear_callbacks()
+            end()
+            callbacks()
             if begin:
-                db.begin(self.lock_type)
+                self.store.database.begin(self.lock_type)
         except BaseException as err:
             error = err
             raise
@@ -148,18 +139,7 @@ def commit_active(store: Store, txn: _Txn) -> None:
         try:
             conn.execute("COMMIT")
         except Exception as err:
-            committed: bool | None = None
-            if store._in_txn(conn):  # still inside: nothing was committed
-                committed = False
-                try:
-                    conn.execute("ROLLBACK")
-                except Exception:
-                    logger.debug("%s: ROLLBACK after a failed COMMIT failed", store.path, exc_info=True)
-            store._clear_callbacks()
-            if committed is None:
-                with store._stats_lock:
-                    store._stats["uncertain_commits"] += 1
-            raise failed(store, err, txn.op, committed=committed, report=txn.report) from err
+            raise commit_failed(store, txn, conn, err) from err
         with store._stats_lock:
             store._stats["reads" if txn.kind == "read" else "transactions"] += 1
         if txn.kind == "write":  # the record is still held here (released by _finish)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
 
 __all__ = [
+    "commit_failed",
     "EXCEPTION_FOR_KIND",
     "ADVICE",
     "is_db_error",
@@ -210,3 +211,21 @@ def translate_open_error(store: Store, err: BaseException) -> BaseException:
     if c.reopen:
         store.invalidate()
     return exception_for(store, err, c, committed=False)
+
+
+def commit_failed(store: Store, txn: Any, conn: Any, err: BaseException) -> BaseException:
+    """What to raise when the COMMIT statement itself failed: ``committed=False`` when the
+    connection is still inside its transaction (nothing was committed; it is rolled back),
+    else ``committed=None`` (the outcome is unknown: the frames may have reached ``-wal``)."""
+    committed: bool | None = None
+    if store._in_txn(conn):  # still inside: nothing was committed
+        committed = False
+        try:
+            conn.execute("ROLLBACK")
+        except Exception:
+            logger.debug("%s: ROLLBACK after a failed COMMIT failed", store.path, exc_info=True)
+    store._clear_callbacks()
+    if committed is None:
+        with store._stats_lock:
+            store._stats["uncertain_commits"] += 1
+    return failed(store, err, txn.op, committed=committed, report=txn.report)

@@ -40,6 +40,7 @@ from .errors import (
 )
 from .operation import Operation, Violation
 from .raising import (
+    commit_failed,
     failed,
     fire_on_fatal,
     is_db_error,
@@ -384,18 +385,7 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
         try:
             conn.execute("COMMIT")
         except Exception as err:
-            committed: bool | None = None
-            if in_txn(conn):  # still inside: nothing was committed
-                committed = False
-                try:
-                    conn.execute("ROLLBACK")
-                except Exception:
-                    logger.debug("%s: ROLLBACK after a failed COMMIT failed", store.path, exc_info=True)
-            store._clear_callbacks()
-            if committed is None:
-                with store._stats_lock:
-                    store._stats["uncertain_commits"] += 1
-            raise failed(store, err, txn.op, committed=committed, report=txn.report) from err
+            raise commit_failed(store, txn, conn, err) from err
         checked = commit_invariants(store, conn, txn.op) if txn.kind == "write" else None
     finally:
         record.active = None
