@@ -386,7 +386,9 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
             conn.execute("COMMIT")
         except Exception as err:
             raise commit_failed(store, txn, conn, err) from err
-        checked = commit_invariants(store, conn, txn.op) if txn.kind == "write" else None
+        # (the hook's flag tested here: no call at all on the hot path when nobody checks)
+        checked = (commit_invariants(store, conn, txn.op)
+                   if txn.kind == "write" and store.hooks.has_on_commit_invariant else None)
     finally:
         record.active = None
         if txn.qo:
@@ -398,7 +400,7 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
     with store._stats_lock:
         store._stats["reads" if txn.kind == "read" else "transactions"] += 1
     store._run_callbacks()
-    if txn.kind == "write":
+    if checked is not None:
         after_commit(store, checked, txn.op)
     elif store.hooks.has_on_success:
         store.hooks.on_success(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered

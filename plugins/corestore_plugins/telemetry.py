@@ -226,6 +226,8 @@ class Telemetry:
     # ``before_operation``), so no ``before_operation`` is needed: half the dispatch cost.
     @hookimpl
     def after_operation(self, store: Store, operation: Operation, outcome: Outcome) -> None:
+        if self._histogram is None:  # the store's first connection (kind "open") precedes on_store_open
+            return
         now = self.clock()
         elapsed = now - operation.started
         if outcome.error is None:
