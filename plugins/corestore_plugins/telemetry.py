@@ -226,8 +226,6 @@ class Telemetry:
     # ``before_operation``), so no ``before_operation`` is needed: half the dispatch cost.
     @hookimpl
     def after_operation(self, store: Store, operation: Operation, outcome: Outcome) -> None:
-        if self._histogram is None:  # the store's first connection (kind "open") precedes on_store_open
-            return
         now = self.clock()
         elapsed = now - operation.started
         if outcome.error is None:
@@ -235,7 +233,8 @@ class Telemetry:
             if attributes is None:
                 attributes = self._ok[operation.kind] = self._attributes(operation.kind)
             if self._buffer_size == 0:
-                self._histogram.record(elapsed, attributes)
+                if self._histogram is not None:  # None for the store's open: it precedes on_store_open
+                    self._histogram.record(elapsed, attributes)
             else:
                 buffer = self._buffer
                 buffer.append((elapsed, attributes))
@@ -260,6 +259,8 @@ class Telemetry:
         if kind is not None:
             attributes["corestore.error.kind"] = kind
         instruments = self._instruments
+        if not instruments:  # a failed open of the store: before on_store_open bound the instruments
+            return
         instruments["db.client.operation.duration"].record(elapsed, attributes)
         if outcome.retrying:
             instruments["corestore.retries"].add(1, attributes)
