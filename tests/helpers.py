@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +79,40 @@ class Holder:
 
 def root_only() -> pytest.MarkDecorator:
     return pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to drop capabilities or mount a tmpfs)")
+
+
+def fork_report(child: Callable[[], Any], *, timeout_s: float = 30.0) -> Any:
+    """``os.fork()``; the child runs ``child()`` and sends its JSON-able result back through a
+    pipe, then leaves with ``os._exit`` (never back into pytest). The parent waits at most
+    ``timeout_s`` for the report (a hang in the child, e.g. in a fork hook, fails the test) and
+    reaps the child, killing it if it is still there. Returns the child's result."""
+    import json
+    import select
+    import signal
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(child()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                pytest.fail(f"the forked child reported nothing within {timeout_s:g} s (a hang in on_fork_child?)")
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_end)
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    return json.loads(data)

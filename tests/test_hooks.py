@@ -11,7 +11,7 @@ import corestore
 from corestore import ErrorKind, HealthStatus, InvariantViolation, Profile
 from corestore.hookspecs import HOOK_NAMES
 
-from helpers import Holder
+from helpers import Holder, fork_report
 from plugin_fixtures import EVENTS
 
 
@@ -358,11 +358,7 @@ def test_hook_on_fork_child(tmp_path: Path, install_plugins) -> None:
     kills a child that overstays): in the child, each inherited store's plugins get
     on_fork_child once, after the core's reset; one that raises is logged and skipped; the
     parent gets no call; accounting (which implements it) starts empty in the child."""
-    import json
     import os
-    import select
-    import signal
-    import time
 
     import plugin_fork
 
@@ -374,34 +370,8 @@ def test_hook_on_fork_child(tmp_path: Path, install_plugins) -> None:
     acc = store.plugin("accounting")
     acc.submit("usage", {"n": 1})
     assert acc.flush(10)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report and leave, never back into pytest
-        try:
-            os.close(read_end)
-            report = {"calls": [list(c) for c in plugin_fork.CALLS], "pid": os.getpid(),
-                      "accepted": store.plugin("accounting").stats()["accepted"]}
-            os.write(write_end, json.dumps(report).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    deadline = time.monotonic() + 30
-    data = b""
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_end], [], [], left)[0]:
-                pytest.fail("the forked child reported nothing within 30 s (a hang in on_fork_child?)")
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(read_end)
-        if os.waitpid(pid, os.WNOHANG) == (0, 0):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    report = json.loads(data)
+    report = fork_report(lambda: {"calls": [list(c) for c in plugin_fork.CALLS], "pid": os.getpid(),
+                                  "accepted": store.plugin("accounting").stats()["accepted"]})
     assert report["calls"] == [["t_fork_recorder", report["pid"], store.path]]
     assert report["accepted"] == 0  # the parent's rows stay with the parent's writer
     assert plugin_fork.CALLS == []  # never in the parent

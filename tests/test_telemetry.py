@@ -14,6 +14,8 @@ import pytest
 import corestore
 from corestore import Profile
 
+from helpers import fork_report
+
 pytest.importorskip("opentelemetry.sdk.metrics", reason="the telemetry tests need opentelemetry-sdk (the test extra)")
 
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
@@ -187,9 +189,6 @@ def test_stats_clock_and_fork_child(tmp_path: Path, reader: InMemoryMetricReader
     """``stats()``; the ``clock`` attribute times each attempt (a clock 5 s ahead of
     ``time.monotonic`` shows as 5 s); a real ``os.fork()``: the child starts with an empty buffer
     (the parent's samples are not recorded twice) while the parent keeps its own."""
-    import json
-    import os
-    import select
     import time
 
     store = corestore.open(Profile(path=str(tmp_path / "f.db"), plugins=("telemetry",), pragmas=PRAGMAS,
@@ -203,30 +202,7 @@ def test_stats_clock_and_fork_child(tmp_path: Path, reader: InMemoryMetricReader
         store.database.execute_sql("insert into t values (1)")
     assert plugin._buffer[-1][0] >= 5.0
     plugin.clock = time.monotonic
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report and leave, never back into pytest
-        try:
-            os.close(read_end)
-            os.write(write_end, json.dumps(store.plugin("telemetry").stats()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    deadline = time.monotonic() + 30
-    data = b""
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_end], [], [], left)[0]:
-                pytest.fail("the forked child reported nothing within 30 s (a hang in on_fork_child?)")
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
-    assert json.loads(data)["buffered"] == 0
+    assert fork_report(lambda: store.plugin("telemetry").stats())["buffered"] == 0
     assert plugin.stats()["buffered"] == 3
     store.checkpoint()
     age = plugin.stats()["checkpoint_age_s"]
