@@ -245,7 +245,7 @@ class Profile:
 
 #: What the built-in ``default`` adds when the stdlib ``sqlite3`` links a SQLite with the WAL-reset
 #: bug (:mod:`corestore.sqlitebugs`): the mitigation (site/plugins/checkpoint_governor.md).
-WAL_RESET_MITIGATION = ("checkpoint_governor", "write_gate")
+WAL_RESET_MITIGATION = ("checkpoint_governor",)
 
 
 def _stdlib_has_wal_reset_bug() -> bool:

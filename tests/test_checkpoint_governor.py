@@ -210,7 +210,8 @@ def test_governor_turns_automatic_checkpoints_off_and_bounds_the_wal_file(tmp_pa
 def test_stdlib_sqlite_produces_the_finding(tmp_path: Path) -> None:
     store = corestore.open(str(tmp_path / "app.db"))  # the built-in default applies the mitigation
     try:
-        assert {"checkpoint_governor", "write_gate"} <= set(store.plugins)
+        assert "checkpoint_governor" in set(store.plugins)  # issue 18: no write_gate needed any more
+        assert "write_gate" not in set(store.plugins)
         assert store.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         report = store.health()
         component = report.components["sqlite_version"]
@@ -222,10 +223,10 @@ def test_stdlib_sqlite_produces_the_finding(tmp_path: Path) -> None:
     finally:
         store.close()
     governed = corestore.open(str(tmp_path / "gov.db"), disable=["write_gate"])  # the governor without the gate
-    try:
+    try:  # issue 18: the governor holds SQLite's writer lock itself; the gate is not needed
         component = governed.health().components["sqlite_version"]
-        assert component.status is HealthStatus.DEGRADED
-        assert "mitigation cannot apply: write_gate not enabled" in component.summary
+        assert component.status is HealthStatus.UP
+        assert "writer lock" in component.details["findings"][0]["mitigation"]
         assert governed.database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     finally:
         governed.close()
@@ -321,6 +322,54 @@ def test_mitigation_checkpoints_never_run_while_another_process_commits(tmp_path
     assert stats["breaches"] == 0 and all(h["result"][0] == 0 for h in checkpoints)
     overlaps = [(c, h) for h in checkpoints for c in commits if c[0] < h["end_ns"] and h["start_ns"] < c[1]]
     assert overlaps == []
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
+
+
+_WRITER_NO_GATE = _WRITER.replace('enable=["write_gate", "checkpoint_governor"]', 'enable=["checkpoint_governor"]')
+
+
+@pytest.mark.skipif(not STDLIB_AFFECTED, reason="the stdlib sqlite3 here links a fixed SQLite")
+def test_mitigation_without_write_gate_holds_the_writer_lock_for_every_checkpoint(tmp_path: Path) -> None:
+    """Issue 18: the default profile's mitigation (no write_gate): every checkpoint runs while the
+    governor holds SQLite's writer lock, so no commit of another process overlaps one, the WAL is
+    restarted and bounded, and the file stays intact."""
+    path = tmp_path / "app.db"
+    store = corestore.open(str(path), settings={"checkpoint_governor": {"target_wal_bytes": 64 * 1024,
+                                                                        "interval_s": 0.01, "check_every": 1}})
+    assert "write_gate" not in store.plugins and "checkpoint_governor" in store.plugins
+    store.database.execute_sql("CREATE TABLE item (id INTEGER PRIMARY KEY, body BLOB)")
+    log = tmp_path / "commits.json"
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER_NO_GATE, str(path), str(log), "3"], env=child_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            with store.transaction():
+                store.database.execute_sql("INSERT INTO item (body) VALUES (randomblob(20000))")
+        out, err = writer.communicate(timeout=60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 0, err
+    governor = store.plugin("checkpoint_governor")
+    checkpoints = [h for h in governor.history() if h["result"] is not None]
+    stats = governor.stats()
+    commits = json.loads(log.read_text())
+    try:
+        assert len(commits) > 50 and len(checkpoints) >= 3, (len(commits), stats)
+        assert all(h["writer_lock_held"] and h["mode"] == "PASSIVE" for h in checkpoints)
+        assert stats["breaches"] == 0 and all(h["result"][0] == 0 for h in checkpoints)
+        overlaps = [(c, h) for h in checkpoints for c in commits if c[0] < h["end_ns"] and h["start_ns"] < c[1]]
+        assert overlaps == []
+        assert store.health().components["sqlite_version"].status is HealthStatus.UP
+        # the writes stopped: the governor restarts the WAL itself and it returns to journal_size_limit
+        wait_until(lambda: os.stat(str(path) + "-wal").st_size <= 64 * 1024, "the WAL to return under the target")
+    finally:
+        store.close()
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

@@ -60,6 +60,7 @@ from corestore.sqlitebugs import affecting, linked_version
 from corestore.sqlitefile import file_size, read_header
 
 from ._wal_readers import process_name, wal_readers
+from ._writer_lock import WriterLock
 
 __all__ = ["CheckpointGovernor", "MODES"]
 
@@ -124,11 +125,13 @@ class CheckpointGovernor:
         self._ops = 0  # the commit-path counter (approximate across threads: it only paces checks)
         self._affected = False
         self._counts = {"checks": 0, "checkpoints": 0, "completed": 0, "busy": 0, "breaches": 0, "errors": 0,
-                        "skipped_reader": 0, "skipped_gate": 0}
+                        "skipped_reader": 0, "skipped_gate": 0, "skipped_lock": 0, "wal_restarts": 0}
         self._last: dict[str, Any] | None = None
         self._readers: dict[tuple[Any, int], float] = {}  # (pid, slot) -> first seen (monotonic)
         self._starving: list[dict[str, Any]] = []
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+        self._writer_lock: WriterLock | None = None  # the mitigation's connection (opened on its first round)
+        self._idle_wal: int | None = None  # -wal size after the last complete mitigated round
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -147,17 +150,13 @@ class CheckpointGovernor:
                           "checkpoints is outside the mitigation")
         if not self.settings.wal_reset_mitigation:
             return False, "mitigation disabled (checkpoint_governor.wal_reset_mitigation = false)"
-        gate = store.plugins.get("write_gate")
-        if gate is None:
-            return False, "mitigation cannot apply: write_gate not enabled"
-        if getattr(gate, "gate", None) is None:
-            return False, "mitigation cannot apply: the write gate is unavailable for this store"
         with self._lock:
             breaches = self._counts["breaches"]
         if breaches:
-            return False, (f"{breaches} checkpoint(s) returned busy: SQLite may have done PASSIVE work without "
-                           "the writer lock (wal.c falls back when WAL_WRITE_LOCK is taken)")
-        return True, "mitigated: checkpoints only under the write gate, automatic checkpoints off"
+            return False, (f"{breaches} checkpoint(s) returned busy: another checkpoint was running, perhaps "
+                           "outside the mitigation (a connection outside corestore)")
+        return True, ("mitigated: every checkpoint runs while the governor holds SQLite's writer lock, "
+                      "automatic checkpoints off")
 
     def stats(self) -> dict[str, Any]:
         """Counters (``checks``, ``checkpoints``, ``completed``, ``busy``, ``breaches``,
@@ -230,6 +229,8 @@ class CheckpointGovernor:
         self._thread = None
         self._readers = {}
         self._starving = []
+        if self._writer_lock is not None:
+            self._writer_lock.forget()
 
     @hookimpl
     def on_success(self, store: Any, operation: Any) -> None:
@@ -252,6 +253,10 @@ class CheckpointGovernor:
             thread.join(self.settings.gate_timeout_s + self.settings.checkpoint_busy_ms / 1000 + 5)
             if thread.is_alive():
                 logger.warning("%s: the checkpoint governor did not stop in time", store.path)
+                return  # its round may still use the writer lock's connection
+        with self._round_lock:
+            if self._writer_lock is not None:
+                self._writer_lock.close()
 
     @hookimpl
     def on_health(self, store: Any) -> HealthComponent:
@@ -328,20 +333,61 @@ class CheckpointGovernor:
                 with self._lock:
                     self._counts["skipped_reader"] += 1
                 return "reader"
+            if mitigate:
+                return self._locked_checkpoint(store, bool(held))
             start = time.monotonic_ns()
-            try:
-                result = store.checkpoint("TRUNCATE", busy_timeout_ms=self.settings.checkpoint_busy_ms,
-                                          name="checkpoint_governor")
-                error = None
-            except StoreError as err:
-                result, error = None, f"{type(err).__name__}: {err.classification.name if err.classification else err}"
+            result, error = self._run(store, "TRUNCATE", self.settings.checkpoint_busy_ms)
             end = time.monotonic_ns()
+        return self._record(store, "TRUNCATE", result, error, start, end, bool(held), False, mitigate)
+
+    def _locked_checkpoint(self, store: Any, gate_held: bool) -> str:
+        """The WAL-reset mitigation: SQLite's writer lock held on the governor's own connection
+        (:mod:`corestore_plugins._writer_lock`) while a PASSIVE checkpoint runs on another one.
+        PASSIVE, because a FULL/RESTART/TRUNCATE checkpoint would wait for the writer lock this
+        round holds and then fall back to PASSIVE anyway (``eMode2`` in ``wal.c``)."""
+        record = store.database.acquire()  # this thread's connection opened before the lock is taken
+        store.database.release(record)
+        if self._writer_lock is None:
+            limit = int(store.profile.pragmas.get("journal_size_limit", self.settings.target_wal_bytes))
+            self._writer_lock = WriterLock(store.path, store.profile.driver, limit)
+        with self._writer_lock.held(self.settings.gate_timeout_s) as locked:
+            if not locked:
+                with self._lock:
+                    self._counts["skipped_lock"] += 1
+                return "lock"
+            start = time.monotonic_ns()
+            result, error = self._run(store, "PASSIVE", None)
+            end = time.monotonic_ns()
+        outcome = self._record(store, "PASSIVE", result, error, start, end, gate_held, True, True)
+        if outcome == "checkpoint" and result[1] == result[2]:  # every frame is in the database file
+            wal = self._wal_bytes(store) or 0
+            if wal > self.settings.target_wal_bytes and wal == self._idle_wal:
+                # a second complete round and the file has not changed: the writes stopped, so no
+                # writer will restart the WAL; the governor's own empty commit does (journal_size_limit)
+                self._idle_wal = None
+                if self._writer_lock.restart_wal(self.settings.gate_timeout_s):
+                    with self._lock:
+                        self._counts["wal_restarts"] += 1
+            else:
+                self._idle_wal = wal
+        return outcome
+
+    @staticmethod
+    def _run(store: Any, mode: str, busy_ms: int | None) -> tuple[Any, str | None]:
+        try:
+            return store.checkpoint(mode, busy_timeout_ms=busy_ms, name="checkpoint_governor"), None
+        except StoreError as err:
+            return None, f"{type(err).__name__}: {err.classification.name if err.classification else err}"
+
+    def _record(self, store: Any, mode: str, result: Any, error: str | None, start: int, end: int,
+                gate_held: bool, lock_held: bool, mitigate: bool) -> str:
         with self._lock:
             self._counts["checkpoints"] += 1
-            entry = {"start_ns": start, "end_ns": end, "mode": "TRUNCATE", "result": result, "gate_held": bool(held),
-                     "error": error}
+            entry = {"start_ns": start, "end_ns": end, "mode": mode, "result": result, "gate_held": gate_held,
+                     "writer_lock_held": lock_held, "error": error}
             self._history.append(entry)
-            self._last = {"at_monotonic": self.clock(), "result": result, "error": error, "gate_held": bool(held)}
+            self._last = {"at_monotonic": self.clock(), "result": result, "error": error, "gate_held": gate_held,
+                          "writer_lock_held": lock_held}
             if error is not None:
                 self._counts["errors"] += 1
                 outcome = "error"
@@ -354,8 +400,8 @@ class CheckpointGovernor:
                 self._counts["completed"] += 1
                 outcome = "checkpoint"
         if outcome == "busy" and mitigate:
-            logger.warning("%s: a governed checkpoint returned busy %r: on this SQLite (WAL-reset bug) it may have "
-                           "run without the writer lock", store.path, result)
+            logger.warning("%s: a governed checkpoint returned busy %r: on this SQLite (WAL-reset bug) another "
+                           "checkpoint may have run without the writer lock", store.path, result)
         return outcome
 
     def _note_readers(self, readers: list[dict[str, Any]]) -> None:
