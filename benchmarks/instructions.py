@@ -9,13 +9,22 @@ cost of one transaction, start-up and imports cancelled out. The database lives 
 
 Cases: single-row write transactions (one ``INSERT`` through ``execute_sql``) with bare peewee
 ``db.atomic("IMMEDIATE")``, ``store.transaction()`` on the ``minimal`` and the ``default`` profile
-(synchronous evolved to NORMAL); read transactions (one ``SELECT`` by primary key) with bare
-peewee ``db.atomic("DEFERRED")`` and ``store.read()`` on both profiles; and ``mixed``: a write
+(synchronous evolved to NORMAL; the default keeps its own ``wal_autocheckpoint``, 0 where it
+carries the WAL-reset mitigation), and on ``minimal`` plus each of the default's plugins alone
+(``+wal_guard.write`` ...: what each policy costs); the same unit through ``store.run()``
+(``*.run``); read transactions (one ``SELECT`` by primary key) with bare peewee
+``db.atomic("DEFERRED")`` and ``store.read()`` on both profiles; and ``mixed``: a write
 transaction then a read transaction per iteration (a read that follows a write pays for
 switching ``PRAGMA query_only`` on, and the next write for switching it off).
 
+System calls per transaction are counted the same way with ``strace -c -f`` (every thread:
+the checkpoint governor's included) when strace is installed: (calls in the run of 1200 - calls
+in the run of 200) / 1000. callgrind counts user-space instructions only; the system calls show
+what moved into the kernel.
+
 Not part of ``python -m benchmarks`` (it needs valgrind and takes minutes). Options:
-``--only NAME`` (repeatable), ``--dir DIR`` (default ``/dev/shm``), ``--json FILE``.
+``--only NAME`` (repeatable), ``--dir DIR`` (default ``/dev/shm``), ``--json FILE``,
+``--no-syscalls``.
 """
 from __future__ import annotations
 
@@ -30,10 +39,15 @@ from typing import Any
 
 __all__ = ["CASES", "measure", "main"]
 
+#: the default profile's plugins, each measured alone on top of ``minimal`` (``+NAME.write``)
+POLICIES = ("wal_guard", "wal_invariants", "circuit_breaker", "health", "checkpoint_governor")
 CASES: dict[str, str] = {
     "peewee.write": 'bare peewee db.atomic("IMMEDIATE") + INSERT',
     "minimal.write": "store.transaction() + INSERT, minimal profile",
     "default.write": "store.transaction() + INSERT, default profile (synchronous=NORMAL)",
+    **{f"+{p}.write": f"store.transaction() + INSERT, minimal + {p} alone" for p in POLICIES},
+    "minimal.run": "store.run(fn), fn = one INSERT, minimal profile",
+    "default.run": "store.run(fn), fn = one INSERT, default profile (synchronous=NORMAL)",
     "peewee.read": 'bare peewee db.atomic("DEFERRED") + SELECT by id',
     "minimal.read": "store.read() + SELECT by id, minimal profile",
     "default.read": "store.read() + SELECT by id, default profile (synchronous=NORMAL)",
@@ -70,8 +84,15 @@ def _child(case: str, n: int, directory: str) -> None:
         read_cm = lambda: db.atomic("DEFERRED")  # noqa: E731
         close = db.close
     else:
-        profile = resolve_profile(who, config=None, path=path)
-        profile = attrs.evolve(profile, pragmas={**profile.pragmas, **PRAGMAS})
+        if who.startswith("+"):  # one policy alone on top of minimal
+            profile = resolve_profile("minimal", config=None, path=path)
+            profile = attrs.evolve(profile, plugins=(who[1:],))
+        else:
+            profile = resolve_profile(who, config=None, path=path)
+        pragmas = {**profile.pragmas, **PRAGMAS}
+        if "wal_autocheckpoint" in profile.pragmas:  # the default's own (0 with the WAL-reset mitigation)
+            pragmas["wal_autocheckpoint"] = profile.pragmas["wal_autocheckpoint"]
+        profile = attrs.evolve(profile, pragmas=pragmas)
         store = corestore.open(profile)
         execute = store.database.execute_sql
         execute(SCHEMA)
@@ -85,6 +106,10 @@ def _child(case: str, n: int, directory: str) -> None:
         for i in range(n):
             with write_cm():
                 execute(INSERT, ("hot", i, PAYLOAD))
+    elif what == "run":
+        run = store.run
+        for i in range(n):
+            run(lambda i=i: execute(INSERT, ("hot", i, PAYLOAD)))
     elif what == "read":
         for i in range(n):
             with read_cm():
@@ -126,11 +151,37 @@ def measure(case: str, directory: str = "/dev/shm") -> float:
     return (_run_once(case, LARGE, directory) - _run_once(case, SMALL, directory)) / (LARGE - SMALL)
 
 
+def _syscalls_once(case: str, n: int, directory: str) -> int:
+    work = tempfile.mkdtemp(prefix=f"corestore-strace-{case}-", dir=directory)
+    out = os.path.join(work, "strace.out")
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    cmd = ["strace", "-c", "-f", "-o", out, sys.executable, "-m", "benchmarks.instructions", "--child", case,
+           str(n), work]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{case} n={n}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+        with open(out, encoding="utf-8") as fh:
+            for line in fh:
+                fields = line.split()
+                if fields and fields[-1] == "total":
+                    return int(fields[3])
+        raise RuntimeError(f"{out}: no strace total found")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_syscalls(case: str, directory: str = "/dev/shm") -> float:
+    """System calls per transaction of ``case`` (every thread): (run of 1200 - run of 200) / 1000."""
+    return (_syscalls_once(case, LARGE, directory) - _syscalls_once(case, SMALL, directory)) / (LARGE - SMALL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=sorted(CASES), help="measure only this case (repeatable)")
     parser.add_argument("--dir", default="/dev/shm", help="where the databases live (default /dev/shm)")
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--no-syscalls", action="store_true", help="do not count system calls (strace)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -140,20 +191,23 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
+    strace = not args.no_syscalls and shutil.which("strace") is not None
     results: dict[str, float] = {}
-    print(f"{'case':<16} {'instructions/txn':>17}  what")
+    syscalls: dict[str, float] = {}
+    print(f"{'case':<26} {'instructions/txn':>17} {'x peewee':>9} {'syscalls/txn':>13}  what")
     for case in args.only or list(CASES):
         results[case] = measure(case, args.dir)
-        print(f"{case:<16} {results[case]:>17,.0f}  {CASES[case]}", flush=True)
-    for what in ("write", "read", "mixed"):
-        base = results.get(f"peewee.{what}")
-        for who in ("minimal", "default"):
-            got = results.get(f"{who}.{what}")
-            if base and got:
-                print(f"{who}.{what} / peewee.{what} = {got / base:.3f}")
+        what = case.split(".")[1]
+        base = results.get(f"peewee.{'write' if what == 'run' else what}")
+        ratio = f"{results[case] / base:.3f}" if base else "-"
+        calls = ""
+        if strace:
+            syscalls[case] = measure_syscalls(case, args.dir)
+            calls = f"{syscalls[case]:.2f}"
+        print(f"{case:<26} {results[case]:>17,.0f} {ratio:>9} {calls:>13}  {CASES[case]}", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2)
+            json.dump({"instructions": results, "syscalls": syscalls}, fh, indent=2)
     return 0
 
 

@@ -38,6 +38,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, cast
 
+import peewee
+
 from . import forking
 from .connections import BoundedLock, ConnectionRecord, PolicyState, misuse
 from .errors import BusyError, Classification, ConfigError, ErrorKind, QueryError, StoreClosedError
@@ -57,6 +59,8 @@ _FORGOTTEN: list[Any] = []
 
 #: Statement classification for autocommit statements (kept under its old name; see sqlkind).
 _is_read_sql = is_read_sql
+_peewee_logger = logging.getLogger("peewee")
+_exception_wrapper = getattr(peewee, "__exception_wrapper__")  # noqa: B009 - a dunder name in peewee's module
 
 # Every policy database of this process (what the fork hooks walk; see corestore.forking).
 _DATABASES: weakref.WeakSet[PolicyMixin] = weakref.WeakSet()
@@ -78,6 +82,8 @@ class PolicyMixin:
     :mod:`corestore.backends.sqlite`) and set up by :func:`build_database`."""
 
     _store_ref: weakref.ref[Store]
+    #: peewee 4 sets its own list per instance; peewee 3.17 has no query hooks
+    query_hooks: Any = ()
     if TYPE_CHECKING:  # supplied by the peewee database class this is mixed into (see build_database)
         database: str
         _state: PolicyState
@@ -236,7 +242,12 @@ class PolicyMixin:
         connection): refused with :class:`QueryError` instead of a deadlock.
         """
         state = self._state
-        record: ConnectionRecord | None = getattr(state, "record", None) if not state.closed else None
+        return self.acquire_from(state, getattr(state, "record", None) if not state.closed else None)
+
+    def acquire_from(self, state: PolicyState, record: ConnectionRecord | None) -> ConnectionRecord:
+        """:meth:`acquire` given this thread's ``state`` and ``record`` (``state.record``, read by
+        the caller: each read of a thread-local attribute costs ~500 instructions; a record is
+        only ever set while the state is open, so ``record`` implies ``not state.closed``)."""
         if record is not None:
             if record.busy:
                 raise self._reentry_error()
@@ -405,7 +416,17 @@ class PolicyMixin:
             if record.active.gate is not None:  # an arun() unit: cancelled -> stop before this statement
                 record.active.gate.check()
             try:
-                return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+                if args or kwargs or self.query_hooks:  # peewee's own path (its query hooks, 3.17's commit=)
+                    return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+                # peewee's execute_sql inline (log, exception wrapper, cursor, execute) on the
+                # transaction's connection: what cursor() would return here, without looking the
+                # thread's state up twice more (peewee 3.17 and 4.x do exactly these steps)
+                if _peewee_logger.isEnabledFor(logging.DEBUG):
+                    _peewee_logger.debug((sql, params))
+                with _exception_wrapper:
+                    cursor = record.conn.cursor()
+                    cursor.execute(sql, params or ())
+                return cursor
             except Exception as err:
                 raise self._link.translate_in_transaction(self.store, err) from err
         return self._link.autocommit(self.store, super().execute_sql,  # type: ignore[misc]  # peewee's Database supplies it

@@ -106,11 +106,11 @@ class Store:
         as a savepoint; inside :meth:`read` it is an error.
         """
         lock: str | None = lock_type if lock_type in BEGIN else lock_name(self, lock_type)
-        return _Txn(self, "write", lock_type=lock, name=name)
+        return _Txn(self, "write", lock, name)
 
     def read(self, *, name: str | None = None) -> _Txn:
         """A read transaction (``BEGIN DEFERRED``): one consistent snapshot. Never retried."""
-        return _Txn(self, "read", lock_type="DEFERRED", name=name)
+        return _Txn(self, "read", "DEFERRED", name)
 
     def run(self, fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
             idempotent: bool = False, name: str | None = None) -> T:

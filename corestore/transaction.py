@@ -97,8 +97,9 @@ class _Txn:
     __slots__ = ("store", "kind", "lock_type", "name", "op", "record", "nested", "report", "_savepoint", "result",
                  "qo", "direct", "peewee", "gate")
 
-    def __init__(self, store: Store, kind: str, *, lock_type: str | None, name: str | None,
+    def __init__(self, store: Store, kind: str, lock_type: str | None = None, name: str | None = None,
                  op: Operation | None = None, report: bool = True) -> None:
+        # (positional on the hot path: a call with keywords builds a dict, ~600 instructions)
         self.store = store
         self.kind = kind
         self.lock_type = lock_type
@@ -247,7 +248,8 @@ def lock_name(store: Store, lock_type: Any) -> str | None:
 def begin_txn(store: Store, txn: _Txn) -> _Txn:
     db = store.database
     state = db._state
-    if state.transactions and not txn.direct:
+    record = state.record  # the one thread-local lookup of the hot path (~500 instructions each)
+    if not txn.direct and (record.stack if record is not None else state.transactions):
         return begin_nested(store, txn)
     if store._closed and not store._draining:
         raise StoreClosedError(f"{store.path}: the store was closed", path=store.path)
@@ -263,7 +265,7 @@ def begin_txn(store: Store, txn: _Txn) -> _Txn:
     if hooks.has_before_operation:
         hooks.before_operation(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
     try:  # statements.acquire_for(store, txn.op, txn.report), inlined: the hot path
-        record = db.acquire()
+        record = db.acquire_from(state, record)
     except StoreError as err:
         if err.classification is not None:
             note_fault(store, err.classification, txn.op, err, report=txn.report)
@@ -280,7 +282,7 @@ def begin_txn(store: Store, txn: _Txn) -> _Txn:
         if txn.peewee:
             db.begin(txn.lock_type)  # peewee's call sequence: _transaction.__enter__ -> db.begin()
         else:
-            record.conn.execute(BEGIN[txn.lock_type])
+            record.cur.execute(BEGIN[txn.lock_type])
     except BaseException as err:
         txn.record = None
         record.active = None
@@ -290,7 +292,7 @@ def begin_txn(store: Store, txn: _Txn) -> _Txn:
             raise
         raise failed(store, err, txn.op, committed=False, report=txn.report) from err
     if not txn.direct:
-        state.transactions.append(txn)  # db.push_transaction(txn), without a second thread-local lookup
+        record.stack.append(txn)  # db.push_transaction(txn): the record's stack is this thread's (no lookup)
     return txn
 
 
@@ -360,12 +362,11 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
     db = store.database
     record = txn.record
     conn = record.conn
-    state = db._state
-    state.transactions.pop()  # db.pop_transaction()
-    in_txn = store._in_txn
+    record.stack.pop()  # db.pop_transaction(), without a thread-local lookup
+    callbacks = record.callbacks  # peewee's commit callbacks of this thread (peewee >= 4)
     try:
         if exc is not None:
-            if in_txn(conn):
+            if store._in_txn(conn):
                 try:
                     conn.execute("ROLLBACK")
                 except Exception:  # the real error is `exc`; never mask it
@@ -383,7 +384,7 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
                 raise refused from exc
             raise failed(store, exc, txn.op, committed=False, report=txn.report) from exc
         try:
-            conn.execute("COMMIT")
+            record.cur.execute("COMMIT")
         except Exception as err:
             raise commit_failed(store, txn, conn, err) from err
         # (the hook's flag tested here: no call at all on the hot path when nobody checks)
@@ -399,7 +400,8 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
         db.release(record)  # only now may close()/invalidate() close the connection
     with store._stats_lock:
         store._stats["reads" if txn.kind == "read" else "transactions"] += 1
-    store._run_callbacks()
+    if callbacks:
+        store._run_callbacks()
     if checked is not None:
         after_commit(store, checked, txn.op)
     elif store.hooks.has_on_success:
