@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import Classification, ErrorKind, QueryError, ReadOnlyError, StoreClosedError, StoreError
-from .operation import Operation
+from .operation import Operation, new_operation
 from .raising import classify, failed, is_db_error, note_fault
 from .transaction import after_commit, commit_invariants, set_query_only
 
@@ -63,7 +63,7 @@ def autocommit(store: Store, execute: Callable[..., Any], sql: str, params: Any,
     hooks = store.hooks
     op = None
     if hooks.has_operation_hooks or hooks.has_on_fatal:
-        op = Operation(kind="read" if is_read else "write", name="statement")
+        op = new_operation("read" if is_read else "write", "statement")
     error: BaseException | None = None
     try:
         if hooks.has_before_operation:

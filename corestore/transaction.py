@@ -38,7 +38,7 @@ from .errors import (
     StoreClosedError,
     StoreError,
 )
-from .operation import Operation, Violation
+from .operation import Operation, Violation, new_operation
 from .raising import (
     commit_failed,
     failed,
@@ -177,9 +177,9 @@ def run(store: Store, fn: Callable[[], T], *, read: bool = False, deadline_s: fl
     kind = "read" if read else "write"
     while True:
         attempt += 1
-        op = Operation(kind=kind, name=name, attempt=attempt,  # started: now, this attempt's start
-                       deadline=None if deadline_s is None else started + deadline_s)
-        txn = _Txn(store, kind, lock_type="DEFERRED" if read else "IMMEDIATE", name=name, op=op, report=False)
+        op = new_operation(kind, name, attempt,  # started: now, this attempt's start
+                           None if deadline_s is None else started + deadline_s)
+        txn = _Txn(store, kind, "DEFERRED" if read else "IMMEDIATE", name, op, False)
         error: BaseException | None = None
         delay: float | None = None
         try:
@@ -261,7 +261,7 @@ def begin_txn(store: Store, txn: _Txn) -> _Txn:
         )
     hooks = store.hooks
     if txn.op is None and (hooks.has_operation_hooks or hooks.has_on_fatal):
-        txn.op = Operation(kind=txn.kind, name=txn.name)
+        txn.op = new_operation(txn.kind, txn.name)
     if hooks.has_before_operation:
         hooks.before_operation(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
     try:  # statements.acquire_for(store, txn.op, txn.report), inlined: the hot path
