@@ -110,8 +110,8 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
               "either was found); until they are, those branches are treated as affected."),
         mitigation="checkpoint_governor",
         advice=("use the apsw driver (its wheel bundles a fixed SQLite: driver = \"apsw\"), or a Python "
-                "linked against SQLite >= 3.51.3; until then enable checkpoint_governor with write_gate "
-                "and never set mmap_size"),
+                "linked against SQLite >= 3.51.3; until then enable checkpoint_governor (the built-in "
+                "default does) and never set mmap_size"),
     ),
 )
 

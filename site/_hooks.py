@@ -196,9 +196,10 @@ def _builtin_profiles(arg: str) -> str:
         rows.append([_code(name), plugins, pragmas])
     note = ("On macOS the `default` profile also sets `fullfsync = true` and `checkpoint_fullfsync = true` "
             "(plain `fsync` is not durable there). Where the stdlib `sqlite3` links a SQLite with the WAL-reset "
-            "bug (3.7.0 to 3.51.2) `default` also enables `checkpoint_governor` and `write_gate` and sets "
-            "`wal_autocheckpoint = 0` (the mitigation, [checkpoint_governor](../plugins/checkpoint_governor.md)); "
-            "elsewhere it has neither and `wal_autocheckpoint = 1000`. The table shows the profile on the machine "
+            "bug (3.7.0 to 3.51.2) `default` also enables `checkpoint_governor` and sets "
+            "`wal_autocheckpoint = 0` (the mitigation, [checkpoint_governor](../plugins/checkpoint_governor.md); "
+            "before 0.2.0's issue 18 it also enabled `write_gate`); "
+            "elsewhere it has no governor and `wal_autocheckpoint = 1000`. The table shows the profile on the machine "
             "that built this site.")
     return _table(["Profile", "Plugins", "Pragmas"], rows) + "\n\n" + note
 

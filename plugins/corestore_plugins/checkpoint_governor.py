@@ -25,16 +25,19 @@ What it does (``mode = "governed"``, the default):
   checkpoint could not complete and escalating would only stall the writers, so it runs none and
   reports the reader (pid, process, how long). Otherwise it runs ``TRUNCATE`` with a short busy
   timeout (``checkpoint_busy_ms``) inside the write gate (``write_gate`` plugin) when one is
-  enabled.
-* **WAL-reset mitigation** (on an affected SQLite, ``wal_reset_mitigation = true``): every
-  checkpoint of corestore's processes must hold SQLite's writer lock. ``wal.c``
-  (``sqlite3WalCheckpoint``) takes ``WAL_WRITE_LOCK`` for FULL, RESTART and TRUNCATE, but when it
-  is busy it silently does PASSIVE work instead (``eMode2 = SQLITE_CHECKPOINT_PASSIVE``) and only
-  reports ``SQLITE_BUSY`` at the end. So the checkpoint runs under ``write_gate.held()`` (corestore's
-  writers of every process queue behind it and the lock is free), a gate that cannot be had skips
-  the round, and a busy result is counted as a *breach* (health DEGRADED). Without ``write_gate``
-  the mitigation cannot apply: health DEGRADED "mitigation cannot apply: write_gate not enabled".
-  It cannot cover connections outside corestore (another program's automatic checkpoints).
+  enabled; on an affected SQLite, the mitigation's checkpoint below.
+* **WAL-reset mitigation** (on an affected SQLite, ``wal_reset_mitigation = true``): no commit
+  may run while a checkpoint does. ``wal.c`` (``sqlite3WalCheckpoint``) takes ``WAL_WRITE_LOCK``
+  for FULL, RESTART and TRUNCATE, but when it is busy it silently does PASSIVE work instead
+  (``eMode2 = SQLITE_CHECKPOINT_PASSIVE``). So the governor takes SQLite's writer lock itself
+  (``BEGIN IMMEDIATE`` on a connection of its own, :mod:`corestore_plugins._writer_lock`), runs a
+  PASSIVE checkpoint on the store's connection, then rolls back: every writer of every process is
+  held out by SQLite's own lock, and the writers pay nothing per transaction (issue 18; before, the
+  checkpoint ran under ``write_gate.held()``, which every writer paid for). The write gate, when a
+  profile enables it, is still taken first. A lock that cannot be had skips the round; a busy
+  result is counted as a *breach* (health DEGRADED). When the writes stopped, the governor's own
+  empty commit restarts the WAL so ``-wal`` returns to ``journal_size_limit``. It cannot cover
+  checkpoints outside corestore (another program's automatic checkpoints).
 
 ``mode = "none"``: no checkpoint at all by corestore while the store is open (a replication tool
 such as Litestream owns them). With apsw the connections also set
@@ -84,8 +87,8 @@ class CheckpointGovernor:
     | ``check_every`` | int | 64 | operations between two size checks on the commit path (a counter) |
     | ``interval_s`` | float | 1.0 | the governor thread also checks this often (0: only the commit-path counter) |
     | ``checkpoint_busy_ms`` | int | 200 | longest wait of one checkpoint for the writer lock or a reader |
-    | ``gate_timeout_s`` | float | 5.0 | longest wait for the write gate before a round is skipped |
-    | ``wal_reset_mitigation`` | bool | true | on a SQLite with the WAL-reset bug, require the write gate and count busy checkpoints as breaches |
+    | ``gate_timeout_s`` | float | 5.0 | longest wait for the write gate, or for SQLite's writer lock under the mitigation, before a round is skipped |
+    | ``wal_reset_mitigation`` | bool | true | on a SQLite with the WAL-reset bug, checkpoint only while holding SQLite's writer lock and count busy checkpoints as breaches |
     """  # noqa: E501 - a markdown table row cannot be wrapped (the settings table above)
 
     name: ClassVar[str] = "checkpoint_governor"
@@ -105,9 +108,9 @@ class CheckpointGovernor:
         checkpoint_busy_ms: int = attrs.field(default=200, validator=integer_at_least(0), metadata={
             "help": "longest wait of one checkpoint for SQLite's writer lock or a reader (milliseconds)"})
         gate_timeout_s: float = attrs.field(default=5.0, validator=non_negative_seconds, metadata={
-            "help": "longest wait for the write gate before a checkpoint round is skipped"})
+            "help": "longest wait for the write gate (or SQLite's writer lock under the mitigation) before a round is skipped"})
         wal_reset_mitigation: bool = attrs.field(default=True, validator=boolean, metadata={
-            "help": "on a SQLite with the WAL-reset bug: checkpoints only under the write gate, busy = breach"})
+            "help": "on a SQLite with the WAL-reset bug: checkpoints only under SQLite's writer lock, busy = breach"})
 
     def __init__(self, settings: CheckpointGovernor.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:

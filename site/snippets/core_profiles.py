@@ -9,8 +9,8 @@ os.makedirs("data", exist_ok=True)
 # A bare name must be bound in [databases]; the binding gives the path and the profile.
 events = corestore.open("events", config="corestore.toml")
 assert events.profile.name == "ingest"
-# the default's plugins first (on a SQLite with the WAL-reset bug also checkpoint_governor and
-# write_gate: the mitigation), then the profile's own
+# the default's plugins first (on a SQLite with the WAL-reset bug also checkpoint_governor: the
+# mitigation), then the profile's own
 assert events.profile.plugins[:4] == ("wal_guard", "wal_invariants", "circuit_breaker", "health")
 assert events.profile.plugins[-1] == "accounting"
 assert events.profile.pragmas["busy_timeout"] == 10000  # from [profiles.default.pragmas]
