@@ -346,9 +346,12 @@ class PolicyMixin(ForkMixin):
                 # thread's state up twice more (peewee 3.17 and 4.x do exactly these steps)
                 if _peewee_logger.isEnabledFor(logging.DEBUG):
                     _peewee_logger.debug((sql, params))
-                with _exception_wrapper:
+                try:
                     cursor = record.conn.cursor()
                     cursor.execute(sql, params or ())
+                except Exception as exc:  # peewee's `with __exception_wrapper__:` without its two calls
+                    _exception_wrapper.__exit__(type(exc), exc, exc.__traceback__)  # raises peewee's class
+                    raise
                 return cursor
             except Exception as err:
                 raise self._link.translate_in_transaction(self.store, err) from err

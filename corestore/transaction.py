@@ -360,6 +360,7 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
                 if not active.qo and active.kind != "read":  # back in the write: writable again
                     set_query_only(store, active.record, False)
     db = store.database
+    hooks = store.hooks
     record = txn.record
     conn = record.conn
     record.stack.pop()  # db.pop_transaction(), without a thread-local lookup
@@ -387,9 +388,9 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
             record.cur.execute("COMMIT")
         except Exception as err:
             raise commit_failed(store, txn, conn, err) from err
-        # (the hook's flag tested here: no call at all on the hot path when nobody checks)
-        checked = (commit_invariants(store, conn, txn.op)
-                   if txn.kind == "write" and store.hooks.has_on_commit_invariant else None)
+        # (commit_invariants, inlined: no call at all on the hot path when nobody checks)
+        checked = (hooks.on_commit_invariant(store, conn, txn.op)  # type: ignore[arg-type]  # set with the hook
+                   if txn.kind == "write" and hooks.has_on_commit_invariant else None)
     finally:
         record.active = None
         if txn.qo:
@@ -402,10 +403,10 @@ def end_txn(store: Store, txn: _Txn, exc: BaseException | None) -> bool:
         store._stats["reads" if txn.kind == "read" else "transactions"] += 1
     if callbacks:
         store._run_callbacks()
-    if checked is not None:
-        after_commit(store, checked, txn.op)
-    elif store.hooks.has_on_success:
-        store.hooks.on_success(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
+    if checked is not None and checked[0]:  # after_commit(), inlined: violations first, then on_success
+        report_violations(store, checked[0], txn.op, checked[1])
+    if hooks.has_on_success:
+        hooks.on_success(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered
     return False
 
 
