@@ -24,11 +24,12 @@ what moved into the kernel.
 
 Not part of ``python -m benchmarks`` (it needs valgrind and takes minutes). Options:
 ``--only NAME`` (repeatable), ``--dir DIR`` (default ``/dev/shm``), ``--json FILE``,
-``--no-syscalls``.
+``--no-syscalls``, ``--jobs N`` (cases measured side by side; the counts do not depend on it).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="/dev/shm", help="where the databases live (default /dev/shm)")
     parser.add_argument("--json", help="also write the numbers to this file")
     parser.add_argument("--no-syscalls", action="store_true", help="do not count system calls (strace)")
+    parser.add_argument("--jobs", type=int, default=1, help="measure this many cases at once (counts do not change)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -195,15 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, float] = {}
     syscalls: dict[str, float] = {}
     print(f"{'case':<26} {'instructions/txn':>17} {'x peewee':>9} {'syscalls/txn':>13}  what")
-    for case in args.only or list(CASES):
-        results[case] = measure(case, args.dir)
+    cases = args.only or list(CASES)
+
+    def both(case: str) -> tuple[float, float | None]:
+        return measure(case, args.dir), (measure_syscalls(case, args.dir) if strace else None)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        measured = dict(zip(cases, pool.map(both, cases), strict=True))
+    for case in cases:
+        results[case], calls_or_none = measured[case]
+        if calls_or_none is not None:
+            syscalls[case] = calls_or_none
+    for case in cases:
         what = case.split(".")[1]
         base = results.get(f"peewee.{'write' if what == 'run' else what}")
         ratio = f"{results[case] / base:.3f}" if base else "-"
-        calls = ""
-        if strace:
-            syscalls[case] = measure_syscalls(case, args.dir)
-            calls = f"{syscalls[case]:.2f}"
+        calls = f"{syscalls[case]:.2f}" if case in syscalls else ""
         print(f"{case:<26} {results[case]:>17,.0f} {ratio:>9} {calls:>13}  {CASES[case]}", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
