@@ -131,6 +131,7 @@ class HookCaller:
         self._before_direct = None if "before_operation" in self.wrapped else before
         self.has_operation_hooks = (self.has_before_operation or self.has_on_success or self.has_on_commit_invariant
                                     or self.has_after_operation)
+        self.needs_operation = True  # decided by specialise()
         specialise(self, _SPEC_ARGS)  # the per-operation hooks: generated for this store's implementations
 
     def implementers(self, hook: str) -> list[str]:

@@ -78,9 +78,19 @@ def generate(hook: str, params: Sequence[str], impls: Sequence[pluggy.HookImpl],
     return fn
 
 
+#: hooks whose implementations may ask for the ``operation`` argument
+OPERATION_HOOKS = ("classify_error", "before_operation", "on_success", "on_commit_invariant", "on_fatal")
+
+
 def specialise(caller: HookCaller, spec_args: dict[str, tuple[str, ...]]) -> None:
-    """Install the generated dispatch on ``caller`` (see the module docstring)."""
+    """Install the generated dispatch on ``caller`` (see the module docstring), and decide
+    ``caller.needs_operation``: whether the core must build an :class:`~corestore.Operation` for
+    each unit of work. Only when an implementation names the ``operation`` argument (pluggy passes
+    an implementation just the arguments it names), or implements ``after_operation`` (the core
+    calls it only with an operation): otherwise nobody would ever see the object."""
     impls = caller._impls  # noqa: SLF001 - the hook caller's own table, read once at open
+    caller.needs_operation = caller.has_after_operation or any(
+        "operation" in impl.argnames for hook in OPERATION_HOOKS for impl in impls[hook])
     plain = {name: tuple(i for i in impls[name] if not (i.hookwrapper or i.wrapper)) for name in impls}
     if "before_operation" not in caller.wrapped:
         caller.before_operation = generate(  # type: ignore[method-assign]

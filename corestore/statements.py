@@ -62,7 +62,7 @@ def autocommit(store: Store, execute: Callable[..., Any], sql: str, params: Any,
         )
     hooks = store.hooks
     op = None
-    if hooks.has_operation_hooks or hooks.has_on_fatal:
+    if hooks.needs_operation:
         op = new_operation("read" if is_read else "write", "statement")
     error: BaseException | None = None
     try:

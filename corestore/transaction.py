@@ -260,7 +260,7 @@ def begin_txn(store: Store, txn: _Txn) -> _Txn:
             path=store.path,
         )
     hooks = store.hooks
-    if txn.op is None and (hooks.has_operation_hooks or hooks.has_on_fatal):
+    if txn.op is None and hooks.needs_operation:  # some implementation asks for it
         txn.op = new_operation(txn.kind, txn.name)
     if hooks.has_before_operation:
         hooks.before_operation(store, txn.op)  # type: ignore[arg-type]  # not None: set whenever an operation hook is registered

@@ -236,8 +236,9 @@ class CheckpointGovernor:
             self._writer_lock.forget()
 
     @hookimpl
-    def on_success(self, store: Any, operation: Any) -> None:
-        """The hot path: one counter; every ``check_every`` operations wake the governor thread."""
+    def on_success(self, store: Any) -> None:
+        """The hot path: one counter; every ``check_every`` operations wake the governor thread
+        (it does not name ``operation``: alone it costs the core no Operation object)."""
         self._ops += 1
         if self._ops >= self.settings.check_every:
             self._ops = 0

@@ -197,8 +197,9 @@ class WalInvariants:
 
     # -- hooks ---------------------------------------------------------------------------------
     @hookimpl
-    def on_commit_invariant(self, store: Any, connection: Any, operation: Any) -> list[Violation] | None:
-        """Check the file after a COMMIT (see the module docs); report or raise violations."""
+    def on_commit_invariant(self, store: Any, connection: Any) -> list[Violation] | None:
+        """Check the file after a COMMIT (see the module docs); report or raise violations. (It
+        does not name ``operation``: alone in a profile it costs the core no Operation object.)"""
         mode = self._modes.get(id(connection))
         if mode == "wal":
             now = self.clock()
