@@ -92,9 +92,13 @@ def specialise(caller: HookCaller, spec_args: dict[str, tuple[str, ...]]) -> Non
     caller.needs_operation = caller.has_after_operation or any(
         "operation" in impl.argnames for hook in OPERATION_HOOKS for impl in impls[hook])
     plain = {name: tuple(i for i in impls[name] if not (i.hookwrapper or i.wrapper)) for name in impls}
+    before = plain["before_operation"]
     if "before_operation" not in caller.wrapped:
-        caller.before_operation = generate(  # type: ignore[method-assign]
-            "before_operation", spec_args["before_operation"], plain["before_operation"], "plain")
+        if len(before) == 1 and tuple(before[0].argnames) == spec_args["before_operation"]:
+            caller.before_operation = before[0].function  # type: ignore[method-assign, assignment]  # one, taking them all
+        else:
+            caller.before_operation = generate(  # type: ignore[method-assign]
+                "before_operation", spec_args["before_operation"], before, "plain")
     caller.on_success = generate(  # type: ignore[method-assign]  # isolated: wrappers are refused there
         "on_success", spec_args["on_success"], plain["on_success"], "isolated")
     if not caller.wants_outcome:
