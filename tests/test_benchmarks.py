@@ -108,3 +108,23 @@ def test_markdown_table_states_skips() -> None:
     rows = [_runner.skipped_row("recovery.drained", "plugin accounting not importable", target="<= 2")]
     text = _runner.markdown_table(rows)
     assert "skipped: plugin accounting not importable" in text and "<= 2" in text
+
+
+@pytest.mark.parametrize("case", ["+circuit_breaker.write", "default.run", "minimal.read"])
+def test_instruction_cases_run_without_valgrind(tmp_path: Path, case: str) -> None:
+    """Issue 18: every kind of case of ``benchmarks.instructions`` (a policy alone on minimal,
+    ``store.run()``, a read) runs its workload; the child writes the rows it was asked for."""
+    import sqlite3
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child", case, "7", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(ROOT), str(ROOT / "plugins"), str(ROOT / "contrib")])})
+    assert proc.returncode == 0, proc.stderr
+    who = case.split(".")[0]
+    conn = sqlite3.connect(tmp_path / f"{who}.db")
+    try:
+        rows = conn.execute("SELECT count(*) FROM event").fetchone()[0]
+    finally:
+        conn.close()
+    assert rows == 50 + (0 if case.endswith(".read") else 7)  # the warm-up, then the measured writes
