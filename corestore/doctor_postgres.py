@@ -14,7 +14,8 @@ bounded by ``statement_timeout``, and only catalog views and functions are read
 other sessions are never read or printed (they may hold secrets); a session is shown by pid,
 user, database, application name, client address, state and ages.
 
-The URL's password is never printed: :func:`redact_url` replaces it (in the user-info part and
+The URL's password is never printed: :func:`redact_url` (stricter than
+:func:`corestore.redact.redact_url` for a malformed URL: see its docstring) replaces it (in the user-info part and
 in ``password=`` / ``sslpassword=`` query parameters) with ``***`` for the diagnosis' ``path``,
 and every message taken from the driver is scrubbed of the password's text as well.
 
@@ -34,13 +35,14 @@ from typing import Any
 import attrs
 
 from .findings import Diagnosis, Finding, Severity
+from .redact import URL_SCHEMES, is_server_url, redact_text
 
 __all__ = ["diagnose_postgres", "is_postgres_url", "redact_url", "Thresholds", "SCHEMES"]
 
 logger = logging.getLogger(__name__)
 
 #: URL prefixes the doctor (and ``corestore.open``) treat as PostgreSQL.
-SCHEMES = ("postgresql://", "postgres://")
+SCHEMES = URL_SCHEMES
 _SECRET_KEYS = ("password", "sslpassword")
 _KV_SECRET = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)([^&#]*)", re.IGNORECASE)
@@ -49,7 +51,7 @@ _SHOWN = 10  # sessions listed in a finding's message at most (all of them are i
 
 def is_postgres_url(target: str) -> bool:
     """Whether ``target`` is a PostgreSQL URL (``postgresql://`` or ``postgres://``)."""
-    return target.strip().lower().startswith(SCHEMES)
+    return is_server_url(target.strip())
 
 
 def _userinfo(url: str) -> tuple[str, str | None, str] | None:
@@ -125,7 +127,7 @@ class _Scrubber:
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        return _KV_SECRET.sub(r"\1***", text)
+        return redact_text(_KV_SECRET.sub(r"\1***", text))
 
 
 def _sqlstate(err: BaseException) -> str | None:

@@ -11,7 +11,6 @@ test holds when they expect no warning.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pgserver import require_server, server_url
 
 from corestore.doctor_postgres import Thresholds, diagnose_postgres, is_postgres_url, redact_url
 from corestore_contrib.waiting import wait_until
@@ -29,33 +29,22 @@ from helpers import child_env
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'corestore[postgresql]')")
 
-DEFAULT_URL = "postgresql://127.0.0.1:5432/test"
 CLI = [sys.executable, "-m", "corestore.cli"]
 LONG = "3600"  # a threshold no other test's session reaches
 
 
-def _server_url() -> str:
-    url = os.environ.get("CORESTORE_TEST_POSTGRES_URL") or DEFAULT_URL
-    try:
-        psycopg.connect(url, connect_timeout=3).close()
-    except psycopg.Error as err:
-        why = f"no PostgreSQL server answers at {redact_url(url)}: {err}"
-        if os.environ.get("CORESTORE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(why + " (CORESTORE_REQUIRE_POSTGRES=1)")
-        pytest.skip(why)
-    return url
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> str:
-    return _server_url()
+    """The test server itself (the doctor looks at the whole server, not at a schema)."""
+    require_server()
+    return server_url()
 
 
 def with_password(url: str, password: str, *, encode: bool = True) -> str:
     """``url`` with a password in it (trust authentication ignores it; the server still answers);
     ``encode=False`` puts it in as typed, unencoded ``/`` and ``?`` included (an invalid URL)."""
     parts = urllib.parse.urlsplit(url)
-    user = parts.username or os.environ.get("PGUSER") or _current_user(url)
+    user = parts.username or _current_user(url)
     host = parts.netloc.rsplit("@", 1)[-1]
     secret = urllib.parse.quote(password, safe="") if encode else password
     return urllib.parse.urlunsplit((parts.scheme, f"{user}:{secret}@{host}", parts.path, parts.query, parts.fragment))
@@ -268,8 +257,6 @@ def test_name_bound_to_a_url_in_the_config(pg_url: str, tmp_path: Any) -> None:
     config.write_text(f'[databases.main]\nurl = "{pg_url}"\n')
     proc = subprocess.run([*CLI, "--config", str(config), "doctor", "main", "--json", "--long-running", LONG,
                            "--idle-in-transaction", LONG], capture_output=True, text=True, timeout=60, env=child_env())
-    if proc.returncode == 64 and "url" in proc.stderr:
-        pytest.skip(f"this checkout's config has no `url` binding yet: {proc.stderr.strip()}")
     data = json.loads(proc.stdout)
     assert data["path"] == redact_url(pg_url) and by_check(data)["role"]["severity"] == "ok"
 
