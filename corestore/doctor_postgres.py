@@ -150,11 +150,11 @@ def _fmt_age(seconds: float) -> str:
 
 # -- the queries --------------------------------------------------------------------------------------
 _SERVER = ("SELECT current_setting('server_version'), current_setting('server_version_num')::int, version(), "
-           "current_database(), current_user, inet_server_addr()::text, inet_server_port(), pg_backend_pid()")
+           "current_database(), current_user, host(inet_server_addr()), inet_server_port(), pg_backend_pid()")
 _CONNECTIONS = ("SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
                 "current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, "
                 "coalesce(current_setting('reserved_connections', true), '0')::int")
-_SESSION_COLUMNS = ("pid, usename, datname, application_name, client_addr::text, state, wait_event_type, wait_event, "
+_SESSION_COLUMNS = ("pid, usename, datname, application_name, host(client_addr), state, wait_event_type, wait_event, "
                     "extract(epoch FROM now() - xact_start)::float8, extract(epoch FROM now() - state_change)::float8")
 _SESSION_KEYS = ("pid", "user", "database", "application_name", "client_addr", "state", "wait_event_type",
                  "wait_event", "transaction_seconds", "state_seconds")
@@ -168,7 +168,7 @@ _STANDBY = ("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::t
             "pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8, "
             "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, "
             "pg_is_wal_replay_paused(), (SELECT status FROM pg_stat_wal_receiver LIMIT 1)")
-_STANDBYS = ("SELECT application_name, client_addr::text, state, sync_state, "
+_STANDBYS = ("SELECT application_name, host(client_addr), state, sync_state, "
              "extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication ORDER BY application_name")
 _SLOTS = ("SELECT slot_name, slot_type, active, "
           "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 FROM pg_replication_slots ORDER BY slot_name")
@@ -279,7 +279,7 @@ def _check_standby_lag(cur: Any, limits: Thresholds) -> Finding:
                        advice="SELECT pg_wal_replay_resume() on the standby when the pause is not deliberate",
                        details=details)
     caught_up = pending_bytes is not None and pending_bytes <= 0
-    lag = 0.0 if caught_up or since_replay is None else float(since_replay)
+    lag = 0.0 if caught_up else None if since_replay is None else float(since_replay)
     details["lag_seconds"] = lag
     source = f"wal receiver {receiver}" if receiver else "no wal receiver (replaying from the archive, or disconnected)"
     if receiver != "streaming":
@@ -287,6 +287,10 @@ def _check_standby_lag(cur: Any, limits: Thresholds) -> Finding:
                        message=f"standby not streaming from a primary: {source}; replayed up to {replayed}",
                        advice="check primary_conninfo and the primary's pg_hba.conf, and the standby's log",
                        details=details)
+    if lag is None:
+        return Finding(check="replication", severity=Severity.INFO,
+                       message=f"standby with {pending_bytes or 0:.0f} bytes of WAL to replay and no transaction replayed "
+                               f"since it started: lag unknown ({source})", details=details)
     if lag > limits.replication_lag_s:
         return Finding(check="replication", severity=Severity.WARNING,
                        message=f"standby {_fmt_age(lag)} behind: {pending_bytes:.0f} bytes of WAL received "

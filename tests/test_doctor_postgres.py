@@ -11,6 +11,7 @@ test holds when they expect no warning.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -299,3 +300,106 @@ def test_redact_url_forms() -> None:
     assert redact_url("postgresql://u:p@h1:5432,h2:5433/prod") == "postgresql://u:***@h1:5432,h2:5433/prod"
     assert redact_url("host=db password='a b' user=app") == "host=db password=*** user=app"
     assert is_postgres_url("postgresql://x/y") and is_postgres_url("POSTGRES://x") and not is_postgres_url("./app.db")
+
+
+# -- a standby: a throwaway primary and standby of the test's own ----------------------------------------
+PG_BIN = os.environ.get("CORESTORE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a server binary as the ``postgres`` user (``initdb`` refuses root), bounded."""
+    proc = subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-1500:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def standby_pair() -> Iterator[tuple[str, str]]:
+    """A primary and a streaming standby (``pg_basebackup -R``) in a temporary directory, on free
+    ports, stopped (immediate) and removed afterwards: the shared server is never touched.
+    Yields (primary URL, standby URL)."""
+    if os.geteuid() != 0 or not os.path.exists(os.path.join(PG_BIN, "initdb")):
+        pytest.skip(f"needs root (to run the server binaries as postgres) and {PG_BIN}/initdb")
+    import pwd
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="corestore-pgpair-")  # pytest's own tmp is root-only (0700)
+    entry = pwd.getpwnam("postgres")
+    os.chown(root, entry.pw_uid, entry.pw_gid)
+    primary, standby = os.path.join(root, "primary"), os.path.join(root, "standby")
+    ports = (_closed_port(), _closed_port())
+    started: list[str] = []
+    try:
+        _as_postgres(f"{PG_BIN}/initdb", "-D", primary, "-U", "postgres", "--auth=trust", "--no-sync")
+        for directory, port in ((primary, ports[0]),):
+            _as_postgres(f"{PG_BIN}/pg_ctl", "-D", directory, "-l", f"{directory}.log", "-w", "-t", "60", "-o",
+                         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+            started.append(directory)
+        _as_postgres(f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(ports[0]), "-U", "postgres",
+                     "-D", standby, "-R", "-X", "stream", "--no-sync")
+        _as_postgres(f"{PG_BIN}/pg_ctl", "-D", standby, "-l", f"{standby}.log", "-w", "-t", "60", "-o",
+                     f"-p {ports[1]} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        started.append(standby)
+        yield (f"postgresql://postgres@127.0.0.1:{ports[0]}/postgres",
+               f"postgresql://postgres@127.0.0.1:{ports[1]}/postgres")
+    finally:
+        for directory in reversed(started):
+            subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", directory, "-m", "immediate",
+                            "-w", "-t", "60", "stop"], capture_output=True, timeout=90)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _replayed(primary: str, standby: str) -> bool:
+    with psycopg.connect(primary, autocommit=True) as p, psycopg.connect(standby, autocommit=True) as s:
+        lsn = p.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        row = s.execute("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn) >= 0", lsn).fetchone()
+    return bool(row and row[0])
+
+
+def test_standby_role_and_replication_lag(standby_pair: tuple[str, str]) -> None:
+    primary, standby = standby_pair
+    with psycopg.connect(primary, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ticks (n int)")
+        conn.execute("INSERT INTO ticks VALUES (1)")
+    wait_until(lambda: _replayed(primary, standby), "the standby to replay the primary's WAL", timeout_s=60)
+
+    code, data = doctor_json(standby)
+    found = by_check(data)
+    assert found["role"]["details"]["role"] == "standby"
+    assert found["replication"]["severity"] == "ok", found["replication"]
+    assert found["replication"]["details"]["wal_receiver"] == "streaming" and "caught up" in found["replication"]["message"]
+    code_p, data_p = doctor_json(primary)
+    assert by_check(data_p)["role"]["details"]["role"] == "primary"
+    assert len(by_check(data_p)["replication"]["details"]["standbys"]) == 1
+
+    # replay paused by an operator: a warning
+    with psycopg.connect(standby, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+        code, data = doctor_json(standby)
+        assert code == 1 and "paused" in by_check(data)["replication"]["message"]
+        conn.execute("SELECT pg_wal_replay_resume()")
+
+    # the standby receives WAL but applies it an hour late: behind by more than the threshold
+    with psycopg.connect(standby, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
+        conn.execute("SELECT pg_reload_conf()")
+        wait_until(lambda: conn.execute("SHOW recovery_min_apply_delay").fetchone() == ("1h",),
+                   "the standby to load recovery_min_apply_delay")
+    try:
+        with psycopg.connect(primary, autocommit=True) as conn:
+            conn.execute("INSERT INTO ticks VALUES (2)")
+
+        def behind() -> dict[str, Any] | None:
+            _, doc = doctor_json(standby, "--replication-lag", "1")
+            rep = by_check(doc)["replication"]
+            return rep if rep["severity"] == "warning" else None
+
+        rep = wait_until(behind, "the doctor to report the standby more than 1 s behind", timeout_s=60, interval_s=0.5)
+        assert "behind" in rep["message"] and rep["details"]["pending_bytes"] > 0
+        assert rep["details"]["lag_seconds"] > 1
+    finally:
+        with psycopg.connect(standby, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
+            conn.execute("SELECT pg_reload_conf()")
