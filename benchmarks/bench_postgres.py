@@ -18,6 +18,9 @@ ratio shows what corestore adds to them.
 * ``postgres.hotpath.default_durable``: the ``postgresql`` profile with the server's own
   ``synchronous_commit`` (``on``: every COMMIT waits for the WAL flush) against peewee the same.
   Reported: what durability costs per transaction, and how much of it is corestore's.
+* ``postgres.hotpath.minimal.client_cpu`` and ``.default.client_cpu``: the same samples' CPU time
+  of this process (``time.process_time``): what corestore adds to the client's work, less
+  disturbed by other load on the machine than the wall time. Reported.
 * ``postgres.accounting.vs_row_per_txn``: writer throughput of the ``accounting`` plugin on a
   PostgreSQL store against incident 004's pattern on PostgreSQL (a ``queue.Queue`` and a thread
   committing one transaction per row with psycopg). Ratio in seconds per row, so "10x the
@@ -138,7 +141,9 @@ def _profiles(url: str, label: str, *, durable: bool) -> Any:
     return profile
 
 
-def _hotpath(url: str, schema: _Schema, label: str, *, durable: bool, n: int, pairs: int, target: str) -> dict[str, Any]:
+def _hotpath(url: str, schema: _Schema, label: str, *, durable: bool, n: int, pairs: int,
+             target: str) -> list[dict[str, Any]]:
+    """The wall-time row and the client-CPU row of one hot-path comparison."""
     import corestore
 
     table_b = schema.table(f"event_{label}_peewee", _EVENT)
@@ -157,23 +162,31 @@ def _hotpath(url: str, schema: _Schema, label: str, *, durable: bool, n: int, pa
         insert_b = f"INSERT INTO {table_b} (kind, n, payload) VALUES (%s, %s, %s)"
         insert_c = f"INSERT INTO {table_c} (kind, n, payload) VALUES (%s, %s, %s)"
 
+        cpu = PairSamples()  # this process's CPU time per sample, beside the wall time
+
         def baseline() -> float:
             atomic, execute = db.atomic, db.execute_sql
-            start = time.perf_counter()
+            cpu0, start = time.process_time(), time.perf_counter()
             for i in range(n):
                 with atomic():
                     execute(insert_b, ("hot", i, PAYLOAD))
-            return time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            cpu.baseline.append(time.process_time() - cpu0)
+            return elapsed
 
         def with_corestore() -> float:
             transaction, execute = store.transaction, store.database.execute_sql
-            start = time.perf_counter()
+            cpu0, start = time.process_time(), time.perf_counter()
             for i in range(n):
                 with transaction():
                     execute(insert_c, ("hot", i, PAYLOAD))
-            return time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            cpu.corestore.append(time.process_time() - cpu0)
+            return elapsed
 
         samples = measure_pairs(baseline, with_corestore, pairs=pairs)
+        cpu.baseline, cpu.corestore = cpu.baseline[-pairs:], cpu.corestore[-pairs:]  # without the warm-up
+        cpu.baseline_first = list(samples.baseline_first)
         expected = n * (pairs + 1)  # + the warm-up pair
         rows_b, rows_c = schema.count(table_b), schema.count(table_c)
         if rows_b != expected or rows_c != expected:
@@ -181,12 +194,19 @@ def _hotpath(url: str, schema: _Schema, label: str, *, durable: bool, n: int, pa
     finally:
         store.close()
         db.close()
-    return pair_row(
+    row = pair_row(
         f"postgres.hotpath.{label}", samples, target=target, unit="µs/tx", scale=1e6 / n,
         baseline=f"peewee {type(db).__name__}.atomic(), psycopg 3, synchronous_commit={sync_b}",
         corestore=f"store.transaction(), {profile.name} profile, synchronous_commit={sync_c}",
         transactions_per_sample=n, plugins=list(profile.plugins),
     )
+    cpu_row = pair_row(
+        f"postgres.hotpath.{label}.client_cpu", cpu, target="report", unit="µs CPU/tx", scale=1e6 / n,
+        baseline="peewee: this process's CPU time (time.process_time)", corestore="corestore: the same",
+        note="the client's share of the transaction; the rest is the server and the round trips",
+        transactions_per_sample=n,
+    )
+    return [row, cpu_row]
 
 
 # -- accounting -------------------------------------------------------------------------------------------
@@ -333,9 +353,9 @@ def run(quick: bool) -> dict[str, Any]:
     schema = _Schema(url)
     rows: list[dict[str, Any]] = []
     try:
-        rows.append(_hotpath(url, schema, "minimal", durable=False, n=n, pairs=pairs, target=HOTPATH_TARGET))
-        rows.append(_hotpath(url, schema, "default", durable=False, n=n, pairs=pairs, target=HOTPATH_TARGET))
-        rows.append(_hotpath(url, schema, "default_durable", durable=True, n=n_durable, pairs=pairs, target="report"))
+        rows += _hotpath(url, schema, "minimal", durable=False, n=n, pairs=pairs, target=HOTPATH_TARGET)
+        rows += _hotpath(url, schema, "default", durable=False, n=n, pairs=pairs, target=HOTPATH_TARGET)
+        rows += _hotpath(url, schema, "default_durable", durable=True, n=n_durable, pairs=pairs, target="report")[:1]
         rows.append(_accounting_row(url, schema, n=n_acc, pairs=pairs))
     finally:
         schema.drop()
