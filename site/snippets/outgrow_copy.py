@@ -5,10 +5,10 @@
 import sys
 
 import peewee
+from myapp.models import MODELS  # in dependency order: parents before children
 from peewee import fn
 
 import corestore
-from myapp.models import MODELS  # in dependency order: parents before children
 
 BATCH = 1000
 old = corestore.open(sys.argv[1])
