@@ -11,6 +11,7 @@ import pytest
 
 import corestore
 from corestore import ErrorKind, Profile
+
 from plugin_fixtures import EVENTS
 
 
