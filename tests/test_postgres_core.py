@@ -261,3 +261,15 @@ def test_setup_runs_under_the_init_lock(pg_url: str) -> None:
 def test_backend_for_chooses_by_url() -> None:
     assert backend_for(corestore.Profile(url="postgresql://h/db")).name == "postgresql"
     assert backend_for(corestore.Profile(path="x.db")).name == "sqlite"
+
+
+def test_the_docs_snippet_runs(pg_url: str) -> None:
+    from helpers import ROOT, child_env, run_python
+
+    snippet = ROOT / "site" / "snippets" / "postgresql_open.py"
+    done = run_python(snippet.read_text(), env=child_env(DATABASE_URL=pg_url), timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "{'ann': 70, 'bob': 30}"
+    assert lines[1] == "refused: WRITE_IN_READ 25006"
+    assert lines[2].endswith(" UP") and lines[2].startswith("postgresql://")
