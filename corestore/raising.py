@@ -22,7 +22,6 @@ from .backends.postgresql import is_driver_error as is_pg_driver_error
 from .backends.sqlite import is_driver_error
 from .classify import driver_error, error_codes
 from .classify_pg import ADVICE_PG, pg_error
-from .redact import redact_text
 from .errors import (
     BusyError,
     Classification,
@@ -38,6 +37,7 @@ from .errors import (
 )
 from .operation import Operation
 from .readonly import readonly_wal_problem
+from .redact import redact_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
