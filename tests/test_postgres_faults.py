@@ -178,7 +178,7 @@ def test_terminated_backend_is_counted_by_the_breaker(pg_url: str) -> None:
     assert c.sqlstate in ("57P01", None)  # the server's FATAL, or the lost connection itself
     assert info.value.committed is False
     after = breaker.stats()
-    assert after != before and "TRANSIENT_IO" in repr(after)
+    assert after["lanes"]["write"]["failures"] == before["lanes"]["write"]["failures"] + 1  # counted once
     assert db.execute_sql("SELECT 1").fetchone()[0] == 1  # reconnected
     store.close()
 

@@ -81,3 +81,25 @@ def test_password_never_appears(pg_url: str, caplog: pytest.LogCaptureFixture) -
     assert "***" in text  # the URL is shown, redacted
     assert secret not in text
     assert urllib.parse.quote(secret, safe="") not in text
+
+
+def test_profiles_listing_and_check_redact_the_url(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from helpers import child_env
+
+    cfg = tmp_path / "corestore.toml"
+    cfg.write_text(f'[databases.main]\nurl = "postgresql://app:{FAKE_SECRET}@db.invalid:5432/app"\n'
+                   f'[databases.bad]\nurl = "postgresql://app:{FAKE_SECRET}@db.invalid:5432/app"\nenable = ["wal_guard"]\n')
+    outputs = []
+    for args in (["profiles", "--config", str(cfg)], ["profiles", "--config", str(cfg), "--json"],
+                 ["profiles", "--check", "--config", str(cfg)]):
+        done = subprocess.run([sys.executable, "-m", "corestore", *args], capture_output=True, text=True,
+                              timeout=60, env=child_env())
+        outputs.append(done.stdout + done.stderr)
+    text = "\n".join(outputs)
+    assert "postgresql://app:***@db.invalid:5432/app" in text
+    assert "plugin 'wal_guard' works on sqlite only" in outputs[2]
+    assert FAKE_SECRET not in text
+    assert FAKE_SECRET not in repr(corestore.Profile(url=f"postgresql://app:{FAKE_SECRET}@h/db"))
