@@ -262,3 +262,27 @@ def test_read_only_session_is_readonly(pg_url: str) -> None:
     assert c.reopen and info.value.committed is False
     assert store.stats()["reopens"] == 1  # a standby after failover: the next connection may reach the primary
     store.close()
+
+
+def test_idle_connection_killed_between_units_is_reopened(pg_url: str) -> None:
+    """A server restart or failover between two units: the thread's idle connection is dead.
+    The next BEGIN fails before anything was sent (committed=False): run() reconnects and goes on;
+    a plain transaction() reports TRANSIENT_IO and the one after it works."""
+    store = corestore.open(pg_url)
+    db = store.database
+    db.execute_sql("CREATE TABLE t (x int)")
+    _terminate(db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+    store.run(lambda: db.execute_sql("INSERT INTO t VALUES (1)"))
+    assert store.stats()["retries"] == 1
+    _terminate(db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+    with pytest.raises(TransientError) as info:
+        with store.transaction():
+            db.execute_sql("INSERT INTO t VALUES (2)")
+    assert info.value.committed is False
+    with store.transaction():
+        db.execute_sql("INSERT INTO t VALUES (3)")
+    _terminate(db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+    with pytest.raises(TransientError):  # an autocommit statement on the dead connection: not retried by itself
+        db.execute_sql("SELECT 1")
+    assert db.execute_sql("SELECT array_agg(x ORDER BY x) FROM t").fetchone()[0] == [1, 3]
+    store.close()
