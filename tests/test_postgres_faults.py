@@ -54,9 +54,11 @@ def test_serializable_conflict_is_retried_and_both_units_commit_once(pg_url: str
     rows = db.execute_sql("SELECT unit, seen FROM ledger ORDER BY unit").fetchall()
     assert [r[0] for r in rows] == ["a", "b"]  # each unit exactly once
     assert sorted(r[1] for r in rows) == [0, 1]  # the retried one saw the other's row
-    assert sorted(attempts.values()) == [1, 2]
+    # one unit won at once; the other was retried until it no longer overlapped (its retry may
+    # start before the winner's COMMIT when the failure came at a statement, and fail again)
+    assert min(attempts.values()) == 1 and max(attempts.values()) >= 2
     stats = store.stats()
-    assert stats["retries"] == 1 and stats["busy_waits"] == 1 and stats["faults"] == 0
+    assert stats["retries"] == sum(attempts.values()) - 2 == stats["busy_waits"] and stats["faults"] == 0
     store.close()
 
 
@@ -72,8 +74,11 @@ def test_serialization_failure_is_busy_40001_and_not_committed(pg_url: str) -> N
             with store.transaction():
                 seen = db.execute_sql("SELECT count(*) FROM ledger").fetchone()[0]
                 barrier.wait()
-                db.execute_sql("INSERT INTO ledger VALUES (%s, %s)", (name, seen))
-                barrier.wait()  # both wrote before either commits: the second COMMIT fails
+                try:
+                    db.execute_sql("INSERT INTO ledger VALUES (%s, %s)", (name, seen))
+                finally:
+                    barrier.wait()  # both wrote before either commits: the second COMMIT fails (or,
+                    # if the server saw the conflict already, the second INSERT did)
             outcome[name] = "committed"
         except StoreError as err:
             outcome[name] = err
