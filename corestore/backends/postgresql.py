@@ -78,7 +78,12 @@ _PEEWEE_4 = int(str(getattr(peewee, "__version__", "3")).split(".")[0]) >= 4
 def _peewee_base() -> type:
     """peewee's PostgreSQL database class for psycopg 3 in the installed peewee."""
     if _PEEWEE_4:
-        return peewee.PostgresqlDatabase
+        # the Ext class (a PostgresqlDatabase): named (server-side) cursors for
+        # playhouse.postgres_ext.ServerSide queries work through a store as they do plainly
+        from playhouse.postgres_ext import PostgresqlExtDatabase
+
+        ext: type = PostgresqlExtDatabase
+        return ext
     from playhouse.psycopg3_ext import Psycopg3Database
 
     base: type = Psycopg3Database
