@@ -26,7 +26,7 @@ What it does:
 With ``--engine postgresql`` the same modules, plus peewee's ``postgres`` module (PostgreSQL
 fields and features through ``playhouse.postgres_ext``), run against a PostgreSQL server:
 ``--postgres-url`` (default ``$CORESTORE_TEST_POSTGRES_URL``, else
-``postgresql://127.0.0.1:5432/test``) names the server; the database ``peewee_test`` that
+``postgresql://postgres@127.0.0.1:5432/test``) names the server; the database ``peewee_test`` that
 peewee's tests expect is created there when missing. peewee's ``tests/base.py`` is configured
 through its environment variables: ``PEEWEE_TEST_BACKEND=psycopg3`` (``PostgresqlDatabase`` with
 ``prefer_psycopg3=True``: no psycopg2 is needed) and ``PEEWEE_PSQL_HOST``/``PORT``/``USER``/``PASSWORD``
@@ -58,7 +58,7 @@ MODULES = ("models", "transactions", "db_tests", "fields", "schema", "manytomany
            "with_related_tests", "model_sql")
 #: PostgreSQL: the same modules and peewee's PostgreSQL-specific one (playhouse.postgres_ext).
 POSTGRES_MODULES = (*MODULES, "postgres")
-DEFAULT_POSTGRES_URL = "postgresql://127.0.0.1:5432/test"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PEEWEE_DATABASE = "peewee_test"
 _URL_ENV = "CORESTORE_PEEWEE_SUITE_URL"  # parent -> child: the store's URL (PostgreSQL)
 
