@@ -151,7 +151,8 @@ def _fmt_age(seconds: float) -> str:
 # -- the queries --------------------------------------------------------------------------------------
 _SERVER = ("SELECT current_setting('server_version'), current_setting('server_version_num')::int, version(), "
            "current_database(), current_user, host(inet_server_addr()), inet_server_port(), pg_backend_pid()")
-_CONNECTIONS = ("SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
+_CONNECTIONS = ("SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "OR (backend_type IS NULL AND usesysid IS NOT NULL)), "  # a row hidden from this role counts too
                 "current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, "
                 "coalesce(current_setting('reserved_connections', true), '0')::int")
 _SESSION_COLUMNS = ("pid, usename, datname, application_name, host(client_addr), state, wait_event_type, wait_event, "
@@ -172,6 +173,29 @@ _STANDBYS = ("SELECT application_name, host(client_addr), state, sync_state, "
              "extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication ORDER BY application_name")
 _SLOTS = ("SELECT slot_name, slot_type, active, "
           "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 FROM pg_replication_slots ORDER BY slot_name")
+
+
+# a row this role may not see has its state and backend_type nulled; its role is still shown
+_HIDDEN = ("SELECT count(*) FROM pg_stat_activity WHERE usesysid IS NOT NULL AND backend_type IS NULL "
+           "AND state IS NULL AND pid <> pg_backend_pid()")
+
+
+def _hidden(cur: Any) -> int:
+    """Client sessions whose state this role may not see (another role's, without
+    ``pg_read_all_stats``): the session checks cannot speak for them."""
+    cur.execute(_HIDDEN)
+    return int(cur.fetchone()[0])
+
+
+def _unseen(check: str, message: str, hidden: int, details: dict[str, Any]) -> Finding:
+    """The all-clear of a session check, or INFO when some sessions were invisible to it."""
+    details["hidden_sessions"] = hidden
+    if not hidden:
+        return Finding(check=check, severity=Severity.OK, message=message, details=details)
+    return Finding(check=check, severity=Severity.INFO,
+                   message=f"{message}, as far as this role sees: {hidden} session(s) of other roles hidden from it",
+                   advice="connect as a role with pg_monitor (GRANT pg_monitor TO ...) to see every session",
+                   details=details)
 
 
 def _sessions(cur: Any, sql: str, threshold: float) -> list[dict[str, Any]]:
@@ -235,10 +259,10 @@ def _check_connections(cur: Any, limits: Thresholds) -> Finding:
 
 def _check_long_running(cur: Any, limits: Thresholds) -> Finding:
     found = _sessions(cur, _LONG_RUNNING, limits.long_running_s)
-    details = {"threshold_seconds": limits.long_running_s, "sessions": found}
+    details: dict[str, Any] = {"threshold_seconds": limits.long_running_s, "sessions": found}
     if not found:
-        return Finding(check="long_running", severity=Severity.OK,
-                       message=f"no active transaction older than {_fmt_age(limits.long_running_s)}", details=details)
+        return _unseen("long_running", f"no active transaction older than {_fmt_age(limits.long_running_s)}",
+                       _hidden(cur), details)
     shown = "; ".join(_describe(s, "transaction_seconds") for s in found[:_SHOWN])
     more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
     return Finding(check="long_running", severity=Severity.WARNING,
@@ -252,12 +276,12 @@ def _check_idle_in_transaction(cur: Any, limits: Thresholds) -> Finding:
     cur.execute("SELECT current_setting('idle_in_transaction_session_timeout')")
     timeout = cur.fetchone()[0]
     timeout = "0 (disabled)" if timeout == "0" else timeout
-    details = {"threshold_seconds": limits.idle_in_transaction_s, "sessions": found,
-               "idle_in_transaction_session_timeout": timeout}
+    details: dict[str, Any] = {"threshold_seconds": limits.idle_in_transaction_s, "sessions": found,
+                               "idle_in_transaction_session_timeout": timeout}
     if not found:
-        return Finding(check="idle_in_transaction", severity=Severity.OK,
-                       message=f"no session idle in a transaction for more than {_fmt_age(limits.idle_in_transaction_s)}"
-                               f" (idle_in_transaction_session_timeout = {timeout})", details=details)
+        return _unseen("idle_in_transaction",
+                       f"no session idle in a transaction for more than {_fmt_age(limits.idle_in_transaction_s)}"
+                       f" (idle_in_transaction_session_timeout = {timeout})", _hidden(cur), details)
     shown = "; ".join(_describe(s, "state_seconds") for s in found[:_SHOWN])
     more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
     return Finding(check="idle_in_transaction", severity=Severity.WARNING,

@@ -403,3 +403,28 @@ def test_standby_role_and_replication_lag(standby_pair: tuple[str, str]) -> None
         with psycopg.connect(standby, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
             conn.execute("SELECT pg_reload_conf()")
+
+
+def test_sessions_hidden_from_an_unprivileged_role(standby_pair: tuple[str, str]) -> None:
+    """A role without pg_read_all_stats cannot see another role's session state: the doctor says
+    so (INFO, with the advice) instead of an all-clear it cannot give. On the throwaway primary:
+    the role is created there, never on the shared server."""
+    primary, _ = standby_pair
+    with psycopg.connect(primary, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS doctor_plain")
+        admin.execute("CREATE ROLE doctor_plain LOGIN")
+    holder = psycopg.connect(primary, application_name="corestore-test hidden")
+    try:
+        holder.execute("SELECT 1")  # postgres's session, idle in a transaction
+        pid = holder.info.backend_pid
+        wait_until(lambda: session_age(primary, pid, "idle in transaction") > 0.5, f"pid {pid} idle in transaction")
+        plain = primary.replace("postgresql://postgres@", "postgresql://doctor_plain@")
+        code, data = doctor_json(plain, "--idle-in-transaction", "0.5")
+        found = by_check(data)["idle_in_transaction"]
+        assert found["severity"] == "info" and found["details"]["hidden_sessions"] >= 1, found
+        assert "pg_monitor" in found["advice"] and code == 0
+        code, data = doctor_json(primary, "--idle-in-transaction", "0.5")  # a superuser sees it
+        assert pid in pids(by_check(data)["idle_in_transaction"]) and code == 1
+    finally:
+        holder.rollback()
+        holder.close()
