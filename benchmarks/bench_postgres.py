@@ -99,6 +99,15 @@ class _Schema:
             conn.execute(f"DROP SCHEMA IF EXISTS {self.name} CASCADE")
             conn.execute(f"CREATE SCHEMA {self.name}")
 
+    @property
+    def scoped_url(self) -> str:
+        """The URL with ``search_path`` set to this schema: whatever a store creates on its own
+        (the accounting plugin's batch table) lands here and is dropped with it."""
+        parts = urllib.parse.urlsplit(self.url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        query = [(k, v) for k, v in query if k != "options"] + [("options", f"-csearch_path={self.name}")]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
     def table(self, name: str, columns: str) -> str:
         import psycopg
 
@@ -150,7 +159,7 @@ def _hotpath(url: str, schema: _Schema, label: str, *, durable: bool, n: int, pa
     table_c = schema.table(f"event_{label}_corestore", _EVENT)
     db = baseline_database(url)
     db.connect()
-    profile = _profiles(url, "minimal" if label == "minimal" else "default", durable=durable)
+    profile = _profiles(schema.scoped_url, "minimal" if label == "minimal" else "default", durable=durable)
     store = corestore.open(profile)
     try:
         if not durable:
@@ -317,12 +326,12 @@ def _accounting_row(url: str, schema: _Schema, *, n: int, pairs: int) -> dict[st
     name = "postgres.accounting.vs_row_per_txn"
     target = f"<= {ACCOUNTING_TARGET}"
     try:
-        _accounting(url, schema.table("usage_probe", _USAGE), _rows(10))
+        _accounting(schema.scoped_url, schema.table("usage_probe", _USAGE), _rows(10))
     except Exception as err:  # the plugin is not ready for PostgreSQL: say so, measure the rest
         return skipped_row(name, f"accounting on PostgreSQL does not run here: {type(err).__name__}: {err}",
                            target=target)
     base = _Sampler(url, schema, "base", n, _row_per_txn)
-    ours = _Sampler(url, schema, "acc", n, _accounting)
+    ours = _Sampler(schema.scoped_url, schema, "acc", n, _accounting)
     samples = measure_pairs(base, ours, pairs=pairs)
     e2e = PairSamples()
     e2e.baseline, e2e.corestore = base.end_to_end[-pairs:], ours.end_to_end[-pairs:]
