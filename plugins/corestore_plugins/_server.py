@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee
 
-__all__ = ["is_postgres", "server_key", "server_key_of", "url_server_key", "connect_kwargs"]
+__all__ = ["is_postgres", "server_key", "server_key_of", "url_server_key", "connect_kwargs", "state_dir", "state_path",
+           "STATE_DIR_ENV"]
+
+#: the environment variable naming the directory of the files a PostgreSQL store keeps locally
+STATE_DIR_ENV = "CORESTORE_STATE_DIR"
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +106,30 @@ def url_server_key(url: str) -> str | None:
 def connect_kwargs(store: Any) -> dict[str, Any]:
     """Keyword arguments for ``psycopg.connect`` that reach ``store``'s database (credentials
     included: never log them), for a plugin's own side connection."""
+    url = getattr(getattr(store, "profile", None), "url", None)
+    if url:
+        return {"conninfo": url}
     db = store.database
     params = _conninfo(dict(getattr(db, "connect_params", None) or {}))
     params.pop("prefer_psycopg3", None)
     if getattr(db, "database", None):
         params["dbname"] = db.database
     return params
+
+
+def state_dir() -> str:
+    """The directory of the files a PostgreSQL store keeps on this machine (there is no database
+    file to put them beside): ``$CORESTORE_STATE_DIR``, else ``$XDG_STATE_HOME/corestore``, else
+    ``~/.local/state/corestore``. Not created here."""
+    explicit = os.environ.get(STATE_DIR_ENV)
+    if explicit:
+        return os.path.abspath(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "corestore")
+
+
+def state_path(store: Any, suffix: str) -> str:
+    """``<state dir>/<host_port_dbname><suffix>``: a local file for ``store``'s PostgreSQL
+    database, named by its key (no credentials), the same in every process of this machine."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", server_key(store)).strip("_") or "postgresql"
+    return os.path.join(state_dir(), slug + suffix)

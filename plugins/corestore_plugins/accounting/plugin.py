@@ -32,6 +32,7 @@ import peewee
 
 from corestore import ConfigError, HealthComponent, PluginError, UnsavedDataError, hookimpl
 
+from .._server import is_postgres, state_dir, state_path
 from .atexit_drain import _INSTANCES
 from .batches import BATCHES_TABLE
 from .clock import Clock, ManualClock, SystemClock
@@ -464,15 +465,25 @@ class Accounting:
         """Bind to the store, once, when it opens."""
         s = self.settings
         path: str | None = None
+        server = is_postgres(store)  # no database file: dead letters go to the state directory
         if s.dead_letter:
             if s.dead_letter_path is not None:
                 path = s.dead_letter_path
-                if not os.path.isabs(path) and not store.memory:
+                if server and not os.path.isabs(path):
+                    path = os.path.join(state_dir(), path)
+                elif not os.path.isabs(path) and not store.memory:
                     path = os.path.join(os.path.dirname(store.path), path)
+            elif server:
+                path = state_path(store, ".corestore-deadletter.jsonl")
             elif not store.memory:
                 path = default_path(store.path)
+            if server and path is not None:
+                try:
+                    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                except OSError as err:  # the first dead letter's write fails and keeps it in memory, loudly
+                    logger.warning("accounting: %s: cannot create the dead-letter directory of %s: %s", store.path, path, err)
         self._sink.path = path
-        self._sink.database = None if store.memory else store.path
+        self._sink.database = None if store.memory or server else store.path
         self._store = store
 
     @hookimpl
