@@ -57,6 +57,7 @@ from corestore import (
     HealthStatus,
     hookimpl,
 )
+from corestore.quarantine_table import QUARANTINE_TABLE
 from corestore.settings import boolean, non_negative_seconds
 
 # the marker format is the core's (the doctor reads it too); re-exported here for plugin users
@@ -69,7 +70,6 @@ from corestore.sidecar_formats import (
     read_marker,
     write_marker,
 )
-from corestore.quarantine_table import QUARANTINE_TABLE
 from corestore.timefmt import iso as _iso
 
 from ._quarantine_evidence import _kinds_converter, gather_evidence
