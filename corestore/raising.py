@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
+from .backends.postgresql import is_driver_error as is_pg_driver_error
 from .backends.sqlite import is_driver_error
 from .classify import driver_error, error_codes
 from .errors import (
@@ -92,7 +93,7 @@ _PEEWEE_ERRORS: tuple[type[BaseException], ...] = (peewee.DatabaseError, peewee.
 
 def is_db_error(err: BaseException) -> bool:
     """True for an error from the database (the driver's or peewee's), False for the caller's own."""
-    if isinstance(err, _PEEWEE_ERRORS) or is_driver_error(err):
+    if isinstance(err, _PEEWEE_ERRORS) or is_driver_error(err) or is_pg_driver_error(err):
         return True
     return driver_error(err) is not None
 
@@ -165,14 +166,17 @@ def write_in_read(store: Store, err: BaseException) -> ReadOnlyError | None:
     active = store.database._active()
     if active is None or not active.qo:
         return None
-    primary, extended, _name, message = error_codes(err)
-    if primary != 8 or extended not in (8, None):
+    if not store.backend.is_write_refused(err):
         return None
+    primary, extended, _name, message = error_codes(err)
+    c = store.backend.classify_exception(err)
+    if c.sqlstate is not None:
+        primary, extended, message = None, None, c.message
     return ReadOnlyError(
         f"{store.path}: a statement inside read() tried to modify the database ({message}); read() and "
         "run(read=True) are read-only and nothing was written. Write inside store.transaction() or run(fn)",
-        classification=Classification(kind=ErrorKind.PROGRAMMING, code=8, extended_code=extended,
-                                      name="WRITE_IN_READ", message=message),
+        classification=Classification(kind=ErrorKind.PROGRAMMING, code=primary, extended_code=extended,
+                                      name="WRITE_IN_READ", message=message, sqlstate=c.sqlstate),
         committed=False, path=store.path,
     )
 
@@ -203,7 +207,7 @@ def translate_open_error(store: Store, err: BaseException) -> BaseException:
             "Check the path; `corestore doctor PATH` shows what the file is.",
             classification=c, committed=False, path=store.path,
         )
-    if store.profile.read_only and not store.memory:
+    if store.profile.read_only and not store.memory and not store.profile.url:
         problem = readonly_wal_problem(store.path)
         if problem is not None:
             return FatalError(f"{store.path}: {c.name or c.kind.name}: {problem}", classification=c,
@@ -217,8 +221,8 @@ def commit_failed(store: Store, txn: Any, conn: Any, err: BaseException) -> Base
     """What to raise when the COMMIT statement itself failed: ``committed=False`` when the
     connection is still inside its transaction (nothing was committed; it is rolled back),
     else ``committed=None`` (the outcome is unknown: the frames may have reached ``-wal``)."""
-    committed: bool | None = None
-    if store._in_txn(conn):  # still inside: nothing was committed
+    committed = store.backend.commit_outcome(conn, err, store._in_txn)
+    if store._in_txn(conn):  # still inside: nothing was committed; roll it back
         committed = False
         try:
             conn.execute("ROLLBACK")
