@@ -7,10 +7,9 @@ file: the thing that fails together is one database on one server, so the key is
 stores that reach the same database with different credentials share one key, and a key is
 safe to log, to put in a health report or a metric label.
 
-Everything is read from the store's peewee database (``peewee.PostgresqlDatabase`` and
-``playhouse.psycopg3_ext.Psycopg3Database`` both keep ``database`` and ``connect_params``), so
-this module depends on peewee's public attributes only, not on how the core's backend builds
-the database. Where a parameter is left out, libpq's own defaults apply, and so here:
+The key is read from the profile's ``url`` (the core's PostgreSQL backend connects with it),
+else from the store's peewee database (``peewee.PostgresqlDatabase`` and
+``playhouse.psycopg3_ext.Psycopg3Database`` both keep ``database`` and ``connect_params``). Where a parameter is left out, libpq's own defaults apply, and so here:
 ``PGHOST`` / ``PGPORT`` / ``PGDATABASE``, then the Unix socket directory / 5432 / the user name.
 """
 from __future__ import annotations
@@ -72,7 +71,13 @@ def server_key_of(dbname: str | None, params: Mapping[str, Any]) -> str:
 
 
 def server_key(store: Any) -> str:
-    """The key of ``store``'s PostgreSQL database: ``host:port/dbname``, no credentials."""
+    """The key of ``store``'s PostgreSQL database: ``host:port/dbname``, no credentials (from the
+    profile's URL when it has one, else from the peewee database's parameters)."""
+    url = getattr(getattr(store, "profile", None), "url", None)
+    if url:
+        key = url_server_key(url)
+        if key is not None:
+            return key
     db = store.database
     return server_key_of(getattr(db, "database", None), dict(getattr(db, "connect_params", None) or {}))
 
