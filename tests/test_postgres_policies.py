@@ -15,10 +15,10 @@ from typing import Any
 
 import peewee
 import pytest
-from corestore_contrib.waiting import wait_until
 from pgserver import admin_connect, with_options, with_password
 
 import corestore
+from corestore_contrib.waiting import wait_until
 from corestore_plugins._breaker_registry import breaker_for
 from corestore_plugins._server import server_key, state_path, url_server_key
 from corestore_plugins.accounting.dialect import POSTGRESQL

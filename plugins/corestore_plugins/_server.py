@@ -9,8 +9,9 @@ safe to log, to put in a health report or a metric label.
 
 The key is read from the profile's ``url`` (the core's PostgreSQL backend connects with it),
 else from the store's peewee database (``peewee.PostgresqlDatabase`` and
-``playhouse.psycopg3_ext.Psycopg3Database`` both keep ``database`` and ``connect_params``). Where a parameter is left out, libpq's own defaults apply, and so here:
-``PGHOST`` / ``PGPORT`` / ``PGDATABASE``, then the Unix socket directory / 5432 / the user name.
+``playhouse.psycopg3_ext.Psycopg3Database`` both keep ``database`` and ``connect_params``).
+Where a parameter is left out, libpq's own defaults apply, and so here: ``PGHOST`` /
+``PGPORT`` / ``PGDATABASE``, then the Unix socket directory / 5432 / the user name.
 """
 from __future__ import annotations
 

@@ -203,6 +203,8 @@ class CircuitBreaker:
                     breaker = None
                 if breaker is None:
                     breaker = _registry[key] = Breaker(key, self.settings, owner=who, clock=self.clock)
+                    if postgres:
+                        breaker.target = "the server"
                 # the open gate is looked up by the profile's path (on PostgreSQL its redacted URL,
                 # which differs per user): every store's path gets it
                 opengate.register(store.path, CircuitBreaker.name, breaker.refuse_open)
