@@ -21,6 +21,7 @@ import peewee
 from .backends.postgresql import is_driver_error as is_pg_driver_error
 from .backends.sqlite import is_driver_error
 from .classify import driver_error, error_codes
+from .classify_pg import pg_error
 from .errors import (
     BusyError,
     Classification,
@@ -95,7 +96,7 @@ def is_db_error(err: BaseException) -> bool:
     """True for an error from the database (the driver's or peewee's), False for the caller's own."""
     if isinstance(err, _PEEWEE_ERRORS) or is_driver_error(err) or is_pg_driver_error(err):
         return True
-    return driver_error(err) is not None
+    return driver_error(err) is not None or pg_error(err) is not None
 
 
 def is_peewee_own(err: BaseException) -> bool:
