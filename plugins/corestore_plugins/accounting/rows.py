@@ -75,16 +75,16 @@ class Plan:
         self.width = len(columns)
         self.copy_sql: str | None = None
         # psycopg reads "%" in a statement with parameters as a placeholder: escape it in names
-        escape = (lambda text: text.replace("%", "%%")) if param == "%s" else (lambda text: text)
+        percent = "%%" if param == "%s" else "%"
         if columns:
             names = ", ".join(quote(c) for c in columns)
-            self.head = escape(f"INSERT INTO {target} ({names}) VALUES ")
+            self.head = f"INSERT INTO {target} ({names}) VALUES ".replace("%", percent)
             self.one = "(" + ", ".join([param] * len(columns)) + ")"
             self.chunk = max(1, min(max_rows, max_variables // len(columns)))
             if param == "%s":
                 self.copy_sql = f"COPY {target} ({names}) FROM STDIN"
         else:  # an empty row: every column takes its SQL default
-            self.head = escape(f"INSERT INTO {target} ")
+            self.head = f"INSERT INTO {target} ".replace("%", percent)
             self.one = "DEFAULT VALUES"
             self.chunk = 1
 
