@@ -225,3 +225,43 @@ def test_health_server_probe_failure_is_degraded_not_raised(pg_url: str) -> None
     finally:
         store.plugin("circuit_breaker").reset()
         store.close()
+
+
+@pytest.mark.parametrize("mode", ["after", "before"])
+def test_accounting_exactly_once_across_a_commit_whose_answer_is_lost(pg_url: str, mode: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A real unknown COMMIT outcome, made on the wire (tests/pgproxy.py): the connection is cut
+    right after the server answered COMMIT (committed) or right before COMMIT reached it (rolled
+    back). Either way the writer sees committed=None, looks its batch id up in
+    _corestore_batches, and every row is written exactly once."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from pgproxy import PgProxy
+
+    parts = urlsplit(pg_url)
+    proxy = PgProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    store = corestore.open(_profile(url, "accounting", accounting={
+        "batch_size": 1000, "max_latency_ms": 1000, "backoff_initial_s": 0.01, "backoff_max_s": 0.1}))
+    try:
+        with store.transaction():
+            store.database.execute_sql("CREATE TABLE ledger (seq integer NOT NULL, note text)")
+        acc = store.plugin("accounting")
+        for i in range(50):
+            acc.submit("ledger", {"seq": i, "note": f"row {i}"})
+        assert acc.flush(30) is True
+        proxy.cut(mode, within=b"COPY ")  # a batch's COMMIT, not a read's
+        for i in range(50, 150):
+            acc.submit("ledger", {"seq": i, "note": f"row {i}"})
+        assert acc.flush(30) is True
+        assert proxy.cuts == [mode]
+        st = acc.stats()
+        assert st["uncertain_commits"] == 1 and st["written"] == st["accepted"] == 150
+        with admin_connect(pg_url) as conn:
+            total, distinct = conn.execute(f'SELECT count(*), count(DISTINCT seq) FROM "{_schema(pg_url)}".ledger').fetchone()
+        assert total == distinct == 150
+        found = "did commit; not written twice" in caplog.text  # the lookup found the id: not retried
+        assert found is (mode == "after"), caplog.text
+    finally:
+        store.close()
+        proxy.close()
