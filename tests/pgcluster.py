@@ -57,6 +57,16 @@ class ClusterTools:
         self.pg_ctl = pg_ctl
         self.user = user
 
+    def program(self, name: str) -> str:
+        """The path of another server program (``pg_basebackup``...) beside initdb."""
+        beside = os.path.join(os.path.dirname(self.initdb), name)
+        if os.access(beside, os.X_OK):
+            return beside
+        found = shutil.which(name)
+        if found is None:
+            raise AssertionError(f"{name} not found beside {self.initdb} nor on PATH")
+        return found
+
     def command(self, program: str, *args: str) -> list[str]:
         """``program args`` as the user the server must run as."""
         cmd = [program, *args]
@@ -176,6 +186,20 @@ class PgCluster:
         self._run(self.tools.pg_ctl, "-D", self.datadir, "-m", mode, "-w", "-t", str(PG_CTL_WAIT_S), "stop",
                   timeout=PG_CTL_WAIT_S + 15)
         self.running = False
+
+    def make_standby(self) -> PgCluster:
+        """A new cluster made from this running one with ``pg_basebackup -R`` (streaming
+        replication, trust on 127.0.0.1 as initdb set it up): start it, and it is a hot standby
+        (``pg_is_in_recovery()``) following this one. Remove it with :meth:`remove`."""
+        standby = PgCluster(self.tools)
+        if self.tools.user is not None:
+            entry = pwd.getpwnam(self.tools.user)
+            os.chown(standby.base, entry.pw_uid, entry.pw_gid)
+        os.chmod(standby.base, 0o700)
+        standby._run(self.tools.program("pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                     "-D", standby.datadir, "-R", "-X", "stream", "--no-sync", timeout=PG_CTL_WAIT_S * 2)
+        standby._initialised = True
+        return standby
 
     def restart(self, mode: str = "fast") -> None:
         """:meth:`stop` then :meth:`start` (same port)."""

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from pgcluster import PgCluster, pg_cluster
 
@@ -200,3 +201,35 @@ def test_quarantine_on_real_data_corruption_and_its_marker_table(cluster: PgClus
         assert not store.plugin("quarantine").quarantined
     finally:
         store.close()
+
+
+def test_health_reports_a_standby_and_degrades_a_store_that_writes(cluster: PgCluster) -> None:
+    """A hot standby made from the throwaway cluster: the health plugin's server probe reports
+    role "standby" with a replay lag; a store whose profile writes is DEGRADED there (every
+    write would fail with 25006), a read-only one is UP."""
+    with _admin(cluster) as conn:
+        conn.execute("CREATE TABLE seen (a int)")
+        conn.execute("INSERT INTO seen VALUES (1)")
+    standby = cluster.make_standby()
+    try:
+        standby.start()
+        writer = corestore.open(_profile(standby, "health", health={"probe_interval_s": 0.05}))
+        reader = corestore.open(attrs.evolve(_profile(standby, "health", health={"probe_interval_s": 0.05}),
+                                             name="drill-ro", read_only=True))
+        try:
+            for store in (writer, reader):
+                details = wait_until(lambda s=store: s.health().components["health"].details["server"].get("role"),
+                                     "the server probe on the standby")
+                assert details == "standby"
+            server = writer.health().components["health"].details["server"]
+            assert server["replay_lag_s"] is None or server["replay_lag_s"] >= 0
+            assert writer.health().components["health"].status is corestore.HealthStatus.DEGRADED
+            assert "standby is read-only" in writer.health().components["health"].summary
+            assert reader.health().components["health"].status is corestore.HealthStatus.UP
+            with reader.read():
+                assert reader.database.execute_sql("SELECT a FROM seen").fetchall() == [(1,)]
+        finally:
+            writer.close()
+            reader.close()
+    finally:
+        standby.remove()
