@@ -265,3 +265,26 @@ def test_accounting_exactly_once_across_a_commit_whose_answer_is_lost(pg_url: st
     finally:
         store.close()
         proxy.close()
+
+
+# -- quarantine -----------------------------------------------------------------------------------
+def test_hook_on_store_open_and_on_close_quarantine_marker_connection(pg_url: str) -> None:
+    """PostgreSQL variant of quarantine's open/close hooks: at open it reads the marker table on
+    a connection of its own (application_name corestore-quarantine; no table yet = no marker);
+    on close that connection is gone from the server."""
+    store = corestore.open(_profile(pg_url, "quarantine"))
+    try:
+        quarantine = store.plugin("quarantine")
+        assert not quarantine.quarantined
+        pid = quarantine._server._conn.info.backend_pid
+        with admin_connect() as conn:
+            name = conn.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        assert name == ("corestore-quarantine",)
+    finally:
+        store.close()
+
+    def gone() -> bool:
+        with admin_connect() as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() == (0,)
+
+    wait_until(gone, "the quarantine marker connection to end with the store")

@@ -39,7 +39,8 @@ class ServerMarker:
         if self._conn is None or self._conn.closed:
             import psycopg
 
-            self._conn = psycopg.connect(**self._kwargs, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S,
+            kwargs = {"application_name": "corestore-quarantine", **self._kwargs}
+            self._conn = psycopg.connect(**kwargs, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S,
                                          options=f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}")
         return self._conn
 
