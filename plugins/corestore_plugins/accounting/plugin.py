@@ -32,11 +32,10 @@ import peewee
 
 from corestore import ConfigError, HealthComponent, PluginError, UnsavedDataError, hookimpl
 
-from .._server import is_postgres, state_dir, state_path
 from .atexit_drain import _INSTANCES
 from .batches import BATCHES_TABLE
 from .clock import Clock, ManualClock, SystemClock
-from .deadletter import DeadLetter, DeadLetterSink, default_path
+from .deadletter import DeadLetter, DeadLetterSink, sink_location
 from .escalation import Escalation
 from .ledger import Ledger, percentiles
 from .rows import table_label
@@ -463,27 +462,9 @@ class Accounting:
     @hookimpl
     def on_store_open(self, store: Store) -> None:
         """Bind to the store, once, when it opens."""
-        s = self.settings
-        path: str | None = None
-        server = is_postgres(store)  # no database file: dead letters go to the state directory
-        if s.dead_letter:
-            if s.dead_letter_path is not None:
-                path = s.dead_letter_path
-                if server and not os.path.isabs(path):
-                    path = os.path.join(state_dir(), path)
-                elif not os.path.isabs(path) and not store.memory:
-                    path = os.path.join(os.path.dirname(store.path), path)
-            elif server:
-                path = state_path(store, ".corestore-deadletter.jsonl")
-            elif not store.memory:
-                path = default_path(store.path)
-            if server and path is not None:
-                try:
-                    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                except OSError as err:  # the first dead letter's write fails and keeps it in memory, loudly
-                    logger.warning("accounting: %s: cannot create the dead-letter directory of %s: %s", store.path, path, err)
+        path, database = sink_location(store, self.settings)
         self._sink.path = path
-        self._sink.database = None if store.memory or server else store.path
+        self._sink.database = database
         self._store = store
 
     @hookimpl
