@@ -11,7 +11,8 @@ circuit breaker gates it (an open breaker is not hammered by monitoring), a fail
 classified like any other, and the query is bounded by ``SET LOCAL statement_timeout``. It runs
 on the health plugin's own thread, never on the thread that called ``store.health()``: a report
 carries the last result and its age, and asks for a new one when it is older than the probe
-interval.
+interval (the first ``health()`` asks for the first). The thread closes its connection after
+each probe, so between probes the plugin holds no connection of its own.
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class ServerProbe:
             error = f"server probe failed: {c.name if c is not None and c.name else type(err).__name__}"
         except Exception as err:  # noqa: BLE001 - a probe must never break the health thread
             error = f"server probe failed: {type(err).__name__}"
+        finally:
+            _release(store)
         with self._lock:
             self.runs += 1
             self._at, self._at_wall = time.monotonic(), time.time()
@@ -114,6 +117,18 @@ class ServerProbe:
         if facts["role"] == "standby" and not store.profile.read_only:
             return HealthStatus.DEGRADED, summary + ": a standby is read-only, writes fail (READONLY)", details
         return HealthStatus.UP, summary, details
+
+
+def _release(store: Any) -> None:
+    """Close the probing thread's connection: between probes the plugin holds none (on a server,
+    connections are counted against ``max_connections``; a probe every few seconds pays one
+    connect instead)."""
+    try:
+        db = store.database
+        if not db.in_transaction():
+            db.close()
+    except Exception:  # noqa: BLE001 - a broken connection is dropped anyway
+        logger.debug("health: closing the server probe's connection failed", exc_info=True)
 
 
 def _connections(store: Any) -> int | None:

@@ -216,8 +216,7 @@ class Health:
         self._db_path = store.path
         self._store_ref = weakref.ref(store)
         if is_postgres(store):
-            self._server = ServerProbe(timeout_s=self.settings.server_timeout_s)
-            self._want_server()
+            self._server = ServerProbe(timeout_s=self.settings.server_timeout_s)  # first run: the first health()
         if self.settings.watch_interval_s > 0:
             with self._cond:
                 self._ensure_thread()
