@@ -26,7 +26,7 @@ from .classify import FLAGS_BY_KIND, _chain, _text
 from .errors import Classification, ErrorKind, StoreError
 from .redact import redact_text
 
-__all__ = ["PgRow", "SQLSTATE_ROWS", "CLASS_ROWS", "row_for", "pg_error", "sqlstate_of", "classify_pg_exception",
+__all__ = ["ADVICE_PG", "PgRow", "SQLSTATE_ROWS", "CLASS_ROWS", "row_for", "pg_error", "sqlstate_of", "classify_pg_exception",
            "CONNECTION_LOST", "LOST_CONNECTION_STATES"]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,20 @@ CLASS_ROWS: Mapping[str, PgRow] = MappingProxyType({
     "34": PgRow(_P, "INVALID_CURSOR_NAME"),
     "3B": PgRow(_P, "SAVEPOINT_EXCEPTION"),
     "P0": PgRow(_P, "PLPGSQL_ERROR"),
+})
+
+#: What to do next on a PostgreSQL store, where it differs from the SQLite advice (corestore.raising.ADVICE).
+ADVICE_PG: Mapping[ErrorKind, str] = MappingProxyType({
+    ErrorKind.BUSY: "a lock, serialization or deadlock conflict with another session; store.run() retries the unit",
+    ErrorKind.TRANSIENT_IO: "the connection or the server failed (it is reopened); store.run() retries it within "
+                            "the profile's budget when nothing may have been committed",
+    ErrorKind.FATAL_IO: "the server reported an I/O error; check the server's disk and its log",
+    ErrorKind.CORRUPT: "the server reports damaged data; stop writing and check the server (amcheck, its log)",
+    ErrorKind.FULL: "the server's disk is full; free space there, then retry",
+    ErrorKind.READONLY: "the server refuses writes (a standby, or default_transaction_read_only); the connection "
+                        "is reopened, and may reach the primary after a failover",
+    ErrorKind.ENVIRONMENT: "the server refuses this login or database (credentials, pg_hba.conf, privileges)",
+    ErrorKind.UNKNOWN: "an unexpected database error (QUERY_CANCELED: statement_timeout or a cancel; not retried)",
 })
 
 #: The verdict on a driver error with no SQLSTATE: the connection is gone (or never came).

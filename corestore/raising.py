@@ -21,7 +21,7 @@ import peewee
 from .backends.postgresql import is_driver_error as is_pg_driver_error
 from .backends.sqlite import is_driver_error
 from .classify import driver_error, error_codes
-from .classify_pg import pg_error
+from .classify_pg import ADVICE_PG, pg_error
 from .errors import (
     BusyError,
     Classification,
@@ -37,6 +37,7 @@ from .errors import (
 )
 from .operation import Operation
 from .readonly import readonly_wal_problem
+from .redact import redact_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
@@ -155,7 +156,8 @@ def exception_for(store: Store, err: BaseException, c: Classification, committed
     cls = EXCEPTION_FOR_KIND.get(c.kind, StoreError)
     what = c.name or c.kind.name
     state = {True: "committed", False: "not committed", None: "outcome UNKNOWN (the COMMIT itself failed)"}[committed]
-    message = f"{store.path}: {what}: {c.message or err}; {state}; {ADVICE.get(c.kind, '')}"
+    advice = (ADVICE_PG.get(c.kind) if store.profile.url else None) or ADVICE.get(c.kind, "")
+    message = f"{store.path}: {what}: {c.message or redact_text(str(err))}; {state}; {advice}"
     if cls is InvariantViolation:
         return InvariantViolation(message, classification=c, path=store.path)
     return cls(message, classification=c, committed=committed, path=store.path)

@@ -261,3 +261,62 @@ def test_setup_runs_under_the_init_lock(pg_url: str) -> None:
 def test_backend_for_chooses_by_url() -> None:
     assert backend_for(corestore.Profile(url="postgresql://h/db")).name == "postgresql"
     assert backend_for(corestore.Profile(path="x.db")).name == "sqlite"
+
+
+def test_the_docs_snippet_runs(pg_url: str) -> None:
+    from helpers import ROOT, child_env, run_python
+
+    snippet = ROOT / "site" / "snippets" / "postgresql_open.py"
+    done = run_python(snippet.read_text(), env=child_env(DATABASE_URL=pg_url), timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "{'ann': 70, 'bob': 30}"
+    assert lines[1] == "refused: WRITE_IN_READ 25006"
+    assert lines[2].endswith(" UP") and lines[2].startswith("postgresql://")
+
+
+def test_peewee_transaction_api_through_the_store(pg_url: str) -> None:
+    store = corestore.open(pg_url)
+    db = store.database
+    db.execute_sql("CREATE TABLE t (x int)")
+    with db.atomic():
+        db.execute_sql("INSERT INTO t VALUES (1)")
+        with db.atomic():
+            db.execute_sql("INSERT INTO t VALUES (2)")
+    with db.atomic() as tx:
+        db.execute_sql("INSERT INTO t VALUES (3)")
+        tx.rollback()
+    with db.manual_commit():
+        db.begin()
+        db.execute_sql("INSERT INTO t VALUES (4)")
+        db.commit()
+    db.begin()
+    db.execute_sql("INSERT INTO t VALUES (5)")
+    db.rollback()
+
+    @db.atomic()
+    def decorated() -> None:
+        db.execute_sql("INSERT INTO t VALUES (6)")
+
+    decorated()
+    with db.transaction() as txn:
+        db.execute_sql("INSERT INTO t VALUES (7)")
+        txn.commit()
+        db.execute_sql("INSERT INTO t VALUES (8)")
+    assert db.execute_sql("SELECT array_agg(x ORDER BY x) FROM t").fetchone()[0] == [1, 2, 4, 6, 7, 8]
+    assert db.get_tables() == ["t"] and db.server_version >= 90600
+    assert store.stats()["transactions"] >= 5
+    store.close()
+
+
+def test_both_backends_provide_the_whole_seam() -> None:
+    from corestore.backends import Backend
+    from corestore.backends.postgresql import BACKEND as PG
+    from corestore.backends.sqlite import BACKEND as SQLITE
+
+    members = [name for name in dir(Backend) if not name.startswith("_")] + list(Backend.__annotations__)
+    for backend in (SQLITE, PG):
+        missing = [name for name in members if not hasattr(backend, name)]
+        assert not missing, (backend.name, missing)
+    assert set(PG.begin_write) == set(SQLITE.begin_write)  # every lock type the store accepts
+    assert PG.refusals.keys() == {"checkpoint", "backup"} and not SQLITE.refusals

@@ -54,9 +54,11 @@ def test_serializable_conflict_is_retried_and_both_units_commit_once(pg_url: str
     rows = db.execute_sql("SELECT unit, seen FROM ledger ORDER BY unit").fetchall()
     assert [r[0] for r in rows] == ["a", "b"]  # each unit exactly once
     assert sorted(r[1] for r in rows) == [0, 1]  # the retried one saw the other's row
-    assert sorted(attempts.values()) == [1, 2]
+    # one unit won at once; the other was retried until it no longer overlapped (its retry may
+    # start before the winner's COMMIT when the failure came at a statement, and fail again)
+    assert min(attempts.values()) == 1 and max(attempts.values()) >= 2
     stats = store.stats()
-    assert stats["retries"] == 1 and stats["busy_waits"] == 1 and stats["faults"] == 0
+    assert stats["retries"] == sum(attempts.values()) - 2 == stats["busy_waits"] and stats["faults"] == 0
     store.close()
 
 
@@ -72,8 +74,11 @@ def test_serialization_failure_is_busy_40001_and_not_committed(pg_url: str) -> N
             with store.transaction():
                 seen = db.execute_sql("SELECT count(*) FROM ledger").fetchone()[0]
                 barrier.wait()
-                db.execute_sql("INSERT INTO ledger VALUES (%s, %s)", (name, seen))
-                barrier.wait()  # both wrote before either commits: the second COMMIT fails
+                try:
+                    db.execute_sql("INSERT INTO ledger VALUES (%s, %s)", (name, seen))
+                finally:
+                    barrier.wait()  # both wrote before either commits: the second COMMIT fails (or,
+                    # if the server saw the conflict already, the second INSERT did)
             outcome[name] = "committed"
         except StoreError as err:
             outcome[name] = err
@@ -178,7 +183,7 @@ def test_terminated_backend_is_counted_by_the_breaker(pg_url: str) -> None:
     assert c.sqlstate in ("57P01", None)  # the server's FATAL, or the lost connection itself
     assert info.value.committed is False
     after = breaker.stats()
-    assert after != before and "TRANSIENT_IO" in repr(after)
+    assert after["lanes"]["write"]["failures"] == before["lanes"]["write"]["failures"] + 1  # counted once
     assert db.execute_sql("SELECT 1").fetchone()[0] == 1  # reconnected
     store.close()
 
@@ -261,4 +266,28 @@ def test_read_only_session_is_readonly(pg_url: str) -> None:
     assert c is not None and c.kind is corestore.ErrorKind.READONLY and c.sqlstate == "25006"
     assert c.reopen and info.value.committed is False
     assert store.stats()["reopens"] == 1  # a standby after failover: the next connection may reach the primary
+    store.close()
+
+
+def test_idle_connection_killed_between_units_is_reopened(pg_url: str) -> None:
+    """A server restart or failover between two units: the thread's idle connection is dead.
+    The next BEGIN fails before anything was sent (committed=False): run() reconnects and goes on;
+    a plain transaction() reports TRANSIENT_IO and the one after it works."""
+    store = corestore.open(pg_url)
+    db = store.database
+    db.execute_sql("CREATE TABLE t (x int)")
+    _terminate(db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+    store.run(lambda: db.execute_sql("INSERT INTO t VALUES (1)"))
+    assert store.stats()["retries"] == 1
+    _terminate(db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+    with pytest.raises(TransientError) as info:
+        with store.transaction():
+            db.execute_sql("INSERT INTO t VALUES (2)")
+    assert info.value.committed is False
+    with store.transaction():
+        db.execute_sql("INSERT INTO t VALUES (3)")
+    _terminate(db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+    with pytest.raises(TransientError):  # an autocommit statement on the dead connection: not retried by itself
+        db.execute_sql("SELECT 1")
+    assert db.execute_sql("SELECT array_agg(x ORDER BY x) FROM t").fetchone()[0] == [1, 3]
     store.close()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from ..classify_pg import LOST_CONNECTION_STATES, classify_pg_exception, pg_error, sqlstate_of
+from ..classify_pg import LOST_CONNECTION_STATES, classify_pg_exception, sqlstate_of
 from ..database import PolicyMixin, build_database
 from ..errors import Classification, ConfigError
 from ..pg_initlock import AdvisoryInitLock
@@ -216,10 +216,6 @@ class PostgresqlBackend:
     def is_write_refused(self, err: BaseException) -> bool:
         """The server refused a write in a read-only transaction (25006)."""
         return sqlstate_of(err) == "25006"
-
-    def error_message(self, err: BaseException) -> str | None:
-        found = pg_error(err)
-        return str(found) if found is not None else None
 
     def health_components(self, store: Store) -> list[HealthComponent]:
         return []
