@@ -75,6 +75,35 @@ def test_breaker_is_keyed_by_server_and_database_without_credentials(pg_url: str
             conn.execute("DROP ROLE IF EXISTS cs_breaker_user")
 
 
+def test_hook_on_fatal_breaker_ignores_a_statement_timeout(pg_url: str) -> None:
+    """PostgreSQL variant: a statement cancelled by statement_timeout (57014) is its own outcome,
+    not a storage fault: with failure_threshold 1 the breaker stays closed; a lost connection
+    (pg_terminate_backend, 57P01) does count."""
+    store = corestore.open(_profile(pg_url, "circuit_breaker", circuit_breaker={"failure_threshold": 2}))
+    breaker = store.plugin("circuit_breaker").breaker
+    breaker.reset()
+    try:
+        for _ in range(3):
+            with pytest.raises(corestore.StoreError) as info:
+                with store.transaction():
+                    store.database.execute_sql("SET LOCAL statement_timeout = 10")
+                    store.database.execute_sql("SELECT pg_sleep(2)")
+            assert info.value.classification is not None and info.value.classification.name == "QUERY_CANCELED"
+        assert breaker.state.name == "CLOSED"
+        assert breaker.snapshot()["lanes"]["write"]["failures"] == 0
+        with pytest.raises(corestore.TransientError):
+            with store.transaction():
+                pid = store.database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+                with admin_connect() as conn:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                store.database.execute_sql("SELECT 1")
+    finally:
+        failures = breaker.snapshot()["lanes"]["write"]["failures"]
+        breaker.reset()
+        store.close()
+    assert failures == 1
+
+
 def test_url_server_key_defaults_and_forms() -> None:
     assert url_server_key("postgresql://u:pw@db.example:6543/app?sslmode=require") == "db.example:6543/app"
     assert url_server_key("postgres://u@[::1]/app") == "[::1]:5432/app"
