@@ -317,3 +317,23 @@ def test_hook_on_store_open_and_on_close_quarantine_marker_connection(pg_url: st
             return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() == (0,)
 
     wait_until(gone, "the quarantine marker connection to end with the store")
+
+
+def test_accounting_into_a_view_falls_back_from_copy_to_insert(pg_url: str) -> None:
+    """COPY cannot write to a view (42809): the first batch is isolated row by row (nothing
+    lost), later batches use INSERT and are not isolated again."""
+    store = corestore.open(_profile(pg_url, "accounting", accounting={"batch_size": 100, "max_latency_ms": 1000}))
+    try:
+        with store.transaction():
+            store.database.execute_sql("CREATE TABLE base (n integer NOT NULL)")
+            store.database.execute_sql("CREATE VIEW recent AS SELECT n FROM base")
+        acc = store.plugin("accounting")
+        for round_ in range(3):
+            for i in range(20):
+                acc.submit("recent", {"n": round_ * 20 + i})
+            assert acc.flush(30) is True
+        st = acc.stats()
+        assert (st["written"], st["dead_lettered"], st["isolated_batches"]) == (60, 0, 1)
+        assert _count(pg_url, "base") == 60
+    finally:
+        store.close()

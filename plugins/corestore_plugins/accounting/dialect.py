@@ -18,7 +18,8 @@ the same on both engines; only these statements differ:
   ``INSERT`` of 100 or 500 rows ~64-74k rows/s. A batch that PostgreSQL refuses is isolated
   row by row with one ``INSERT`` and a savepoint each, as on SQLite. A multi-row ``INSERT`` stays
   the fallback for a row with no columns (``DEFAULT VALUES``) and is sized by PostgreSQL's limit
-  of 65535 parameters per statement.
+  of 65535 parameters per statement, and for a view (COPY cannot write to a view: the first batch
+  for it is refused, isolated row by row, and later batches use ``INSERT``).
 * **the schema**: ``sqlite_master`` and ``PRAGMA table_info`` on SQLite; ``information_schema``
   for the schemas on the ``search_path`` on PostgreSQL.
 """
@@ -34,6 +35,8 @@ from .rows import RowPlanner
 __all__ = ["Dialect", "SQLITE", "POSTGRESQL", "dialect_for"]
 
 logger = logging.getLogger(__name__)
+
+_WRONG_OBJECT_TYPE = "42809"
 
 
 class Dialect:
@@ -79,9 +82,10 @@ class Dialect:
 
         return [str(r[1]) for r in conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()]
 
-    def write(self, conn: Any, groups: Any, execute: Callable[[str, Any], Any]) -> None:
+    def write(self, conn: Any, groups: Any, execute: Callable[[str, Any], Any], no_copy: set[str]) -> None:
         """Write a planned batch's groups (``Planned.groups``): COPY per statement's rows on
-        PostgreSQL, the statements themselves on SQLite."""
+        PostgreSQL, the statements themselves on SQLite. ``no_copy``: targets COPY refused
+        (a view: 42809), written with multi-row INSERTs from then on."""
         if not self.copy:
             for statements, _ in groups.values():
                 for sql, args in statements:
@@ -89,16 +93,22 @@ class Dialect:
             return
         for plan, (statements, _) in groups.items():
             copy_sql = plan.copy_sql
-            if copy_sql is None:  # no columns: INSERT ... DEFAULT VALUES, one per row
+            if copy_sql is None or plan.table in no_copy:  # no columns (DEFAULT VALUES), or a view
                 for sql, args in statements:
                     execute(sql, args)
                 continue
             width = plan.width
-            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                write_row = copy.write_row
-                for _, flat in statements:
-                    for k in range(0, len(flat), width):
-                        write_row(flat[k:k + width])
+            try:
+                with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                    write_row = copy.write_row
+                    for _, flat in statements:
+                        for k in range(0, len(flat), width):
+                            write_row(flat[k:k + width])
+            except Exception as err:
+                if getattr(err, "sqlstate", None) == _WRONG_OBJECT_TYPE:  # "cannot copy to view"
+                    logger.info("accounting: COPY refused for %s (a view?); INSERT from now on", plan.table)
+                    no_copy.add(plan.table)
+                raise
 
 
 SQLITE = Dialect(

@@ -81,6 +81,7 @@ class Writer(Settling):
         self.tables_seen = tables_seen
         self.dialect = dialect_for(store)  # the SQL of the store's engine (SQLite or PostgreSQL)
         self.planner = self.dialect.planner(settings.ts_column)
+        self.no_copy: set[str] = set()  # PostgreSQL: tables (views) COPY refused
         self.table_ready = False
         self.next_prune = -math.inf
         self.next_loss_log = -math.inf
@@ -301,7 +302,7 @@ class Writer(Settling):
             bad = self._attempt_bad
             bad.extend((item, err, "invalid") for item, err in planned.bad)
             if not isolate:
-                dialect.write(conn, planned.groups, conn.execute)
+                dialect.write(conn, planned.groups, conn.execute, self.no_copy)
             else:
                 for statements, good in planned.groups.values():
                     for (sql, args), item in zip(statements, good, strict=True):
