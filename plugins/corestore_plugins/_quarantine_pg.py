@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from corestore.quarantine_table import QUARANTINE_TABLE, read_table_marker, write_table_marker
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 5
 _STATEMENT_TIMEOUT_MS = 5000
+#: after a failed look, the next one waits this long: a caller's write never stalls on an
+#: unreachable server's connect timeout more than once per interval
+_RETRY_AFTER_FAILURE_S = 10.0
 
 
 class ServerMarker:
@@ -34,6 +38,7 @@ class ServerMarker:
         self.where = f"table {QUARANTINE_TABLE} in {self.key}"
         self._lock = threading.Lock()
         self._conn: Any = None
+        self._failed_at: float | None = None
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -56,12 +61,17 @@ class ServerMarker:
         """``(known, record)``: known is False when the server could not be asked (keep the
         current state then)."""
         with self._lock:
+            if self._failed_at is not None and time.monotonic() - self._failed_at < _RETRY_AFTER_FAILURE_S:
+                return False, None
             try:
-                return True, read_table_marker(self._connection())
+                record = read_table_marker(self._connection())
             except Exception as err:  # noqa: BLE001 - unknown, not "no marker"
                 logger.debug("quarantine: %s: reading the marker failed: %s", self.key, type(err).__name__)
                 self._drop()
+                self._failed_at = time.monotonic()
                 return False, None
+            self._failed_at = None
+            return True, record
 
     def write(self, record: dict[str, Any]) -> dict[str, Any]:
         """Write the marker (the first one wins); return the marker in force. Raises on failure."""
