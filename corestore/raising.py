@@ -221,9 +221,11 @@ def translate_open_error(store: Store, err: BaseException) -> BaseException:
 
 
 def commit_failed(store: Store, txn: Any, conn: Any, err: BaseException) -> BaseException:
-    """What to raise when the COMMIT statement itself failed: ``committed=False`` when the
-    connection is still inside its transaction (nothing was committed; it is rolled back),
-    else ``committed=None`` (the outcome is unknown: the frames may have reached ``-wal``)."""
+    """What to raise when the COMMIT statement itself failed. The backend's commit rule decides
+    (SQLite: ``committed=None``, unknown, since the frames may have reached ``-wal``;
+    PostgreSQL: ``False`` for a server error in reply, ``None`` for a lost connection or
+    ``08007``); a connection still inside its transaction committed nothing either way
+    (``committed=False``; it is rolled back)."""
     committed = store.backend.commit_outcome(conn, err, store._in_txn)
     if store._in_txn(conn):  # still inside: nothing was committed; roll it back
         committed = False
