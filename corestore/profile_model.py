@@ -189,8 +189,10 @@ def _default_driver(instance: Any) -> str:
 
 def _url_validator(instance: Any, attribute: Any, value: Any) -> None:
     if value is None:
-        if instance.server_settings:
-            raise ConfigError("<profile>: server_settings needs a PostgreSQL url (SQLite takes pragmas)")
+        # a profile checked on its own (no path yet) may carry server_settings for the URLs it serves
+        if instance.server_settings and instance.path:
+            raise ConfigError(f"<profile>: server_settings needs a PostgreSQL url; {instance.path!r} is a SQLite "
+                              "file (SQLite takes pragmas)")
         return
     from .redact import is_server_url, redact_url
 

@@ -102,7 +102,8 @@ class Store:
         return self._closed
 
     def transaction(self, *, name: str | None = None, lock_type: str = "IMMEDIATE") -> _Txn:
-        """A write transaction (``BEGIN IMMEDIATE``): policies before, invariants after COMMIT.
+        """A write transaction (``BEGIN IMMEDIATE``; on PostgreSQL ``BEGIN`` at the session's
+        isolation level): policies before, invariants after COMMIT.
 
         Never retried (use :meth:`run`). Nested in another store or peewee transaction it joins it
         as a savepoint; inside :meth:`read` it is an error.
@@ -111,7 +112,8 @@ class Store:
         return _Txn(self, "write", lock_type=lock, name=name)
 
     def read(self, *, name: str | None = None) -> _Txn:
-        """A read transaction (``BEGIN DEFERRED``): one consistent snapshot. Never retried."""
+        """A read transaction (``BEGIN DEFERRED`` under ``query_only``; on PostgreSQL
+        ``REPEATABLE READ READ ONLY``): one consistent snapshot, writes refused. Never retried."""
         return _Txn(self, "read", lock_type="DEFERRED", name=name)
 
     def run(self, fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
