@@ -31,7 +31,13 @@ logger = logging.getLogger(__name__)
 def check_path(profile: Profile) -> Profile:
     """``profile`` with its path made absolute and real; :class:`ConfigError` when ``open()``
     could not use it: a directory, a missing parent directory (corestore never creates one), a
-    read-only profile whose file does not exist. ``:memory:`` passes as is."""
+    read-only profile whose file does not exist. ``:memory:`` passes as is; a PostgreSQL profile
+    (``url``) gets the redacted URL as its path."""
+    if profile.url:  # a PostgreSQL server: the store's name is the redacted URL, no file to check
+        from .redact import redact_url
+
+        named = redact_url(profile.url)
+        return profile if profile.path == named else attrs.evolve(profile, path=named)
     path = profile.path
     if path == ":memory:":
         return profile

@@ -494,5 +494,6 @@ class CoreClassifier:
 
     @hookimpl(trylast=True)
     def classify_error(self, store: Any, error: BaseException, operation: Any) -> Classification:
-        """Classify ``error`` by its SQLite code (see :func:`classify_exception`); never None."""
-        return classify_exception(error)
+        """Classify ``error`` by the store's engine's table (this one on SQLite); never None."""
+        backend = getattr(store, "backend", None)
+        return classify_exception(error) if backend is None else backend.classify_exception(error)

@@ -303,8 +303,8 @@ class PolicyMixin(ForkMixin):
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         state = self._state
         record = state.record
-        if record is not None and record.active is not None:  # checked when the transaction began
-            return state.conn.cursor()
+        if record is not None and record.active is not None and not kwargs.get("named_cursor"):  # checked at BEGIN
+            return state.conn.cursor()  # (a named, server-side cursor is made by the driver's database class)
         if not state.closed:
             record = getattr(state, "record", None)
             # A busy record is this thread's own, acquired for the statement running now (an

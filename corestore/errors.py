@@ -62,7 +62,7 @@ class Classification:
     """The verdict on one error: its kind, codes and what the core should do about it.
 
     ``source`` names the plugin whose ``classify_error`` answered (``"core"`` for the built-in
-    SQLite code table).
+    code tables: SQLite's result codes, PostgreSQL's SQLSTATEs in :mod:`corestore.classify_pg`).
     """
 
     kind: ErrorKind
@@ -74,6 +74,8 @@ class Classification:
     trips_breaker: bool = False
     reopen: bool = False
     source: str = "core"
+    #: the PostgreSQL SQLSTATE behind the error (None on SQLite, or when the driver gave none)
+    sqlstate: str | None = None
 
     @property
     def is_fault(self) -> bool:

@@ -161,16 +161,12 @@ class HookCaller:
                 if result.source != plugin:
                     result = attrs.evolve(result, source=plugin)
                 return result
-        from .classify import classify_exception  # the core table always answers
-
-        return classify_exception(error)
+        return _core_table(store, error)  # the core table always answers
 
     def _classify_through_pluggy(self, store: Store, error: BaseException,
                                  operation: Operation | None) -> Classification:
         """``classify_error`` with a wrapper: pluggy's dispatch (first non-None result, wrappers
         around it); classifying never fails, so an exception falls back to the core table."""
-        from .classify import classify_exception
-
         try:
             result = self.pm.hook.classify_error(store=store, error=error, operation=operation)
         except Exception:
@@ -179,7 +175,7 @@ class HookCaller:
         if not isinstance(result, Classification):
             if result is not None:
                 logger.warning("classify_error returned %r, not a Classification; the core table decides", result)
-            return classify_exception(error)
+            return _core_table(store, error)
         return result
 
     def before_operation(self, store: Store, operation: Operation) -> None:
@@ -337,3 +333,13 @@ class HookCaller:
                 fn(*args)
             except Exception:
                 logger.exception("%s of plugin %r raised; the other plugins still run", hook, plugin)
+
+
+def _core_table(store: Any, error: BaseException) -> Classification:
+    """The store's engine's own code table (SQLite result codes, PostgreSQL SQLSTATEs)."""
+    backend = getattr(store, "backend", None)
+    if backend is not None:
+        return backend.classify_exception(error)  # type: ignore[no-any-return]
+    from .classify import classify_exception
+
+    return classify_exception(error)

@@ -95,7 +95,8 @@ def on_open(store: Store, connection: Any) -> None:
     """Called for each new DB-API connection, after the profile's pragmas, before first use.
 
     :param store: the store the connection belongs to.
-    :param connection: the driver connection (``sqlite3.Connection`` or ``apsw.Connection``).
+    :param connection: the driver connection (``sqlite3.Connection`` or ``apsw.Connection``; a
+        ``psycopg.Connection`` in autocommit mode on a PostgreSQL store).
 
     Return None. Raising refuses the connection: the core closes it, classifies the error and
     raises it to the caller that asked for the connection.

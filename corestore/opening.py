@@ -22,6 +22,7 @@ from .check import check_path
 from .database import forget_connection
 from .errors import ConfigError
 from .profiles import Config, Profile, load_config, resolve_profile, with_overrides
+from .redact import is_server_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
@@ -47,14 +48,16 @@ def _resolve(target: str | os.PathLike[str] | Profile, profile: str | None, conf
     if isinstance(target, Profile):
         if profile is not None:
             raise ConfigError("corestore.open(Profile(...)): pass either a Profile or profile=, not both")
-        if not target.path:
-            raise ConfigError("corestore.open(Profile(...)): the profile has no path")
+        if not target.path and not target.url:
+            raise ConfigError("corestore.open(Profile(...)): the profile has no path (or url)")
         resolved = target
     else:
         name = os.fspath(target)
         binding = cfg.databases.get(name) if cfg else None
         if binding is not None:
             resolved = resolve_profile(profile or binding.profile, config=cfg, path=binding.path, binding=binding)
+        elif is_server_url(name):  # a PostgreSQL server (default profile: the built-in "postgresql")
+            resolved = resolve_profile(profile or "postgresql", config=cfg, path=name)
         elif name == ":memory:":
             resolved = resolve_profile(profile or "default", config=cfg, path=name)
         elif looks_like_bare_name(name):
@@ -89,7 +92,7 @@ def release(store: Store) -> bool:
 
 
 def _claim_driver(store: Store) -> None:
-    if store.memory:
+    if store.memory or store.profile.url:
         return
     current = _drivers.get(store.path)
     if current is not None and current[0] != store.profile.driver:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .errors import StoreError
 from .raising import commit_failed, failed, is_db_error, is_peewee_own, note_fault, translate_in_transaction
-from .transaction import BEGIN, _Txn, after_commit, begin_txn, commit_invariants, finish, lock_name
+from .transaction import _Txn, after_commit, begin_txn, commit_invariants, finish, lock_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
@@ -125,7 +125,8 @@ def direct_begin(store: Store, lock_type: str | None) -> None:
 def begin_again(store: Store, active: _Txn, lock_type: str | None) -> None:
     """BEGIN on the connection ``active`` holds (peewee's re-BEGIN after an inner commit)."""
     try:
-        active.record.conn.execute(BEGIN[lock_name(store, lock_type)])
+        begins = store._begin_read if active.kind == "read" else store._begin_write
+        active.record.conn.execute(begins[lock_name(store, lock_type)])
     except Exception as err:
         raise translate_in_transaction(store, err) from err
 

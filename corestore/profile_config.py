@@ -15,7 +15,8 @@ import attrs
 
 from .errors import ConfigError
 from .frozen import FrozenMap, freeze
-from .profile_model import BUILTIN_PROFILES, DRIVERS, Profile, RetryPolicy, _init_timeout, validate_pragma
+from .profile_model import BUILTIN_PROFILES, DRIVERS, PG_DRIVERS, Profile, RetryPolicy, _init_timeout, validate_pragma
+from .redact import is_server_url, redact_url
 
 __all__ = ["Binding", "Config", "load_config", "resolve_profile", "with_overrides", "ENV_CONFIG", "MAX_CONFIG_DEPTH"]
 
@@ -25,8 +26,8 @@ MAX_CONFIG_DEPTH = 32
 
 
 _PROFILE_KEYS = ("extends", "plugins", "enable", "disable", "pragmas", "settings", "retry", "read_only", "driver",
-                 "vfs", "init_timeout_s")
-_DATABASE_KEYS = ("path", "profile") + tuple(k for k in _PROFILE_KEYS if k != "extends")
+                 "vfs", "init_timeout_s", "server_settings")
+_DATABASE_KEYS = ("path", "url", "profile") + tuple(k for k in _PROFILE_KEYS if k != "extends")
 
 
 @attrs.frozen(kw_only=True)
@@ -34,7 +35,8 @@ class Binding:
     """A ``[databases.NAME]`` table: where the database lives, its profile and overrides."""
 
     name: str
-    path: str
+    #: the file path, or (a ``url`` binding) the PostgreSQL URL, whose ``repr`` is redacted
+    path: str = attrs.field(repr=lambda p: repr(redact_url(p)))
     profile: str
     overrides: FrozenMap
 
@@ -166,9 +168,16 @@ def _parse_config(raw: Mapping[str, Any], source: str) -> Config:
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where} must be a table")
         _check_keys(table, _DATABASE_KEYS, where)
-        if "path" not in table or not isinstance(table["path"], str) or not table["path"]:
-            raise ConfigError(f"{where}: key 'path' is required (a file path, or ':memory:')")
-        pname = table.get("profile", "default")
+        if "url" in table:
+            if "path" in table:
+                raise ConfigError(f"{where}: give either 'path' (SQLite) or 'url' (PostgreSQL), not both")
+            if not is_server_url(table["url"]):
+                raise ConfigError(f"{where}: key 'url' must be a postgresql:// URL, got "
+                                  f"{redact_url(str(table['url']))!r}")
+        elif "path" not in table or not isinstance(table["path"], str) or not table["path"]:
+            raise ConfigError(f"{where}: key 'path' is required (a file path, or ':memory:'), "
+                              "or 'url' for a PostgreSQL server")
+        pname = table.get("profile", "postgresql" if "url" in table else "default")
         if not isinstance(pname, str):
             raise ConfigError(f"{where}: key 'profile' must be a profile name")
         if pname not in BUILTIN_PROFILES and pname not in profiles:
@@ -176,10 +185,10 @@ def _parse_config(raw: Mapping[str, Any], source: str) -> Config:
                 f"{where}: key 'profile' names unknown profile {pname!r}; known: "
                 f"{', '.join(sorted(set(BUILTIN_PROFILES) | set(profiles)))}"
             )
-        dpath = table["path"]
-        if dpath != ":memory:" and not os.path.isabs(dpath):
+        dpath = table["url"] if "url" in table else table["path"]
+        if dpath != ":memory:" and not os.path.isabs(dpath) and "url" not in table:
             dpath = os.path.join(base_dir, dpath)
-        overrides = {k: v for k, v in table.items() if k not in ("path", "profile")}
+        overrides = {k: v for k, v in table.items() if k not in ("path", "url", "profile")}
         _check_types(overrides, where)
         databases[dname] = Binding(name=dname, path=dpath, profile=pname, overrides=freeze(overrides))
     return Config(source=source, profiles=freeze(profiles), databases=databases)
@@ -197,7 +206,7 @@ def _check_types(table: Mapping[str, Any], where: str) -> None:
         if key in table and (not isinstance(table[key], (list, tuple))
                              or not all(isinstance(v, str) for v in table[key])):
             raise ConfigError(f"{where}: key {key!r} must be a list of plugin names, got {table[key]!r}")
-    for key in ("pragmas", "settings", "retry"):
+    for key in ("pragmas", "settings", "retry", "server_settings"):
         if key in table and not isinstance(table[key], Mapping):
             raise ConfigError(f"{where}: key {key!r} must be a table, got {table[key]!r}")
     if "settings" in table:
@@ -208,8 +217,9 @@ def _check_types(table: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: key 'read_only' must be true or false, got {table['read_only']!r}")
     if "extends" in table and not isinstance(table["extends"], str):
         raise ConfigError(f"{where}: key 'extends' must be a profile name, got {table['extends']!r}")
-    if "driver" in table and table["driver"] not in DRIVERS:
-        raise ConfigError(f"{where}: key 'driver' = {table['driver']!r} is not allowed; allowed: {', '.join(DRIVERS)}")
+    if "driver" in table and table["driver"] not in DRIVERS + PG_DRIVERS:
+        raise ConfigError(f"{where}: key 'driver' = {table['driver']!r} is not allowed; allowed: "
+                          f"{', '.join(DRIVERS + PG_DRIVERS)}")
     if "vfs" in table and (not isinstance(table["vfs"], str) or not table["vfs"]):
         raise ConfigError(f"{where}: key 'vfs' = {table['vfs']!r} must be the name of a registered SQLite VFS "
                           "(a non-empty string; needs driver = 'apsw')")
@@ -233,6 +243,8 @@ def _merge(base: dict[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
         "settings": {k: dict(v) for k, v in base.get("settings", {}).items()},
         "retry": dict(base.get("retry", {})),
     }
+    if "server_settings" in base or "server_settings" in table:
+        out["server_settings"] = {**base.get("server_settings", {}), **table.get("server_settings", {})}
     for key in ("read_only", "driver", "vfs", "init_timeout_s"):
         if key in base:
             out[key] = base[key]
@@ -298,7 +310,11 @@ def resolve_profile(
     if binding is not None:
         raw = _merge(raw, binding.overrides)
         origin = f"{config.source}: [databases.{binding.name}]" if config else origin
-    raw["path"] = path
+    if is_server_url(path):  # a PostgreSQL binding: the store is named by the redacted URL
+        raw["url"] = path
+        raw["path"] = redact_url(path)
+    else:
+        raw["path"] = path
     _govern_manual_checkpoints(raw)
     return Profile.from_mapping(raw, name=name, origin=origin,
                                 config_dir=os.path.dirname(config.source) if config else None)

@@ -8,6 +8,7 @@ gives a new one and the store cache keys on the value.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -25,11 +26,20 @@ __all__ = [
     "DEFAULT_PLUGINS",
     "WAL_RESET_MITIGATION",
     "DRIVERS",
+    "PG_DRIVERS",
+    "PG_DEFAULT_PLUGINS",
     "KNOWN_PRAGMAS",
     "validate_pragma",
 ]
 DEFAULT_PLUGINS = ("wal_guard", "wal_invariants", "circuit_breaker", "health")
 DRIVERS = ("sqlite3", "apsw")
+#: The drivers of a PostgreSQL profile (one with a ``url``): psycopg 3 through peewee.
+PG_DRIVERS = ("psycopg",)
+#: The plugins of the built-in ``postgresql`` profile (the default for a PostgreSQL URL).
+PG_DEFAULT_PLUGINS = ("circuit_breaker", "health")
+#: The pragmas a PostgreSQL profile may keep: ``busy_timeout`` bounds the store's own waits for a
+#: connection lock (it is not sent to the server; server settings go in ``server_settings``).
+PG_PRAGMAS = frozenset({"busy_timeout"})
 
 # Pragmas a profile may set, with the values SQLite accepts where they are an enumeration.
 _ENUM_PRAGMAS: dict[str, tuple[str, ...]] = {
@@ -167,8 +177,56 @@ def _retry_converter(value: RetryPolicy | Mapping[str, Any] | None) -> RetryPoli
 
 
 def _driver_validator(instance: Any, attribute: Any, value: str) -> None:
-    if value not in DRIVERS:
-        raise ConfigError(f"<profile>: driver = {value!r} is not allowed; allowed: {', '.join(DRIVERS)}")
+    allowed = PG_DRIVERS if instance.url else DRIVERS
+    if value not in allowed:
+        what = "a PostgreSQL profile (url set)" if instance.url else "a SQLite profile"
+        raise ConfigError(f"<profile>: driver = {value!r} is not allowed for {what}; allowed: {', '.join(allowed)}")
+
+
+def _default_driver(instance: Any) -> str:
+    return PG_DRIVERS[0] if instance.url else DRIVERS[0]
+
+
+def _url_validator(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        # a profile checked on its own (no path yet) may carry server_settings for the URLs it serves
+        if instance.server_settings and instance.path:
+            raise ConfigError(f"<profile>: server_settings needs a PostgreSQL url; {instance.path!r} is a SQLite "
+                              "file (SQLite takes pragmas)")
+        return
+    from .redact import is_server_url, redact_url
+
+    if not is_server_url(value):
+        raise ConfigError(f"<profile>: url = {redact_url(str(value))!r} must start with postgresql:// or postgres://")
+    extra = sorted(k for k in instance.pragmas if k not in PG_PRAGMAS)
+    if extra:
+        raise ConfigError(f"<profile>: pragmas {', '.join(extra)} are SQLite's; a PostgreSQL profile (url set) allows "
+                          f"only {', '.join(sorted(PG_PRAGMAS))} (put server parameters in server_settings)")
+    if instance.vfs is not None:
+        raise ConfigError("<profile>: vfs is SQLite's; a PostgreSQL profile (url set) has none")
+
+
+def _url_repr(value: Any) -> str:
+    from .redact import redact_url
+
+    return "None" if value is None else repr(redact_url(value))
+
+
+_SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+
+
+def _server_settings_converter(value: Mapping[str, Any] | None) -> FrozenMap:
+    out: dict[str, Any] = {}
+    for name, setting in (value or {}).items():
+        if not isinstance(name, str) or not _SETTING_NAME.match(name):
+            raise ConfigError(f"<profile>: server_settings key {name!r} is not a PostgreSQL parameter name "
+                              "(lower-case letters, digits, underscores; e.g. statement_timeout)")
+        if isinstance(setting, bool):
+            setting = "on" if setting else "off"
+        if not isinstance(setting, (str, int, float)):
+            raise ConfigError(f"<profile>: server_settings.{name} = {setting!r} must be a string, number or boolean")
+        out[name] = str(setting)
+    return FrozenMap(out)
 
 
 def _vfs_validator(instance: Any, attribute: Any, value: Any) -> None:
@@ -210,7 +268,10 @@ class Profile:
 
     name: str = "custom"
     path: str = ""
-    driver: str = attrs.field(default="sqlite3", validator=_driver_validator)
+    #: A PostgreSQL server's URL (``postgresql://user:password@host:port/db``); None for SQLite.
+    #: Its ``repr`` is redacted; ``path`` then holds the redacted URL, the store's name everywhere.
+    url: str | None = attrs.field(default=None, repr=_url_repr, validator=_url_validator)
+    driver: str = attrs.field(default=attrs.Factory(_default_driver, takes_self=True), validator=_driver_validator)
     vfs: str | None = attrs.field(default=None, validator=_vfs_validator)
     pragmas: FrozenMap = attrs.field(factory=FrozenMap, converter=_pragmas_converter)
     plugins: tuple[str, ...] = attrs.field(default=(), converter=_plugins_converter)
@@ -219,6 +280,9 @@ class Profile:
     read_only: bool = False
     #: Longest wait for the cross-process init lock (``setup`` and the WAL switch run under it).
     init_timeout_s: float = attrs.field(default=30.0, validator=_init_timeout_validator)
+    #: PostgreSQL run-time parameters set on every new connection (``SET name = value``), e.g.
+    #: ``statement_timeout``, ``lock_timeout``, ``default_transaction_isolation``.
+    server_settings: FrozenMap = attrs.field(factory=FrozenMap, converter=_server_settings_converter)
     config_dir: str | None = None
     origin: str = attrs.field(default="<code>", eq=False, repr=False)
 
@@ -226,7 +290,8 @@ class Profile:
     def from_mapping(cls, raw: Mapping[str, Any], *, name: str = "custom", origin: str = "<code>",
                      config_dir: str | None = None) -> Profile:
         """Build a profile from a plain mapping (no inheritance), naming ``origin`` in errors."""
-        allowed = ("path", "driver", "vfs", "pragmas", "plugins", "settings", "retry", "read_only", "init_timeout_s")
+        allowed = ("path", "url", "driver", "vfs", "pragmas", "plugins", "settings", "retry", "read_only",
+                   "init_timeout_s", "server_settings")
         for key in raw:
             if key not in allowed:
                 raise ConfigError(f"{origin}: unknown key {key!r}; allowed: {', '.join(allowed)}")
@@ -236,6 +301,11 @@ class Profile:
             raise ConfigError(str(err).replace("<profile>", origin, 1)) from None
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{origin}: {err}") from None
+
+    @property
+    def engine(self) -> str:
+        """``"postgresql"`` for a profile with a ``url``, else ``"sqlite"``."""
+        return "postgresql" if self.url else "sqlite"
 
     def settings_for(self, plugin: str) -> Mapping[str, Any]:
         """The raw settings table for ``plugin`` (empty when the profile sets none)."""
@@ -277,4 +347,6 @@ def _builtin_default_pragmas() -> dict[str, Any]:
 BUILTIN_PROFILES: Mapping[str, Mapping[str, Any]] = FrozenMap({
     "default": {"plugins": _builtin_default_plugins(), "pragmas": _builtin_default_pragmas()},
     "minimal": {"plugins": [], "pragmas": {"busy_timeout": 5000}},
+    # the default for a PostgreSQL URL (site/postgresql.md): no SQLite-only plugin, no pragma
+    "postgresql": {"plugins": list(PG_DEFAULT_PLUGINS), "pragmas": {"busy_timeout": 5000}},
 })

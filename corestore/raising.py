@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
+from .backends.postgresql import is_driver_error as is_pg_driver_error
 from .backends.sqlite import is_driver_error
 from .classify import driver_error, error_codes
+from .classify_pg import ADVICE_PG, pg_error
 from .errors import (
     BusyError,
     Classification,
@@ -35,6 +37,7 @@ from .errors import (
 )
 from .operation import Operation
 from .readonly import readonly_wal_problem
+from .redact import redact_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
@@ -92,9 +95,9 @@ _PEEWEE_ERRORS: tuple[type[BaseException], ...] = (peewee.DatabaseError, peewee.
 
 def is_db_error(err: BaseException) -> bool:
     """True for an error from the database (the driver's or peewee's), False for the caller's own."""
-    if isinstance(err, _PEEWEE_ERRORS) or is_driver_error(err):
+    if isinstance(err, _PEEWEE_ERRORS) or is_driver_error(err) or is_pg_driver_error(err):
         return True
-    return driver_error(err) is not None
+    return driver_error(err) is not None or pg_error(err) is not None
 
 
 def is_peewee_own(err: BaseException) -> bool:
@@ -153,7 +156,8 @@ def exception_for(store: Store, err: BaseException, c: Classification, committed
     cls = EXCEPTION_FOR_KIND.get(c.kind, StoreError)
     what = c.name or c.kind.name
     state = {True: "committed", False: "not committed", None: "outcome UNKNOWN (the COMMIT itself failed)"}[committed]
-    message = f"{store.path}: {what}: {c.message or err}; {state}; {ADVICE.get(c.kind, '')}"
+    advice = (ADVICE_PG.get(c.kind) if store.profile.url else None) or ADVICE.get(c.kind, "")
+    message = f"{store.path}: {what}: {c.message or redact_text(str(err))}; {state}; {advice}"
     if cls is InvariantViolation:
         return InvariantViolation(message, classification=c, path=store.path)
     return cls(message, classification=c, committed=committed, path=store.path)
@@ -165,14 +169,17 @@ def write_in_read(store: Store, err: BaseException) -> ReadOnlyError | None:
     active = store.database._active()
     if active is None or not active.qo:
         return None
-    primary, extended, _name, message = error_codes(err)
-    if primary != 8 or extended not in (8, None):
+    if not store.backend.is_write_refused(err):
         return None
+    primary, extended, _name, message = error_codes(err)
+    c = store.backend.classify_exception(err)
+    if c.sqlstate is not None:
+        primary, extended, message = None, None, c.message
     return ReadOnlyError(
         f"{store.path}: a statement inside read() tried to modify the database ({message}); read() and "
         "run(read=True) are read-only and nothing was written. Write inside store.transaction() or run(fn)",
-        classification=Classification(kind=ErrorKind.PROGRAMMING, code=8, extended_code=extended,
-                                      name="WRITE_IN_READ", message=message),
+        classification=Classification(kind=ErrorKind.PROGRAMMING, code=primary, extended_code=extended,
+                                      name="WRITE_IN_READ", message=message, sqlstate=c.sqlstate),
         committed=False, path=store.path,
     )
 
@@ -203,7 +210,7 @@ def translate_open_error(store: Store, err: BaseException) -> BaseException:
             "Check the path; `corestore doctor PATH` shows what the file is.",
             classification=c, committed=False, path=store.path,
         )
-    if store.profile.read_only and not store.memory:
+    if store.profile.read_only and not store.memory and not store.profile.url:
         problem = readonly_wal_problem(store.path)
         if problem is not None:
             return FatalError(f"{store.path}: {c.name or c.kind.name}: {problem}", classification=c,
@@ -214,11 +221,13 @@ def translate_open_error(store: Store, err: BaseException) -> BaseException:
 
 
 def commit_failed(store: Store, txn: Any, conn: Any, err: BaseException) -> BaseException:
-    """What to raise when the COMMIT statement itself failed: ``committed=False`` when the
-    connection is still inside its transaction (nothing was committed; it is rolled back),
-    else ``committed=None`` (the outcome is unknown: the frames may have reached ``-wal``)."""
-    committed: bool | None = None
-    if store._in_txn(conn):  # still inside: nothing was committed
+    """What to raise when the COMMIT statement itself failed. The backend's commit rule decides
+    (SQLite: ``committed=None``, unknown, since the frames may have reached ``-wal``;
+    PostgreSQL: ``False`` for a server error in reply, ``None`` for a lost connection or
+    ``08007``); a connection still inside its transaction committed nothing either way
+    (``committed=False``; it is rolled back)."""
+    committed = store.backend.commit_outcome(conn, err, store._in_txn)
+    if store._in_txn(conn):  # still inside: nothing was committed; roll it back
         committed = False
         try:
             conn.execute("ROLLBACK")

@@ -41,6 +41,7 @@ __all__ = [
     "discover",
     "env_plugins",
     "load_plugin_class",
+    "check_engine",
     "clear_cache",
     "refresh_entry_points",
     "build_settings",
@@ -71,6 +72,20 @@ def env_plugins() -> tuple[str, ...]:
     """Plugins the ``CORESTORE_PLUGINS`` variable (comma-separated) enables for every store."""
     raw = os.environ.get(ENV_PLUGINS, "")
     return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
+def check_engine(cls: type, name: str, profile: Profile, *, where: str = "<profile>") -> None:
+    """Refuse a plugin whose ``engines`` (a class attribute; absent: every engine) does not list
+    the profile's engine: ``wal_guard`` on a PostgreSQL profile is a :class:`ConfigError` naming
+    it, at ``open()`` and in ``corestore profiles --check``."""
+    engines = getattr(cls, "engines", None)
+    if engines is None or profile.engine in engines:
+        return
+    raise ConfigError(
+        f"{where}: plugin {name!r} works on {', '.join(engines)} only, and this profile is a {profile.engine} "
+        f"profile ({profile.path or profile.name}); remove it from the profile's plugins (disable = [{name!r}]) "
+        + ("or use the built-in 'postgresql' profile" if profile.engine == "postgresql" else "")
+    )
 
 
 def load_plugin_class(name: str, *, where: str = "<profile>") -> type:
@@ -236,6 +251,7 @@ def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[H
     for name in names:
         here = f"{ENV_PLUGINS} (environment variable)" if name in extra else where
         cls = load_plugin_class(name, where=here)
+        check_engine(cls, name, profile, where=here)
         settings = build_settings(cls, profile.settings_for(name), where=where)
         try:
             instance = cls(settings) if settings is not None else cls()

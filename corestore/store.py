@@ -34,7 +34,6 @@ from .operation import Operation
 from .profiles import Profile
 from .raising import note_fault
 from .registry import build_hook_caller, env_plugins
-from .sqlitebugs import version_component
 from .statements import with_connection
 from .transaction import BEGIN, _Txn, lock_name, noop, run
 
@@ -82,7 +81,10 @@ class Store:
         self.probe_interval_s = 5.0
         self.memory = profile.path == ":memory:"
         self.backend: Backend = backend_for(profile)
-        self.init_lock_obj = self.backend.init_lock(self.path)
+        self.init_lock_obj = self.backend.init_lock(profile.url or self.path)
+        self._begin_write = self.backend.begin_write
+        self._begin_read = self.backend.begin_read
+        self._query_only_sql = self.backend.query_only_sql
         self.hooks, self.plugins = build_hook_caller(profile, extra=env_plugins())
         self.database, self._anchor = self.backend.make_database(self, LINK)
         self._in_txn: Callable[[Any], bool] = self.backend.in_transaction_test(profile.driver)
@@ -100,7 +102,8 @@ class Store:
         return self._closed
 
     def transaction(self, *, name: str | None = None, lock_type: str = "IMMEDIATE") -> _Txn:
-        """A write transaction (``BEGIN IMMEDIATE``): policies before, invariants after COMMIT.
+        """A write transaction (``BEGIN IMMEDIATE``; on PostgreSQL ``BEGIN`` at the session's
+        isolation level): policies before, invariants after COMMIT.
 
         Never retried (use :meth:`run`). Nested in another store or peewee transaction it joins it
         as a savepoint; inside :meth:`read` it is an error.
@@ -109,7 +112,8 @@ class Store:
         return _Txn(self, "write", lock, name)
 
     def read(self, *, name: str | None = None) -> _Txn:
-        """A read transaction (``BEGIN DEFERRED``): one consistent snapshot. Never retried."""
+        """A read transaction (``BEGIN DEFERRED`` under ``query_only``; on PostgreSQL
+        ``REPEATABLE READ READ ONLY``): one consistent snapshot, writes refused. Never retried."""
         return _Txn(self, "read", "DEFERRED", name)
 
     def run(self, fn: Callable[[], T], *, read: bool = False, deadline_s: float | None = None,
@@ -178,6 +182,7 @@ class Store:
         ``busy_timeout_ms`` bounds, for this checkpoint only, how long FULL/RESTART/TRUNCATE wait
         for the writer lock and for readers (the connection's own busy timeout is restored after).
         """
+        self._refuse("checkpoint")
         mode = mode.upper()
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise ConfigError(f"{self.path}: checkpoint mode {mode!r} is not allowed; allowed: PASSIVE, FULL, RESTART, TRUNCATE")
@@ -204,6 +209,7 @@ class Store:
         is called after each step of ``step_pages`` pages. Returns the path written."""
         from .backup import run_backup
 
+        self._refuse("backup")
         return str(run_backup(self, dest, verify=verify, progress=progress, step_pages=step_pages)["path"])
 
     def stats(self) -> dict[str, Any]:
@@ -231,7 +237,8 @@ class Store:
         if probe and not getattr(self._fault_scope, "depth", 0):
             self._maybe_probe()
         with self._health_lock:
-            components = [self._database_component(), version_component(self)] + self.hooks.on_health(self)
+            components = ([self._database_component()] + self.backend.health_components(self)
+                          + self.hooks.on_health(self))
             report = HealthReport.from_components(components, database=self.path, profile=self.profile.name)
             previous, self._last_status = self._last_status, report.status
             self._last_report = report
@@ -271,6 +278,12 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self.path!r} profile={self.profile.name!r}{' closed' if self._closed else ''}>"
+
+    def _refuse(self, api: str) -> None:
+        """A :class:`ConfigError` for a store API this engine has no meaning for (the backend's ``refusals``)."""
+        why = self.backend.refusals.get(api)
+        if why is not None:
+            raise ConfigError(f"{self.path}: {api}() is not available on a {self.backend.name} store: {why}")
 
     def bind(self, models: Any) -> None:
         """Bind peewee models to this store's database."""
@@ -321,8 +334,8 @@ class Store:
             with self._stats_lock:
                 self._stats["health_probes"] += 1
             try:
-                with_connection(self, "read", lambda conn: conn.execute("SELECT count(*) FROM sqlite_master").fetchone(),
-                                      name="health-probe")
+                sql = self.backend.probe_sql
+                with_connection(self, "read", lambda conn: conn.execute(sql).fetchone(), name="health-probe")
                 status, summary = HealthStatus.UP, "probe ok"
             except CircuitOpenError:
                 # refused before touching the file: no verdict on the database itself (the

@@ -282,7 +282,7 @@ def begin_txn(store: Store, txn: _Txn) -> _Txn:
         if txn.peewee:
             db.begin(txn.lock_type)  # peewee's call sequence: _transaction.__enter__ -> db.begin()
         else:
-            record.cur.execute(BEGIN[txn.lock_type])
+            record.cur.execute((store._begin_read if txn.kind == "read" else store._begin_write)[txn.lock_type])
     except BaseException as err:
         txn.record = None
         record.active = None
@@ -328,9 +328,14 @@ def set_query_only(store: Store, record: Any, on: bool) -> None:
     connection switches it off first: a write transaction, an autocommit statement,
     checkpoint/backup, and the application's own ``db.connection()`` / ``db.cursor()``
     outside a store transaction. A connection that cannot be switched off is dropped at
-    release (never left read-only for a write)."""
+    release (never left read-only for a write). On an engine whose read transactions are
+    read-only by their BEGIN (PostgreSQL: ``READ ONLY``) only the record's flag changes."""
+    sql = store._query_only_sql
+    if sql is None:
+        record.query_only = on
+        return
     try:
-        record.conn.execute("PRAGMA query_only = 1" if on else "PRAGMA query_only = 0")
+        record.conn.execute(sql[1] if on else sql[0])
     except Exception:
         if on:
             raise

@@ -8,6 +8,7 @@ A page asks for a generated table with a marker alone on its line::
     <!-- profiles: retry -->             RetryPolicy fields and defaults
     <!-- profiles: pragmas -->           the pragmas a profile may set, with allowed values
     <!-- errors: taxonomy -->            ErrorKind -> exception, retry / breaker / reopen, codes
+    <!-- errors: sqlstates -->           PostgreSQL SQLSTATE -> kind (corestore.classify_pg)
     <!-- hooks: summary -->              every hookspec: group, firstresult, isolated, summary
 
 An unknown marker (any ``<!-- word: argument -->`` comment), an unknown plugin or a plugin without
@@ -243,9 +244,49 @@ def _profiles_other(arg: str) -> str:
     raise ValueError(f"unknown profiles marker argument {arg!r} (builtin, retry, pragmas)")
 
 
+_SQLSTATE_NOTES = {
+    "40001": "at COMMIT too: a server error there means rolled back (`committed=False`)",
+    "40P01": "the victim of the cycle; the other session goes on",
+    "55P03": "`lock_timeout`, `NOWAIT`",
+    "08007": "at COMMIT: outcome unknown (`committed=None`), never retried unless idempotent",
+    "25P03": "`idle_in_transaction_session_timeout`: the session is gone, nothing committed",
+    "57P05": "`idle_session_timeout`: the session is gone",
+    "57P01": "also `pg_terminate_backend()`",
+    "57014": "`statement_timeout` or a cancel: its own outcome, not a storage fault, never retried",
+    "25006": "a standby after failover, `default_transaction_read_only`; inside `read()`: `ReadOnlyError` "
+             "(`WRITE_IN_READ`, a caller error)",
+    "25P02": "a follow-on of the transaction's first error (not counted, not a fault)",
+}
+
+
+def _sqlstates() -> str:
+    from corestore.classify import FLAGS_BY_KIND
+    from corestore.classify_pg import CLASS_ROWS, CONNECTION_LOST, SQLSTATE_ROWS
+    from corestore.raising import EXCEPTION_FOR_KIND as _EXCEPTION_FOR_KIND
+
+    yes = {True: "yes", False: "no"}
+
+    def row(code: str, r: Any) -> list[str]:
+        flags = FLAGS_BY_KIND[r.kind]
+        retry = flags.retryable if r.retryable is None else r.retryable
+        trips = flags.trips_breaker if r.trips_breaker is None else r.trips_breaker
+        reopen = flags.reopen if r.reopen is None else r.reopen
+        return [code, _code(r.name), r.kind.name, _code(_EXCEPTION_FOR_KIND[r.kind].__name__), yes[retry],
+                yes[trips], yes[reopen], _SQLSTATE_NOTES.get(code[1:6], "")]
+
+    rows = [row(f"`{code}`", r) for code, r in SQLSTATE_ROWS.items()]
+    rows += [row(f"`{code}xxx`", r) for code, r in CLASS_ROWS.items()]
+    rows.append(row("none (driver error)", CONNECTION_LOST))
+    rows.append(["anything else", "`SQLSTATE_<code>`", "UNKNOWN", "`StoreError`", "no", "no", "no", ""])
+    return _table(["SQLSTATE", "Name", "Kind", "Raised as", "Retried by `run()`", "Trips breaker", "Reopens",
+                   "Note"], rows)
+
+
 def _errors(arg: str) -> str:
+    if arg == "sqlstates":
+        return _sqlstates()
     if arg != "taxonomy":
-        raise ValueError(f"unknown errors marker argument {arg!r} (taxonomy)")
+        raise ValueError(f"unknown errors marker argument {arg!r} (taxonomy, sqlstates)")
     from corestore.classify import FLAGS_BY_KIND, KIND_BY_CODE, SQLITE_CODES
     from corestore.errors import ErrorKind
     from corestore.raising import EXCEPTION_FOR_KIND as _EXCEPTION_FOR_KIND

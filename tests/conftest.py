@@ -36,6 +36,16 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "app.db")
 
 
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose connections work in a schema of this test's own (dropped after).
+    Skips when no server answers (fails under CORESTORE_REQUIRE_POSTGRES=1); see tests/pgserver.py."""
+    from pgserver import private_schema
+
+    with private_schema() as url:
+        yield url
+
+
 @pytest.fixture(autouse=True)
 def _close_leftover_stores() -> Iterator[None]:
     """Every test starts and ends with no store open in this process."""

@@ -277,3 +277,28 @@ class OutcomeRecorder:
                outcome.retrying, outcome.committed)
         for fn in list(OUTCOME_CALLBACKS):
             fn(outcome)
+
+
+class PgChecker:
+    """``t_checker`` for a PostgreSQL store: counts the tables of the connection's schema."""
+
+    name = "t_pg_checker"
+
+    @hookimpl
+    def on_commit_invariant(self, store: Any, connection: Any, operation: Any) -> list[Violation]:
+        count = connection.execute("SELECT count(*) FROM information_schema.tables "
+                                   "WHERE table_schema = current_schema()").fetchone()[0]
+        return [Violation(check="t_pg_checker.tables", message=f"{count} tables", evidence={"tables": count})]
+
+
+class EngineBusyIsFatal:
+    """Like ``t_busy_is_fatal``, through the store's engine's own table (SQLSTATEs on PostgreSQL)."""
+
+    name = "t_engine_busy_is_fatal"
+
+    @hookimpl
+    def classify_error(self, store: Any, error: BaseException, operation: Any) -> Classification | None:
+        base = store.backend.classify_exception(error)
+        if base.kind is ErrorKind.BUSY:
+            return attrs.evolve(base, kind=ErrorKind.FATAL_IO, retryable=False, trips_breaker=True)
+        return None

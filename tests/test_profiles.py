@@ -124,7 +124,7 @@ def test_same_path_and_profile_share_a_store(tmp_path: Path) -> None:
     [
         ('[profiles.x]\nplugins = ["health"]\ncolour = "red"\n', r"\[profiles\.x\]: unknown key 'colour'; allowed: extends"),
         ('[profiles.x]\nextends = "nope"\n',
-         r"\[profiles\.x\] key 'extends': unknown profile 'nope'; known: default, minimal, x"),
+         r"\[profiles\.x\] key 'extends': unknown profile 'nope'; known: default, minimal, postgresql, x"),
         ('[profiles.a]\nextends = "b"\n[profiles.b]\nextends = "a"\n', r"cycle a -> b -> a"),
         ('[profiles.x]\n[profiles.x.pragmas]\nbusy_timout = 5\n',
          r"\[profiles\.x\] key 'pragmas\.busy_timout': unknown pragma 'busy_timout'"),

@@ -7,17 +7,19 @@ is inside a transaction, which exceptions are the driver's, how to read the file
 sidecar lock serialises initialisation, and which table turns a driver error into a
 :class:`~corestore.Classification`.
 
-Today there is one backend, :mod:`corestore.backends.sqlite` (drivers ``sqlite3`` and ``apsw``).
-A second engine is a new module beside it that provides the same members, and a line in
-:func:`backend_for`; nothing in the policies changes.
+Two backends: :mod:`corestore.backends.sqlite` (drivers ``sqlite3`` and ``apsw``) and
+:mod:`corestore.backends.postgresql` (psycopg 3), chosen by the profile (a ``url`` means
+PostgreSQL). A third engine is a new module beside them that provides the same members, and a
+line in :func:`backend_for`; nothing in the policies changes.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..errors import Classification
+    from ..health import HealthComponent
     from ..initlock import InitLock
     from ..profiles import Profile
     from ..store import Store
@@ -71,8 +73,18 @@ class StoreLink(Protocol):
 class Backend(Protocol):
     """What the store needs from a database engine."""
 
-    #: the engine's name (``"sqlite"``)
+    #: the engine's name (``"sqlite"``, ``"postgresql"``): what a plugin's ``engines`` lists
     name: str
+    #: BEGIN of a write transaction, per lock type
+    begin_write: Mapping[str | None, str]
+    #: BEGIN of a read transaction (``store.read()``), per lock type
+    begin_read: Mapping[str | None, str]
+    #: (off, on) statements of the connection's read-only switch; None: reads are read-only by their BEGIN
+    query_only_sql: tuple[str, str] | None
+    #: the health probe's statement (cheap, reads the catalog)
+    probe_sql: str
+    #: store APIs without a meaning on this engine -> why, and what to use instead (ConfigError)
+    refusals: Mapping[str, str]
 
     def make_database(self, store: Store, link: StoreLink) -> tuple[Any, Any]:
         """The store's peewee database for ``store.profile`` and an anchor connection that keeps
@@ -91,14 +103,28 @@ class Backend(Protocol):
         """The database file's header, or None when it is not a database of this engine."""
 
     def init_lock(self, path: str) -> InitLock:
-        """The cross-process lock that serialises initialisation of ``path``."""
+        """The cross-process lock that serialises initialisation of ``path`` (a server's secret
+        URL for PostgreSQL: the lock connects with it and shows only the redacted one)."""
 
     def classify_exception(self, err: BaseException) -> Classification:
         """The engine's code table: the verdict on a driver error."""
 
+    def commit_outcome(self, conn: Any, err: BaseException, in_txn: Callable[[Any], bool]) -> bool | None:
+        """The commit rule: what an error from COMMIT means (False: rolled back; None: unknown)."""
+
+    def is_write_refused(self, err: BaseException) -> bool:
+        """True if ``err`` is the engine refusing a write inside a read-only transaction."""
+
+    def health_components(self, store: Store) -> list[HealthComponent]:
+        """Engine-specific components of ``store.health()`` (SQLite: the linked version's known bugs)."""
+
 
 def backend_for(profile: Profile) -> Backend:
-    """The backend for ``profile`` (every profile is SQLite today)."""
+    """The backend for ``profile``: PostgreSQL when it has a ``url``, else SQLite."""
+    if profile.url:
+        from .postgresql import BACKEND as PG
+
+        return PG  # type: ignore[return-value]  # its init_lock is the advisory lock, not the file lock
     from .sqlite import BACKEND
 
     return BACKEND

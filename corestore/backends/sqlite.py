@@ -22,18 +22,19 @@ import sqlite3
 import sys
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from ..classify import classify_exception
+from ..classify import classify_exception, error_codes
 from ..database import PolicyMixin, build_database
 from ..errors import Classification, ErrorKind, FatalError
 from ..initlock import InitLock
 from ..sqlitefile import SqliteHeader, read_header
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..health import HealthComponent
     from ..store import Store
     from . import StoreLink
 
@@ -50,6 +51,9 @@ __all__ = [
     "in_transaction_test",
     "is_driver_error",
     "make_database",
+    "commit_outcome",
+    "is_write_refused",
+    "BEGIN_STATEMENTS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -192,10 +196,32 @@ def make_database(store: Store, link: StoreLink) -> tuple[Any, Any]:
     return db, anchor
 
 
+#: BEGIN per lock type (the same for reads: ``store.read()`` is ``BEGIN DEFERRED`` under ``query_only``).
+BEGIN_STATEMENTS: Mapping[str | None, str] = {None: "BEGIN", "": "BEGIN", "IMMEDIATE": "BEGIN IMMEDIATE",
+                                              "DEFERRED": "BEGIN DEFERRED", "EXCLUSIVE": "BEGIN EXCLUSIVE"}
+
+
+def commit_outcome(conn: Any, err: BaseException, in_txn: Callable[[Any], bool]) -> bool | None:
+    """After an error from COMMIT: still inside the transaction -> nothing was committed
+    (False); otherwise the outcome is unknown (None: the frames may have reached the -wal)."""
+    return False if in_txn(conn) else None
+
+
+def is_write_refused(err: BaseException) -> bool:
+    """SQLite refused a change because ``query_only`` is on (READONLY, primary code 8)."""
+    primary, extended, _name, _message = error_codes(err)
+    return primary == 8 and extended in (8, None)
+
+
 class SqliteBackend:
     """The :class:`~corestore.backends.Backend` for SQLite (drivers ``sqlite3`` and ``apsw``)."""
 
     name = "sqlite"
+    begin_write = BEGIN_STATEMENTS
+    begin_read = BEGIN_STATEMENTS
+    query_only_sql: tuple[str, str] | None = ("PRAGMA query_only = 0", "PRAGMA query_only = 1")
+    probe_sql = "SELECT count(*) FROM sqlite_master"
+    refusals: Mapping[str, str] = {}
 
     def make_database(self, store: Store, link: StoreLink) -> tuple[Any, Any]:
         return make_database(store, link)
@@ -217,6 +243,17 @@ class SqliteBackend:
 
     def classify_exception(self, err: BaseException) -> Classification:
         return classify_exception(err)
+
+    def commit_outcome(self, conn: Any, err: BaseException, in_txn: Callable[[Any], bool]) -> bool | None:
+        return commit_outcome(conn, err, in_txn)
+
+    def is_write_refused(self, err: BaseException) -> bool:
+        return is_write_refused(err)
+
+    def health_components(self, store: Store) -> list[HealthComponent]:
+        from ..sqlitebugs import version_component
+
+        return [version_component(store)]
 
 
 #: The SQLite backend.

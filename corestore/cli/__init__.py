@@ -32,6 +32,7 @@ from ..check import check_profile
 from ..errors import ConfigError, PluginError, StoreError
 from ..health import HealthStatus
 from ..profiles import BUILTIN_PROFILES, load_config, resolve_profile
+from ..redact import redact_url
 from . import backup as _backup
 from . import doctor as _doctor
 from . import health as _health
@@ -125,7 +126,7 @@ def run_profiles(args: argparse.Namespace) -> int:
             prof = resolve_profile(binding.profile, config=cfg, path=binding.path, binding=binding)
             if args.check:
                 check_profile(prof)
-            databases[dname] = {"path": binding.path, "profile": binding.profile, "plugins": list(prof.plugins)}
+            databases[dname] = {"path": redact_url(binding.path), "profile": binding.profile, "plugins": list(prof.plugins)}
     out = []
     for pname in cfg.profile_names() if cfg else sorted(BUILTIN_PROFILES):
         prof = resolve_profile(pname, config=cfg, path=":memory:")

@@ -1,6 +1,8 @@
-"""``corestore doctor NAME|PATH``: print :func:`corestore.doctor.diagnose` of a database file
+"""``corestore doctor NAME|PATH|URL``: print :func:`corestore.doctor.diagnose` of a database file
 (``--json``: :meth:`~corestore.findings.Diagnosis.to_dict`), and ``--clear-quarantine``: show
 the quarantine evidence, then remove the marker unless the check finds damage (``--force``).
+A PostgreSQL URL (or a name bound to one) goes to :func:`corestore.doctor_postgres.diagnose_postgres`
+instead, with its session thresholds.
 
 Exit codes: 0 UP, 1 DEGRADED, 2 DOWN, 64 usage or configuration error.
 """
@@ -16,6 +18,7 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from ..doctor import diagnose
+from ..doctor_postgres import Thresholds, diagnose_postgres, is_postgres_url, redact_url
 from ..errors import ConfigError
 from ..findings import Diagnosis, Finding, Severity, format_diagnosis
 from ..sidecar_formats import clear_marker, format_marker, marker_path
@@ -25,7 +28,8 @@ __all__ = ["HELP", "add_arguments", "run_doctor"]
 
 logger = logging.getLogger(__name__)
 
-HELP = "diagnose a SQLite file read-only: header, -wal/-shm, locks, quick_check, permissions, space"
+HELP = ("diagnose a SQLite file read-only: header, -wal/-shm, locks, quick_check, permissions, space; "
+        "or a PostgreSQL server (postgresql://...): role, connections, sessions, replication lag")
 
 
 def _tty_progress(check: str) -> Callable[[float], None] | None:
@@ -44,25 +48,51 @@ def _tty_progress(check: str) -> Callable[[float], None] | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``corestore doctor``."""
-    p.add_argument("path", metavar="NAME|PATH",
-                   help="a database bound in [databases] of the config, or the database file (never created, never written)")
+    p.add_argument("path", metavar="NAME|PATH|URL",
+                   help="a database bound in [databases] of the config, the database file (never created, never "
+                        "written), or a postgresql:// URL (diagnosed from a read-only session)")
     p.add_argument("--integrity", action="store_true", help="run integrity_check (slow, thorough) instead of quick_check")
     p.add_argument("--clear-quarantine", action="store_true",
                    help="show the quarantine evidence, then remove the marker (refused when the check finds damage)")
     p.add_argument("--force", action="store_true", help="with --clear-quarantine: remove the marker even if the check fails")
+    pg = p.add_argument_group("PostgreSQL", "thresholds in seconds for a postgresql:// target (defaults in brackets)")
+    pg.add_argument("--long-running", type=_seconds, metavar="S", default=None,
+                    help="warn on an active transaction older than S [300]")
+    pg.add_argument("--idle-in-transaction", type=_seconds, metavar="S", default=None,
+                    help="warn on a session idle inside a transaction for more than S [60]")
+    pg.add_argument("--replication-lag", type=_seconds, metavar="S", default=None,
+                    help="warn when a standby is more than S behind [30]")
+    pg.add_argument("--connect-timeout", type=_seconds, metavar="S", default=None, help="connection timeout [5]")
+
+
+_PG_OPTIONS = ("long_running", "idle_in_transaction", "replication_lag", "connect_timeout")
+_SQLITE_OPTIONS = ("integrity", "clear_quarantine", "force")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def _doctor_path(args: argparse.Namespace) -> str:
-    """The file for ``NAME|PATH``: a name bound in ``[databases]`` (like ``corestore health``),
-    else the path as given."""
+    """The file or URL for ``NAME|PATH|URL``: a name bound in ``[databases]`` (like ``corestore
+    health``), else the path or URL as given."""
     from ..opening import looks_like_bare_name
     from ..profiles import load_config
 
     target: str = args.path
+    if is_postgres_url(target):
+        return target
     cfg = load_config(config_path(args))
     binding = cfg.databases.get(target) if cfg else None
     if binding is not None:
-        return binding.path
+        url = getattr(binding, "url", None)
+        return str(url) if isinstance(url, str) and url else binding.path
     if looks_like_bare_name(target) and not os.path.exists(target):
         known = ", ".join(sorted(cfg.databases)) if cfg and cfg.databases else "(none)"
         raise ConfigError(f"{cfg.source if cfg else 'no config file (pass --config or set CORESTORE_CONFIG)'}: "
@@ -71,11 +101,38 @@ def _doctor_path(args: argparse.Namespace) -> str:
     return target
 
 
+def _run_postgres(args: argparse.Namespace, url: str) -> int:
+    given = [f"--{name.replace('_', '-')}" for name in _SQLITE_OPTIONS if getattr(args, name, False)]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only for a SQLite file, not for a PostgreSQL server ({redact_url(url)})")
+    defaults = Thresholds()
+    limits = Thresholds(
+        long_running_s=_given(args.long_running, defaults.long_running_s),
+        idle_in_transaction_s=_given(args.idle_in_transaction, defaults.idle_in_transaction_s),
+        replication_lag_s=_given(args.replication_lag, defaults.replication_lag_s))
+    diag = diagnose_postgres(url, thresholds=limits, connect_timeout_s=_given(args.connect_timeout, 5.0))
+    if getattr(args, "json", False):
+        print(json.dumps(diag.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(format_diagnosis(diag))
+    return diag.exit_code
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 def run_doctor(args: argparse.Namespace) -> int:
     """Run ``corestore doctor``; returns the exit code."""
+    target = _doctor_path(args)
+    if is_postgres_url(target):
+        return _run_postgres(args, target)
+    given = [f"--{name.replace('_', '-')}" for name in _PG_OPTIONS if getattr(args, name, None) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only for a PostgreSQL server (postgresql://...), not for the file {target}")
     check = "integrity_check" if args.integrity else "quick_check"
     progress = _tty_progress(check)
-    diag = diagnose(_doctor_path(args), integrity=args.integrity, progress=progress)
+    diag = diagnose(target, integrity=args.integrity, progress=progress)
     if progress is not None:
         sys.stderr.write("\r" + " " * 40 + "\r")
         sys.stderr.flush()

@@ -9,6 +9,8 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from ._server import url_server_key
+
 if TYPE_CHECKING:  # pragma: no cover
     from ._breaker_state import Breaker
 
@@ -37,8 +39,13 @@ def _lock() -> threading.Lock:
 
 
 def breaker_for(path: str | os.PathLike[str]) -> Breaker | None:
-    """The breaker this process keeps for the database file at ``path`` (None if no store with
+    """The breaker this process keeps for the database file at ``path``, or for the PostgreSQL
+    database a ``postgresql://`` URL or a ``host:port/dbname`` key names (None if no store with
     the plugin has opened it)."""
-    real = os.path.realpath(os.fspath(path))
+    text = os.fspath(path)
+    key = url_server_key(text) if isinstance(text, str) else None
+    if key is None and isinstance(text, str) and text in _registry and not os.path.isabs(text):
+        key = text  # a host:port/dbname key as the breaker reports it
+    real = key if key is not None else os.path.realpath(text)
     with _lock():
         return _registry.get(real)

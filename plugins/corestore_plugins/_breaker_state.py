@@ -62,6 +62,8 @@ class Breaker:
     public methods, never from inside ``on_fatal``/``on_success``.
     """
 
+    target = "the file"  #: what a refusal did not touch ("the server" for a PostgreSQL database)
+
     def __init__(self, path: str, settings: CircuitBreaker.Settings, *, owner: str = "",
                  clock: Callable[[], float] | None = None) -> None:
         self.path = path
@@ -417,14 +419,14 @@ class Breaker:
         if message is None:
             if state is BreakerState.ISOLATED:
                 message = (f"{self.path}: circuit breaker ISOLATED ({self._isolated_reason}); every operation is "
-                           "refused without touching the file until store.plugin('circuit_breaker').reset()")
+                           f"refused without touching {self.target} until store.plugin('circuit_breaker').reset()")
             elif state is BreakerState.OPEN:
-                message = (f"{self.path}: circuit breaker OPEN after {self._reason}; refused without touching the "
-                           f"file until the cooldown ({self._cooldown:g} s) is over (retry_after: seconds to the "
+                message = (f"{self.path}: circuit breaker OPEN after {self._reason}; refused without touching "
+                           f"{self.target} until the cooldown ({self._cooldown:g} s) is over (retry_after: seconds to the "
                            "next probe); store.health() shows the breaker")
             else:
                 message = (f"{self.path}: circuit breaker HALF_OPEN: the probe(s) in flight decide whether it "
-                           "closes; refused without touching the file, retry shortly")
+                           f"closes; refused without touching {self.target}, retry shortly")
             self._messages = {self._epoch: message}
         if state is BreakerState.OPEN:
             retry_after: float | None = max(0.0, self._open_until - now)

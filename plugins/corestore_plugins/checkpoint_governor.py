@@ -92,6 +92,8 @@ class CheckpointGovernor:
     """  # noqa: E501 - a markdown table row cannot be wrapped (the settings table above)
 
     name: ClassVar[str] = "checkpoint_governor"
+    #: SQLite only: a PostgreSQL profile that lists it is refused at open (corestore.registry.check_engine)
+    engines: ClassVar[tuple[str, ...]] = ("sqlite",)
 
     @attrs.frozen(kw_only=True)
     class Settings:

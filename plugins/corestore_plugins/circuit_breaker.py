@@ -14,6 +14,11 @@ failure rate over a sliding window) it opens and refuses every operation at once
 ``half_open_probes`` probes, closes after ``success_threshold`` proving successes and re-arms a
 longer cooldown when a probe fails. ``isolate()`` / ``reset()`` force it open / closed.
 
+On PostgreSQL the breaker is keyed by the server and database, ``host:port/dbname`` (no user,
+no password: two stores reaching one database with different credentials share it), and counts
+what the SQLSTATE table marks ``trips_breaker``: lost connections, a server shutting down or
+refusing connections (class 08, 57P01-57P03), disk full, I/O errors, corruption.
+
 The state machine is :class:`Breaker` (in ``_breaker_state``) (thread-safe; its ``clock`` can be replaced by tests);
 :class:`CircuitBreaker` is the plugin that feeds it from the core's hooks.
 """
@@ -33,6 +38,7 @@ from corestore.settings import at_least_field, integer_at_least, number, optiona
 
 from ._breaker_records import _CLOSED, _DONE, _READ_KINDS, LANES, BreakerState, Transition, _Flight
 from ._breaker_state import Breaker, _lock, _registry, breaker_for
+from ._server import is_postgres, server_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore.errors import Classification
@@ -64,9 +70,10 @@ def _differences(a: Any, b: Any) -> tuple[str, str]:
 class CircuitBreaker:
     """Refuse operations on a database file while its storage keeps failing (site/plugins/circuit_breaker.md).
 
-    One :class:`Breaker` per database file (real path) per process, shared by every store and
-    thread on that file; every store that enables the plugin on one file must give it the same
-    settings (else :class:`~corestore.ConfigError` naming both profiles). A ``:memory:`` store gets
+    One :class:`Breaker` per database file (real path) per process — per server and database
+    (``host:port/dbname``) on PostgreSQL — shared by every store and thread on it; every store
+    that enables the plugin on one file must give it the same settings (else
+    :class:`~corestore.ConfigError` naming both profiles). A ``:memory:`` store gets
     a breaker of its own.
 
     ================== ============ ========= =========================================================
@@ -136,7 +143,7 @@ class CircuitBreaker:
     # -- public --------------------------------------------------------------------------------
     @property
     def breaker(self) -> Breaker:
-        """The shared :class:`Breaker` of this store's file."""
+        """The shared :class:`Breaker` of this store's file (or PostgreSQL database)."""
         if self._breaker is None:
             raise PluginError("circuit_breaker: this plugin instance is not attached to a store yet")
         return self._breaker
@@ -171,28 +178,36 @@ class CircuitBreaker:
     # -- attaching ------------------------------------------------------------------------------
     def _attach(self, store: Store) -> Breaker:
         who = _describe(store)
+        # the key: the file's real path on SQLite, host:port/dbname on PostgreSQL (no credentials)
+        postgres = is_postgres(store)
+        key = server_key(store) if postgres else store.path
+        what = "database" if postgres else "file"
         with _lock():
             if self._breaker is not None:
                 return self._breaker
             breaker: Breaker | None
-            if store.memory:
+            if getattr(store, "memory", False):
                 breaker = Breaker(store.path, self.settings, owner=who, clock=self.clock)
             else:
-                breaker = _registry.get(store.path)
+                breaker = _registry.get(key)
                 if breaker is not None and breaker.settings != self.settings:
                     if breaker._attached():
                         mine, theirs = _differences(self.settings, breaker.settings)
                         raise ConfigError(
-                            f"{store.path}: {who} enables circuit_breaker with {mine}, but {breaker.owner} already "
-                            f"uses this file with {theirs}; one breaker guards a file per process, so every profile "
+                            f"{key}: {who} enables circuit_breaker with {mine}, but {breaker.owner} already "
+                            f"uses this {what} with {theirs}; one breaker guards a {what} per process, so every profile "
                             "that opens it must give circuit_breaker the same settings"
                         )
                     logger.info("%s: circuit_breaker settings changed by %s (no store was using the old breaker)",
-                                store.path, who)
+                                key, who)
                     breaker = None
                 if breaker is None:
-                    breaker = _registry[store.path] = Breaker(store.path, self.settings, owner=who, clock=self.clock)
-                    opengate.register(store.path, CircuitBreaker.name, breaker.refuse_open)
+                    breaker = _registry[key] = Breaker(key, self.settings, owner=who, clock=self.clock)
+                    if postgres:
+                        breaker.target = "the server"
+                # the open gate is looked up by the profile's path (on PostgreSQL its redacted URL,
+                # which differs per user): every store's path gets it
+                opengate.register(store.path, CircuitBreaker.name, breaker.refuse_open)
             breaker._attach_store(store)
             self._breaker = breaker
         return breaker

@@ -48,6 +48,9 @@ from corestore.sidecar import sidecar_mode
 from corestore.sidecar_formats import SNAPSHOT_SCHEMA, read_snapshot, resolve_snapshot_path, write_snapshot
 from corestore.timefmt import iso as _iso
 
+from ._health_server import ServerProbe
+from ._server import is_postgres
+
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Profile, Store
 
@@ -94,6 +97,9 @@ class Health:
     watch_interval_s    float        0.0      when > 0, call ``store.health()`` on the plugin's thread
                                               every interval, so transitions happen even when the
                                               application never asks; 0: off
+    server_timeout_s    float        2.0      PostgreSQL only: ``statement_timeout`` of the server probe
+                                              (version, primary/standby, connections), run on the
+                                              plugin's thread at most every ``probe_interval_s``
     ==================  ===========  =======  =========================================================
     """
 
@@ -116,6 +122,10 @@ class Health:
         watch_interval_s: float = attrs.field(
             default=0.0, converter=_to_float, validator=_SECONDS,
             metadata={"help": "call store.health() on the plugin's thread every interval (0: off)"},
+        )
+        server_timeout_s: float = attrs.field(
+            default=2.0, converter=_to_float, validator=number(0, low_inclusive=False, what="a number of seconds > 0"),
+            metadata={"help": "PostgreSQL: statement_timeout of the server probe (version, role, connections)"},
         )
         snapshot_world_readable: bool = attrs.field(
             default=True, validator=boolean,
@@ -145,6 +155,8 @@ class Health:
         self._writes = 0
         self._last_write_at: float | None = None
         self._last_error: str | None = None
+        self._server: ServerProbe | None = None  # PostgreSQL: the server probe (run on the plugin's thread)
+        self._server_wanted = False
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -203,6 +215,8 @@ class Health:
         self._snapshot_file = snapshot
         self._db_path = store.path
         self._store_ref = weakref.ref(store)
+        if is_postgres(store):
+            self._server = ServerProbe(timeout_s=self.settings.server_timeout_s)  # first run: the first health()
         if self.settings.watch_interval_s > 0:
             with self._cond:
                 self._ensure_thread()
@@ -242,6 +256,15 @@ class Health:
                 summary = f"{self._transitions} transition(s); snapshot written {self._writes} time(s)"
         if last is not None and status is HealthStatus.UP:
             summary += f"; last {last[0].name} -> {last[1].name} at {_iso(last[2])}"
+        server = self._server
+        if server is not None:
+            if server.due(time.monotonic(), self.settings.probe_interval_s):
+                self._want_server()
+            server_status, server_summary, details["server"] = server.section(store)
+            if server_summary:
+                summary = f"{server_summary}; {summary}"
+            if server_status is HealthStatus.DEGRADED and status is HealthStatus.UP:
+                status = server_status
         return HealthComponent(name=self.name, status=status, summary=summary, details=details)
 
     @hookimpl
@@ -274,6 +297,15 @@ class Health:
             self._write(final, closed=True)
 
     # -- the writer thread -----------------------------------------------------------------------
+    def _want_server(self) -> None:
+        """Ask the plugin's thread for a server probe (PostgreSQL); never waits for it."""
+        with self._cond:
+            if self._stopping or self._server_wanted:
+                return
+            self._server_wanted = True
+            self._ensure_thread()
+            self._cond.notify_all()
+
     def _request(self, job: Any) -> None:
         with self._cond:
             if self._stopping:
@@ -295,7 +327,7 @@ class Health:
         next_watch = self.clock() + watch if watch > 0 else math.inf
         while True:
             with self._cond:
-                while self._pending is None and not self._stopping:
+                while self._pending is None and not self._server_wanted and not self._stopping:
                     timeout = next_watch - self.clock()
                     if timeout <= 0:
                         break
@@ -305,11 +337,16 @@ class Health:
                     self._cond.notify_all()
                     return
                 job, self._pending = self._pending, None
+                probe_server, self._server_wanted = self._server_wanted, False
                 self._busy = True
             try:
                 store = self._store_ref() if self._store_ref is not None else None
                 if store is None or store.closed:
                     return  # nothing left to report on (close() writes the final snapshot)
+                if probe_server and self._server is not None:
+                    self._server.run(store)
+                    if job is None:
+                        continue
                 if job is None:  # the watcher's turn
                     next_watch = self.clock() + watch
                     store.health()  # a transition requests its own write
@@ -355,5 +392,6 @@ class Health:
         self._thread = None
         self._busy = False
         self._pending = None
+        self._server_wanted = False
 
 

@@ -64,6 +64,8 @@ class Maintenance:
     """
 
     name: ClassVar[str] = "maintenance"
+    #: SQLite only: a PostgreSQL profile that lists it is refused at open (corestore.registry.check_engine)
+    engines: ClassVar[tuple[str, ...]] = ("sqlite",)
 
     @attrs.frozen(kw_only=True)
     class Settings:

@@ -46,6 +46,8 @@ class PragmaGuard:
     """
 
     name: ClassVar[str] = "pragma_guard"
+    #: SQLite only: a PostgreSQL profile that lists it is refused at open (corestore.registry.check_engine)
+    engines: ClassVar[tuple[str, ...]] = ("sqlite",)
 
     @attrs.frozen(kw_only=True)
     class Settings:

@@ -25,6 +25,11 @@ Behaviour:
 * **Leaving.** Only ``corestore doctor --clear-quarantine PATH`` removes the marker, after showing
   the evidence (:func:`clear_marker` is what it calls). A running store whose marker disappears
   lifts its quarantine at its next refused operation (one WARNING).
+* **On PostgreSQL** ``XX001`` (data corrupted) and ``XX002`` (index corrupted) are ``CORRUPT``.
+  The marker is a row in the table ``_corestore_quarantine`` of the database itself, written and
+  read on a connection of the plugin's own (:mod:`corestore.quarantine_table` argues why: every
+  client of a shared database must see it, so a local file would not do). No ``quick_check``
+  confirmation: the server reports corruption only after its own page or index checks failed.
 * **Not a quarantine.** ``NOTADB`` on a store that never completed an operation is a file that
   was never a SQLite database (a wrong path): the caller gets the core's "not a SQLite database"
   error and nothing is written next to the file. The plugin never touches the database, ``-wal``
@@ -52,6 +57,7 @@ from corestore import (
     HealthStatus,
     hookimpl,
 )
+from corestore.quarantine_table import QUARANTINE_TABLE
 from corestore.settings import boolean, non_negative_seconds
 
 # the marker format is the core's (the doctor reads it too); re-exported here for plugin users
@@ -67,6 +73,8 @@ from corestore.sidecar_formats import (
 from corestore.timefmt import iso as _iso
 
 from ._quarantine_evidence import _kinds_converter, gather_evidence
+from ._quarantine_pg import ServerMarker, pg_evidence
+from ._server import is_postgres
 
 __all__ = [
     "Quarantine",
@@ -157,6 +165,7 @@ class Quarantine:
         self._episodes = 0
         self._refused = 0
         self._spared = 0  # CORRUPT reports a clean quick_check refuted
+        self._server: ServerMarker | None = None  # PostgreSQL: the marker table, on its own connection
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -181,6 +190,8 @@ class Quarantine:
     def on_store_open(self, store: Any) -> None:
         """Once per store: pick up a marker left by an earlier run."""
         self._loaded = True
+        if is_postgres(store):
+            self._server = ServerMarker(store)
         self._refresh(store, at_open=True)
 
     @hookimpl
@@ -205,10 +216,16 @@ class Quarantine:
             return
         self._refused += 1
         what = "reads and writes are" if not self.settings.allow_reads else "writes are"
+        if self._server is not None:
+            advice = (f"damaged database is not made worse. Inspect the server (amcheck, its log), restore or repair, "
+                      f"then remove the marker: `corestore doctor --clear-quarantine {store.path}` or "
+                      f"DELETE FROM {QUARANTINE_TABLE} in that database.")
+        else:
+            advice = (f"damaged file is not made worse. Keep the -wal and -shm files; inspect with `corestore doctor "
+                      f"{store.path}`, restore or repair, then `corestore doctor --clear-quarantine {store.path}`.")
         raise CorruptionError(
             f"{store.path}: quarantined since {record.get('since')} ({record.get('reason')}); {what} refused so the "
-            f"damaged file is not made worse. Keep the -wal and -shm files; inspect with `corestore doctor "
-            f"{store.path}`, restore or repair, then `corestore doctor --clear-quarantine {store.path}`.",
+            + advice,
             classification=Classification(kind=ErrorKind.CORRUPT, name="QUARANTINED",
                                           message=str(record.get("reason", ""))[:200], source=self.name),
             committed=False, path=store.path,
@@ -226,7 +243,7 @@ class Quarantine:
                 logger.info("%s: not a SQLite database (NOTADB before any successful operation); not a quarantine",
                             store.path)
                 return
-        if classification.kind is ErrorKind.CORRUPT and self.settings.confirm_s > 0:
+        if classification.kind is ErrorKind.CORRUPT and self.settings.confirm_s > 0 and self._server is None:
             verdict = self._confirm(store)
             if verdict == "ok":
                 self._spared += 1
@@ -265,6 +282,12 @@ class Quarantine:
                                summary=f"quarantined since {record.get('since')}: {record.get('reason')}",
                                details=details)
 
+    @hookimpl
+    def on_close(self, store: Any) -> None:
+        """PostgreSQL: close the marker's own connection."""
+        if self._server is not None:
+            self._server.close()
+
     # -- internals -----------------------------------------------------------------------------
     def _confirm(self, store: Any) -> str:
         """``PRAGMA quick_check(1)`` on this thread's connection (outside any transaction: the
@@ -299,10 +322,15 @@ class Quarantine:
         return True
 
     def _refresh(self, store: Any, *, at_open: bool) -> None:
-        """Bring the in-memory state in line with the marker on disk."""
+        """Bring the in-memory state in line with the marker on disk (or in the database)."""
         if store.memory:
             return
-        record = read_marker(store.path)
+        if self._server is not None:
+            known, record = self._server.read()
+            if not known:  # the server did not answer: keep what this process knows
+                return
+        else:
+            record = read_marker(store.path)
         if record is not None:
             with self._lock:
                 entered = self._record is None
@@ -331,6 +359,15 @@ class Quarantine:
     def _persist(self, store: Any, record: dict[str, Any]) -> bool:
         if store.memory:
             return False
+        if self._server is not None:
+            try:
+                self._server.write(record)
+                return True
+            except Exception as err:  # noqa: BLE001 - the server is down or the damage reaches the catalog
+                record["marker"] = None
+                logger.warning("%s: could not write the quarantine marker (%s: %s); the quarantine holds in this "
+                               "process only", store.path, type(err).__name__, str(err)[:200])
+                return False
         try:
             write_marker(store.path, record)
             return True
@@ -357,14 +394,17 @@ class Quarantine:
 
     def _build_record(self, store: Any, error: BaseException, c: Classification, operation: Any) -> dict[str, Any]:
         now = time.time()
-        evidence = gather_evidence(store, error)
+        server = self._server
+        evidence = pg_evidence(error, server.key) if server is not None else gather_evidence(store, error)
+        evidence.setdefault("error_type", type(error).__name__)
+        evidence.setdefault("error", str(error)[:1000])
         reason = f"{c.kind.name}: {c.name or c.kind.name}"
         if c.message:
             reason += f": {c.message}"
         return {
             "format": MARKER_FORMAT,
             "database": store.path,
-            "marker": None if store.memory else marker_path(store.path),
+            "marker": server.where if server is not None else (None if store.memory else marker_path(store.path)),
             "reason": reason[:300],
             "since": _iso(now),
             "since_unix": now,

@@ -112,6 +112,8 @@ class WalGuard:
     """  # noqa: E501 - a markdown table row cannot be wrapped (the settings table above)
 
     name: ClassVar[str] = "wal_guard"
+    #: SQLite only: a PostgreSQL profile that lists it is refused at open (corestore.registry.check_engine)
+    engines: ClassVar[tuple[str, ...]] = ("sqlite",)
 
     @attrs.frozen(kw_only=True)
     class Settings:

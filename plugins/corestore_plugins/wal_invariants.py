@@ -127,6 +127,8 @@ class WalInvariants:
     """
 
     name: ClassVar[str] = "wal_invariants"
+    #: SQLite only: a PostgreSQL profile that lists it is refused at open (corestore.registry.check_engine)
+    engines: ClassVar[tuple[str, ...]] = ("sqlite",)
 
     @attrs.frozen(kw_only=True)
     class Settings:

@@ -125,6 +125,8 @@ class WriteGate:
     """
 
     name: ClassVar[str] = "write_gate"
+    #: SQLite only: a PostgreSQL profile that lists it is refused at open (corestore.registry.check_engine)
+    engines: ClassVar[tuple[str, ...]] = ("sqlite",)
 
     @attrs.frozen(kw_only=True)
     class Settings:

@@ -36,7 +36,9 @@ import attrs
 from corestore.fileio import fsync_directory, write_all
 from corestore.sidecar import open_sidecar
 
-__all__ = ["DeadLetter", "DeadLetterSink", "KEEP", "REASONS", "default_path"]
+from .._server import is_postgres, state_dir, state_path
+
+__all__ = ["DeadLetter", "DeadLetterSink", "KEEP", "REASONS", "default_path", "sink_location"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,32 @@ REASONS = {
 def default_path(database: str) -> str:
     """The dead-letter file beside ``database``."""
     return f"{database}.corestore-deadletter.jsonl"
+
+
+def sink_location(store: Any, settings: Any) -> tuple[str | None, str | None]:
+    """Where ``store``'s dead letters go: ``(file or None, the database whose sidecar rules it
+    follows or None)``. SQLite: beside the database file (a relative ``dead_letter_path`` is
+    relative to its directory). PostgreSQL: there is no database file, so the state directory
+    (``corestore_plugins._server.state_dir``), created 0700 when needed."""
+    server = is_postgres(store)
+    path: str | None = None
+    if settings.dead_letter:
+        if settings.dead_letter_path is not None:
+            path = settings.dead_letter_path
+            if server and not os.path.isabs(path):
+                path = os.path.join(state_dir(), path)
+            elif not os.path.isabs(path) and not store.memory:
+                path = os.path.join(os.path.dirname(store.path), path)
+        elif server:
+            path = state_path(store, ".corestore-deadletter.jsonl")
+        elif not store.memory:
+            path = default_path(store.path)
+        if server and path is not None:
+            try:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            except OSError as err:  # the first dead letter's write fails and keeps it in memory, loudly
+                logger.warning("accounting: %s: cannot create the dead-letter directory of %s: %s", store.path, path, err)
+    return path, None if store.memory or server else store.path
 
 
 @attrs.frozen(kw_only=True)

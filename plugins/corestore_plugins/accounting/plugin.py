@@ -35,7 +35,7 @@ from corestore import ConfigError, HealthComponent, PluginError, UnsavedDataErro
 from .atexit_drain import _INSTANCES
 from .batches import BATCHES_TABLE
 from .clock import Clock, ManualClock, SystemClock
-from .deadletter import DeadLetter, DeadLetterSink, default_path
+from .deadletter import DeadLetter, DeadLetterSink, sink_location
 from .escalation import Escalation
 from .ledger import Ledger, percentiles
 from .rows import table_label
@@ -462,17 +462,9 @@ class Accounting:
     @hookimpl
     def on_store_open(self, store: Store) -> None:
         """Bind to the store, once, when it opens."""
-        s = self.settings
-        path: str | None = None
-        if s.dead_letter:
-            if s.dead_letter_path is not None:
-                path = s.dead_letter_path
-                if not os.path.isabs(path) and not store.memory:
-                    path = os.path.join(os.path.dirname(store.path), path)
-            elif not store.memory:
-                path = default_path(store.path)
+        path, database = sink_location(store, self.settings)
         self._sink.path = path
-        self._sink.database = None if store.memory else store.path
+        self._sink.database = database
         self._store = store
 
     @hookimpl

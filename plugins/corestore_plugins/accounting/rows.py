@@ -58,11 +58,12 @@ def table_label(table: Any) -> str:
 class Plan:
     """How to insert one (table, set of keys): the SQL and the row converter."""
 
-    __slots__ = ("table", "head", "one", "chunk", "convert", "fill", "add_ts", "_sql")
+    __slots__ = ("table", "head", "one", "chunk", "convert", "fill", "add_ts", "_sql", "width", "copy_sql")
 
     def __init__(self, table: str, target: str, columns: list[str],
                  convert: Callable[[dict[str, Any], float], tuple[Any, ...]] | None, *, add_ts: bool = False,
-                 fill: Callable[[list[Item], list[Any]], None] | None = None) -> None:
+                 fill: Callable[[list[Item], list[Any]], None] | None = None, param: str = "?",
+                 max_variables: int = MAX_VARIABLES, max_rows: int = _MAX_ROWS_PER_STATEMENT) -> None:
         self.table = table
         #: None for a named table: the row's values in order (then the submit time if add_ts)
         self.convert = convert
@@ -70,12 +71,20 @@ class Plan:
         self.fill = fill
         self.add_ts = add_ts
         self._sql: dict[int, str] = {}
+        #: values per row, and (PostgreSQL) the COPY statement for these columns
+        self.width = len(columns)
+        self.copy_sql: str | None = None
+        # psycopg reads "%" in a statement with parameters as a placeholder: escape it in names
+        percent = "%%" if param == "%s" else "%"
         if columns:
-            self.head = f"INSERT INTO {target} ({', '.join(quote(c) for c in columns)}) VALUES "
-            self.one = "(" + ", ".join("?" * len(columns)) + ")"
-            self.chunk = max(1, min(_MAX_ROWS_PER_STATEMENT, MAX_VARIABLES // len(columns)))
+            names = ", ".join(quote(c) for c in columns)
+            self.head = f"INSERT INTO {target} ({names}) VALUES ".replace("%", percent)
+            self.one = "(" + ", ".join([param] * len(columns)) + ")"
+            self.chunk = max(1, min(max_rows, max_variables // len(columns)))
+            if param == "%s":
+                self.copy_sql = f"COPY {target} ({names}) FROM STDIN"
         else:  # an empty row: every column takes its SQL default
-            self.head = f"INSERT INTO {target} "
+            self.head = f"INSERT INTO {target} ".replace("%", percent)
             self.one = "DEFAULT VALUES"
             self.chunk = 1
 
@@ -171,8 +180,12 @@ class Planned:
 class RowPlanner:
     """Plans batches; caches one :class:`Plan` per (table, keys) and named tables' columns."""
 
-    def __init__(self, ts_column: str | None) -> None:
+    def __init__(self, ts_column: str | None, *, param: str = "?", max_variables: int = MAX_VARIABLES,
+                 max_rows: int = _MAX_ROWS_PER_STATEMENT) -> None:
+        """``param`` is the driver's placeholder; ``max_variables`` / ``max_rows`` bound one
+        multi-row statement (SQLite: 999 parameters, 100 rows; see ``accounting.dialect``)."""
         self.ts_column = ts_column
+        self._param, self._max_variables, self._max_rows = param, max_variables, max_rows
         self._plans: dict[tuple[Any, tuple[Any, ...]], Plan | BaseException] = {}
         self._columns: dict[str, frozenset[str]] = {}
 
@@ -239,7 +252,8 @@ class RowPlanner:
             self._columns[table] = frozenset(columns_of(table))
         add_ts = ts is not None and ts not in keys and ts in self._columns.get(table, ())
         columns = list(keys) + ([ts] if add_ts else [])
-        return Plan(table, quote(table), columns, None, add_ts=add_ts)
+        return Plan(table, quote(table), columns, None, add_ts=add_ts, param=self._param,
+                    max_variables=self._max_variables, max_rows=self._max_rows)
 
     def _build_model(self, model: Any, keys: tuple[Any, ...]) -> Plan:
         meta = model._meta
@@ -271,7 +285,8 @@ class RowPlanner:
         target = quote(meta.table_name)
         if meta.schema:
             target = f"{quote(meta.schema)}.{target}"
-        return Plan(meta.table_name, target, columns, convert, fill=fill)
+        return Plan(meta.table_name, target, columns, convert, fill=fill, param=self._param,
+                    max_variables=self._max_variables, max_rows=self._max_rows)
 
 
 # -- model converters ---------------------------------------------------------------------------

@@ -35,11 +35,7 @@ from typing import TYPE_CHECKING, Any
 from corestore import CircuitOpenError, ErrorKind, StoreClosedError, StoreError
 
 from .batches import (
-    _CHECK,
-    _CREATE,
-    _PRUNE,
     _PRUNE_EVERY_S,
-    _RECORD,
     BATCHES_TABLE,
     CALLER_KINDS,
     Abandoned,
@@ -49,9 +45,9 @@ from .batches import (
     describe,
 )
 from .deadletter import DeadLetterSink
+from .dialect import dialect_for
 from .escalation import DEGRADED, PERSISTENT, REOPEN, Escalation
 from .ledger import Item, Ledger
-from .rows import RowPlanner, quote
 from .settling import Settling
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,7 +79,9 @@ class Writer(Settling):
         self.closing = closing
         self.tables_stale = tables_stale
         self.tables_seen = tables_seen
-        self.planner = RowPlanner(settings.ts_column)
+        self.dialect = dialect_for(store)  # the SQL of the store's engine (SQLite or PostgreSQL)
+        self.planner = self.dialect.planner(settings.ts_column)
+        self.no_copy: set[str] = set()  # PostgreSQL: tables (views) COPY refused
         self.table_ready = False
         self.next_prune = -math.inf
         self.next_loss_log = -math.inf
@@ -167,8 +165,7 @@ class Writer(Settling):
         store = self.store
         try:
             with store.read(name="accounting.tables"):
-                rows = store.database.connection().execute(
-                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')").fetchall()
+                rows = store.database.connection().execute(self.dialect.tables).fetchall()
         except Exception as err:  # noqa: BLE001 - a fault here is the batches' business
             logger.debug("accounting: %s: reading the table names failed: %s", store.path, err)
             return
@@ -285,29 +282,27 @@ class Writer(Settling):
     def _transaction(self, items: list[Item], unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
         store = self.store
         self._attempt_bad = []
+        dialect = self.dialect
         with store.transaction(name="accounting.batch"):
             conn = store.database.connection()
             if not self.table_ready:
-                for sql in _CREATE:
+                for sql in dialect.create:
                     conn.execute(sql)
             already = False
             try:
-                conn.execute(_RECORD, (unit_id, time.time()))
+                already = not dialect.record_batch(conn, unit_id, time.time())
             except Exception as err:
                 if self._kind(err) is not ErrorKind.CONSTRAINT:
                     raise
                 already = True
             if already:  # raised outside the handler: no driver error in its context for the core to see
                 raise AlreadyCommitted()
-            planned = self.planner.plan(items, isolate=isolate, columns_of=lambda table: [
-                r[1] for r in conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()])
+            planned = self.planner.plan(items, isolate=isolate,
+                                        columns_of=lambda table: dialect.column_names(conn, table))
             bad = self._attempt_bad
             bad.extend((item, err, "invalid") for item, err in planned.bad)
             if not isolate:
-                execute = conn.execute
-                for statements, _ in planned.groups.values():
-                    for sql, args in statements:
-                        execute(sql, args)
+                dialect.write(conn, planned.groups, conn.execute, self.no_copy)
             else:
                 for statements, good in planned.groups.values():
                     for (sql, args), item in zip(statements, good, strict=True):
@@ -322,7 +317,7 @@ class Writer(Settling):
                         conn.execute("RELEASE corestore_accounting_row")
             now = self.clock.monotonic()
             if now >= self.next_prune:
-                conn.execute(_PRUNE, (batch_id_floor(time.time() - self.settings.batch_retention_s),))
+                conn.execute(dialect.prune, (batch_id_floor(time.time() - self.settings.batch_retention_s),))
                 self.next_prune = now + _PRUNE_EVERY_S
         self.table_ready = True
         return bad
@@ -333,7 +328,7 @@ class Writer(Settling):
         with store.read(name="accounting.check"):
             conn = store.database.connection()
             try:
-                row = conn.execute(_CHECK, (unit_id,)).fetchone()
+                row = conn.execute(self.dialect.check, (unit_id,)).fetchone()
             except Exception as err:
                 if self._kind(err) is ErrorKind.PROGRAMMING:  # no such table: nothing ever committed
                     return False
