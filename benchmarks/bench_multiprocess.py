@@ -453,9 +453,11 @@ def measure_single_writer(base: corestore.Profile, *, transactions: int, pairs: 
 
 
 def _gated_profile(name: str, sync: str) -> corestore.Profile:
-    """Profile ``name`` plus ``write_gate``, with ``synchronous=sync``."""
+    """Profile ``name``'s plugins plus ``write_gate``, with the default profile's pragmas (WAL,
+    ``busy_timeout``: the same as the raw side's) and ``synchronous=sync``."""
     base = resolve_profile(name, config=None, path="")
-    return attrs.evolve(base, plugins=_with_gate(base.plugins), pragmas={**base.pragmas, "synchronous": sync})
+    pragmas = resolve_profile("default", config=None, path="").pragmas
+    return attrs.evolve(base, plugins=_with_gate(base.plugins), pragmas={**pragmas, "synchronous": sync})
 
 
 def _floor_row(wall_row: dict[str, Any], sync: str, processes: int, inserts: int, quick: bool) -> dict[str, Any]:
