@@ -334,6 +334,8 @@ class WriteGate:
         reset_gates_after_fork()
         self._local = threading.local()
         self._stats_lock = threading.Lock()
+        # the parent's counts carry over, as the rest of its counters do; its threads' states go
+        self._counts["resumed"] += sum(st.resumed for st in self._states)
         self._states = []
 
     @hookimpl
