@@ -154,10 +154,17 @@ def _timed_store_worker(profile: corestore.Profile, worker: int, n: int, barrier
         end = clock()
         done.wait(_BARRIER_TIMEOUT_S + 120)
         retries = store.stats()["retries"]
+        gate = store.plugin("write_gate") if "write_gate" in profile.plugins else None
+        admitted = {k: gate.stats()[k] for k in _ADMISSIONS} if gate is not None else {}
         store.close()
-        results.put((worker, start, end, None, retries, lat.tobytes()))
+        results.put((worker, start, end, None, retries, lat.tobytes(), admitted))
     except BaseException as err:
-        results.put((worker, 0.0, 0.0, f"{type(err).__name__}: {err}", 0, b""))
+        results.put((worker, 0.0, 0.0, f"{type(err).__name__}: {err}", 0, b"", {}))
+
+
+#: write_gate's admission counters summed over a sample's workers: ``waited`` is the number of
+#: hand-offs (a writer woken for its turn), ``resumed`` the writes that kept their place.
+_ADMISSIONS = ("immediate", "resumed", "waited", "timeouts")
 
 
 def _percentile(sorted_values: Any, q: float) -> float:
@@ -235,7 +242,8 @@ class _Runner:
             lat.frombytes(g[5])
         ordered = sorted(lat)
         ends = [g[2] for g in got]
-        return {
+        admitted = {f"gate_{k}": float(sum(g[6].get(k, 0) for g in got if len(g) > 6)) for k in _ADMISSIONS}
+        return {**admitted,
             "wall_s": wall,
             "throughput_tps": len(ordered) / wall if wall else float("nan"),
             "p50_ms": _percentile(ordered, 0.50) * 1e3,
@@ -296,9 +304,9 @@ _FIGURES = ("wall_s", "throughput_tps", "p50_ms", "p99_ms", "p999_ms", "max_ms",
 
 
 def measure_contention(profile: corestore.Profile, sync: str, *, processes: int, inserts: int,
-                       pairs: int) -> list[dict[str, Any]]:
-    """Rows ``contention.<sync>.<P>x<N>.<figure>``: raw sqlite3 against ``profile`` (the default
-    profile with ``write_gate``), alternated pairs, every figure from the same samples."""
+                       pairs: int, prefix: str = "contention") -> list[dict[str, Any]]:
+    """Rows ``<prefix>.<sync>.<P>x<N>.<figure>``: raw sqlite3 against ``profile`` (a profile with
+    ``write_gate``), alternated pairs, every figure from the same samples."""
     root = bench_dir("contention")
     try:
         runner = _Runner(root, profile, processes=processes, inserts=inserts, timed=True)
@@ -311,14 +319,16 @@ def measure_contention(profile: corestore.Profile, sync: str, *, processes: int,
               "plugins": list(profile.plugins), "corestore_retries": runner.retries,
               "raw_busy_errors": runner.raw_busy,
               "raw_medians": {f: statistics.median(m[f] for m in raw) for f in _FIGURES},
-              "corestore_medians": {f: statistics.median(m[f] for m in gate) for f in _FIGURES}}
+              "corestore_medians": {f: statistics.median(m[f] for m in gate) for f in _FIGURES},
+              "gate_admissions_median": {f"{k}": statistics.median(m[f"gate_{k}"] for m in gate) for k in _ADMISSIONS},
+              "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     base_label = f"raw sqlite3, busy_timeout=5000, BEGIN IMMEDIATE, synchronous={sync}"
-    cs_label = f"store.run(), default profile + write_gate, synchronous={sync}"
+    cs_label = f"store.run(), {profile.name} profile + write_gate, synchronous={sync}"
     rows: list[dict[str, Any]] = []
     units = {"wall_s": "s", "throughput_tps": "tx/s", "p50_ms": "ms", "p99_ms": "ms", "p999_ms": "ms",
              "max_ms": "ms", "spread": ""}
     for figure in _FIGURES:
-        name = f"contention.{sync}.{shape}.{figure}"
+        name = f"{prefix}.{sync}.{shape}.{figure}"
         target = _WALL_TARGET[sync] if figure == "wall_s" else _CONTENTION_TARGETS.get(figure)
         samples = PairSamples()
         for i, (b, c) in enumerate(zip(raw, gate, strict=True)):
@@ -333,6 +343,78 @@ def measure_contention(profile: corestore.Profile, sync: str, *, processes: int,
             row["met"] = evaluate(row["corestore_median"], target)
         rows.append(row)
     return rows
+
+
+def measure_serial_floor(cases: dict[str, corestore.Profile | None], *, transactions: int, pairs: int,
+                         raw_wall_s: float, wall_target: float, label: str, raw_pragmas: Any) -> dict[str, Any]:
+    """Row ``<label>.serial_floor``: what the wall-time target asks of one writer at a time.
+
+    With turns the gate admits one writer at a time for the whole of each ``store.run()`` (its
+    place is kept between transactions), so a contention sample cannot take less than the time one
+    process needs for all of its transactions in a row. This measures that, in one process on a
+    fresh file, for raw sqlite3 (``None``) and each profile of ``cases`` (alternated rounds), and
+    reports the floor ``transactions × µs/tx`` of the first gated case against ``wall_target`` ×
+    ``raw_wall_s`` (the raw side's contention wall time of the same run): met means the target is
+    within reach, not met shows it is out of reach before a single hand-off is paid.
+    """
+    root = bench_dir("gate-floor")
+    per_tx: dict[str, list[float]] = {name: [] for name in cases}
+    try:
+        for r in range(pairs):
+            order = list(cases.items())
+            order = order[r % len(order):] + order[:r % len(order)]
+            for name, profile in order:
+                per_tx[name].append(_serial_sample(root, profile, transactions, raw_pragmas))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    medians = {name: statistics.median(v) for name, v in per_tx.items()}
+    gated = next(name for name, p in cases.items() if p is not None and "write_gate" in p.plugins)
+    floor = medians[gated] * transactions
+    target = wall_target * raw_wall_s
+    return {
+        "name": f"{label}.serial_floor", "status": "ok", "pairs": pairs, "unit": "s",
+        "corestore_label": f"{gated}: {transactions} store.run() inserts by one process, in a row",
+        "corestore_median": floor, "value": floor, "target": f"<= {target:.4g}", "met": floor <= target,
+        "note": (f"wall-time target = {wall_target} x raw's contention wall time of this run ({raw_wall_s:.4g} s); "
+                 "not met: out of reach with one writer admitted at a time"),
+        "per_tx_us": {name: v * 1e6 for name, v in medians.items()},
+        "floor_s": {name: v * transactions for name, v in medians.items()},
+        "samples": {name: [x * 1e6 for x in v] for name, v in per_tx.items()},
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _serial_sample(root: str, profile: corestore.Profile | None, transactions: int, raw_pragmas: Any) -> float:
+    """Seconds per single-row insert transaction, one writer, a fresh file (raw sqlite3 if
+    ``profile`` is None)."""
+    path = os.path.join(root, f"floor-{time.monotonic_ns()}.db")
+    try:
+        if profile is None:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+            for name, value in _ordered_pragmas(raw_pragmas):
+                conn.execute(f"PRAGMA {name} = {value}")
+            conn.execute(SCHEMA)
+            start = time.perf_counter()
+            for i in range(transactions):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(INSERT, (0, i, PAYLOAD))
+                conn.execute("COMMIT")
+            elapsed = time.perf_counter() - start
+            conn.close()
+            return elapsed / transactions
+        store = corestore.open(attrs.evolve(profile, path=path))
+        try:
+            execute = store.database.execute_sql
+            execute(SCHEMA)
+            store.run(lambda: execute(INSERT, (0, -1, PAYLOAD)))  # the gate's sidecar and first turn
+            start = time.perf_counter()
+            for i in range(transactions):
+                store.run(lambda i=i: execute(INSERT, (0, i, PAYLOAD)))
+            return (time.perf_counter() - start) / transactions
+        finally:
+            store.close()
+    finally:
+        _Runner._remove(path)
 
 
 def measure_single_writer(base: corestore.Profile, *, transactions: int, pairs: int,
@@ -370,6 +452,29 @@ def measure_single_writer(base: corestore.Profile, *, transactions: int, pairs: 
                     transactions=transactions, gate_waits=gate_stats["waited"])
 
 
+def _gated_profile(name: str, sync: str) -> corestore.Profile:
+    """Profile ``name``'s plugins plus ``write_gate``, with the default profile's pragmas (WAL,
+    ``busy_timeout``: the same as the raw side's) and ``synchronous=sync``."""
+    base = resolve_profile(name, config=None, path="")
+    pragmas = resolve_profile("default", config=None, path="").pragmas
+    return attrs.evolve(base, plugins=_with_gate(base.plugins), pragmas={**pragmas, "synchronous": sync})
+
+
+def _floor_row(wall_row: dict[str, Any], sync: str, processes: int, inserts: int, quick: bool) -> dict[str, Any]:
+    """The serial floor of one contention shape, against that shape's raw wall time."""
+    cases: dict[str, corestore.Profile | None] = {
+        "default + write_gate": _gated_profile("default", sync),
+        "raw sqlite3": None,
+        "minimal + write_gate": _gated_profile("minimal", sync),
+    }
+    cases["default without write_gate"] = attrs.evolve(cases["default + write_gate"],  # type: ignore[misc]
+                                                       plugins=_without_gate(cases["default + write_gate"].plugins))  # type: ignore[union-attr]
+    return measure_serial_floor(cases, transactions=processes * inserts, pairs=3 if quick else 7,
+                                raw_wall_s=wall_row["baseline_median"], wall_target=float(_WALL_TARGET[sync].split()[-1]),
+                                label=f"contention.{sync}.{processes}x{inserts}",
+                                raw_pragmas=cases["default + write_gate"].pragmas)  # type: ignore[union-attr]
+
+
 def run(quick: bool) -> dict[str, Any]:
     processes, inserts = (8, 25) if quick else (20, 220)
     base = resolve_profile("default", config=None, path="")
@@ -400,7 +505,14 @@ def run(quick: bool) -> dict[str, Any]:
                 continue
             profile = attrs.evolve(gated, pragmas={**gated.pragmas, "synchronous": sync})
             pairs = 11 if not quick and sync == "normal" and n <= 1000 else 7
-            rows.extend(measure_contention(profile, sync, processes=procs, inserts=n, pairs=pairs))
+            got = measure_contention(profile, sync, processes=procs, inserts=n, pairs=pairs)
+            rows.extend(got)
+            if sync == "normal":
+                rows.append(_floor_row(got[0], sync, procs, n, quick))
+                if not quick:  # the gate without the rest of the default profile
+                    minimal = _gated_profile("minimal", sync)
+                    rows.extend(measure_contention(minimal, sync, processes=procs, inserts=n, pairs=pairs,
+                                                   prefix="contention.minimal"))
     return {"rows": rows, "notes": [f"{processes} processes × {inserts} single-row inserts per sample; "
                                     "wall time from the first worker's start to the last worker's end",
                                     "contention.*: raw sqlite3 vs the default profile + write_gate; latency per "

@@ -620,3 +620,47 @@ def test_fair_busy_handler_sleeps_a_fixed_step_to_its_deadline() -> None:
     while handler(calls):
         calls += 1
     assert time.monotonic() - started < 0.5 and calls >= 3
+
+
+def test_a_lone_writer_resumes_its_place_and_counts_survive_ended_threads(tmp_path: Path) -> None:
+    """The fast path (issue 19, second round): a lone writer's writes after the first resume its
+    kept place (no wait, no new ticket), and the ``resumed`` counts, kept per thread without a
+    lock, are all in ``stats()``, including those of threads that have ended since."""
+    db = _make_db(tmp_path / "fast.db")
+    store = corestore.open(_profile(db))
+    wg = store.plugin("write_gate")
+    gate = wg.gate
+    assert gate is not None
+
+    def write(n: int) -> None:
+        for i in range(n):
+            store.run(lambda i=i: store.database.execute_sql("INSERT INTO t (who, n) VALUES (?, ?)",
+                                                           (threading.current_thread().name, i)))
+
+    write(1)  # the first gated write takes a ticket (or resumes a place kept since the open)
+    first_ticket = gate.snapshot()["next_ticket"]
+    before = wg.stats()
+    write(20)
+    assert gate.snapshot()["next_ticket"] == first_ticket  # every one resumed the kept place: no new ticket
+    stats = wg.stats()
+    assert stats["resumed"] - before["resumed"] == 20 and stats["gated"] - before["gated"] == 20, stats
+    assert stats["waited"] == 0 and stats["timeouts"] == 0, stats
+
+    threads = [threading.Thread(target=write, args=(6,), name=f"w{k}") for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(LIMIT_S)
+        assert not t.is_alive(), "a writer thread did not finish"
+    write(1)  # a new thread state after the others ended folds their counts in; nothing is lost
+    late = threading.Thread(target=write, args=(2,), name="late")
+    late.start()
+    late.join(LIMIT_S)
+    stats = wg.stats()
+    # 20 + 3 threads × 5 gated writes (each thread's first opens its connection, ungated) + 1 + 1
+    assert stats["gated"] - before["gated"] == 20 + 3 * 5 + 1 + 1, stats
+    assert stats["ungated_first"] - before["ungated_first"] == 3 + 1, stats
+    assert stats["resumed"] >= before["resumed"] + 20  # the ended threads' resumes are added, never lost
+    count = store.database.execute_sql("SELECT count(*) FROM t").fetchone()[0]
+    assert count == 1 + 20 + 3 * 6 + 1 + 2
+    store.close()

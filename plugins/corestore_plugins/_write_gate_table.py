@@ -39,6 +39,8 @@ _ENTRY_SIZE = _ENTRY.size
 _SIZE = _HEADER + SLOTS * _ENTRY_SIZE
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+_OWNER_STATE = struct.Struct("<QI")  # an entry's ticket and state
+_STATE_PID_UNTIL = struct.Struct("<IIQ")  # an entry after its ticket (offset + 8): state, pid, until
 _LOCK_BASE = 1 << 30  # lock bytes live far beyond the table: they are signals, not data
 _META = _LOCK_BASE
 _SLOT_BYTE = _LOCK_BASE + 1
@@ -275,12 +277,14 @@ class _Thread:
     turn ends, and whether it keeps its place (``kept``: ``LINGER``, its byte unlocked). Only its
     own thread changes it while the thread lives."""
 
-    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread", "since", "turn_max")
+    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread", "since", "turn_max", "offset", "lk", "ulk")
 
     def __init__(self) -> None:
         self.depth, self.ticket, self.fd, self.turn_end, self.kept = 0, 0, -1, 0.0, False
         self.since = 0.0  # when the current turn's first transaction began (0: measured already)
         self.turn_max = 0.0  # turn_s: the longest a turn may be stretched to
+        self.offset = 0  # the ticket's entry in the table
+        self.lk = self.ulk = b""  # the packed lock / unlock requests of the ticket's byte (OFD locks)
         self.thread = threading.current_thread()
 
 

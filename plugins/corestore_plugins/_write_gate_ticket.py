@@ -68,21 +68,20 @@ import time
 from typing import Any
 
 from ._write_gate_table import (
-    _ABANDONED,
     _BUSY_ERRNOS,
     _DONE,
-    _ENTRY,
     _ENTRY_SIZE,
     _FUTEX,
     _HEADER,
     _HOLDING,
     _LINGER,
-    _MAX_IDLE_HELPERS,
     _META,
     _NEXT,
     _OFD,
+    _OWNER_STATE,
     _SETLK,
     _SLOT_BYTE,
+    _STATE_PID_UNTIL,
     _U64,
     _UNLCK,
     _WAITING,
@@ -91,16 +90,15 @@ from ._write_gate_table import (
     LIVENESS_S,
     MIN_TURN_TRANSACTIONS,
     SLOTS,
-    GateTable,
     Outcome,
     _flock,
-    _Helper,
     _Thread,
     _try_lock,
     _unlock,
     gate_path_for,
     open_sidecar,
 )
+from ._write_gate_wait import GateWaits
 
 __all__ = ["Gate", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_for", "gate_path_for", "open_sidecar",
            "reset_gates_after_fork"]
@@ -108,7 +106,7 @@ __all__ = ["Gate", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_for", 
 logger = logging.getLogger(__name__)
 
 
-class Gate(GateTable):
+class Gate(GateWaits):
     """The gate of one database file in this process (get it with :func:`gate_for`).
 
     Re-entrant per thread: a thread that holds it and asks again gets ``REENTERED`` and must
@@ -121,6 +119,20 @@ class Gate(GateTable):
         with self._lock:
             self._threads.append(t)
         return t
+
+    def this_thread(self) -> _Thread:
+        """This thread's state at this gate (for :meth:`resume` and :meth:`release_for`, which a
+        caller on every write's path uses to skip the thread-local look-up)."""
+        return getattr(self._local, "t", None) or self._thread_state()
+
+    def resume(self, t: _Thread, turn_s: float) -> bool:
+        """The common case of :meth:`acquire`, for ``t`` = :meth:`this_thread`: if the thread kept
+        its place (and holds nothing) and its turn lasts or nobody waits, take it back (two
+        fcntl calls, no hand-off) and return True; else False (then call :meth:`acquire`)."""
+        if t.kept and not t.depth and self._resume(t, turn_s):
+            t.depth = 1
+            return True
+        return False
 
     def held_by_this_thread(self) -> bool:
         t = getattr(self._local, "t", None)
@@ -185,6 +197,11 @@ class Gate(GateTable):
         finally:
             _unlock(fd, _META)
         t.ticket = ticket
+        t.offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
+        if _OFD:  # the packed lock requests of the own byte, for the resume/release fast path
+            byte = _SLOT_BYTE + ticket % SLOTS
+            t.lk = _WRLCK.get(byte) or _flock(_WRLCK, fcntl.F_WRLCK, byte)
+            t.ulk = _UNLCK.get(byte) or _flock(_UNLCK, fcntl.F_UNLCK, byte)
         try:
             if pred_done:
                 outcome = Outcome.HELD
@@ -207,146 +224,34 @@ class Gate(GateTable):
             self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)
         return outcome
 
-    def _examine_locked(self, pred: int) -> str:
-        """What ``pred``'s entry means for its successor, read while the successor holds
-        ``pred``'s byte (so its owner, if alive, cannot resume meanwhile): ``"ours"`` (released,
-        died holding, a newer ticket in its slot, or a kept place whose linger ended: taken over
-        now), ``"through"`` (it ended without holding, or was never taken: wait for its
-        predecessor) or ``"wait"`` (a kept place still within its linger)."""
-        owner, state, until = self._state(pred)
-        if owner < pred or (owner == pred and state in (_WAITING, _ABANDONED)):
-            if owner == pred:
-                with self._lock:
-                    self.counters["skipped_dead" if state == _WAITING else "skipped_abandoned"] += 1
-            return "through"
-        if owner == pred and state == _LINGER:
-            if time.monotonic_ns() < until:
-                return "wait"
-            self._set_state(pred, _DONE)
-            with self._lock:
-                self.counters["taken_over"] += 1
-            return "ours"
-        if owner == pred and state == _HOLDING:
-            with self._lock:
-                self.counters["dead_holders"] += 1
-        return "ours"
-
-    def _wait_helper(self, fd: int, ticket: int, deadline: float) -> Outcome:
-        """Wait for the turn by blocking on the predecessor's byte (in a helper thread)."""
-        pred = ticket - 1
-        while pred >= 1 and ticket - pred < SLOTS:
-            owner, state, until = self._state(pred)
-            if owner < pred:
-                pred -= 1
-                continue
-            if owner > pred or state == _DONE:
-                break
-            if state == _LINGER:  # (a futex-mode process keeps its place): wait for its linger to end
-                pause = min(deadline - time.monotonic(), until / 1e9 - time.monotonic())
-                if pause > 0:
-                    time.sleep(pause)
-            byte = _SLOT_BYTE + pred % SLOTS
-            if not _try_lock(fd, byte):
-                if state == _LINGER:  # its owner resumed (or a steal is under way): look again
-                    if time.monotonic() >= deadline:
-                        return self._give_up(fd, ticket)
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return self._give_up(fd, ticket)
-                if not self._helper_wait(fd, byte, remaining):
-                    self._abandon(ticket, fd)  # fd stays with the helper until its wait ends
-                    with self._lock:
-                        self.counters["orphaned_waits"] += 1
-                    return Outcome.TIMEOUT
-            verdict = self._examine_locked(pred)
-            _unlock(fd, byte)
-            if verdict == "through":
-                pred -= 1
-            elif verdict == "ours":
-                break
-            elif time.monotonic() >= deadline:
-                return self._give_up(fd, ticket)
-        return Outcome.WAITED
-
-    def _wait_futex(self, fd: int, ticket: int, deadline: float) -> Outcome:
-        """Wait for the turn on the predecessor's state word: its release (``DONE``) or give-up
-        (``ABANDONED``) wakes us at once. After a sleep that changed nothing (every
-        ``LIVENESS_S`` at most) we check that it is still alive, i.e. still holds its byte, so a
-        crashed process is noticed right after the kernel drops its lock; a place it keeps
-        (``LINGER``, its byte free) is taken over once its linger ends."""
-        assert _FUTEX is not None
-        futex = _FUTEX
-        pred = ticket - 1
-        check = False
-        while pred >= 1 and ticket - pred < SLOTS:
-            owner, state, until = self._state(pred)
-            if owner < pred:
-                pred -= 1  # never taken
-                continue
-            if owner > pred or state == _DONE:
-                break  # released (or long gone): ours
-            if state == _ABANDONED:
-                with self._lock:
-                    self.counters["skipped_abandoned"] += 1
-                pred -= 1
-                continue
-            if check or (state == _LINGER and time.monotonic_ns() >= until):
-                check = False
-                byte = _SLOT_BYTE + pred % SLOTS
-                if _try_lock(fd, byte):  # nobody holds its byte: gone, or a kept place
-                    verdict = self._examine_locked(pred)
-                    _unlock(fd, byte)
-                    if verdict == "ours":
-                        break
-                    if verdict == "through":
-                        pred -= 1
-                        continue
-                    owner, state, until = self._state(pred)
-            now = time.monotonic()
-            remaining = deadline - now
-            if remaining <= 0:
-                return self._give_up(fd, ticket)
-            wait = min(remaining, LIVENESS_S)
-            if until and until / 1e9 > now:  # LINGER: its end; HOLDING: the end of its turn
-                wait = min(wait, until / 1e9 - now)
-            futex.wait(self._state_address(pred), state, max(wait, 0.00002))
-            check = self._state(pred)[:2] == (owner, state)  # unchanged: check it is alive
-        return Outcome.WAITED
-
-    def _give_up(self, fd: int, ticket: int) -> Outcome:
-        self._abandon(ticket, fd)
-        self._give_back(fd)
-        return Outcome.TIMEOUT
-
     def _resume(self, t: _Thread, turn_s: float) -> bool:
         """This thread kept its place (``LINGER``, its byte unlocked) and writes again: take its
         byte back; if nobody took the place over meanwhile and its turn lasts (or nobody waits:
         then a new turn starts), the gate is its again without a hand-off. Else finish the release
         (and the caller queues afresh)."""
         t.kept = False
-        ticket, fd = t.ticket, t.fd
-        byte = _SLOT_BYTE + ticket % SLOTS
+        fd = t.fd
         try:  # _try_lock, inlined: this is every resumed write's path
-            fcntl.fcntl(fd, _SETLK, _WRLCK.get(byte) or _flock(_WRLCK, fcntl.F_WRLCK, byte))
+            fcntl.fcntl(fd, _SETLK, t.lk)
         except OSError as err:
             if err.errno not in _BUSY_ERRNOS:
                 raise
             self._give_back(fd)  # a successor is taking it over right now (or the slot moved on)
             return False
         m = self._map
-        offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
-        owner, state, _pid, _until = _ENTRY.unpack_from(m, offset)  # type: ignore[arg-type]
+        offset, ticket = t.offset, t.ticket
+        owner, state = _OWNER_STATE.unpack_from(m, offset)  # type: ignore[arg-type]
         if owner == ticket and state == _LINGER:
             now = time.monotonic()
-            if now < t.turn_end or _U64.unpack_from(m, _NEXT)[0] <= ticket + 1:  # type: ignore[arg-type]
-                if now >= t.turn_end:  # nobody waits: a new turn
-                    t.turn_end = now + turn_s
-                _ENTRY.pack_into(m, offset, ticket, _HOLDING, self._pid, int(t.turn_end * 1e9))  # type: ignore[arg-type]
+            turn_end = t.turn_end
+            if now < turn_end or _U64.unpack_from(m, _NEXT)[0] <= ticket + 1:  # type: ignore[arg-type]
+                if now >= turn_end:  # nobody waits: a new turn
+                    turn_end = t.turn_end = now + turn_s
+                _STATE_PID_UNTIL.pack_into(m, offset + 8, _HOLDING, self._pid, int(turn_end * 1e9))  # type: ignore[arg-type]
                 return True
             self._finish(ticket, fd, _DONE)  # the turn is over and others wait: hand it on
             return False
-        _unlock(fd, byte)  # taken over (DONE) or the slot moved on
+        _unlock(fd, _SLOT_BYTE + ticket % SLOTS)  # taken over (DONE) or the slot moved on
         self._give_back(fd)
         return False
 
@@ -378,35 +283,6 @@ class Gate(GateTable):
                 t.kept = False
                 self._give_back(t.fd)
 
-    def _helper_wait(self, fd: int, byte: int, timeout: float) -> bool:
-        with self._lock:
-            helper = self._helpers.pop() if self._helpers else None
-        if helper is None:
-            helper = _Helper(self)
-        if helper.wait(fd, byte, timeout):
-            with self._lock:
-                if len(self._helpers) < _MAX_IDLE_HELPERS:
-                    self._helpers.append(helper)
-                    return True
-            helper.retire()
-            return True
-        return False  # the helper now owns fd (and, with POSIX locks, the process lock)
-
-    def _abandon(self, ticket: int, fd: int) -> None:
-        """Give up a queued ticket: its successors skip it."""
-        self._set_state(ticket, _ABANDONED)
-        self._wake(ticket)
-        _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
-
-    def _orphan_done(self, helper: _Helper) -> None:
-        """An abandoned wait ended (on the helper's thread): the descriptor returns to the pool."""
-        self._give_back(helper.fd)
-
-    def _give_back(self, fd: int) -> None:
-        self._give_fd(fd)
-        if not _OFD:
-            self._proc.release()
-
     def release(self, *, linger_s: float = 0.0) -> None:
         """Release one level; the last one hands the turn to the next ticket — or, with
         ``linger_s`` > 0 while the turn lasts (or nobody waits), keeps the place: ``LINGER`` until
@@ -415,6 +291,10 @@ class Gate(GateTable):
         t = getattr(self._local, "t", None)
         if t is None or t.depth <= 0:
             raise RuntimeError(f"{self.path}: release() without acquire() on this thread")
+        self.release_for(t, linger_s)
+
+    def release_for(self, t: _Thread, linger_s: float = 0.0) -> None:
+        """:meth:`release` for ``t`` = :meth:`this_thread`, which holds the gate (``t.depth`` > 0)."""
         t.depth -= 1
         if t.depth:
             return
@@ -428,14 +308,16 @@ class Gate(GateTable):
                 stretch = min((now - t.since) * MIN_TURN_TRANSACTIONS, t.turn_max)
                 t.turn_end = max(t.turn_end, t.since + stretch)
                 t.since = 0.0
-            waiters = _U64.unpack_from(m, _NEXT)[0] > ticket + 1  # type: ignore[arg-type]
-            if not waiters or now < t.turn_end:
-                until = min(t.turn_end, now + linger_s) if waiters else now + linger_s
-                _ENTRY.pack_into(m, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE,  # type: ignore[arg-type]
-                                 ticket, _LINGER, self._pid, int(until * 1e9))
+            if _U64.unpack_from(m, _NEXT)[0] <= ticket + 1:  # type: ignore[arg-type]  # nobody waits
+                until = now + linger_s
+            elif now < t.turn_end:
+                until = min(t.turn_end, now + linger_s)
+            else:
+                until = 0.0
+            if until:
+                _STATE_PID_UNTIL.pack_into(m, t.offset + 8, _LINGER, self._pid, int(until * 1e9))  # type: ignore[arg-type]
                 t.kept = True
-                byte = _SLOT_BYTE + ticket % SLOTS  # unlocked (inlined _unlock): a successor may take over
-                fcntl.fcntl(fd, _SETLK, _UNLCK.get(byte) or _flock(_UNLCK, fcntl.F_UNLCK, byte))
+                fcntl.fcntl(fd, _SETLK, t.ulk)  # the own byte unlocked (inlined _unlock): a successor may take over
                 return
         self._finish(ticket, fd, _DONE)
 

@@ -88,13 +88,16 @@ class _ThreadState:
     """One thread's view of the plugin: its connection, the operations it holds the gate for,
     and a shortened busy wait to undo."""
 
-    __slots__ = ("conn", "ops", "shortened", "deadline")
+    __slots__ = ("conn", "ops", "shortened", "deadline", "gt", "resumed", "thread")
 
     def __init__(self) -> None:
         self.conn: Any = None
         self.ops: list[Any] = []
         self.shortened: Any = None
         self.deadline: float | None = None
+        self.gt: Any = None  # this thread's state at the gate (Gate.this_thread()): the fast path's handle
+        self.resumed = 0  # writes that resumed a kept place (counted here, without a lock: every write's path)
+        self.thread = threading.current_thread()
 
 
 class WriteGate:
@@ -176,6 +179,8 @@ class WriteGate:
         self._stats_lock = threading.Lock()
         self._turn_s = self.settings.turn_s
         self._round_s = self.settings.round_s
+        self._linger_s = self.settings.linger_s
+        self._states: list[_ThreadState] = []  # every thread's state (their ``resumed`` counts)
         self._timeout = 0.0  # set at the first connection (the profile's busy_timeout by default)
         self._counts: dict[str, Any] = {o.value: 0 for o in Outcome.ALL}  # by outcome; stats() names them
         self._counts.update(ungated_first=0, wait_s_total=0.0, wait_s_max=0.0)
@@ -211,6 +216,7 @@ class WriteGate:
         operation), ``wait_s_total``, ``wait_s_max``; plus the gate's own state under ``gate``."""
         with self._stats_lock:
             c = dict(self._counts)
+            c["resumed"] += sum(st.resumed for st in self._states)
         out: dict[str, Any] = {
             "gated": c["held"] + c["resumed"] + c["waited"], "immediate": c["held"], "resumed": c["resumed"],
             "waited": c["waited"], "reentered": c["reentered"], "timeouts": c["timeout"],
@@ -253,6 +259,13 @@ class WriteGate:
             with self._stats_lock:
                 self._counts["ungated_first"] += 1
             return  # this thread's first operation opens its connection (maybe under the init lock)
+        gt = local.gt
+        if gt is not None and gt.kept and gate.resume(gt, self._turn_s):
+            # the common case under a turn (or with nobody waiting): this thread kept its place
+            # and takes it back, no wait, no hand-off (a forked child starts with no kept place)
+            local.resumed += 1
+            local.ops.append(operation)
+            return
         if refusal_for(store.path) is not None:
             return  # a forked child that may not use this file: the core refuses it at once, no wait
         started = self.clock()
@@ -266,6 +279,8 @@ class WriteGate:
             outcome = Outcome.UNAVAILABLE
         if outcome.held:
             local.ops.append(operation)
+            if gt is None:
+                local.gt = gate.this_thread()
         counts = self._counts
         with self._stats_lock:
             counts[outcome.value] += 1
@@ -283,10 +298,11 @@ class WriteGate:
         already free, so the gate is handed to the next writer now rather than after the
         post-commit checks and ``on_success``. Never reports a violation."""
         local = getattr(self._local, "s", None)
-        ops = local.ops if local is not None else None
-        if ops and ops[-1] is operation and len(ops) == 1:
-            ops.pop()
-            self._gate.release(linger_s=self.settings.linger_s)  # type: ignore[union-attr]
+        if local is not None:
+            ops = local.ops
+            if len(ops) == 1 and ops[0] is operation:
+                ops.pop()
+                self._gate.release_for(local.gt, self._linger_s)  # type: ignore[union-attr]
         return None
 
     @hookimpl
@@ -301,7 +317,7 @@ class WriteGate:
             try:
                 if ops[-1] is operation:
                     ops.pop()
-                    self._gate.release(linger_s=self.settings.linger_s)  # type: ignore[union-attr]
+                    self._gate.release(linger_s=self._linger_s)  # type: ignore[union-attr]
                 else:
                     for i in range(len(ops) - 1, -1, -1):
                         if ops[i] is operation:
@@ -320,6 +336,9 @@ class WriteGate:
         reset_gates_after_fork()
         self._local = threading.local()
         self._stats_lock = threading.Lock()
+        # the parent's counts carry over, as the rest of its counters do; its threads' states go
+        self._counts["resumed"] += sum(st.resumed for st in self._states)
+        self._states = []
 
     @hookimpl
     def on_health(self, store: Any) -> HealthComponent:
@@ -340,6 +359,13 @@ class WriteGate:
         local = getattr(self._local, "s", None)
         if local is None:
             local = self._local.s = _ThreadState()
+            with self._stats_lock:
+                # fold the counts of threads that have ended (their states go) and keep this one
+                alive = set(threading.enumerate())
+                for st in [st for st in self._states if st.thread not in alive]:
+                    self._counts["resumed"] += st.resumed
+                    self._states.remove(st)
+                self._states.append(local)
         return local
 
     def _default_timeout(self) -> float:
