@@ -5,19 +5,28 @@ Both sides run the ``default`` profile (WAL, ``synchronous=NORMAL``) on their ow
 same statement as ``hotpath``; the corestore side adds ``telemetry``. The reader exports every
 60 s to an exporter that drops the data, so no collection falls inside a sample.
 
-* ``telemetry.default``: the plugin as shipped (each sample recorded into the SDK at once).
-  Target: at most 1 µs added per transaction.
-* ``telemetry.buffered``: ``buffer_size`` larger than a sample, so no sample reaches the SDK
-  inside the timed loop: the cost left on the transaction's path when collections drain the
-  buffer on the reader's thread. Reported.
+* ``telemetry.default``: the plugin as shipped (samples buffered; the store's telemetry thread
+  records them into the SDK every ``buffer_size`` = 1024 samples, off the caller's thread but
+  inside the timed loop, under the same GIL). Target: at most 1 µs added per transaction.
+* ``telemetry.sync``: ``buffer_size = 0``, each sample recorded into the SDK at once on the
+  caller's thread (the behaviour before issue 21's fix). Reported.
 
-Instruction counts (callgrind) are on site/performance.md.
+Instruction counts: ``python -m benchmarks.bench_telemetry --instructions`` counts them with
+callgrind, as ``benchmarks.instructions`` does (a child process per case, (run of 1200 - run
+of 200) / 1000, databases on ``/dev/shm``, callgrind's ``--separate-threads=yes``): the caller's
+thread alone for the transaction's path, and a case where every sample is recorded on the
+caller's thread for the whole cost the process pays. The numbers are on site/performance.md.
 """
 from __future__ import annotations
 
+import argparse
+import glob
 import os
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -65,7 +74,7 @@ def run(quick: bool) -> dict[str, Any]:
         why = why or f"opentelemetry-sdk not installed ({err})"
     if why:
         return {"rows": [skipped_row("telemetry.default", why, target="<= 1 µs added"),
-                         skipped_row("telemetry.buffered", why, target="report")]}
+                         skipped_row("telemetry.sync", why, target="report")]}
     n = 500 if quick else 5000
     pairs = 7 if quick else 11
     root = bench_dir("telemetry")
@@ -75,9 +84,9 @@ def run(quick: bool) -> dict[str, Any]:
         shipped = resolve_profile("default", config=None, path=os.path.join(root, "plain.db"))
         plain = attrs.evolve(shipped, pragmas={**shipped.pragmas, **PRAGMAS})
         with_tel = attrs.evolve(plain, path=os.path.join(root, "telemetry.db"), plugins=plain.plugins + ("telemetry",))
-        buffered = attrs.evolve(with_tel, path=os.path.join(root, "buffered.db"),
-                                settings={**with_tel.settings, "telemetry": {"buffer_size": 1_000_000}})
-        stores = [corestore.open(plain), corestore.open(with_tel), corestore.open(buffered)]
+        sync = attrs.evolve(with_tel, path=os.path.join(root, "sync.db"),
+                            settings={**with_tel.settings, "telemetry": {"buffer_size": 0}})
+        stores = [corestore.open(plain), corestore.open(with_tel), corestore.open(sync)]
         try:
             for store in stores:
                 store.database.execute_sql(SCHEMA)
@@ -92,13 +101,13 @@ def run(quick: bool) -> dict[str, Any]:
                         execute(INSERT, ("hot", i, PAYLOAD))
                 return time.perf_counter() - start
 
-            for label, store, target in (("default", stores[1], "<= 1 µs added"), ("buffered", stores[2], "report")):
+            for label, store, target in (("default", stores[1], "<= 1 µs added"), ("sync", stores[2], "report")):
                 samples = measure_pairs(lambda: loop(stores[0]), lambda store=store: loop(store), pairs=pairs)
                 added = _added_us(samples, n)
                 row = pair_row(f"telemetry.{label}", samples, target=None, unit="µs/tx", scale=1e6 / n,
                                baseline="default profile, synchronous=NORMAL",
                                corestore="default + telemetry (SDK MeterProvider, periodic reader)"
-                                         + (", samples buffered" if label == "buffered" else ""),
+                                         + (", buffer_size = 0" if label == "sync" else ""),
                                transactions_per_sample=n, added_us_per_tx=round(added, 3))
                 row["target"] = target
                 row["met"] = (added <= 1.0) if label == "default" else None
@@ -113,6 +122,127 @@ def run(quick: bool) -> dict[str, Any]:
                                     "(telemetry - plain) per pair"]}
 
 
-if __name__ == "__main__":  # pragma: no cover - a quick look: python -m benchmarks.bench_telemetry
+# -- instruction counts (callgrind) ------------------------------------------------------------
+#: case -> (telemetry settings or None for no plugin, threads counted, collect before the end, what)
+CASES: dict[str, tuple[dict[str, Any] | None, str, bool, str]] = {
+    "plain": (None, "caller", False, "default profile, SDK installed, no telemetry"),
+    "telemetry": ({}, "caller", False, "+ telemetry as shipped: the caller's thread (the transaction's path)"),
+    "telemetry.total": ({"buffer_size": 1_000_000}, "caller", True,
+                        "+ telemetry, every sample recorded on the caller's thread by a collection at the end: "
+                        "the whole CPU cost"),
+    "telemetry.sync": ({"buffer_size": 0}, "caller", False, "+ telemetry, buffer_size = 0 (recorded at once)"),
+    "telemetry.sync.exemplars_off": ({"buffer_size": 0}, "caller", False,
+                                     "+ telemetry, buffer_size = 0, MeterProvider(exemplar_filter=AlwaysOff)"),
+}
+_WARMUP = 1100  # past one buffer_size, so the telemetry thread has started and drained once
+
+
+def _child(case: str, n: int, directory: str) -> None:
+    """Set up ``case``, warm it up, run ``n`` transactions, end without closing (a close or the
+    SDK's exit-time collection would record the waiting samples on this thread)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+
+    from corestore_plugins import telemetry
+
+    from . import instructions as counted
+
+    settings, _threads, collect, _what = CASES[case]
+    periodic = PeriodicExportingMetricReader(_drop_exporter(), export_interval_millis=60_000)
+    memory = InMemoryMetricReader()
+    kwargs: dict[str, Any] = {}
+    if case.endswith("exemplars_off"):
+        from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOffExemplarFilter
+
+        kwargs["exemplar_filter"] = AlwaysOffExemplarFilter()
+    provider = MeterProvider(metric_readers=[periodic, memory], **kwargs)
+    telemetry.use_meter_provider(provider)
+    profile = resolve_profile("default", config=None, path=os.path.join(directory, "t.db"))
+    profile = attrs.evolve(profile, pragmas={**profile.pragmas, **counted.PRAGMAS})
+    if settings is not None:
+        profile = attrs.evolve(profile, plugins=profile.plugins + ("telemetry",),
+                               settings={**profile.settings, "telemetry": settings})
+    store = corestore.open(profile)
+    execute = store.database.execute_sql
+    execute(counted.SCHEMA)
+    for i in range(_WARMUP):
+        with store.transaction():
+            execute(counted.INSERT, ("warm", i, counted.PAYLOAD))
+    memory.collect()  # the warm-up's samples: recorded before the counted part
+    for i in range(n):
+        with store.transaction():
+            execute(counted.INSERT, ("hot", i, counted.PAYLOAD))
+    if collect:
+        memory.collect()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _drop_exporter() -> Any:
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    class Drop(MetricExporter):
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            return None
+
+    return Drop()
+
+
+def _count(case: str, n: int, directory: str) -> int:
+    """Instructions of the caller's (main) thread of one child run under callgrind."""
+    from .instructions import _instructions
+
+    work = tempfile.mkdtemp(prefix=f"corestore-tel-{case}-", dir=directory)
+    out = os.path.join(work, "callgrind.out")
+    cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}", sys.executable,
+           "-m", "benchmarks.bench_telemetry", "--child", case, str(n), work]
+    try:
+        proc = subprocess.run(cmd, env=dict(os.environ, PYTHONHASHSEED="0"), capture_output=True, text=True,
+                              timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{case} n={n}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+        files = sorted(glob.glob(out + "*"))
+        main = [f for f in files if f.endswith("-01")] or files[:1]
+        if not main:
+            raise RuntimeError(f"{case} n={n}: callgrind wrote no output in {work}")
+        return _instructions(main[0])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def instructions(cases: list[str], directory: str = "/dev/shm") -> dict[str, float]:
+    """Caller-thread instructions per transaction of each case: (1200 - 200) / 1000."""
+    return {case: (_count(case, 1200, directory) - _count(case, 200, directory)) / 1000 for case in cases}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_telemetry")
+    parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
+    parser.add_argument("--only", action="append", choices=sorted(CASES), help="only this case (repeatable)")
+    parser.add_argument("--dir", default="/dev/shm")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        case, n, directory = args.child
+        _child(case, int(n), directory)
+        return 0
+    if args.instructions:
+        results = instructions(args.only or list(CASES), args.dir)
+        base = results.get("plain")
+        for case, count in results.items():
+            added = "" if base is None or case == "plain" else f"  (+{count - base:,.0f})"
+            print(f"{case:<30} {count:>10,.0f}{added}  {CASES[case][3]}", flush=True)
+        return 0
     for r in run(quick=True)["rows"]:
         print(r["name"], r.get("added_us_per_tx"), "µs/tx added; ratio", r.get("ratio"))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m benchmarks.bench_telemetry [--instructions]
+    sys.exit(main())
