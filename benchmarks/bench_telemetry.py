@@ -142,6 +142,8 @@ CASES: dict[str, tuple[dict[str, Any] | None, bool, str, str]] = {
                         "the whole CPU cost"),
     "telemetry": ({}, True, "all", "+ telemetry as shipped (its thread records every 1024), every thread counted"),
     "telemetry.sync": ({"buffer_size": 0}, True, "caller", "+ telemetry, buffer_size = 0 (recorded at once)"),
+    "telemetry.hook": ({"buffer_size": 1_000_000}, False, "caller",
+                       "the plugin's after_operation alone, called directly (no transaction, no dispatch)"),
     "telemetry.sync.exemplars_off": ({"buffer_size": 0}, True, "caller",
                                      "+ telemetry, buffer_size = 0, MeterProvider(exemplar_filter=AlwaysOff)"),
 }
@@ -181,6 +183,13 @@ def _child(case: str, n: int, directory: str) -> None:
         with store.transaction():
             execute(counted.INSERT, ("warm", i, counted.PAYLOAD))
     provider.force_flush(_NO_TIMEOUT_MS)  # a collection on this thread: the warm-up's samples are recorded first
+    if case == "telemetry.hook":
+        from corestore.operation import SUCCEEDED, Operation
+
+        hook, operation = store.plugin("telemetry").after_operation, Operation(kind="write")
+        for _ in range(n):
+            hook(store, operation, SUCCEEDED)
+        os._exit(0)
     for i in range(n):
         with store.transaction():
             execute(counted.INSERT, ("hot", i, counted.PAYLOAD))
