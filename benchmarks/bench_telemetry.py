@@ -5,19 +5,31 @@ Both sides run the ``default`` profile (WAL, ``synchronous=NORMAL``) on their ow
 same statement as ``hotpath``; the corestore side adds ``telemetry``. The reader exports every
 60 s to an exporter that drops the data, so no collection falls inside a sample.
 
-* ``telemetry.default``: the plugin as shipped (each sample recorded into the SDK at once).
+* ``telemetry.path``: ``buffer_size`` larger than a sample, so no sample reaches the SDK inside
+  the timed loop (they are recorded between samples): what the transaction's own path adds.
   Target: at most 1 µs added per transaction.
-* ``telemetry.buffered``: ``buffer_size`` larger than a sample, so no sample reaches the SDK
-  inside the timed loop: the cost left on the transaction's path when collections drain the
-  buffer on the reader's thread. Reported.
+* ``telemetry.default``: the plugin as shipped (samples buffered; the store's telemetry thread
+  records them into the SDK every ``buffer_size`` = 1024 samples, off the caller's thread but
+  inside the timed loop, under the same GIL, so most of the SDK's cost shows here). Reported.
+* ``telemetry.sync``: ``buffer_size = 0``, each sample recorded into the SDK at once on the
+  caller's thread (the behaviour before issue 21's fix). Reported.
 
-Instruction counts (callgrind) are on site/performance.md.
+Instruction counts: ``python -m benchmarks.bench_telemetry --instructions`` counts them with
+callgrind, as ``benchmarks.instructions`` does (a child process per case, (run of 1200 - run
+of 200) / 1000, databases on ``/dev/shm``, callgrind's ``--separate-threads=yes``): the caller's
+thread alone for the transaction's path, and a case where every sample is recorded on the
+caller's thread for the whole cost the process pays. The numbers are on site/performance.md.
 """
 from __future__ import annotations
 
+import argparse
+import glob
 import os
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -64,8 +76,9 @@ def run(quick: bool) -> dict[str, Any]:
     except ImportError as err:
         why = why or f"opentelemetry-sdk not installed ({err})"
     if why:
-        return {"rows": [skipped_row("telemetry.default", why, target="<= 1 µs added"),
-                         skipped_row("telemetry.buffered", why, target="report")]}
+        return {"rows": [skipped_row("telemetry.path", why, target="<= 1 µs added"),
+                         skipped_row("telemetry.default", why, target="report"),
+                         skipped_row("telemetry.sync", why, target="report")]}
     n = 500 if quick else 5000
     pairs = 7 if quick else 11
     root = bench_dir("telemetry")
@@ -75,9 +88,11 @@ def run(quick: bool) -> dict[str, Any]:
         shipped = resolve_profile("default", config=None, path=os.path.join(root, "plain.db"))
         plain = attrs.evolve(shipped, pragmas={**shipped.pragmas, **PRAGMAS})
         with_tel = attrs.evolve(plain, path=os.path.join(root, "telemetry.db"), plugins=plain.plugins + ("telemetry",))
-        buffered = attrs.evolve(with_tel, path=os.path.join(root, "buffered.db"),
-                                settings={**with_tel.settings, "telemetry": {"buffer_size": 1_000_000}})
-        stores = [corestore.open(plain), corestore.open(with_tel), corestore.open(buffered)]
+        sync = attrs.evolve(with_tel, path=os.path.join(root, "sync.db"),
+                            settings={**with_tel.settings, "telemetry": {"buffer_size": 0}})
+        path = attrs.evolve(with_tel, path=os.path.join(root, "path.db"),
+                            settings={**with_tel.settings, "telemetry": {"buffer_size": 1_000_000}})
+        stores = [corestore.open(plain), corestore.open(with_tel), corestore.open(sync), corestore.open(path)]
         try:
             for store in stores:
                 store.database.execute_sql(SCHEMA)
@@ -92,16 +107,18 @@ def run(quick: bool) -> dict[str, Any]:
                         execute(INSERT, ("hot", i, PAYLOAD))
                 return time.perf_counter() - start
 
-            for label, store, target in (("default", stores[1], "<= 1 µs added"), ("buffered", stores[2], "report")):
+            variants = (("path", stores[3], "<= 1 µs added", ", no sample recorded inside the loop"),
+                        ("default", stores[1], "report", " as shipped (its thread records inside the loop)"),
+                        ("sync", stores[2], "report", ", buffer_size = 0"))
+            for label, store, target, what in variants:
                 samples = measure_pairs(lambda: loop(stores[0]), lambda store=store: loop(store), pairs=pairs)
                 added = _added_us(samples, n)
                 row = pair_row(f"telemetry.{label}", samples, target=None, unit="µs/tx", scale=1e6 / n,
                                baseline="default profile, synchronous=NORMAL",
-                               corestore="default + telemetry (SDK MeterProvider, periodic reader)"
-                                         + (", samples buffered" if label == "buffered" else ""),
+                               corestore="default + telemetry (SDK MeterProvider, periodic reader)" + what,
                                transactions_per_sample=n, added_us_per_tx=round(added, 3))
                 row["target"] = target
-                row["met"] = (added <= 1.0) if label == "default" else None
+                row["met"] = (added <= 1.0) if label == "path" else None
                 rows.append(row)
         finally:
             for store in stores:
@@ -113,6 +130,144 @@ def run(quick: bool) -> dict[str, Any]:
                                     "(telemetry - plain) per pair"]}
 
 
-if __name__ == "__main__":  # pragma: no cover - a quick look: python -m benchmarks.bench_telemetry
+# -- instruction counts (callgrind) ------------------------------------------------------------
+#: case -> (telemetry settings or None for no plugin, collect at the end, threads counted, what).
+#: "caller": the main thread only; "all": every thread of the process.
+CASES: dict[str, tuple[dict[str, Any] | None, bool, str, str]] = {
+    "plain": (None, True, "caller", "default profile, SDK installed, no telemetry"),
+    "telemetry.path": ({"buffer_size": 1_000_000}, False, "caller",
+                       "+ telemetry, no sample recorded during the run: the transaction's path"),
+    "telemetry.total": ({"buffer_size": 1_000_000}, True, "caller",
+                        "+ telemetry, every sample recorded by a collection at the end on the main thread: "
+                        "the whole CPU cost"),
+    "telemetry": ({}, True, "all", "+ telemetry as shipped (its thread records every 1024), every thread counted"),
+    "telemetry.sync": ({"buffer_size": 0}, True, "caller", "+ telemetry, buffer_size = 0 (recorded at once)"),
+    "telemetry.hook": ({"buffer_size": 1_000_000}, False, "caller",
+                       "the plugin's after_operation alone, called directly (no transaction, no dispatch)"),
+    "telemetry.sync.exemplars_off": ({"buffer_size": 0}, True, "caller",
+                                     "+ telemetry, buffer_size = 0, MeterProvider(exemplar_filter=AlwaysOff)"),
+}
+_WARMUP = 1100  # past one buffer_size, so the telemetry thread has started and drained once
+_NO_TIMEOUT_MS = 3_600_000  # a collection under valgrind on a loaded machine outlasts the SDK's default 10 s
+
+
+def _child(case: str, n: int, directory: str) -> None:
+    """Set up ``case``, warm it up, run ``n`` transactions, end without closing (a close or the
+    SDK's exit-time collection would record the waiting samples on this thread)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from corestore_plugins import telemetry
+
+    from . import instructions as counted
+
+    settings, collect, _threads, _what = CASES[case]
+    # exports hourly: no collection on the reader's thread inside a slow valgrind run
+    periodic = PeriodicExportingMetricReader(_drop_exporter(), export_interval_millis=_NO_TIMEOUT_MS)
+    kwargs: dict[str, Any] = {}
+    if case.endswith("exemplars_off"):
+        from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOffExemplarFilter
+
+        kwargs["exemplar_filter"] = AlwaysOffExemplarFilter()
+    provider = MeterProvider(metric_readers=[periodic], **kwargs)  # one reader: each reader is a second aggregation
+    telemetry.use_meter_provider(provider)
+    profile = resolve_profile("default", config=None, path=os.path.join(directory, "t.db"))
+    profile = attrs.evolve(profile, pragmas={**profile.pragmas, **counted.PRAGMAS})
+    if settings is not None:
+        profile = attrs.evolve(profile, plugins=profile.plugins + ("telemetry",),
+                               settings={**profile.settings, "telemetry": settings})
+    store = corestore.open(profile)
+    execute = store.database.execute_sql
+    execute(counted.SCHEMA)
+    for i in range(_WARMUP):
+        with store.transaction():
+            execute(counted.INSERT, ("warm", i, counted.PAYLOAD))
+    provider.force_flush(_NO_TIMEOUT_MS)  # a collection on this thread: the warm-up's samples are recorded first
+    if case == "telemetry.hook":
+        from corestore.operation import SUCCEEDED, Operation
+
+        hook, operation = store.plugin("telemetry").after_operation, Operation(kind="write")
+        for _ in range(n):
+            hook(store, operation, SUCCEEDED)
+        os._exit(0)
+    for i in range(n):
+        with store.transaction():
+            execute(counted.INSERT, ("hot", i, counted.PAYLOAD))
+    if collect:
+        provider.force_flush(_NO_TIMEOUT_MS)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _drop_exporter() -> Any:
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    class Drop(MetricExporter):
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            return None
+
+    return Drop()
+
+
+def _count(case: str, n: int, directory: str) -> int:
+    """Instructions of one child run under callgrind: its main thread, or every thread."""
+    from .instructions import _instructions
+
+    work = tempfile.mkdtemp(prefix=f"corestore-tel-{case}-", dir=directory)
+    out = os.path.join(work, "callgrind.out")
+    cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}", sys.executable,
+           "-m", "benchmarks.bench_telemetry", "--child", case, str(n), work]
+    try:
+        proc = subprocess.run(cmd, env=dict(os.environ, PYTHONHASHSEED="0"), capture_output=True, text=True,
+                              timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{case} n={n}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+        files = sorted(glob.glob(out + "-*"))  # one file per thread: callgrind.out-01 is the main thread
+        main = [f for f in files if f.endswith("-01")]
+        if not main:
+            raise RuntimeError(f"{case} n={n}: callgrind wrote no per-thread output in {work}")
+        return _instructions(main[0]) if CASES[case][2] == "caller" else sum(_instructions(f) for f in files)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def instructions(cases: list[str], directory: str = "/dev/shm", repeat: int = 1) -> dict[str, list[float]]:
+    """Instructions per transaction of each case (its threads, see :data:`CASES`): (1200 - 200) /
+    1000, measured ``repeat`` times (the default profile has time-driven work, health probes and
+    write-gate turns, that a slow valgrind run meets more or less often: repeat and take the
+    median)."""
+    return {case: [(_count(case, 1200, directory) - _count(case, 200, directory)) / 1000 for _ in range(repeat)]
+            for case in cases}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_telemetry")
+    parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
+    parser.add_argument("--only", action="append", choices=sorted(CASES), help="only this case (repeatable)")
+    parser.add_argument("--dir", default="/dev/shm")
+    parser.add_argument("--repeat", type=int, default=1, help="measure each case this many times (median shown)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        case, n, directory = args.child
+        _child(case, int(n), directory)
+        return 0
+    if args.instructions:
+        runs = instructions(args.only or list(CASES), args.dir, args.repeat)
+        for case, counts in runs.items():
+            spread = ", ".join(f"{c:,.0f}" for c in counts)
+            print(f"{case:<30} {statistics.median(counts):>10,.0f}  [{spread}]  {CASES[case][3]}", flush=True)
+        return 0
     for r in run(quick=True)["rows"]:
         print(r["name"], r.get("added_us_per_tx"), "µs/tx added; ratio", r.get("ratio"))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m benchmarks.bench_telemetry [--instructions]
+    sys.exit(main())

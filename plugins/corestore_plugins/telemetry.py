@@ -13,16 +13,18 @@ transaction spans tables; corestore does not parse SQL), and on failure ``error.
 ``corestore.error.kind``. SQLite-specific figures carry the ``corestore.`` prefix; the table of
 every instrument is on the Observability page of the docs.
 
-Cost: recording one sample in the OpenTelemetry Python SDK costs several microseconds, more
-than corestore's own work per transaction (site/performance.md). With ``buffer_size > 0`` the
-samples of successful attempts are buffered per store and handed to the SDK in bulk at
-collection time (the observable instruments' callbacks run first in every collection) or when
-``buffer_size`` are waiting: that moves the cost off the transaction, not out of the process,
-and the caller that fills the buffer pays for all of it at once.
+Cost: recording one sample in the OpenTelemetry Python SDK costs about 80,000 instructions,
+more than corestore's own work per transaction (site/performance.md). So the hook only appends
+``(duration, attributes)`` to the store's :class:`~corestore_plugins._telemetry_buffer.SampleBuffer`;
+the SDK records the samples at every collection (the observable instruments' callbacks run
+before the synchronous instruments are collected) or, when ``buffer_size`` wait, on the
+buffer's own thread: never on the caller's. That moves the SDK's cost off the transaction, not
+out of the process. ``buffer_size = 0`` records each sample at once on the caller's thread.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -36,6 +38,7 @@ from corestore.errors import ErrorKind
 from corestore.settings import boolean, number
 
 from . import _observe
+from ._telemetry_buffer import SampleBuffer
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import Operation, Outcome, Store
@@ -61,7 +64,11 @@ INSTRUMENTS: dict[str, tuple[str, str, str]] = {
     "corestore.quarantine.state": ("gauge", "1", "1 while the quarantine plugin refuses writes"),
     "corestore.health.status": ("gauge", "1", "Aggregate health: 0 UNKNOWN, 1 UP, 2 DEGRADED, 3 DOWN"),
     "corestore.sqlite.version": ("gauge", "1", "1, with the linked SQLite library in corestore.sqlite.version"),
+    "corestore.telemetry.dropped": ("counter", "{sample}",
+                                    "Duration samples dropped because max_buffered were waiting for the SDK"),
 }
+#: The counters read at collection time (observable counters), not added as events happen.
+_OBSERVED_COUNTERS = ("corestore.breaker.transitions", "corestore.accounting.rows", "corestore.telemetry.dropped")
 
 _INSTANCES: weakref.WeakSet[Telemetry] = weakref.WeakSet()
 _lock = threading.Lock()
@@ -108,7 +115,7 @@ def _get_instruments() -> dict[str, Any]:
             if name == "db.client.operation.duration":
                 made[name] = meter.create_histogram(name, unit=unit, description=description,
                                                     explicit_bucket_boundaries_advisory=list(_observe.DURATION_BUCKETS))
-            elif kind == "counter" and name in ("corestore.breaker.transitions", "corestore.accounting.rows"):
+            elif kind == "counter" and name in _OBSERVED_COUNTERS:
                 made[name] = meter.create_observable_counter(name, callbacks=[_callback(name)], unit=unit,
                                                              description=description)
             elif kind == "counter":
@@ -143,9 +150,11 @@ class Telemetry:
     key            type   default  meaning
     =============  =====  =======  ==============================================================
     spans          bool   false    one CLIENT span per operation attempt (needs a tracer provider)
-    buffer_size    int    0        > 0: successful-attempt samples are buffered and recorded at every
-                                   collection, or on the caller's thread once this many wait;
-                                   0: each is recorded at once
+    buffer_size    int    1024     duration samples waiting before the store's telemetry thread
+                                   records them into the SDK (collections record them too);
+                                   0: each is recorded at once on the caller's thread
+    max_buffered   int    65536    at most this many wait (never fewer than buffer_size); more are
+                                   dropped and counted in ``corestore.telemetry.dropped``
     =============  =====  =======  ==============================================================
     """
 
@@ -155,9 +164,14 @@ class Telemetry:
     class Settings:
         spans: bool = attrs.field(default=False, validator=boolean,
                                   metadata={"help": "one CLIENT span per operation attempt"})
-        buffer_size: int = attrs.field(default=0, validator=number(0, 1_000_000, integer=True),
-                                       metadata={"help": "successful-attempt samples buffered and recorded at collection "
-                                                         "(or when this many wait); 0: record each at once"})
+        buffer_size: int = attrs.field(default=1024, validator=number(0, 1_000_000, integer=True),
+                                       metadata={"help": "duration samples waiting before the store's telemetry thread "
+                                                         "records them (collections record them too); 0: each is "
+                                                         "recorded at once on the caller's thread"})
+        max_buffered: int = attrs.field(default=65536, validator=number(1, 10_000_000, integer=True),
+                                        metadata={"help": "at most this many samples wait (never fewer than "
+                                                          "buffer_size); more are dropped and counted in "
+                                                          "corestore.telemetry.dropped"})
 
     def __init__(self, settings: Telemetry.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -169,13 +183,13 @@ class Telemetry:
         self.settings = settings if settings is not None else Telemetry.Settings()
         self.clock: Callable[[], float] = clock
         self._buffer_size = self.settings.buffer_size
-        self._buffer: list[tuple[float, dict[str, Any]]] = []
-        self._flush_lock = threading.Lock()
+        self._pending = SampleBuffer(self._buffer_size, self.settings.max_buffered, "?")
+        self._buffer = self._pending.samples  # the hook appends here while fewer than _wake_at wait
+        self._wake_at = self._buffer_size
         self._store: weakref.ref[Store] | None = None
         self._ok: dict[str, dict[str, Any]] = {}
         self._base: dict[str, Any] = {}
         self._instruments: dict[str, Any] = {}
-        self._histogram: Any = None
         self._transitions = _observe.TransitionCounter()
         self._last_checkpoint: float | None = None
         self._tracer: Any = None
@@ -185,8 +199,13 @@ class Telemetry:
     def on_store_open(self, store: Store) -> None:
         self._store = weakref.ref(store)
         self._base = {"db.system.name": "sqlite", "db.namespace": _observe.namespace(store)}
+        for attributes in self._ok.values():  # the open's, cached before the store was known (samples hold them)
+            attributes.update(self._base)
+        self._pending.name = os.path.basename(str(store.path)) or str(store.path)
         self._instruments = _get_instruments()
-        self._histogram = self._instruments["db.client.operation.duration"]
+        self._pending.bind(self._instruments["db.client.operation.duration"].record)
+        if self._buffer_size == 0:
+            self._pending.drain()  # the open's sample, kept until the histogram was bound
         if self.settings.spans:
             from opentelemetry import trace
 
@@ -197,6 +216,7 @@ class Telemetry:
 
     @hookimpl
     def on_close(self, store: Store) -> None:
+        self._pending.stop()
         self.flush()
         _observe.unregister(_INSTANCES, self)
 
@@ -207,11 +227,10 @@ class Telemetry:
         global _lock
         _lock = threading.Lock()
         _observe.after_fork_in_child()
-        self._buffer = []
-        self._flush_lock = threading.Lock()
+        self._pending.after_fork_in_child()
 
     def stats(self) -> dict[str, Any]:
-        """``buffered`` (samples waiting for the next collection), ``buffer_size``, ``spans``,
+        """``buffered`` (duration samples waiting for the SDK), ``buffer_size``, ``spans``,
         ``attached`` (the store is open and the instruments exist), ``checkpoint_age_s`` (seconds
         since the last successful ``store.checkpoint()``, None before one): the same ``stats()``
         every shipped plugin has. Cheap: nothing here is counted on the hot path."""
@@ -229,18 +248,16 @@ class Telemetry:
         now = self.clock()
         elapsed = now - operation.started
         if outcome.error is None:
-            attributes = self._ok.get(operation.kind)
+            kind = operation.kind
+            attributes = self._ok.get(kind)
             if attributes is None:
-                attributes = self._ok[operation.kind] = self._attributes(operation.kind)
-            if self._buffer_size == 0:
-                if self._histogram is not None:  # None for the store's open: it precedes on_store_open
-                    self._histogram.record(elapsed, attributes)
-            else:
-                buffer = self._buffer
+                attributes = self._ok[kind] = self._attributes(kind)
+            buffer = self._buffer
+            if len(buffer) < self._wake_at:  # the transaction's whole cost: one append
                 buffer.append((elapsed, attributes))
-                if len(buffer) >= self._buffer_size:
-                    self.flush()
-            if operation.kind == "checkpoint" and operation.name is None:
+            else:
+                self._pending.full((elapsed, attributes))
+            if kind == "checkpoint" and operation.name is None:
                 self._checkpoint_done(now, "ok")
         else:
             self._failed(operation, outcome, elapsed, now)
@@ -261,7 +278,11 @@ class Telemetry:
         instruments = self._instruments
         if not instruments:  # a failed open of the store: before on_store_open bound the instruments
             return
-        instruments["db.client.operation.duration"].record(elapsed, attributes)
+        buffer = self._buffer
+        if len(buffer) < self._wake_at:  # in order with the successes, recorded off the caller's thread
+            buffer.append((elapsed, attributes))
+        else:
+            self._pending.full((elapsed, attributes))
         if outcome.retrying:
             instruments["corestore.retries"].add(1, attributes)
         c = outcome.classification
@@ -294,14 +315,10 @@ class Telemetry:
 
     # -- collection ----------------------------------------------------------------------------
     def flush(self) -> None:
-        """Record the buffered samples now (collections do this first)."""
-        with self._flush_lock:
-            buffer, self._buffer = self._buffer, []
-            if not buffer or not self._instruments:
-                return
-            record = self._instruments["db.client.operation.duration"].record
-            for elapsed, attributes in buffer:
-                record(elapsed, attributes)
+        """Record the waiting duration samples now (every collection does this first; waits
+        for a batch the store's telemetry thread is recording, so every sample appended
+        before the call is recorded when it returns)."""
+        self._pending.drain()
 
     def observe(self, name: str) -> list[tuple[float, dict[str, Any]]]:
         """The observations of the observable instrument ``name`` for this store, now."""
@@ -339,6 +356,8 @@ class Telemetry:
             return [] if q is None else [(int(q), base)]
         if name == "corestore.health.status":
             return [(_observe.health_value(store), base)]
+        if name == "corestore.telemetry.dropped":
+            return [(self._pending.dropped, base)]
         if name == "corestore.sqlite.version":
             return [(1, {**base, "corestore.sqlite.version": _observe.sqlite_version()})]
         return []
