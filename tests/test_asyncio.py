@@ -346,7 +346,9 @@ def test_200_concurrent_arun_while_another_process_holds_the_write_lock(tmp_path
     out = run_scenario("scenario_200_under_lock", tmp_path / "a.db")
     assert sorted(out["results"]) == list(range(200))
     assert out["elapsed"] >= 1.9, "the units did not wait for the other process's lock"
-    assert out["p99_ms"] < 10, f"event loop lateness p99 {out['p99_ms']:.2f} ms over {out['ticks']} ticks"
+    # a loop blocked by a unit waiting for the lock would be ~2000 ms late; a free loop on a loaded
+    # 2-core machine was measured up to ~60 ms late (scheduling, not corestore): 250 ms separates them
+    assert out["p99_ms"] < 250, f"event loop lateness p99 {out['p99_ms']:.2f} ms over {out['ticks']} ticks"
     assert out["stats"]["threads"] == DEFAULT_THREADS and out["stats"]["queue"] == DEFAULT_QUEUE
     assert out["stats"]["workers"] <= DEFAULT_THREADS
     assert count(str(tmp_path / "a.db")) == 200
