@@ -157,7 +157,9 @@ def test_stress_threads_commit_read_invalidate_close_in_bounded_time(tmp_path: P
     assert summary["ok"] and not summary["lost"] and summary["unexpected_total"] == 0, summary
     assert summary["committed"] == summary["rows"] > 0 and summary["rounds"] >= 5
     counts = summary["counts"]
-    assert counts["invalidations"] > 1000 and counts["reads"] > 100 and counts["reopens"] > 100
+    # the race was exercised: hundreds of invalidations under the writers (about 8 000 on an idle
+    # machine; 774 were measured with a load average of 15 on 2 cores, so the floor is not a rate)
+    assert counts["invalidations"] > 300 and counts["reads"] > 100 and counts["reopens"] > 100
     assert time.monotonic() - started < 60
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
