@@ -247,7 +247,7 @@ def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[H
     extra = [n for n in extra if n not in profile.plugins]
     names = list(profile.plugins) + extra
     unknown_settings = [k for k in profile.settings if k not in names]
-    installed = discover()
+    installed = discover() if unknown_settings else {}
     for key in unknown_settings:
         if key not in installed:
             raise ConfigError(f"{where}: settings.{key}: no installed plugin is called {key!r}; "
