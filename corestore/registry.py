@@ -135,9 +135,12 @@ def clear_cache(*names: str) -> None:
 
     For tests and tools that install or remove entry points while the process runs: the next
     :func:`load_plugin_class` (and so the next ``corestore.open()``) looks the name up in the
-    installed entry points again. Stores already open keep the plugin instances they have.
+    installed entry points again (the per-process list of entry points is read again, whatever
+    ``names`` are). Stores already open keep the plugin instances they have.
     """
+    global _discovered
     with _class_lock:
+        _discovered = None
         if not names:
             _class_cache.clear()
         for name in names:
