@@ -44,9 +44,21 @@ def _positional(impl: pluggy.HookImpl, hook: str, spec: tuple[str, ...] | None =
     names = tuple(impl.argnames)
     if names == spec:
         return fn
-    source = f"lambda {', '.join(spec)}: fn({', '.join(names)})"
-    adapter: Callable[..., Any] = eval(source, {"fn": fn})  # noqa: S307 - names come from the hookspec and pluggy, not input
-    return adapter
+    return _adapter_factory(spec, names)(fn)
+
+
+_factories: dict[tuple[tuple[str, ...], tuple[str, ...]], Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
+
+
+def _adapter_factory(spec: tuple[str, ...], names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``fn -> adapter`` for one (spec, subset) pair, compiled once per process (compiling is
+    most of the cost of building a store's caller; the shapes are few)."""
+    factory = _factories.get((spec, names))
+    if factory is None:
+        source = f"lambda fn: lambda {', '.join(spec)}: fn({', '.join(names)})"
+        factory = eval(source, {})  # noqa: S307 - names come from the hookspec and pluggy, not input
+        _factories[(spec, names)] = factory
+    return factory
 
 
 def _source_tagging(fn: Callable[..., Any], plugin: str) -> Callable[..., Any]:

@@ -85,6 +85,24 @@ def _unlock(fd: int) -> None:
         fcntl.lockf(fd, fcntl.LOCK_UN)
 
 
+def _record_pid(fd: int) -> None:
+    """Write this process's PID into the held lock file, for waiters (OFD locks have no owner
+    PID; best effort, an empty file is fine). Nothing is written when the file already says so
+    (a process opening its databases again), and the file is only truncated when an older, longer
+    PID is left behind: truncating a file to zero and writing it again costs the file system a
+    journal transaction each time."""
+    record = f"{os.getpid()}\n".encode("ascii")
+    try:
+        current = os.pread(fd, 32, 0)
+        if current == record:
+            return
+        os.pwrite(fd, record, 0)
+        if len(current) > len(record):
+            os.ftruncate(fd, len(record))
+    except OSError:
+        pass
+
+
 def _holder(fd: int) -> str:
     """Who holds the lock, as far as can be found: ``"PID n"`` or a description."""
     pid = -1
@@ -190,11 +208,7 @@ class InitLock:
                     raise self._timeout(timeout, _holder(fd))
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, 0.05)
-            try:  # for waiters: OFD locks have no owner PID (best effort; an empty file is fine)
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-            except OSError:
-                pass
+            _record_pid(fd)
         except BaseException:
             os.close(fd)
             raise

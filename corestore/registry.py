@@ -10,9 +10,13 @@ Each store gets its own ``pluggy.PluginManager`` holding just its profile's plug
 hooks have implementations, so a hook nobody implements costs nothing on the hot path. The
 caller itself lives in :mod:`corestore.hookcaller`; it is importable from here as well.
 
-Plugin classes are imported once per process and cached by name. A test that installs or
-removes entry points at run time calls :func:`clear_cache` (or :func:`refresh_entry_points`) so
-the next lookup reads the installed entry points again.
+Plugin classes are imported once per process and cached by name. The entry points themselves
+are read once per process too (reading them means opening every installed distribution's
+metadata: about a millisecond per read, which each fresh ``corestore.open()`` used to pay); the
+list is read again when ``sys.path`` changes. A test or tool that installs or removes entry
+points at run time calls :func:`clear_cache` (or :func:`refresh_entry_points`) so the next lookup
+reads the installed entry points again. The plugin manager and its per-class hook tables live in
+:mod:`corestore.pluginmanager`.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import difflib
 import importlib.metadata
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,6 +36,7 @@ from . import hookspecs
 from .classify import CoreClassifier
 from .errors import ConfigError, PluginError
 from .hookcaller import HookCaller
+from .pluginmanager import new_plugin_manager
 
 if TYPE_CHECKING:  # pragma: no cover
     from .profiles import Profile
@@ -58,14 +64,28 @@ ENV_PLUGINS = "CORESTORE_PLUGINS"
 
 _class_cache: dict[str, type] = {}
 _class_lock = threading.Lock()
+#: (``sys.path`` when read, the entry points by name): :func:`discover`'s per-process cache
+_discovered: tuple[tuple[str, ...], dict[str, importlib.metadata.EntryPoint]] | None = None
 
 
 def discover() -> dict[str, importlib.metadata.EntryPoint]:
-    """Every plugin entry point in the ``corestore`` group, by name, without importing any."""
+    """Every plugin entry point in the ``corestore`` group, by name, without importing any.
+
+    Read once per process and kept while ``sys.path`` stays the same; :func:`clear_cache` and
+    :func:`refresh_entry_points` make the next call read the installed entry points again. The
+    caller gets its own copy of the mapping.
+    """
+    global _discovered
+    path = tuple(sys.path)
+    cached = _discovered
+    if cached is not None and cached[0] == path:
+        return dict(cached[1])
     found: dict[str, importlib.metadata.EntryPoint] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
-    return found
+    with _class_lock:
+        _discovered = (path, found)
+    return dict(found)
 
 
 def env_plugins() -> tuple[str, ...]:
@@ -130,9 +150,12 @@ def clear_cache(*names: str) -> None:
 
     For tests and tools that install or remove entry points while the process runs: the next
     :func:`load_plugin_class` (and so the next ``corestore.open()``) looks the name up in the
-    installed entry points again. Stores already open keep the plugin instances they have.
+    installed entry points again (the per-process list of entry points is read again, whatever
+    ``names`` are). Stores already open keep the plugin instances they have.
     """
+    global _discovered
     with _class_lock:
+        _discovered = None
         if not names:
             _class_cache.clear()
         for name in names:
@@ -242,7 +265,7 @@ def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[H
     extra = [n for n in extra if n not in profile.plugins]
     names = list(profile.plugins) + extra
     unknown_settings = [k for k in profile.settings if k not in names]
-    installed = discover()
+    installed = discover() if unknown_settings else {}
     for key in unknown_settings:
         if key not in installed:
             raise ConfigError(f"{where}: settings.{key}: no installed plugin is called {key!r}; "
@@ -268,8 +291,7 @@ def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[H
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err}") from None
         instances[name] = instance
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+    pm = new_plugin_manager()
     pm.register(CoreClassifier(), name="core")
     for name in reversed(names):  # pluggy calls the last registered first
         try:

@@ -1,0 +1,275 @@
+"""The per-store pluggy plugin manager, with each plugin class's hook table computed once.
+
+pluggy's ``register()`` asks :meth:`pluggy.PluginManager.parse_hookimpl_opts` about every name
+``dir(plugin)`` lists, and each answer is an ``inspect.getattr_static`` walk of the class's MRO
+(several for each hook found): about a tenth to a quarter of a millisecond per plugin, paid again
+for every store a process opens, although which class attributes are hooks depends on the class
+alone. :class:`CorestorePluginManager` computes a class's table once, with pluggy's own
+``parse_hookimpl_opts`` on the first instance it registers: the names that are not hooks, and for
+each hook the attribute, how pluggy binds it and its options. Registering a later instance binds
+those attributes the way ``getattr`` would and adds them exactly as pluggy's ``register()`` does
+(same :class:`pluggy.HookImpl`, same validation against the specifications, same order, historic
+calls replayed). The instance's own attributes (``__dict__``, ``__slots__`` values) are still
+parsed by pluggy on every registration, since they can differ from one instance to the next; one
+of them being a hook, a class with its own ``__dir__``, a class or module registered as a plugin,
+or a pluggy without the internals used here, sends the registration through pluggy's
+``register()`` unchanged. The hookspec module's table is kept the same way.
+
+A table is trusted only while the class is unchanged: it keeps the attributes of every class in
+the MRO as they were when it was computed and is recomputed when any of them was replaced, added
+or removed (a test that monkeypatches a hook onto a plugin class sees it registered).
+"""
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+import types
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+
+try:  # pluggy's own option normaliser (what register() applies to every marker's options)
+    from pluggy._config import normalize_hookimpl_opts as _normalize
+except ImportError:  # pragma: no cover - an older or newer pluggy: register() through pluggy
+    _normalize = None  # type: ignore[assignment]
+
+__all__ = ["CorestorePluginManager", "new_plugin_manager"]
+
+logger = logging.getLogger(__name__)
+
+#: the internals the fast registration uses; without any of them every plugin goes through pluggy
+_FAST = (_normalize is not None and hasattr(pluggy.PluginManager, "_verify_hook")
+         and hasattr(pluggy.HookCaller, "_add_hookimpl") and hasattr(pluggy.HookCaller, "_maybe_apply_history"))
+
+_FUNCTION, _STATIC, _CLASS, _BOUND = range(4)
+#: what pluggy takes for a hook among an instance's own attributes
+_HOOKABLE = (types.FunctionType, types.MethodType)
+
+
+class _Table:
+    """One class's (or module's) hook table and the attributes it was computed from."""
+
+    __slots__ = ("not_hooks", "slots", "hooks", "owners", "keys", "values")
+
+    def __init__(self, not_hooks: frozenset[str], slots: frozenset[str], hooks: tuple[Any, ...],
+                 owners: tuple[Any, ...]) -> None:
+        self.not_hooks = not_hooks
+        self.slots = slots
+        #: (attribute, hook name, how to bind, the class attribute, the marker's options)
+        self.hooks = hooks
+        self.owners = owners
+        dicts = [vars(owner) for owner in owners]
+        self.keys = tuple(tuple(d) for d in dicts)
+        self.values = tuple(tuple(d.values()) for d in dicts)  # held: their ids cannot be reused
+
+    def still_valid(self) -> bool:
+        """True while no attribute of any owner was replaced, added or removed (identity)."""
+        is_ = operator.is_
+        for owner, keys, values in zip(self.owners, self.keys, self.values, strict=True):
+            d = vars(owner)
+            if len(d) != len(keys) or not all(map(is_, d, keys)) or not all(map(is_, d.values(), values)):
+                return False
+        return True
+
+
+#: per class (per module for specs). A table holds its class's attributes and so keeps the class
+#: alive: the tables are forgotten all at once past :data:`_MAX_TABLES` (a process that makes
+#: plugin classes in a loop).
+_impl_tables: dict[type, _Table] = {}
+_spec_tables: dict[Any, _Table] = {}
+_tables_lock = threading.Lock()
+_MAX_TABLES = 512
+
+
+def _remember(tables: dict[Any, _Table], key: Any, table: _Table) -> None:
+    with _tables_lock:
+        if len(tables) >= _MAX_TABLES:
+            tables.clear()
+        tables[key] = table
+
+
+def _instance_names(plugin: object) -> frozenset[str]:
+    """Names stored in the instance's own ``__dict__`` (pluggy reads them before the class)."""
+    try:
+        own = object.__getattribute__(plugin, "__dict__")
+    except AttributeError:
+        return frozenset()
+    return frozenset(own) if isinstance(own, dict) else frozenset()
+
+
+def _class_attribute(owners: tuple[type, ...], name: str) -> Any:
+    """What ``inspect.getattr_static`` finds for ``name`` on an instance without it in its own
+    ``__dict__``: the first class in the MRO that defines it (None: none does)."""
+    for owner in owners:
+        found = vars(owner).get(name, _ABSENT)
+        if found is not _ABSENT:
+            return found
+    return None
+
+
+_ABSENT = object()
+
+
+def _bind(kind: int, attribute: Any, plugin: Any, cls: type) -> Any:
+    """The hook function exactly as ``getattr(plugin, name)`` (and pluggy) would bind it."""
+    if kind == _FUNCTION:
+        return attribute.__get__(plugin, cls)
+    if kind == _STATIC:
+        return attribute.__func__
+    if kind == _CLASS:
+        return attribute.__get__(cls, cls)
+    return attribute  # an already bound method stored on the class
+
+
+class CorestorePluginManager(pluggy.PluginManager):
+    """pluggy's manager for the ``corestore`` project, with per-class hook tables (module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self._skip: frozenset[str] = frozenset()
+
+    # -- implementations -------------------------------------------------------------------
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        table = self._table_for(plugin)
+        if table is None:
+            return super().register(plugin, name)
+        own = _instance_names(plugin)
+        plugin_name = name or self.get_canonical_name(plugin)
+        if (plugin_name in self._name2plugin or self._instance_has_hooks(plugin, own | table.slots)
+                or plugin in self._name2plugin.values()):
+            # pluggy's own errors and edge cases (a blocked name, an instance-level hook)
+            previous, self._skip = self._skip, table.not_hooks - own
+            try:
+                return super().register(plugin, name)
+            finally:
+                self._skip = previous
+        cls = type(plugin)
+        found: list[tuple[str, pluggy.HookImpl, bool]] = []
+        for attr, hook_name, kind, attribute, opts in table.hooks:
+            if attr in own:
+                continue  # the instance's own value shadows the class's hook (pluggy: not a hook)
+            hookimpl = pluggy.HookImpl(plugin, plugin_name, _bind(kind, attribute, plugin, cls), opts)
+            hook: pluggy.HookCaller | None = getattr(self.hook, hook_name, None)
+            verified = False
+            if hook is not None and hook.has_spec():
+                self._verify_hook(hook, hookimpl)
+                verified = True
+            found.append((hook_name, hookimpl, verified))
+        self._name2plugin[plugin_name] = plugin
+        for hook_name, hookimpl, verified in found:
+            hook = getattr(self.hook, hook_name, None)
+            if hook is None:
+                hook = pluggy.HookCaller(hook_name, self._hookexec)
+                setattr(self.hook, hook_name, hook)
+            elif not verified and hook.has_spec():
+                self._verify_hook(hook, hookimpl)
+            hook._maybe_apply_history(hookimpl)
+            hook._add_hookimpl(hookimpl)
+        return plugin_name
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        if name in self._skip:
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
+
+    def _instance_has_hooks(self, plugin: Any, names: frozenset[str]) -> bool:
+        """Whether one of the instance's own attributes (``names``) is a hook. pluggy considers
+        only a function or a bound method stored there; just those are parsed by pluggy."""
+        if not names:
+            return False
+        parse = super().parse_hookimpl_opts
+        try:
+            own = object.__getattribute__(plugin, "__dict__")
+        except AttributeError:
+            own = {}
+        for name in names:
+            value = own.get(name, _ABSENT) if isinstance(own, dict) else _ABSENT
+            if value is _ABSENT or isinstance(value, _HOOKABLE):
+                if parse(plugin, name) is not None:  # a slot, a function or a bound method
+                    return True
+        return False
+
+    def _table_for(self, plugin: Any) -> _Table | None:
+        """The class's table (computed now if missing or stale); None: pluggy registers it."""
+        if not _FAST or isinstance(plugin, (type, types.ModuleType)):
+            return None
+        cls = type(plugin)
+        if getattr(cls, "__dir__", None) is not object.__dir__:
+            return None
+        table = _impl_tables.get(cls)
+        if table is None or not table.still_valid():
+            table = self._class_table(plugin, cls)
+            _remember(_impl_tables, cls, table)
+        return table
+
+    def _class_table(self, plugin: Any, cls: type) -> _Table:
+        owners = tuple(k for k in cls.__mro__ if k is not object)
+        own = _instance_names(plugin)
+        parse = super().parse_hookimpl_opts
+        not_hooks, slots, hooks = set(), set(), []
+        for attr in dir(plugin):
+            if attr in own:
+                continue
+            attribute = _class_attribute(owners, attr)
+            if isinstance(attribute, types.MemberDescriptorType):
+                slots.add(attr)  # a __slots__ value is the instance's own
+                continue
+            opts = parse(plugin, attr)
+            if opts is None:
+                not_hooks.add(attr)
+                continue
+            assert _normalize is not None
+            _normalize(opts)
+            if isinstance(attribute, staticmethod):
+                kind = _STATIC
+            elif isinstance(attribute, classmethod):
+                kind = _CLASS
+            elif isinstance(attribute, types.MethodType):
+                kind = _BOUND
+            else:
+                kind = _FUNCTION
+            hooks.append((attr, opts.get("specname") or attr, kind, attribute, opts))
+        return _Table(frozenset(not_hooks), frozenset(slots), tuple(hooks), owners)
+
+    # -- specifications --------------------------------------------------------------------
+    def add_hookspecs(self, module_or_class: Any) -> None:
+        """pluggy's ``add_hookspecs``; for a module whose specifications this process has read
+        before (corestore's :mod:`~corestore.hookspecs`, once per store), the
+        :class:`pluggy.HookCaller` of each hook gets the :class:`~pluggy.HookSpec` built then (a
+        spec is read-only once built: pluggy never changes one)."""
+        if isinstance(module_or_class, types.ModuleType):
+            specs = self._known_specs(module_or_class)
+            if specs is not None and _FAST and not any(hasattr(self.hook, name) for name, _spec in specs):
+                for name, spec in specs:
+                    caller = pluggy.HookCaller(name, self._hookexec)
+                    caller.spec = spec
+                    if spec.opts.get("historic"):
+                        caller._call_history = []
+                    setattr(self.hook, name, caller)
+                return
+        super().add_hookspecs(module_or_class)
+
+    def _known_specs(self, module: types.ModuleType) -> tuple[tuple[str, Any], ...] | None:
+        """``(name, HookSpec)`` for each specification in ``module``, read once per process (and
+        again when the module's attributes changed)."""
+        table = _spec_tables.get(module)
+        if table is None or not table.still_valid():
+            template = pluggy.PluginManager(self.project_name)
+            template.add_hookspecs(module)
+            specs = tuple((name, caller.spec) for name, caller in sorted(vars(template.hook).items())
+                          if isinstance(caller, pluggy.HookCaller) and caller.spec is not None)
+            table = _Table(frozenset(), frozenset(), specs, (module,))
+            _remember(_spec_tables, module, table)
+        if table.hooks and self.project_name == hookspecs.PROJECT:
+            return table.hooks
+        return None
+
+
+def new_plugin_manager() -> CorestorePluginManager:
+    """A manager for one store, with corestore's hook specifications added."""
+    pm = CorestorePluginManager()
+    pm.add_hookspecs(hookspecs)
+    return pm
