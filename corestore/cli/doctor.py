@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from ..doctor import diagnose
-from ..doctor_postgres import Thresholds, diagnose_postgres, is_postgres_url, redact_url
+from ..doctor_postgres import Thresholds, diagnose_postgres, is_postgres_url
 from ..errors import ConfigError
 from ..findings import Diagnosis, Finding, Severity, format_diagnosis
+from ..redact import redact_url
 from ..sidecar_formats import clear_marker, format_marker, marker_path
 from ._common import config_path
 
