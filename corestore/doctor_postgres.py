@@ -4,7 +4,8 @@
 PostgreSQL-backed store misbehaves: can we connect, to what (server version; primary or standby),
 how full is the server (connections used of ``max_connections``), who is holding it up
 (sessions in a long transaction, sessions *idle in transaction* that hold locks and the xmin
-horizon), and, on a standby, how far behind the primary it is.
+horizon), on a standby how far behind the primary it is, and whether the database is
+quarantined (the quarantine plugin's marker row, :mod:`corestore.doctor_pg_quarantine`: DOWN).
 
 It changes nothing: its session is made read-only (``SET SESSION CHARACTERISTICS AS TRANSACTION
 READ ONLY``, checked with ``SHOW transaction_read_only`` before any other query), every query is
@@ -34,6 +35,7 @@ from typing import Any
 
 import attrs
 
+from .doctor_pg_quarantine import quarantine_finding
 from .errors import ConfigError
 from .findings import Diagnosis, Finding, Severity
 from .redact import URL_SCHEMES, check_server_url, is_server_url, redact_text, redact_url
@@ -376,7 +378,8 @@ def diagnose_postgres(url: str, *, thresholds: Thresholds | None = None, connect
         standby = False
         checks: list[tuple[str, Any]] = [
             ("role", None), ("connections", _check_connections), ("long_running", _check_long_running),
-            ("idle_in_transaction", _check_idle_in_transaction), ("replication", None)]
+            ("idle_in_transaction", _check_idle_in_transaction), ("replication", None),
+            ("quarantine", lambda cur, _: quarantine_finding(cur, url))]
         for name, check in checks:
             try:
                 with conn.cursor() as cur:
