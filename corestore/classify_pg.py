@@ -5,11 +5,17 @@ The counterpart of :mod:`corestore.classify` (SQLite result codes) for the Postg
 the five-character SQLSTATE psycopg puts on every server error (``err.sqlstate``). A row for the
 exact code wins, then a row for its two-character class, else UNKNOWN.
 
-Errors without a SQLSTATE are the driver's own: a connection that broke (the server went away,
-the network dropped, ``pg_terminate_backend()`` killed the session before it could say so) or a
-connection that could not be made. They are ``CONNECTION_LOST`` (TRANSIENT_IO, reconnect),
-except a refused login (``password authentication failed``, ``database ... does not exist``),
-which is ENVIRONMENT, recognised by the driver's words.
+Errors without a SQLSTATE are the driver's own, and only some of them mean the connection is
+gone. ``psycopg.OperationalError`` / ``InterfaceError`` (a connection that broke: the server went
+away, the network dropped, ``pg_terminate_backend()`` killed the session before it could say so;
+"the connection is closed"; a connection that could not be made) are ``CONNECTION_LOST``
+(TRANSIENT_IO, reconnect), except a refused login (``password authentication failed``,
+``database ... does not exist``), which is ENVIRONMENT, recognised by the driver's words. A
+``ProgrammingError`` / ``DataError`` / ``NotSupportedError`` the driver raised on the client
+side, before anything reached the server (a stray ``%`` placeholder, a wrong parameter count, a
+value it cannot adapt), is ``CLIENT_ERROR``: PROGRAMMING (a ``QueryError``, the caller's
+mistake), never retried, never counted by the breaker. Any other psycopg error without a SQLSTATE
+is CONNECTION_LOST only when its words say the connection is gone, else UNKNOWN.
 
 The commit rule (which outcome a failed COMMIT has) is not in this table: it depends on whether
 the connection survived, and lives in :func:`corestore.backends.postgresql.commit_outcome`.
@@ -27,7 +33,7 @@ from .errors import Classification, ErrorKind, StoreError
 from .redact import redact_text
 
 __all__ = ["ADVICE_PG", "PgRow", "SQLSTATE_ROWS", "CLASS_ROWS", "row_for", "pg_error", "sqlstate_of", "classify_pg_exception",
-           "CONNECTION_LOST", "LOST_CONNECTION_STATES"]
+           "CONNECTION_LOST", "CLIENT_ERROR", "DRIVER_ERROR", "LOST_CONNECTION_STATES"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +123,28 @@ ADVICE_PG: Mapping[ErrorKind, str] = MappingProxyType({
     ErrorKind.UNKNOWN: "an unexpected database error (QUERY_CANCELED: statement_timeout or a cancel; not retried)",
 })
 
-#: The verdict on a driver error with no SQLSTATE: the connection is gone (or never came).
+#: The verdict on a driver error with no SQLSTATE that means the connection is gone (or never
+#: came): ``OperationalError`` / ``InterfaceError``.
 CONNECTION_LOST = PgRow(_T, "CONNECTION_LOST")
+#: The verdict on a ``ProgrammingError`` / ``DataError`` / ``NotSupportedError`` the driver raised
+#: itself, with no SQLSTATE (the statement never reached the server): the caller's mistake.
+CLIENT_ERROR = PgRow(_P, "CLIENT_ERROR")
+#: Any other driver error without a SQLSTATE (CONNECTION_LOST instead when its words say the
+#: connection is gone).
+DRIVER_ERROR = PgRow(_U, "DRIVER_ERROR")
 #: SQLSTATEs after which the connection is gone: an error in reply to COMMIT with one of these
 #: (or with none) leaves the outcome unknown.
 LOST_CONNECTION_STATES = frozenset({"57P01", "57P02", "57P03", "25P03", "57P05"})
 
 _REFUSED_LOGIN = ("password authentication failed", "does not exist", "no pg_hba.conf entry", "role ")
+#: The driver's classes for a broken or unusable connection (DB-API: "unexpected disconnect").
+_CONNECTION_CLASSES = ("OperationalError", "InterfaceError")
+#: The driver's classes for a mistake it catches on the client side.
+_CLIENT_CLASSES = ("ProgrammingError", "DataError", "NotSupportedError")
+#: Words of the driver (and libpq) when the connection is gone.
+_GONE = ("connection is closed", "connection is lost", "server closed the connection", "terminating connection",
+         "could not receive data", "could not send data", "consuming input failed", "sending query",
+         "ssl syscall error", "eof detected", "connection reset", "broken pipe", "no connection to the server")
 
 
 def row_for(sqlstate: str) -> PgRow | None:
@@ -179,8 +200,10 @@ def classify_pg_exception(exc: BaseException) -> Classification:
 
     A :class:`~corestore.errors.StoreError` in the chain that already carries a classification
     wins (decided before, possibly by a plugin). Otherwise the SQLSTATE of the psycopg error
-    behind it decides (:func:`row_for`); a psycopg error without one is ``CONNECTION_LOST``
-    (or ENVIRONMENT for a refused login); anything else is UNKNOWN. Messages are redacted.
+    behind it decides (:func:`row_for`); a psycopg error without one is ``CONNECTION_LOST`` when
+    it means the connection is gone (or ENVIRONMENT for a refused login), ``CLIENT_ERROR``
+    (PROGRAMMING) for the driver's own client-side mistakes; anything else is UNKNOWN. Messages
+    are redacted.
     """
     for current in _chain(exc):
         if isinstance(current, StoreError) and current.classification is not None:
@@ -195,10 +218,26 @@ def classify_pg_exception(exc: BaseException) -> Classification:
         if row is None:
             return Classification(kind=ErrorKind.UNKNOWN, name=f"SQLSTATE_{state}", message=message, sqlstate=state)
         return _verdict(row, state, message)
+    return _verdict(_no_sqlstate_row(err, message), None, message)
+
+
+def _driver_class(err: BaseException, names: tuple[str, ...]) -> bool:
+    module = sys.modules.get("psycopg")
+    return any(isinstance(err, cls) for cls in (getattr(module, name, None) for name in names) if isinstance(cls, type))
+
+
+def _no_sqlstate_row(err: BaseException, message: str) -> PgRow:
+    """The row for a psycopg error without a SQLSTATE (see the module docstring)."""
     lowered = message.lower()
-    if any(phrase in lowered for phrase in _REFUSED_LOGIN):
-        return _verdict(PgRow(_E, "CONNECTION_REFUSED_LOGIN"), None, message)
-    return _verdict(CONNECTION_LOST, None, message)
+    if _driver_class(err, _CONNECTION_CLASSES):
+        if any(phrase in lowered for phrase in _REFUSED_LOGIN):
+            return PgRow(_E, "CONNECTION_REFUSED_LOGIN")
+        return CONNECTION_LOST
+    if _driver_class(err, _CLIENT_CLASSES):
+        return CLIENT_ERROR
+    if any(phrase in lowered for phrase in _GONE):
+        return CONNECTION_LOST
+    return DRIVER_ERROR
 
 
 def _primary_message(err: Any) -> str:

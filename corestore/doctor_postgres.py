@@ -4,7 +4,8 @@
 PostgreSQL-backed store misbehaves: can we connect, to what (server version; primary or standby),
 how full is the server (connections used of ``max_connections``), who is holding it up
 (sessions in a long transaction, sessions *idle in transaction* that hold locks and the xmin
-horizon), and, on a standby, how far behind the primary it is.
+horizon), on a standby how far behind the primary it is, and whether the database is
+quarantined (the quarantine plugin's marker row, :mod:`corestore.doctor_pg_quarantine`: DOWN).
 
 It changes nothing: its session is made read-only (``SET SESSION CHARACTERISTICS AS TRANSACTION
 READ ONLY``, checked with ``SHOW transaction_read_only`` before any other query), every query is
@@ -14,10 +15,12 @@ bounded by ``statement_timeout``, and only catalog views and functions are read
 other sessions are never read or printed (they may hold secrets); a session is shown by pid,
 user, database, application name, client address, state and ages.
 
-The URL's password is never printed: :func:`redact_url` (stricter than
-:func:`corestore.redact.redact_url` for a malformed URL: see its docstring) replaces it (in the user-info part and
-in ``password=`` / ``sslpassword=`` query parameters) with ``***`` for the diagnosis' ``path``,
-and every message taken from the driver is scrubbed of the password's text as well.
+The URL's password is never printed: the project's one redaction helper,
+:func:`corestore.redact.redact_url`, replaces it (in the user info, everything up to the last
+``@`` before the host part, and in ``password=`` / ``sslpassword=`` query parameters) with ``***``
+for the diagnosis' ``path``, and every message taken from the driver goes through
+:func:`corestore.redact.redact_text` as well. A malformed URL (an unencoded ``/ ? # @`` in the
+password) is a usage error (exit 64) named by its redacted form.
 
 The findings are the SQLite doctor's (:mod:`corestore.findings`), so ``--json``, the text table
 and the exit codes are the same: 0 UP, 1 DEGRADED (a warning), 2 DOWN (an error, e.g. no
@@ -27,15 +30,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import re
 import time
-import urllib.parse
 from typing import Any
 
 import attrs
 
+from .doctor_pg_quarantine import quarantine_finding
+from .errors import ConfigError
 from .findings import Diagnosis, Finding, Severity
-from .redact import URL_SCHEMES, is_server_url, redact_text
+from .redact import URL_SCHEMES, check_server_url, is_server_url, redact_text, redact_url
 
 __all__ = ["diagnose_postgres", "is_postgres_url", "redact_url", "Thresholds", "SCHEMES"]
 
@@ -43,57 +46,12 @@ logger = logging.getLogger(__name__)
 
 #: URL prefixes the doctor (and ``corestore.open``) treat as PostgreSQL.
 SCHEMES = URL_SCHEMES
-_SECRET_KEYS = ("password", "sslpassword")
-_KV_SECRET = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_QUERY_SECRET = re.compile(r"([?&](?:ssl)?password=)([^&#]*)", re.IGNORECASE)
 _SHOWN = 10  # sessions listed in a finding's message at most (all of them are in details)
 
 
 def is_postgres_url(target: str) -> bool:
     """Whether ``target`` is a PostgreSQL URL (``postgresql://`` or ``postgres://``)."""
     return is_server_url(target.strip())
-
-
-def _userinfo(url: str) -> tuple[str, str | None, str] | None:
-    """``(scheme://, userinfo or None, rest)``; the user info is everything up to the *last* ``@``
-    (an unencoded ``/`` or ``@`` in a password still counts as password), None for no ``://``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return None
-    at = rest.rfind("@")
-    return (scheme + sep, None, rest) if at < 0 else (scheme + sep, rest[:at], rest[at + 1:])
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``: in ``user:password@`` and in the
-    ``password`` / ``sslpassword`` query parameters (also in a ``key=value`` conninfo string).
-    Errs on the side of hiding: everything between ``://`` and the last ``@`` after the first
-    ``:`` is the password, even when an unencoded ``/`` or ``@`` makes the URL invalid."""
-    split = _userinfo(url)
-    if split is None:
-        return _KV_SECRET.sub(r"\1***", url)
-    scheme, userinfo, rest = split
-    rest = _QUERY_SECRET.sub(r"\1***", rest)
-    if userinfo is None:
-        return scheme + rest
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    return f"{scheme}{userinfo}@{rest}"
-
-
-def _secrets(url: str) -> list[str]:
-    """The password texts in ``url`` (raw and percent-decoded), to scrub from driver messages."""
-    found: list[str] = []
-    split = _userinfo(url)
-    if split is not None:
-        _, userinfo, rest = split
-        if userinfo and ":" in userinfo:
-            found.append(userinfo.split(":", 1)[1])
-        found += [m.group(2) for m in _QUERY_SECRET.finditer(rest)]
-    else:
-        found += [m.group(2).strip("'") for m in _KV_SECRET.finditer(url)]
-    found += [urllib.parse.unquote(s) for s in found]
-    return sorted({s for s in found if s}, key=len, reverse=True)
 
 
 def _nonnegative(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
@@ -119,15 +77,14 @@ class Thresholds:
 
 
 class _Scrubber:
-    """Removes the URL's password from any text taken from the driver."""
+    """Removes the URL's password from any text taken from the driver (:func:`redact_text`,
+    which knows the password once :func:`redact_url` has seen the URL)."""
 
     def __init__(self, url: str) -> None:
-        self.secrets = _secrets(url)
+        redact_url(url)
 
     def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return redact_text(_KV_SECRET.sub(r"\1***", text))
+        return redact_text(text)
 
 
 def _sqlstate(err: BaseException) -> str | None:
@@ -373,6 +330,12 @@ def diagnose_postgres(url: str, *, thresholds: Thresholds | None = None, connect
                                 advice='pip install "corestore[postgresql]"'))
         return done(usage_error=True)
     try:
+        check_server_url(url, where="URL")
+    except ConfigError as err:
+        findings.append(Finding(check="url", severity=Severity.ERROR, message=str(err),
+                                advice="percent-encode / ? # @ in the user and password (see libpq's connection URIs)"))
+        return done(usage_error=True)
+    try:
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as err:
         findings.append(Finding(check="url", severity=Severity.ERROR,
@@ -415,7 +378,8 @@ def diagnose_postgres(url: str, *, thresholds: Thresholds | None = None, connect
         standby = False
         checks: list[tuple[str, Any]] = [
             ("role", None), ("connections", _check_connections), ("long_running", _check_long_running),
-            ("idle_in_transaction", _check_idle_in_transaction), ("replication", None)]
+            ("idle_in_transaction", _check_idle_in_transaction), ("replication", None),
+            ("quarantine", lambda cur, _: quarantine_finding(cur, url))]
         for name, check in checks:
             try:
                 with conn.cursor() as cur:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import BusyError, Classification, ErrorKind
 from .initlock import DEFAULT_TIMEOUT_S
-from .redact import redact_text, redact_url
+from .redact import redact_text, redact_url, split_url
 
 __all__ = ["AdvisoryInitLock", "advisory_key"]
 
@@ -38,8 +38,16 @@ _registry_lock = threading.Lock()
 
 def advisory_key(url: str) -> int:
     """The signed 64-bit advisory lock key of the database ``url`` names (host, port, database)."""
-    parts = urllib.parse.urlsplit(redact_url(url))
-    ident = f"corestore.init_lock:{parts.hostname or ''}:{parts.port or 5432}:{parts.path.lstrip('/')}"
+    split = split_url(redact_url(url))
+    rest = split[2] if split is not None else url
+    hostspec, _, path = rest.partition("/")
+    hostspec = hostspec.split("?", 1)[0]
+    if "," in hostspec:  # several hosts: the list names the database
+        where = hostspec.lower()
+    else:
+        parts = urllib.parse.urlsplit(f"postgresql://{hostspec}")
+        where = f"{parts.hostname or ''}:{parts.port or 5432}"
+    ident = f"corestore.init_lock:{where}:{path.split('?', 1)[0]}"
     return int.from_bytes(hashlib.blake2b(ident.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
 
 

@@ -16,7 +16,7 @@ import attrs
 from .errors import ConfigError
 from .frozen import FrozenMap, freeze
 from .profile_model import BUILTIN_PROFILES, DRIVERS, PG_DRIVERS, Profile, RetryPolicy, _init_timeout, validate_pragma
-from .redact import is_server_url, redact_url
+from .redact import check_server_url, is_server_url, redact_url
 
 __all__ = ["Binding", "Config", "load_config", "resolve_profile", "with_overrides", "ENV_CONFIG", "MAX_CONFIG_DEPTH"]
 
@@ -174,6 +174,7 @@ def _parse_config(raw: Mapping[str, Any], source: str) -> Config:
             if not is_server_url(table["url"]):
                 raise ConfigError(f"{where}: key 'url' must be a postgresql:// URL, got "
                                   f"{redact_url(str(table['url']))!r}")
+            check_server_url(table["url"], where=f"{where}: key 'url'")
         elif "path" not in table or not isinstance(table["path"], str) or not table["path"]:
             raise ConfigError(f"{where}: key 'path' is required (a file path, or ':memory:'), "
                               "or 'url' for a PostgreSQL server")

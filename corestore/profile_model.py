@@ -194,10 +194,11 @@ def _url_validator(instance: Any, attribute: Any, value: Any) -> None:
             raise ConfigError(f"<profile>: server_settings needs a PostgreSQL url; {instance.path!r} is a SQLite "
                               "file (SQLite takes pragmas)")
         return
-    from .redact import is_server_url, redact_url
+    from .redact import check_server_url, is_server_url, redact_url
 
     if not is_server_url(value):
         raise ConfigError(f"<profile>: url = {redact_url(str(value))!r} must start with postgresql:// or postgres://")
+    check_server_url(value)  # a malformed URL (an unencoded / ? # @ in the password): ConfigError, redacted
     extra = sorted(k for k in instance.pragmas if k not in PG_PRAGMAS)
     if extra:
         raise ConfigError(f"<profile>: pragmas {', '.join(extra)} are SQLite's; a PostgreSQL profile (url set) allows "

@@ -15,10 +15,11 @@ The table is written and read on a connection of its own (autocommit, bounded by
 (the server is down, or the damage reaches the catalog), the quarantine holds in the process
 that saw it and the log says so, as when a SQLite marker cannot be written.
 
-Removing it (after a person has looked): ``corestore doctor --clear-quarantine URL`` where the
-doctor supports PostgreSQL, or :func:`clear_table_marker`, or by hand:
-``DELETE FROM _corestore_quarantine``. A running store lifts its quarantine at its next refused
-operation after the row is gone (at most ``recheck_s`` later).
+Removing it (after a person has looked): ``corestore doctor --clear-quarantine URL``
+(:mod:`corestore.doctor_pg_quarantine`: evidence, a re-read of the damaged relation, then the
+removal unless the damage is still there or ``--force``), or :func:`clear_table_marker`. A
+running store lifts its quarantine at its next refused operation after the row is gone (at most
+``recheck_s`` later).
 """
 from __future__ import annotations
 

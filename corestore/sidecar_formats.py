@@ -157,9 +157,11 @@ def format_marker(record: Mapping[str, Any]) -> str:
                 lines.append(f"  violation {v.get('check')}: {v.get('message')}")
                 if v.get("evidence"):
                     lines.append(f"    evidence: {json.dumps(v['evidence'], sort_keys=True, default=str)}")
-        for key in ("files", "header"):
-            if evidence.get(key):
-                lines.append(f"  {key}: {json.dumps(evidence[key], sort_keys=True, default=str)}")
+        for key in ("server", "sqlstate", "diag", "files", "header"):  # server..diag: a PostgreSQL marker
+            value = evidence.get(key)
+            if value:
+                shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+                lines.append(f"  {key}: {shown}")
     if record.get("unreadable"):
         lines.append(f"  marker unreadable: {record.get('error')}")
     return "\n".join(lines)

@@ -261,22 +261,29 @@ _SQLSTATE_NOTES = {
 
 def _sqlstates() -> str:
     from corestore.classify import FLAGS_BY_KIND
-    from corestore.classify_pg import CLASS_ROWS, CONNECTION_LOST, SQLSTATE_ROWS
+    from corestore.classify_pg import CLASS_ROWS, CLIENT_ERROR, CONNECTION_LOST, DRIVER_ERROR, SQLSTATE_ROWS
     from corestore.raising import EXCEPTION_FOR_KIND as _EXCEPTION_FOR_KIND
 
     yes = {True: "yes", False: "no"}
 
-    def row(code: str, r: Any) -> list[str]:
+    def row(code: str, r: Any, note: str | None = None) -> list[str]:
         flags = FLAGS_BY_KIND[r.kind]
         retry = flags.retryable if r.retryable is None else r.retryable
         trips = flags.trips_breaker if r.trips_breaker is None else r.trips_breaker
         reopen = flags.reopen if r.reopen is None else r.reopen
         return [code, _code(r.name), r.kind.name, _code(_EXCEPTION_FOR_KIND[r.kind].__name__), yes[retry],
-                yes[trips], yes[reopen], _SQLSTATE_NOTES.get(code[1:6], "")]
+                yes[trips], yes[reopen], _SQLSTATE_NOTES.get(code[1:6], "") if note is None else note]
 
     rows = [row(f"`{code}`", r) for code, r in SQLSTATE_ROWS.items()]
     rows += [row(f"`{code}xxx`", r) for code, r in CLASS_ROWS.items()]
-    rows.append(row("none (driver error)", CONNECTION_LOST))
+    rows.append(row("none: `OperationalError`, `InterfaceError`", CONNECTION_LOST,
+                    "the connection broke or could not be made (a refused login: `ENVIRONMENT`); "
+                    "at COMMIT: outcome unknown"))
+    rows.append(row("none: `ProgrammingError`, `DataError`, `NotSupportedError`", CLIENT_ERROR,
+                    "raised by the driver before anything reached the server (a stray `%`, a wrong "
+                    "parameter count): the caller's mistake"))
+    rows.append(row("none: any other driver error", DRIVER_ERROR,
+                    "`CONNECTION_LOST` instead when its words say the connection is gone"))
     rows.append(["anything else", "`SQLSTATE_<code>`", "UNKNOWN", "`StoreError`", "no", "no", "no", ""])
     return _table(["SQLSTATE", "Name", "Kind", "Raised as", "Retried by `run()`", "Trips breaker", "Reopens",
                    "Note"], rows)

@@ -103,7 +103,8 @@ def test_primary_server_is_up(pg_url: str) -> None:
     code, data = doctor_json(pg_url, "--long-running", LONG, "--idle-in-transaction", LONG)
     found = by_check(data)
     assert list(found) == ["connect", "server", "role", "connections", "long_running", "idle_in_transaction",
-                           "replication"]
+                           "replication", "quarantine"]
+    assert found["quarantine"]["severity"] == "ok"
     with psycopg.connect(pg_url) as conn:
         row = conn.execute("SELECT current_setting('server_version_num')::int, current_setting('max_connections')::int,"
                            " pg_is_in_recovery()").fetchone()

@@ -14,6 +14,8 @@ reason when initdb is missing (fail under ``CORESTORE_REQUIRE_POSTGRES=1``).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ from pgcluster import PgCluster, pg_cluster
 import corestore
 from corestore.quarantine_table import QUARANTINE_TABLE, clear_table_marker, read_table_marker
 from corestore_contrib.waiting import wait_until
+
+from helpers import child_env
 
 pytestmark = pytest.mark.slow
 
@@ -194,8 +198,19 @@ def test_quarantine_on_real_data_corruption_and_its_marker_table(cluster: PgClus
         with pytest.raises(corestore.CorruptionError):
             with store.transaction():
                 store.database.execute_sql("CREATE TABLE other (a int)")
+        # the doctor reports the marker (DOWN), re-reads the damaged table (the relation's file is
+        # named in the XX001 message), refuses to clear while the damage is there, and --force clears
+        doctor = [sys.executable, "-m", "corestore", "doctor", "--clear-quarantine", cluster.url]
+        refused = subprocess.run(doctor, capture_output=True, text=True, timeout=120, env=child_env())
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "the damage is still there" in refused.stdout and "XX001" in refused.stdout, refused.stdout
+        assert "the marker stays" in refused.stdout
         with _admin(cluster) as conn:
-            assert clear_table_marker(conn) is not None  # what the doctor's --clear-quarantine does
+            assert read_table_marker(conn) is not None
+        forced = subprocess.run([*doctor, "--force"], capture_output=True, text=True, timeout=120, env=child_env())
+        assert "quarantine marker removed (forced despite damage)" in forced.stdout, forced.stdout + forced.stderr
+        with _admin(cluster) as conn:
+            assert read_table_marker(conn) is None and clear_table_marker(conn) is None
         with store.transaction():  # recheck_s = 0: the next write sees the marker gone
             store.database.execute_sql("CREATE TABLE other (a int)")
         assert not store.plugin("quarantine").quarantined

@@ -103,3 +103,57 @@ def test_profiles_listing_and_check_redact_the_url(tmp_path) -> None:  # type: i
     assert "plugin 'wal_guard' works on sqlite only" in outputs[2]
     assert FAKE_SECRET not in text
     assert FAKE_SECRET not in repr(corestore.Profile(url=f"postgresql://app:{FAKE_SECRET}@h/db"))
+
+
+# -- a password with an unencoded / ? # @ (review of issue 22) -------------------------------------------
+@pytest.mark.parametrize("password", ["pa/ss-Wd1", "pa?ss-Wd2", "pa#ss-Wd3", "pa@ss-Wd4", "12/ss-Wd5", "12?ss-Wd6"])
+def test_unencoded_password_is_redacted_and_refused(pg_url: str, password: str) -> None:
+    """The user info runs to the last '@' before the host part, so the password is hidden even
+    where the URL is malformed; corestore.open refuses such a URL with a ConfigError that names
+    the redacted URL and what is allowed (before: the URL came back unchanged, and open raised
+    "Port could not be cast to integer value as 'pa'")."""
+    parts = urllib.parse.urlsplit(pg_url)
+    host = parts.netloc.rpartition("@")[2]
+    raw = f"{parts.scheme}://postgres:{password}@{host}{parts.path}?{parts.query}"
+    redacted = redact_url(raw)
+    assert password not in redacted and password.split("-")[0] not in redacted.split("@")[0], redacted
+    assert redacted == f"{parts.scheme}://postgres:***@{host}{parts.path}?{parts.query}"
+    assert password not in redact_text(f"connecting to {raw} failed")
+    with pytest.raises(corestore.ConfigError) as info:
+        corestore.open(raw)
+    text = _everything(info.value)
+    assert password not in text and "Port could not be cast" not in text, text
+    assert "postgres:***@" in str(info.value) and "percent-encoded" in str(info.value)
+    assert f"unencoded {password[2]!r}" in str(info.value)
+    # the same password percent-encoded is a valid URL: the real server accepts it (trust) and
+    # nothing shows the password
+    encoded = f"{parts.scheme}://postgres:{urllib.parse.quote(password, safe='')}@{host}{parts.path}?{parts.query}"
+    store = corestore.open(encoded)
+    try:
+        assert store.database.execute_sql("SELECT 1").fetchone() == (1,)
+        assert password not in repr(store) + str(store.path) + repr(store.profile)
+    finally:
+        store.close()
+
+
+def test_malformed_url_in_a_config_file_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "corestore.toml"
+    cfg.write_text('[databases.main]\nurl = "postgresql://app:pa/ss-Wd7@127.0.0.1:5432/test"\n')
+    with pytest.raises(corestore.ConfigError) as info:
+        corestore.open("main", config=cfg)
+    assert "pa/ss-Wd7" not in str(info.value) and "[databases.main]" in str(info.value)
+    assert "postgresql://app:***@127.0.0.1:5432/test" in str(info.value)
+
+
+def test_query_with_at_sign_and_multiple_hosts_stay_readable() -> None:
+    assert redact_url("postgresql://u:pw-9x@h/db?application_name=a@b") == "postgresql://u:***@h/db?application_name=a@b"
+    assert redact_url("postgresql://h:5432/db?application_name=a@b") == "postgresql://h:5432/db?application_name=a@b"
+    assert redact_url("postgresql://u:p@h1:5432,h2:5433/prod") == "postgresql://u:***@h1:5432,h2:5433/prod"
+
+
+def test_one_redaction_helper() -> None:
+    """The doctor uses the project's helper, not a private copy that could drift from it."""
+    import corestore.doctor_postgres as doctor_postgres
+
+    assert doctor_postgres.redact_url is redact_url
+    assert not hasattr(doctor_postgres, "_userinfo") and not hasattr(doctor_postgres, "_secrets")

@@ -18,9 +18,11 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from ..doctor import diagnose
-from ..doctor_postgres import Thresholds, diagnose_postgres, is_postgres_url, redact_url
+from ..doctor_postgres import Thresholds, diagnose_postgres, is_postgres_url
 from ..errors import ConfigError
 from ..findings import Diagnosis, Finding, Severity, format_diagnosis
+from ..quarantine_table import QUARANTINE_TABLE
+from ..redact import redact_text, redact_url
 from ..sidecar_formats import clear_marker, format_marker, marker_path
 from ._common import config_path
 
@@ -66,7 +68,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _PG_OPTIONS = ("long_running", "idle_in_transaction", "replication_lag", "connect_timeout")
-_SQLITE_OPTIONS = ("integrity", "clear_quarantine", "force")
 
 
 def _seconds(text: str) -> float:
@@ -102,7 +103,9 @@ def _doctor_path(args: argparse.Namespace) -> str:
 
 
 def _run_postgres(args: argparse.Namespace, url: str) -> int:
-    given = [f"--{name.replace('_', '-')}" for name in _SQLITE_OPTIONS if getattr(args, name, False)]
+    given = [f"--{name.replace('_', '-')}" for name in ("integrity",) if getattr(args, name, False)]
+    if args.force and not args.clear_quarantine:
+        given.append("--force without --clear-quarantine")
     if given:
         raise ConfigError(f"{', '.join(given)}: only for a SQLite file, not for a PostgreSQL server ({redact_url(url)})")
     defaults = Thresholds()
@@ -110,7 +113,11 @@ def _run_postgres(args: argparse.Namespace, url: str) -> int:
         long_running_s=_given(args.long_running, defaults.long_running_s),
         idle_in_transaction_s=_given(args.idle_in_transaction, defaults.idle_in_transaction_s),
         replication_lag_s=_given(args.replication_lag, defaults.replication_lag_s))
-    diag = diagnose_postgres(url, thresholds=limits, connect_timeout_s=_given(args.connect_timeout, 5.0))
+    connect_timeout = _given(args.connect_timeout, 5.0)
+    diag = diagnose_postgres(url, thresholds=limits, connect_timeout_s=connect_timeout)
+    if args.clear_quarantine and not diag.usage_error:
+        diag = _clear_postgres_quarantine(diag, url, force=args.force, as_json=getattr(args, "json", False),
+                                          connect_timeout_s=connect_timeout)
     if getattr(args, "json", False):
         print(json.dumps(diag.to_dict(), indent=2, sort_keys=True))
     else:
@@ -175,3 +182,45 @@ def _clear_quarantine(diag: Diagnosis, *, force: bool, as_json: bool) -> Diagnos
                    message="quarantine marker removed" + (" (forced despite damage)" if damage else ""),
                    details={"evidence": cleared if cleared is not None else evidence})
     return attrs.evolve(diag, findings=findings + (note,))
+
+
+def _clear_postgres_quarantine(diag: Diagnosis, url: str, *, force: bool, as_json: bool,
+                               connect_timeout_s: float) -> Diagnosis:
+    """The SQLite flow on PostgreSQL (:mod:`corestore.doctor_pg_quarantine`): show the evidence,
+    re-read the damaged relation, remove the marker row unless the re-read finds damage."""
+    import psycopg
+
+    from ..doctor_pg_quarantine import RECHECK, clear_server_marker, recheck_finding
+
+    found = diag.finding("quarantine")
+    if found is None or found.severity is not Severity.ERROR or not isinstance(found.details.get("evidence"), Mapping):
+        why = "no quarantine marker to clear" if found is not None and found.severity is Severity.OK else \
+            "the marker table could not be read (see the findings); nothing cleared"
+        note = Finding(check="clear-quarantine", severity=Severity.INFO if found is not None and
+                       found.severity is Severity.OK else Severity.ERROR, message=why)
+        return attrs.evolve(diag, findings=diag.findings + (note,))
+    evidence = found.details["evidence"]
+    if not as_json:
+        print(f"quarantine evidence ({found.details.get('marker')} in {diag.path}):")
+        print(format_marker(evidence))
+    check = recheck_finding(url, evidence, connect_timeout_s=connect_timeout_s)
+    findings = diag.findings + (check,)
+    damaged = check.check == RECHECK and check.severity is Severity.ERROR
+    if damaged and not force:
+        note = Finding(check="clear-quarantine", severity=Severity.ERROR,
+                       message=f"refused: the {RECHECK} check found damage; the marker stays",
+                       advice="recover the data first; --force removes the marker anyway", details={"evidence": evidence})
+        return attrs.evolve(diag, findings=findings + (note,))
+    try:
+        cleared = clear_server_marker(url, connect_timeout_s=connect_timeout_s)
+    except psycopg.Error as err:
+        note = Finding(check="clear-quarantine", severity=Severity.ERROR,
+                       message=f"refused: {redact_text(f'{type(err).__name__}: {err}')}",
+                       advice=f"the role needs DELETE on {QUARANTINE_TABLE} (a standby cannot be written: use the primary)",
+                       details={"evidence": evidence, "sqlstate": getattr(err, "sqlstate", None)})
+        return attrs.evolve(diag, findings=findings + (note,))
+    kept = tuple(f for f in findings if f.check != "quarantine")
+    note = Finding(check="clear-quarantine", severity=Severity.OK,
+                   message="quarantine marker removed" + (" (forced despite damage)" if damaged else ""),
+                   details={"evidence": cleared if cleared is not None else evidence})
+    return attrs.evolve(diag, findings=kept + (note,))

@@ -45,8 +45,15 @@ class ServerMarker:
             import psycopg
 
             kwargs = {"application_name": "corestore-quarantine", **self._kwargs}
-            self._conn = psycopg.connect(**kwargs, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S,
-                                         options=f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}")
+            # statement_timeout by set_config, not options=: that keyword would replace the URL's
+            # own options (its search_path names the schema where the marker table is)
+            conn = psycopg.connect(**kwargs, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
+            try:
+                conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{_STATEMENT_TIMEOUT_MS}ms",))
+            except Exception:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def _drop(self) -> None:
