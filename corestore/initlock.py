@@ -30,11 +30,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from .errors import BusyError, Classification, ErrorKind, FatalError
 from .sidecar import SidecarError, open_sidecar, sidecar_path, writers_mode
 
-__all__ = ["InitLock", "lock_path_for", "LOCK_SUFFIX", "DEFAULT_TIMEOUT_S"]
+__all__ = ["InitLock", "ReentrantHold", "lock_path_for", "LOCK_SUFFIX", "DEFAULT_TIMEOUT_S"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +134,69 @@ def _holder(fd: int) -> str:
     return "another process (its PID could not be found)"
 
 
-class InitLock:
+class ReentrantHold:
+    """The bounded, re-entrant ``hold()`` shared by the init locks of both engines: a thread lock
+    first (other threads of this process), then, on the outermost entry only, the cross-process
+    lock (:meth:`_acquire`: a sidecar file lock here, an advisory lock on PostgreSQL), released by
+    :meth:`_release` when the outermost block ends. One deadline covers both waits."""
+
+    db_path: str
+    path: str | None
+
+    def __init__(self) -> None:
+        self._rlock = threading.RLock()
+        self._depth = 0
+        self._handle: Any = None
+
+    def _acquire(self, deadline: float, timeout: float) -> Any:
+        """Take the cross-process lock by ``deadline``; the handle to release (None: nothing held)."""
+        raise NotImplementedError
+
+    def _release(self, handle: Any) -> None:
+        """Release what :meth:`_acquire` returned."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def hold(self, timeout_s: float | None = None) -> Iterator[None]:
+        """Hold the lock for the ``with`` block, waiting at most ``timeout_s`` seconds in total
+        (default :data:`DEFAULT_TIMEOUT_S`); on timeout a :class:`~corestore.BusyError` names the
+        lock and its holder."""
+        timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
+        deadline = time.monotonic() + timeout
+        if not self._rlock.acquire(timeout=max(0.0, timeout)):
+            raise self._timeout(timeout, "another thread of this process")
+        try:
+            self._depth += 1
+            if self._depth == 1:
+                self._handle = self._acquire(deadline, timeout)
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._handle is not None:
+                handle, self._handle = self._handle, None
+                self._release(handle)
+            self._rlock.release()
+
+    def _timeout(self, timeout: float, holder: str) -> BusyError:
+        message = (f"{self.db_path}: the init lock ({self.path}) was not acquired within init_timeout_s = {timeout:g} s; "
+                   f"it is held by {holder}. Another process is initialising (or migrating) this database, or "
+                   "is stuck: wait for it or stop it; raise init_timeout_s if setup legitimately takes longer")
+        return BusyError(message, path=self.db_path, classification=Classification(
+            kind=ErrorKind.BUSY, name="INIT_LOCK_TIMEOUT", message=f"init lock held by {holder}"))
+
+    def _after_fork_in_child(self) -> None:
+        self._rlock = threading.RLock()
+        self._depth = 0
+        self._handle = None  # the parent's lock stays the parent's: the child forgets it, never releases it
+
+
+class InitLock(ReentrantHold):
     """One per database path per process (use :meth:`for_path`). Re-entrant in one thread."""
 
     def __init__(self, db_path: str) -> None:
+        super().__init__()
         self.db_path = db_path
         self.path = None if db_path == ":memory:" else lock_path_for(db_path)
-        self._rlock = threading.RLock()
-        self._depth = 0
-        self._fd: int | None = None
 
     @classmethod
     def for_path(cls, db_path: str) -> InitLock:
@@ -151,36 +206,14 @@ class InitLock:
                 lock = _registry[db_path] = cls(db_path)
             return lock
 
-    @contextlib.contextmanager
-    def hold(self, timeout_s: float | None = None) -> Iterator[None]:
-        """Hold the lock (thread lock, then the file lock) for the ``with`` block, waiting at most
-        ``timeout_s`` seconds in total (default :data:`DEFAULT_TIMEOUT_S`); on timeout a
-        :class:`~corestore.BusyError` names the lock file and the holder."""
-        timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
-        deadline = time.monotonic() + timeout
-        if not self._rlock.acquire(timeout=max(0.0, timeout)):
-            raise self._timeout(timeout, "another thread of this process")
-        try:
-            self._depth += 1
-            if self._depth == 1:
-                self._fd = self._lock_file(deadline, timeout)
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self._fd is not None:
-                fd, self._fd = self._fd, None
-                try:
-                    _unlock(fd)
-                finally:
-                    os.close(fd)  # the sidecar, never the database: no SQLite lock is affected
-            self._rlock.release()
+    def _acquire(self, deadline: float, timeout: float) -> int | None:
+        return self._lock_file(deadline, timeout)
 
-    def _timeout(self, timeout: float, holder: str) -> BusyError:
-        message = (f"{self.db_path}: the init lock ({self.path}) was not acquired within init_timeout_s = {timeout:g} s; "
-                   f"it is held by {holder}. Another process is initialising (or migrating) this database, or "
-                   "is stuck: wait for it or stop it; raise init_timeout_s if setup legitimately takes longer")
-        return BusyError(message, path=self.db_path, classification=Classification(
-            kind=ErrorKind.BUSY, name="INIT_LOCK_TIMEOUT", message=f"init lock held by {holder}"))
+    def _release(self, handle: Any) -> None:
+        try:
+            _unlock(handle)
+        finally:
+            os.close(handle)  # the sidecar, never the database: no SQLite lock is affected
 
     def _lock_file(self, deadline: float, timeout: float) -> int | None:
         if self.path is None:
@@ -214,11 +247,6 @@ class InitLock:
             raise
         return fd
 
-    def _after_fork_in_child(self) -> None:
-        self._rlock = threading.RLock()
-        self._depth = 0
-        self._fd = None  # the parent's lock stays the parent's (the description is shared: do not
-        # unlock it from here; the child simply forgets the descriptor)
 
 
 def _reset_after_fork() -> None:

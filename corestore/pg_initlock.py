@@ -14,18 +14,16 @@ Re-entrant in one thread, like the file lock.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
 
 from .errors import BusyError, Classification, ErrorKind
-from .initlock import DEFAULT_TIMEOUT_S
+from .initlock import ReentrantHold
 from .redact import redact_text, redact_url, split_url
 
 __all__ = ["AdvisoryInitLock", "advisory_key"]
@@ -51,17 +49,15 @@ def advisory_key(url: str) -> int:
     return int.from_bytes(hashlib.blake2b(ident.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
 
 
-class AdvisoryInitLock:
+class AdvisoryInitLock(ReentrantHold):
     """One per URL per process (use :meth:`for_url`). Re-entrant in one thread."""
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self._url = url
         self.db_path = redact_url(url)
         self.key = advisory_key(url)
         self.path = f"pg_advisory_lock({self.key})"  # what the lock is, for messages (InitLock's path)
-        self._rlock = threading.RLock()
-        self._depth = 0
-        self._conn: Any = None
 
     def __repr__(self) -> str:
         return f"<AdvisoryInitLock {self.db_path!r} key={self.key}>"
@@ -74,38 +70,17 @@ class AdvisoryInitLock:
                 lock = _registry[url] = cls(url)
             return lock
 
-    @contextlib.contextmanager
-    def hold(self, timeout_s: float | None = None) -> Iterator[None]:
-        """Hold the advisory lock for the ``with`` block, waiting at most ``timeout_s`` seconds in
-        total (default 30 s); on timeout a :class:`~corestore.BusyError` names the key and holder."""
-        timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
-        deadline = time.monotonic() + timeout
-        if not self._rlock.acquire(timeout=max(0.0, timeout)):
-            raise self._timeout(timeout, "another thread of this process")
-        try:
-            self._depth += 1
-            if self._depth == 1:
-                self._conn = self._lock(deadline, timeout)
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self._conn is not None:
-                conn, self._conn = self._conn, None
-                try:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-                except Exception:  # closing the session releases it anyway
-                    logger.debug("%s: pg_advisory_unlock failed; closing the session releases the lock", self.db_path,
-                                 exc_info=True)
-                finally:
-                    conn.close()
-            self._rlock.release()
+    def _acquire(self, deadline: float, timeout: float) -> Any:
+        return self._lock(deadline, timeout)
 
-    def _timeout(self, timeout: float, holder: str) -> BusyError:
-        message = (f"{self.db_path}: the init lock ({self.path}) was not acquired within init_timeout_s = {timeout:g} s; "
-                   f"it is held by {holder}. Another process is initialising (or migrating) this database, or is "
-                   "stuck: wait for it or stop it; raise init_timeout_s if setup legitimately takes longer")
-        return BusyError(message, path=self.db_path, classification=Classification(
-            kind=ErrorKind.BUSY, name="INIT_LOCK_TIMEOUT", message=f"init lock held by {holder}"))
+    def _release(self, handle: Any) -> None:
+        try:
+            handle.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        except Exception:  # closing the session releases it anyway
+            logger.debug("%s: pg_advisory_unlock failed; closing the session releases the lock", self.db_path,
+                         exc_info=True)
+        finally:
+            handle.close()
 
     def _connect(self, deadline: float) -> Any:
         import psycopg
@@ -145,10 +120,6 @@ class AdvisoryInitLock:
             raise
         return conn
 
-    def _after_fork_in_child(self) -> None:
-        self._rlock = threading.RLock()
-        self._depth = 0
-        self._conn = None  # the parent's session: never used (nor closed) from the child
 
 
 def _reset_after_fork() -> None:
