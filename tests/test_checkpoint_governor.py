@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -292,15 +293,14 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not HAS_WRITE_GATE, reason="needs the write_gate plugin (contention issue)")
-def test_mitigation_checkpoints_never_run_while_another_process_commits(tmp_path: Path) -> None:
-    path = tmp_path / "app.db"
-    store = corestore.open(str(path), enable=["write_gate", "checkpoint_governor"],
-                           settings={"checkpoint_governor": {"target_wal_bytes": 64 * 1024, "interval_s": 0.01,
-                                                             "check_every": 1}})
+def _commit_beside_another_process(store: Any, path: Path, tmp_path: Path,
+                                   script: str) -> tuple[list[dict[str, Any]], dict[str, Any], list[list[int]]]:
+    """Commit 20 KB rows for 3 s while a child process running ``script`` does the same and logs
+    when each of its commits held SQLite's write lock; the governor's finished checkpoints, its
+    stats and the child's commit intervals (the child is waited for at most 60 s, else killed)."""
     store.database.execute_sql("CREATE TABLE item (id INTEGER PRIMARY KEY, body BLOB)")
     log = tmp_path / "commits.json"
-    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(log), "3"], env=child_env(),
+    writer = subprocess.Popen([sys.executable, "-c", script, str(path), str(log), "3"], env=child_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + 3
@@ -314,8 +314,16 @@ def test_mitigation_checkpoints_never_run_while_another_process_commits(tmp_path
     assert writer.returncode == 0, err
     governor = store.plugin("checkpoint_governor")
     checkpoints = [h for h in governor.history() if h["result"] is not None]
-    stats = governor.stats()
-    commits = json.loads(log.read_text())
+    return checkpoints, governor.stats(), json.loads(log.read_text())
+
+
+@pytest.mark.skipif(not HAS_WRITE_GATE, reason="needs the write_gate plugin (contention issue)")
+def test_mitigation_checkpoints_never_run_while_another_process_commits(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    store = corestore.open(str(path), enable=["write_gate", "checkpoint_governor"],
+                           settings={"checkpoint_governor": {"target_wal_bytes": 64 * 1024, "interval_s": 0.01,
+                                                             "check_every": 1}})
+    checkpoints, stats, commits = _commit_beside_another_process(store, path, tmp_path, _WRITER)
     store.close()
     assert len(commits) > 50 and len(checkpoints) >= 3, (len(commits), stats)
     assert all(h["gate_held"] for h in checkpoints)
@@ -341,24 +349,7 @@ def test_mitigation_without_write_gate_holds_the_writer_lock_for_every_checkpoin
     store = corestore.open(str(path), settings={"checkpoint_governor": {"target_wal_bytes": 64 * 1024,
                                                                         "interval_s": 0.01, "check_every": 1}})
     assert "write_gate" not in store.plugins and "checkpoint_governor" in store.plugins
-    store.database.execute_sql("CREATE TABLE item (id INTEGER PRIMARY KEY, body BLOB)")
-    log = tmp_path / "commits.json"
-    writer = subprocess.Popen([sys.executable, "-c", _WRITER_NO_GATE, str(path), str(log), "3"], env=child_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            with store.transaction():
-                store.database.execute_sql("INSERT INTO item (body) VALUES (randomblob(20000))")
-        out, err = writer.communicate(timeout=60)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-    assert writer.returncode == 0, err
-    governor = store.plugin("checkpoint_governor")
-    checkpoints = [h for h in governor.history() if h["result"] is not None]
-    stats = governor.stats()
-    commits = json.loads(log.read_text())
+    checkpoints, stats, commits = _commit_beside_another_process(store, path, tmp_path, _WRITER_NO_GATE)
     try:
         assert len(commits) > 50 and len(checkpoints) >= 3, (len(commits), stats)
         assert all(h["writer_lock_held"] and h["mode"] == "PASSIVE" for h in checkpoints)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +17,15 @@ from corestore_contrib.waiting import wait_until
 
 pytest.importorskip("opentelemetry.sdk.metrics", reason="the telemetry tests need opentelemetry-sdk (the test extra)")
 
+import otel_fixtures  # noqa: E402
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 
 from corestore_plugins import telemetry  # noqa: E402
 
 PRAGMAS = {"busy_timeout": 50, "journal_mode": "wal", "synchronous": "normal"}
-
-
-@pytest.fixture
-def reader() -> Iterator[InMemoryMetricReader]:
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
-    telemetry.use_meter_provider(provider)
-    yield reader
-    telemetry.use_meter_provider(None)
-    provider.shutdown()
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    """name -> data points of a collection made now."""
-    out: dict[str, list[Any]] = {}
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                out.setdefault(metric.name, []).extend(metric.data.data_points)
-    return out
+reader = otel_fixtures.reader  # the fixture: the SDK's in-memory reader as the meter provider
+points = otel_fixtures.points
 
 
 def count(reader: InMemoryMetricReader, kind: str) -> int:
