@@ -27,6 +27,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from corestore.classify import classify_exception
+from corestore.errors import ErrorKind
+
 __all__ = ["WriterLock"]
 
 logger = logging.getLogger(__name__)
@@ -74,7 +77,7 @@ class WriterLock:
                 cur.execute("BEGIN IMMEDIATE")
                 return True
             except Exception as err:  # sqlite3.OperationalError / apsw.BusyError: the lock is taken
-                if not _is_busy(err) or time.monotonic() >= deadline:
+                if classify_exception(err).kind is not ErrorKind.BUSY or time.monotonic() >= deadline:
                     logger.debug("%s: SQLite's writer lock not had within %.3f s: %s", self.path, timeout_s, err)
                     return False
             time.sleep(POLL_S)
@@ -118,13 +121,3 @@ class WriterLock:
     def forget(self) -> None:
         """In a forked child: the connection is the parent's; drop it without closing it."""
         self._conn = None
-
-
-def _is_busy(err: BaseException) -> bool:
-    """SQLITE_BUSY / SQLITE_LOCKED from either driver (any other error is not retried)."""
-    code = getattr(err, "sqlite_errorcode", None)
-    if code is None:
-        code = getattr(err, "extendedresult", None) or getattr(err, "result", None)
-    if code is not None:
-        return int(code) & 0xFF in (5, 6)
-    return "locked" in str(err) or "busy" in str(err).lower()
