@@ -77,7 +77,7 @@ class Accounting:
     block_timeout_s       float    1.0          on_full = "block": longest wait for room, then reject
     batch_size            int      500          rows per batch transaction while the queue is under half full
     max_batch_size        int      5000         rows per batch once the queue is half full or more (never below batch_size)
-    yield_ms              float    5.0          longest submit() waits for the writer to take the GIL (once per batch or call; 0: never)
+    yield_ms              float    5.0          longest submit() waits for the writer to get the GIL (0: never)
     max_latency_ms        float    50           longest a row waits for its batch to fill
     drain_timeout_s       float    5.0          close(): time to write the backlog before dead-lettering it
     ts_column             str      (none)       column filled with the submit time (unix seconds) when a row lacks it
