@@ -66,6 +66,7 @@ class Ledger:
         self.turn: threading.Lock = threading.Lock()
         self._turn_spare: threading.Lock = threading.Lock()  # marks alternate between two locks (hand_over)
         self.turn_mark = NEVER
+        self.turn_waiting = 0  # submitters inside give_turn (for tests and stats)
         self.queue: collections.deque[Item] = collections.deque()
         self.in_flight: list[Item] | None = None
         self.in_flight_id: str | None = None
@@ -149,10 +150,14 @@ class Ledger:
         to return and the writer to take the GIL back (releasing the GIL meanwhile). On timeout
         the mark is cleared, so one call of the writer costs the submitters one wait at most."""
         turn = self.turn
-        if turn.acquire(True, seconds):
-            turn.release()
-        else:
-            self.turn_mark = NEVER
+        self.turn_waiting += 1
+        try:
+            if turn.acquire(True, seconds):
+                turn.release()
+            else:
+                self.turn_mark = NEVER
+        finally:
+            self.turn_waiting -= 1
         with self.lock:
             self.turns += 1
 

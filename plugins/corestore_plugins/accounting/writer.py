@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 #: Rows a submitter queues before it gives the writer its turn after a short database call
 #: (BEGIN, the batch id, COMMIT): about 10 µs of submit() calls.
 _SHORT_CALL = 16
+_PARAMS_SHIFT = 4
 
 class Writer(Settling):
     """The writer loop of one :class:`~corestore_plugins.accounting.Accounting` (one thread)."""
@@ -364,7 +365,7 @@ class Writer(Settling):
         led = self.ledger
 
         def run(sql: str, args: Any) -> Any:
-            self._marked = led.hand_over(max(_SHORT_CALL, len(args) >> 4))
+            self._marked = led.hand_over(max(_SHORT_CALL, len(args) >> _PARAMS_SHIFT))
             try:
                 return execute(sql, args)
             finally:
