@@ -174,9 +174,9 @@ def test_a_stalled_writer_costs_a_submitter_a_bounded_wait(tmp_path: Path) -> No
                 assert acc.submit("usage", {"kind": "k", "n": i}) is True
             took = time.monotonic() - started
             st = acc.stats()
-            # at most one wait for the take of the first batch and one at half the queue (it
-            # times out: the writer is stuck), then none until the writer takes again
-            assert st["yields"] <= 2 and took < 2.0, (st["yields"], took)
+            # at most one wait for the take of the first batch, one at half the queue and one at
+            # nine-tenths (both time out: the writer is stuck), then none until it takes again
+            assert st["yields"] <= 3 and took < 2.0, (st["yields"], took)
         assert acc.flush(20) is True
         assert acc.stats()["written"] == 100
     finally:

@@ -59,6 +59,9 @@ class Ledger:
         self.high_water = max(1, capacity // 2)
         self.backlog_limit = backlog_limit
         self.yield_armed = True  # a submitter may yield (reset by every take)
+        self.full_armed = True  # ... and once more with the queue nine-tenths full (reset by every take)
+        #: nine-tenths of the queue: a submitter's last wait for the writer before rows are refused
+        self.near_full = max(1, capacity - capacity // 10)
         self.yielding = 0
         #: held by the writer while it is inside a database call it marked (see give_turn): the
         #: first submitter past ``turn_mark`` waits for it, so the writer gets the GIL back as
@@ -121,7 +124,7 @@ class Ledger:
             self.in_flight_uncertain = False
             if self.blocked and batch:
                 self.space.notify(len(batch))
-            self.yield_armed = True
+            self.yield_armed = self.full_armed = True
             if self.yielding:
                 self.taken.notify_all()
         return batch
@@ -161,15 +164,24 @@ class Ledger:
         with self.lock:
             self.turns += 1
 
-    def give_way(self, seconds: float) -> None:
-        """A submitter far ahead of the writer (the queue at or above :attr:`high_water`) waits
-        up to ``seconds`` for the writer to take its next batch, releasing the GIL meanwhile; at
-        most one such wait per batch taken, so a stalled writer costs the producers one wait.
-        Call with the lock NOT held."""
+    def give_way(self, seconds: float, *, last_chance: bool = False) -> None:
+        """A submitter far ahead of the writer (the queue at or above :attr:`high_water`, or a
+        batch just made ready) waits up to ``seconds`` for the writer to take its next batch,
+        releasing the GIL meanwhile; at most one such wait per batch taken, plus one
+        ``last_chance`` wait with the queue at :attr:`near_full` (a writer slow to be scheduled
+        on a loaded machine), so a stalled writer costs the producers two waits. Call with the
+        lock NOT held."""
         with self.lock:
-            if not self.yield_armed or self.closed:
+            if self.closed:
                 return
-            self.yield_armed = False
+            if last_chance:
+                if not self.full_armed:
+                    return
+                self.full_armed = False
+            else:
+                if not self.yield_armed:
+                    return
+                self.yield_armed = False
             self.yielding += 1
             try:
                 self.taken.wait(seconds)

@@ -201,10 +201,13 @@ class Accounting:
                     # a batch is ready and the writer is waiting for it (or finishing one): let
                     # it take the GIL and the batch now, not after the switch interval
                     led.give_way(self._yield_s)
-            elif n >= self._high_water and led.yield_armed and self._yield_s:
+            elif n >= self._high_water and self._yield_s:
                 # far ahead of the writer: give it its turn now rather than starve it of the GIL
-                # until the interpreter's switch interval (site/plugins/accounting.md, "Throughput")
-                led.give_way(self._yield_s)
+                # until the interpreter's switch interval (site/plugins/accounting.md)
+                if led.yield_armed:
+                    led.give_way(self._yield_s)
+                elif n >= led.near_full and led.full_armed:
+                    led.give_way(self._yield_s, last_chance=True)
         return True
 
     def _make_room(self, led: Ledger) -> bool:
