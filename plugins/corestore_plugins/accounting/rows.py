@@ -2,8 +2,10 @@
 
 A row is a mapping submitted for a table (a name) or a peewee model. Rows are grouped by table
 and by the set of keys they carry; each group becomes multi-row ``INSERT ... VALUES (...),(...)``
-statements of at most :data:`MAX_VARIABLES` parameters (the fastest way through either driver:
-about twice ``executemany``), or one statement per row when a batch is being isolated.
+statements (the fastest way through either driver: about twice ``executemany``) sized to the
+connection's parameter limit (:meth:`RowPlanner.set_limits`; :data:`MAX_VARIABLES` until it is
+known) in a few fixed sizes (:func:`chunk_sizes`), or one statement per row when a batch is being
+isolated.
 
 For a model, a row gets what ``Model.insert_many`` would give it: keys may be field names,
 column names or ``Field`` objects; fields the row leaves out get their Python-side ``default``
