@@ -228,7 +228,9 @@ class RowPlanner:
     def __init__(self, ts_column: str | None, *, param: str = "?", max_variables: int = MAX_VARIABLES,
                  max_rows: int = _MAX_ROWS_PER_STATEMENT, preferred: int = 0) -> None:
         """``param`` is the driver's placeholder; ``max_variables`` / ``max_rows`` bound one
-        multi-row statement (SQLite: 999 parameters, 100 rows; see ``accounting.dialect``)."""
+        multi-row statement until :meth:`set_limits` sizes them to a connection (see
+        ``accounting.dialect``); ``preferred`` is a statement size used beside the full one
+        (``batch_size``: a batch of exactly that many rows is one statement)."""
         self.ts_column = ts_column
         self._param, self._max_variables, self._max_rows = param, max_variables, max_rows
         self._max_sql_length: int | None = None
