@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -163,6 +164,34 @@ class Ledger:
             self.turn_waiting -= 1
         with self.lock:
             self.turns += 1
+
+    def make_room(self, on_full: str, block_timeout_s: float) -> bool:
+        """The queue is full or closed (call with the lock held): may a new row go in?
+        ``on_full`` decides: "reject" (no), "drop_oldest" (drop the head, counted; yes) or
+        "block" (wait up to ``block_timeout_s`` for room)."""
+        if self.closed:
+            return False
+        if on_full == "reject":
+            return False
+        q = self.queue
+        if on_full == "drop_oldest":
+            old = q.popleft()
+            self.dropped += 1
+            if self.waiters:
+                self.lose([old[3]])
+                self.wake_waiters()
+            return True
+        deadline = time.monotonic() + block_timeout_s
+        self.blocked += 1
+        try:
+            while len(q) >= self.capacity and not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.space.wait(left)
+        finally:
+            self.blocked -= 1
+        return not self.closed
 
     def give_way(self, seconds: float, *, last_chance: bool = False) -> None:
         """A submitter far ahead of the writer (the queue at or above :attr:`high_water`, or a

@@ -212,30 +212,7 @@ class Accounting:
 
     def _make_room(self, led: Ledger) -> bool:
         """The queue is full or closed (called with the ledger lock held): may the row go in?"""
-        if led.closed:
-            return False
-        mode = self._on_full
-        if mode == "reject":
-            return False
-        q = led.queue
-        if mode == "drop_oldest":
-            old = q.popleft()
-            led.dropped += 1
-            if led.waiters:
-                led.lose([old[3]])
-                led.wake_waiters()
-            return True
-        deadline = time.monotonic() + self.settings.block_timeout_s
-        led.blocked += 1
-        try:
-            while len(q) >= led.capacity and not led.closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                led.space.wait(left)
-        finally:
-            led.blocked -= 1
-        return not led.closed
+        return led.make_room(self._on_full, self.settings.block_timeout_s)
 
     def _check_table(self, table: Any) -> bool:
         """A table not seen before (no I/O: the writer thread reads the schema): True to accept
