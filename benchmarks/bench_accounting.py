@@ -5,12 +5,13 @@ same rows (``{"kind", "model", "tokens", "cost"}`` plus the submit time in ``ts`
 
 * ``accounting.submit_p99``: ``acc.submit()`` latency while the writer drains a backlog
   (50k queued rows when the clock starts), one call timed at a time with ``perf_counter_ns``;
-  the value is the per-sample p99 in µs (p50 reported beside it). Target p99 <= 20 µs. The pair's
+  the value is the per-sample p99 in µs (p50 reported beside it). Target p99 <= 5 µs (issue 18;
+  it was 20 µs). The pair's
   baseline is ``queue.Queue.put_nowait`` with its own writer draining (incident 004's enqueue),
   for scale only.
 * ``accounting.vs_row_per_txn``: writer throughput against incident 004's pattern (a
   ``queue.Queue`` and a daemon thread committing one transaction per row on a raw ``sqlite3``
-  connection). Target >= 10x.
+  connection). Target >= 15x (issue 18; it was 10x).
 * ``accounting.vs_sqliteq``: writer throughput against peewee's ``SqliteQueueDatabase`` (each
   row the statement of ``Model.insert(...)``, queued to its writer thread with ``execute_sql``
   without waiting for its result). Target >= 5x.
@@ -26,7 +27,15 @@ same rows (``{"kind", "model", "tokens", "cost"}`` plus the submit time in ``ts`
   ``synchronous=FULL``; ``_default`` uses the default profile as it ships on this machine plus
   ``accounting`` (its plugins, ``synchronous=FULL``) on both sides' pragmas; both ``FULL`` rows
   use a tenth of the rows (each baseline commit waits for an ``fsync``). Target >= 10x
-  (ratio <= 0.1).
+  (ratio <= 0.1) **with every row accepted**: a sample with a refused row does not count, so a
+  row with any refused row is not met whatever its ratio.
+* ``accounting.end_to_end_submit_p99``: the same end-to-end run (``synchronous=NORMAL``, shipped
+  settings, N rows) with every ``submit()`` call timed (``perf_counter_ns`` around the call, the
+  waits the producer makes for the writer included); the value is the per-sample p99 in µs.
+  Target <= 5 µs.
+
+All files live in the benchmark's directory: ``--tmpdir`` (or ``$TMPDIR``, else ``/tmp``). Issue
+18's figures are for a real disk (``/tmp`` on ext4 here), not a RAM disk.
 
 Throughput is the writer's: rows drained per second once the producer has stopped. The producer
 enqueues N rows as fast as it can, then the clock runs until the last row is durable
@@ -53,7 +62,7 @@ import peewee
 
 import corestore
 
-from ._runner import PairSamples, bench_dir, measure_pairs, missing_plugins, pair_row, skipped_row
+from ._runner import PairSamples, bench_dir, measure_pairs, missing_plugins, pair_row, skipped_row, value_row
 
 __all__ = ["run", "PRAGMAS", "SCHEMA"]
 
@@ -276,10 +285,54 @@ class _EndToEnd:
         return elapsed / max(1, accepted)
 
 
+def _end_to_end_submit_p99(root: str, n: int, samples: int) -> dict[str, Any]:
+    """The NORMAL end-to-end run with each submit() timed: the p99 per sample (µs)."""
+    rows = _e2e_rows(n)
+    p99s: list[float] = []
+    p50s: list[float] = []
+    maxes: list[float] = []
+    rejected: list[int] = []
+    for i in range(samples):
+        path = os.path.join(root, f"e2e-latency-{i}.db")
+        profile = corestore.Profile(path=path, name="bench-e2e", plugins=("accounting",), pragmas=dict(PRAGMAS))
+        store = corestore.open(profile, setup=lambda s: s.database.execute_sql(SCHEMA))
+        try:
+            acc = store.plugin("accounting")
+            submit, clock = acc.submit, time.perf_counter_ns
+            took = [0] * n
+            accepted = 0
+            for j, row in enumerate(rows):
+                t0 = clock()
+                ok = submit("usage", row)
+                took[j] = clock() - t0
+                accepted += ok
+            if not acc.flush(120):
+                raise RuntimeError("accounting: flush() timed out")
+        finally:
+            store.close()
+        _remove_db(path)
+        took.sort()
+        p99s.append(took[int(n * 0.99)] / 1000)
+        p50s.append(took[n // 2] / 1000)
+        maxes.append(took[-1] / 1000)
+        rejected.append(n - accepted)
+    row = value_row(
+        "accounting.end_to_end_submit_p99", p99s, target="<= 5", unit="µs (p99)",
+        label=f"acc.submit() x {n} then flush(), shipped settings, WAL + synchronous=NORMAL",
+        note=f"every call timed, waits for the writer included; p50 {statistics.median(p50s):.2f} µs, "
+             f"max per sample {[round(m) for m in maxes]} µs; rows refused per sample: {rejected}",
+        p50_us=statistics.median(p50s), max_us=maxes, rejected=rejected,
+    )
+    if any(rejected):
+        row["met"] = False
+    return row
+
+
 def _end_to_end_rows(root: str, n: int, pairs: int) -> list[dict[str, Any]]:
     from corestore.profiles import resolve_profile
 
     shipped = dict(resolve_profile("default", config=None, path=os.path.join(root, "x.db")).pragmas)
+    n_normal = n
     # with synchronous=FULL every baseline commit waits for an fsync (milliseconds): a tenth of the rows
     cases = (
         ("accounting.end_to_end", dict(PRAGMAS), None, "WAL + synchronous=NORMAL", n),
@@ -295,7 +348,7 @@ def _end_to_end_rows(root: str, n: int, pairs: int) -> list[dict[str, Any]]:
             name, samples, target="<= 0.1", unit="µs/row (end to end)", scale=1e6,
             baseline=f"same process, one transaction per row ({what})",
             corestore=f"submit() x {n} + flush(), shipped settings ({what})",
-            note=f"target >= 10x end to end; rows rejected by a full queue per sample: {rejected}",
+            note=f"target >= 10x end to end with no row refused; rows refused by a full queue per sample: {rejected}",
             rows_per_sample=n, speedup=1 / statistics.median(samples.ratios),
             rows_per_s_baseline=1 / statistics.median(samples.baseline),
             rows_per_s_corestore=1 / statistics.median(samples.corestore),
@@ -304,6 +357,7 @@ def _end_to_end_rows(root: str, n: int, pairs: int) -> list[dict[str, Any]]:
         if any(rejected):
             row["met"] = False
         out.append(row)
+    out.append(_end_to_end_submit_p99(root, n_normal, pairs))
     return out
 
 
@@ -390,7 +444,7 @@ def run(quick: bool) -> dict[str, Any]:
     why = missing_plugins(["accounting"])
     if why:
         return {"rows": [skipped_row(name, why, target=t) for name, t in
-                         (("accounting.submit_p99", "<= 20"), ("accounting.vs_row_per_txn", "<= 0.1"),
+                         (("accounting.submit_p99", "<= 5"), ("accounting.vs_row_per_txn", "<= 0.06667"),
                           ("accounting.vs_sqliteq", "<= 0.2"), ("accounting.end_to_end", "<= 0.1"))]}
     n = 10_000 if quick else 100_000
     n_sqliteq = 4_000 if quick else 20_000  # its producer builds a query per row (~0.1 ms each)
@@ -407,15 +461,15 @@ def run(quick: bool) -> dict[str, Any]:
         rows.append(pair_row(
             "accounting.submit_p99", lat, target=None, unit="µs (p99)",
             baseline="queue.Queue.put_nowait (writer busy)", corestore="acc.submit() (writer busy)",
-            note=f"target: corestore p99 <= 20 µs -> {p99:.2f} µs",
+            note=f"target: corestore p99 <= 5 µs -> {p99:.2f} µs",
             p99_us=p99, p50_us=statistics.median(p50_c[-pairs:]), baseline_p50_us=statistics.median(p50_q[-pairs:]),
-            met_p99=p99 <= 20.0, backlog=backlog, measured_calls=m,
+            met_p99=p99 <= 5.0, backlog=backlog, measured_calls=m,
         ))
-        rows[-1]["met"] = p99 <= 20.0
-        rows[-1]["target"] = "p99 <= 20 µs"
+        rows[-1]["met"] = p99 <= 5.0
+        rows[-1]["target"] = "p99 <= 5 µs"
 
         for name, base_fn, base_label, target, count in (
-            ("accounting.vs_row_per_txn", row_per_txn, "queue.Queue + one transaction per row (incident 004)", 0.1, n),
+            ("accounting.vs_row_per_txn", row_per_txn, "queue.Queue + one transaction per row (incident 004)", 1 / 15, n),
             ("accounting.vs_sqliteq", sqliteq, "peewee SqliteQueueDatabase", 0.2, n_sqliteq),
         ):
             base = _Sampler(root, name.split(".")[1] + "-base", count, base_fn)
@@ -426,7 +480,7 @@ def run(quick: bool) -> dict[str, Any]:
             e2e.corestore = ours.end_to_end[-pairs:]
             e2e.baseline_first = list(samples.baseline_first)
             row = pair_row(
-                name, samples, target=f"<= {target}", unit="µs/row (drain)", scale=1e6,
+                name, samples, target=f"<= {target:.4g}", unit="µs/row (drain)", scale=1e6,
                 baseline=base_label, corestore="accounting.submit(Model, row) + flush()",
                 note=f"target >= {1 / target:.0f}x writer throughput",
                 rows_per_sample=count,
@@ -446,3 +500,41 @@ def run(quick: bool) -> dict[str, Any]:
         f"{n} rows per sample against the row-per-transaction pattern, {n_sqliteq} against SqliteQueueDatabase; "
         f"submit latency: {m} timed calls behind a {backlog}-row backlog",
     ]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.bench_accounting --end-to-end``: only the end-to-end rows (issue
+    18's gate), printed one line each; the full module runs under ``python -m benchmarks``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--end-to-end", action="store_true", required=True, help="run the end-to-end rows")
+    parser.add_argument("--rows", type=int, default=30_000, help="rows per sample (default 30000)")
+    parser.add_argument("--pairs", type=int, default=9, help="alternated pairs per row (default 9, at least 7)")
+    parser.add_argument("--tmpdir", default="/tmp", help="where the databases live (default /tmp: a real disk)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    os.environ["CORESTORE_BENCH_TMPDIR"] = args.tmpdir
+    root = bench_dir("accounting")
+    try:
+        rows = _end_to_end_rows(root, args.rows, args.pairs)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    load = os.getloadavg()
+    for row in rows:
+        if "speedup" in row:
+            print(f"{row['name']}: {row['speedup']:.1f}x (ratio {row['ratio']:.3f}, target {row['target']}, met "
+                  f"{row['met']}); rows/s {row['rows_per_s_baseline']:,.0f} -> {row['rows_per_s_corestore']:,.0f}; "
+                  f"refused per sample {row['rejected']}; batches {row['batches']}")
+        else:
+            print(f"{row['name']}: {row['value']:.2f} µs (target {row['target']}, met {row['met']}); {row['note']}")
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"rows": rows, "load": load}, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

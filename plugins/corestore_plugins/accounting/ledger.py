@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Item", "Ledger", "FlushWaiter", "percentiles"]
+__all__ = ["Item", "Ledger", "FlushWaiter", "percentiles", "NEVER"]
 
 #: A queued row: ``(table_or_model, row, submitted_at, seq)``.
 Item = tuple[Any, dict[str, Any], float, int]
 
 _RING = 1024  # latency samples kept (a power of two)
+#: ``Ledger.turn_mark`` when the writer is not inside a marked database call
+NEVER = 1 << 62
 
 
 class FlushWaiter:
@@ -44,11 +47,30 @@ class FlushWaiter:
 class Ledger:
     """The queue, the rows in flight and the counters, under one lock (see the module docs)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, backlog_limit: int = 0) -> None:
+        """``capacity`` is ``queue_size``; ``backlog_limit`` the most rows one batch takes once
+        the queue is at or above :attr:`high_water` (``max_batch_size``; 0: no more than asked)."""
         self.lock = threading.Lock()
         self.space = threading.Condition(self.lock)  # blocked submitters (on_full = "block")
+        self.taken = threading.Condition(self.lock)  # a submitter giving the writer its turn (yield_ms)
         self.wake = threading.Event()  # the writer's wake-up: rows, flush, close
         self.capacity = capacity
+        #: half the queue: from here the writer takes up to ``backlog_limit`` rows per batch and
+        #: a submitter gives it its turn (at most once per batch taken)
+        self.high_water = max(1, capacity // 2)
+        self.backlog_limit = backlog_limit
+        self.yield_armed = True  # a submitter may yield (reset by every take)
+        self.full_armed = True  # ... and once more with the queue nine-tenths full (reset by every take)
+        #: nine-tenths of the queue: a submitter's last wait for the writer before rows are refused
+        self.near_full = max(1, capacity - capacity // 10)
+        self.yielding = 0
+        #: held by the writer while it is inside a database call it marked (see give_turn): the
+        #: first submitter past ``turn_mark`` waits for it, so the writer gets the GIL back as
+        #: soon as its call returns instead of after the interpreter's switch interval
+        self.turn: threading.Lock = threading.Lock()
+        self._turn_spare: threading.Lock = threading.Lock()  # marks alternate between two locks (hand_over)
+        self.turn_mark = NEVER
+        self.turn_waiting = 0  # submitters inside give_turn (for tests and stats)
         self.queue: collections.deque[Item] = collections.deque()
         self.in_flight: list[Item] | None = None
         self.in_flight_id: str | None = None
@@ -56,8 +78,8 @@ class Ledger:
         self.closed = False
         self.blocked = 0
         self.waiters: list[FlushWaiter] = []
-        # counters (the names stats() reports: site/plugins/accounting.md)
-        self.submitted = 0
+        # counters (the names stats() reports: site/plugins/accounting.md); ``submitted`` is
+        # accepted + rejected, computed, so submit() updates one counter per row
         self.accepted = 0
         self.rejected = 0
         self.dropped = 0
@@ -70,6 +92,8 @@ class Ledger:
         self.uncertain_commits = 0
         self.probes = 0
         self.isolated_batches = 0
+        self.yields = 0  # submit() calls that waited for the writer to take a batch (yield_ms)
+        self.turns = 0  # submit() calls that waited for a database call of the writer to return
         self.rejected_tables: dict[str, int] = {}  # rows refused for a table the database lacks
         # losses not yet logged (the writer logs them, at most once per interval)
         self.logged_rejected = 0
@@ -83,9 +107,13 @@ class Ledger:
 
     # -- the writer's side (call with the lock NOT held) -------------------------------------
     def take(self, limit: int) -> list[Item]:
-        """Move up to ``limit`` rows from the head of the queue into flight."""
+        """Move up to ``limit`` rows from the head of the queue into flight; up to
+        ``backlog_limit`` when the queue is at or above :attr:`high_water` (the writer is behind:
+        one transaction for more rows means fewer round trips for the same rows)."""
         with self.lock:
             q = self.queue
+            if len(q) >= self.high_water and self.backlog_limit > limit:
+                limit = self.backlog_limit
             if len(q) <= limit:
                 batch = list(q)
                 q.clear()
@@ -97,7 +125,98 @@ class Ledger:
             self.in_flight_uncertain = False
             if self.blocked and batch:
                 self.space.notify(len(batch))
+            self.yield_armed = self.full_armed = True
+            if self.yielding:
+                self.taken.notify_all()
         return batch
+
+    def hand_over(self, rows: int) -> threading.Lock | None:
+        """The writer is about to enter a database call (the GIL is released inside it): after
+        about ``rows`` more accepted rows (the call should be over by then) a submitter waits
+        for it (:meth:`give_turn`). Returns the lock to pass to :meth:`take_back` after the
+        call, or None (not marked). Two locks alternate: the submitter that waited for the
+        previous call may still hold that one until it gets the GIL back."""
+        lock = self._turn_spare
+        if not lock.acquire(False):
+            return None
+        self._turn_spare = self.turn
+        self.turn = lock
+        self.turn_mark = self.accepted + rows
+        return lock
+
+    def take_back(self, lock: threading.Lock) -> None:
+        """The writer's marked call returned (it holds the GIL again)."""
+        self.turn_mark = NEVER
+        lock.release()
+
+    def give_turn(self, seconds: float) -> None:
+        """A submitter passed ``turn_mark``: wait up to ``seconds`` for the writer's database call
+        to return and the writer to take the GIL back (releasing the GIL meanwhile). On timeout
+        the mark is cleared, so one call of the writer costs the submitters one wait at most."""
+        turn = self.turn
+        self.turn_waiting += 1
+        try:
+            if turn.acquire(True, seconds):
+                turn.release()
+            else:
+                self.turn_mark = NEVER
+        finally:
+            self.turn_waiting -= 1
+        with self.lock:
+            self.turns += 1
+
+    def make_room(self, on_full: str, block_timeout_s: float) -> bool:
+        """The queue is full or closed (call with the lock held): may a new row go in?
+        ``on_full`` decides: "reject" (no), "drop_oldest" (drop the head, counted; yes) or
+        "block" (wait up to ``block_timeout_s`` for room)."""
+        if self.closed:
+            return False
+        if on_full == "reject":
+            return False
+        q = self.queue
+        if on_full == "drop_oldest":
+            old = q.popleft()
+            self.dropped += 1
+            if self.waiters:
+                self.lose([old[3]])
+                self.wake_waiters()
+            return True
+        deadline = time.monotonic() + block_timeout_s
+        self.blocked += 1
+        try:
+            while len(q) >= self.capacity and not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.space.wait(left)
+        finally:
+            self.blocked -= 1
+        return not self.closed
+
+    def give_way(self, seconds: float, *, last_chance: bool = False) -> None:
+        """A submitter far ahead of the writer (the queue at or above :attr:`high_water`, or a
+        batch just made ready) waits up to ``seconds`` for the writer to take its next batch,
+        releasing the GIL meanwhile; at most one such wait per batch taken, plus one
+        ``last_chance`` wait with the queue at :attr:`near_full` (a writer slow to be scheduled
+        on a loaded machine), so a stalled writer costs the producers two waits. Call with the
+        lock NOT held."""
+        with self.lock:
+            if self.closed:
+                return
+            if last_chance:
+                if not self.full_armed:
+                    return
+                self.full_armed = False
+            else:
+                if not self.yield_armed:
+                    return
+                self.yield_armed = False
+            self.yielding += 1
+            try:
+                self.taken.wait(seconds)
+            finally:
+                self.yielding -= 1
+            self.yields += 1
 
     def settle(self, batch: list[Item], *, written: int, dead: int, durable_dead: bool,
                lost_seqs: Iterable[int] = ()) -> bool:
@@ -196,7 +315,7 @@ class Ledger:
             in_flight = len(self.in_flight) if self.in_flight else 0
             n = min(self.enqueue_n, _RING)
             out: dict[str, Any] = {
-                "submitted": self.submitted,
+                "submitted": self.accepted + self.rejected,  # every submit() is one or the other
                 "accepted": self.accepted,
                 "rejected": self.rejected,
                 "dropped": self.dropped,
@@ -211,6 +330,8 @@ class Ledger:
                 "persistent_signals": self.persistent_signals,
                 "uncertain_commits": self.uncertain_commits,
                 "isolated_batches": self.isolated_batches,
+                "yields": self.yields,
+                "turns": self.turns,
                 "probes": self.probes,
                 "rejected_tables": dict(self.rejected_tables),
                 "blocked": self.blocked,

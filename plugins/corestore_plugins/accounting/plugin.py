@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 _GRACE_S = 2.0  # after drain_timeout_s, how long close() lets a writer stuck inside SQLite finish
 _perf_ns = time.perf_counter_ns
+# submit() latency samples (stats()["enqueue_us"]): every call for the first 1024 rows, then one
+# call in 16 (two clock reads per call cost about a tenth of submit() itself)
+_TIME_ALL = 1024
+_TIME_EVERY_MASK = 15
 _now = time.time
 
 
@@ -68,10 +72,12 @@ class Accounting:
     ====================  =======  ===========  ==========================================================
     name                  type     default      meaning
     ====================  =======  ===========  ==========================================================
-    queue_size            int      10000        rows the queue holds (rows in flight come on top, at most batch_size)
+    queue_size            int      10000        rows the queue holds (rows in flight come on top, at most max_batch_size)
     on_full               str      "reject"     full queue: "reject" (submit returns False), "drop_oldest", "block"
     block_timeout_s       float    1.0          on_full = "block": longest wait for room, then reject
-    batch_size            int      500          rows per batch transaction
+    batch_size            int      500          rows per batch transaction while the queue is under half full
+    max_batch_size        int      5000         rows per batch once the queue is half full or more (never below batch_size)
+    yield_ms              float    5.0          longest submit() waits for the writer to get the GIL (0: never)
     max_latency_ms        float    50           longest a row waits for its batch to fill
     drain_timeout_s       float    5.0          close(): time to write the backlog before dead-lettering it
     ts_column             str      (none)       column filled with the submit time (unix seconds) when a row lacks it
@@ -115,7 +121,7 @@ class Accounting:
 
     def _reset(self) -> None:
         s = self.settings
-        self._ledger = Ledger(s.queue_size)
+        self._ledger = Ledger(s.queue_size, backlog_limit=max(s.batch_size, s.max_batch_size))
         self._episode = Escalation(
             reopen_after=s.reopen_after, reopen_after_s=s.reopen_after_s,
             degraded_after=s.degraded_after, degraded_after_s=s.degraded_after_s,
@@ -136,6 +142,8 @@ class Accounting:
         self._batch_size = s.batch_size
         self._on_full = s.on_full
         self._on_unknown_table = s.on_unknown_table
+        self._yield_s = s.yield_ms / 1000.0
+        self._high_water = max(self._ledger.high_water, s.batch_size)  # below batch_size the writer is not taking
 
     # -- the caller's side ------------------------------------------------------------------
     def submit(self, table_or_model: Any, row: Mapping[str, Any]) -> bool:
@@ -148,19 +156,20 @@ class Accounting:
         rejection is counted. Raises ``TypeError`` for a table that is neither a name nor a model
         class, or a row that is not a mapping.
         """
-        t0 = _perf_ns()
+        led = self._ledger
+        k = led.accepted  # read without the lock: it only decides whether this call is timed
+        t0 = _perf_ns() if k < _TIME_ALL or not k & _TIME_EVERY_MASK else 0
         if self._thread is None:  # the first submit: bind-check and start the writer before counting
             self._start_writer()
         if table_or_model not in self._tables_ok and not self._check_table(table_or_model):
             return False
-        if type(row) is not dict:
+        if type(row) is dict:
+            row = row.copy()
+        else:
             if not isinstance(row, Mapping):
                 raise TypeError(f"accounting.submit(): row must be a mapping, got {type(row).__name__}")
             row = dict(row)
-        else:
-            row = row.copy()
         ts = _now()
-        led = self._ledger
         with led.lock:
             q = led.queue
             n = len(q)
@@ -170,49 +179,40 @@ class Accounting:
                 signal = not led.loss_signalled and not led.closed
                 led.loss_signalled = True
                 if not room:
-                    led.submitted += 1
-                    led.rejected += 1
+                    led.rejected += 1  # submitted = accepted + rejected (computed by the ledger)
                 if signal:
                     led.wake.set()
                 if not room:
                     return False
                 n = len(q)
-            led.submitted += 1
             seq = led.accepted = led.accepted + 1
             q.append((table_or_model, row, ts, seq))
-            i = led.enqueue_n
-            led.enqueue_ns[i & 1023] = _perf_ns() - t0
-            led.enqueue_n = i + 1
-        if (n == 0 or n + 1 >= self._batch_size) and not led.wake.is_set():
-            led.wake.set()
+            if t0:
+                i = led.enqueue_n
+                led.enqueue_ns[i & 1023] = _perf_ns() - t0
+                led.enqueue_n = i + 1
+        if seq >= led.turn_mark and self._yield_s:
+            # the writer's database call should be over: let it have the GIL back now
+            led.give_turn(self._yield_s)
+        if n == 0 or n + 1 >= self._batch_size:
+            if not led.wake.is_set():
+                led.wake.set()
+                if n and self._yield_s and led.yield_armed:
+                    # a batch is ready and the writer is waiting for it (or finishing one): let
+                    # it take the GIL and the batch now, not after the switch interval
+                    led.give_way(self._yield_s)
+            elif n >= self._high_water and self._yield_s:
+                # far ahead of the writer: give it its turn now rather than starve it of the GIL
+                # until the interpreter's switch interval (site/plugins/accounting.md)
+                if led.yield_armed:
+                    led.give_way(self._yield_s)
+                elif n >= led.near_full and led.full_armed:
+                    led.give_way(self._yield_s, last_chance=True)
         return True
 
     def _make_room(self, led: Ledger) -> bool:
         """The queue is full or closed (called with the ledger lock held): may the row go in?"""
-        if led.closed:
-            return False
-        mode = self._on_full
-        if mode == "reject":
-            return False
-        q = led.queue
-        if mode == "drop_oldest":
-            old = q.popleft()
-            led.dropped += 1
-            if led.waiters:
-                led.lose([old[3]])
-                led.wake_waiters()
-            return True
-        deadline = time.monotonic() + self.settings.block_timeout_s
-        led.blocked += 1
-        try:
-            while len(q) >= led.capacity and not led.closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                led.space.wait(left)
-        finally:
-            led.blocked -= 1
-        return not led.closed
+        return led.make_room(self._on_full, self.settings.block_timeout_s)
 
     def _check_table(self, table: Any) -> bool:
         """A table not seen before (no I/O: the writer thread reads the schema): True to accept
@@ -241,7 +241,6 @@ class Accounting:
                 led.wake.set()
             return True
         with led.lock:
-            led.submitted += 1
             led.rejected += 1
             led.rejected_tables[label] = led.rejected_tables.get(label, 0) + 1
         if self._on_unknown_table == "raise":

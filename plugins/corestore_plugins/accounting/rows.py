@@ -2,8 +2,10 @@
 
 A row is a mapping submitted for a table (a name) or a peewee model. Rows are grouped by table
 and by the set of keys they carry; each group becomes multi-row ``INSERT ... VALUES (...),(...)``
-statements of at most :data:`MAX_VARIABLES` parameters (the fastest way through either driver:
-about twice ``executemany``), or one statement per row when a batch is being isolated.
+statements (the fastest way through either driver: about twice ``executemany``) sized to the
+connection's parameter limit (:meth:`RowPlanner.set_limits`; :data:`MAX_VARIABLES` until it is
+known) in a few fixed sizes (:func:`chunk_sizes`), or one statement per row when a batch is being
+isolated.
 
 For a model, a row gets what ``Model.insert_many`` would give it: keys may be field names,
 column names or ``Field`` objects; fields the row leaves out get their Python-side ``default``
@@ -29,13 +31,43 @@ import peewee
 
 from .ledger import Item
 
-__all__ = ["RowPlanner", "Planned", "Plan", "MAX_VARIABLES", "table_label", "quote"]
+__all__ = ["RowPlanner", "Planned", "Plan", "MAX_VARIABLES", "MAX_ROWS_PER_STATEMENT", "chunk_sizes", "table_label", "quote"]
 
-#: Parameters per statement: SQLite's historical minimum of SQLITE_MAX_VARIABLE_NUMBER (999), so
-#: the statements work with any build; more rows per statement buy nothing measurable.
+#: Parameters per statement when the connection cannot tell its limit: SQLite's historical
+#: minimum of SQLITE_MAX_VARIABLE_NUMBER (999), which works with any build. The writer asks the
+#: connection for its real limit (``SQLITE_LIMIT_VARIABLE_NUMBER``: 32766 by default since SQLite
+#: 3.32) and sizes the statements to it (:meth:`RowPlanner.set_limits`).
 MAX_VARIABLES = 999
-_MAX_ROWS_PER_STATEMENT = 100
+#: Rows per multi-row statement, at most. Every distinct statement the driver prepares stays in
+#: its statement cache (128 per connection), about 0.7 KB per row of a 5-column statement, and
+#: preparing one costs about as much as executing it: so statements come in few sizes (a full
+#: statement, then powers of two, see :func:`chunk_sizes`) and are at most this long.
+MAX_ROWS_PER_STATEMENT = 1000
+_MAX_ROWS_PER_STATEMENT = MAX_ROWS_PER_STATEMENT
+#: Below this many rows a statement has its exact size (small statements are cheap to cache).
+_EXACT_BELOW = 64
 _CACHE_LIMIT = 4096
+
+
+def chunk_sizes(n: int, step: int, preferred: int = 0) -> list[int]:
+    """How ``n`` rows are split into statements of at most ``step`` rows: full statements, one of
+    ``preferred`` rows (``batch_size``: a batch of exactly that many is one statement) if the
+    rest is that long, then powers of two down to 64 rows and one statement for the last < 64.
+    So a plan prepares at most a dozen distinct statements however its batches vary (each is
+    prepared once and reused from the driver's statement cache), at the cost of a few more
+    statements for an odd-sized batch."""
+    sizes = [step] * (n // step)
+    rest = n - step * len(sizes)
+    if 0 < preferred < step and rest >= preferred:
+        sizes.append(preferred)
+        rest -= preferred
+    while rest >= _EXACT_BELOW:
+        top = 1 << (rest.bit_length() - 1)
+        sizes.append(top)
+        rest -= top
+    if rest:
+        sizes.append(rest)
+    return sizes
 
 
 def quote(name: str) -> str:
@@ -58,13 +90,16 @@ def table_label(table: Any) -> str:
 class Plan:
     """How to insert one (table, set of keys): the SQL and the row converter."""
 
-    __slots__ = ("table", "head", "one", "chunk", "convert", "fill", "add_ts", "_sql", "width", "copy_sql")
+    __slots__ = ("table", "head", "one", "chunk", "preferred", "convert", "fill", "add_ts", "_sql", "width", "copy_sql")
 
     def __init__(self, table: str, target: str, columns: list[str],
                  convert: Callable[[dict[str, Any], float], tuple[Any, ...]] | None, *, add_ts: bool = False,
                  fill: Callable[[list[Item], list[Any]], None] | None = None, param: str = "?",
-                 max_variables: int = MAX_VARIABLES, max_rows: int = _MAX_ROWS_PER_STATEMENT) -> None:
+                 max_variables: int = MAX_VARIABLES, max_rows: int = _MAX_ROWS_PER_STATEMENT,
+                 max_sql_length: int | None = None, preferred: int = 0) -> None:
         self.table = table
+        #: a statement size used beside the full one and powers of two (``batch_size``)
+        self.preferred = preferred
         #: None for a named table: the row's values in order (then the submit time if add_ts)
         self.convert = convert
         #: a model's converter over a whole chunk, appending to a flat parameter list
@@ -81,6 +116,8 @@ class Plan:
             self.head = f"INSERT INTO {target} ({names}) VALUES ".replace("%", percent)
             self.one = "(" + ", ".join([param] * len(columns)) + ")"
             self.chunk = max(1, min(max_rows, max_variables // len(columns)))
+            if max_sql_length is not None:  # SQLITE_LIMIT_SQL_LENGTH: the statement's text
+                self.chunk = max(1, min(self.chunk, (max_sql_length - len(self.head)) // (len(self.one) + 2)))
             if param == "%s":
                 self.copy_sql = f"COPY {target} ({names}) FROM STDIN"
         else:  # an empty row: every column takes its SQL default
@@ -101,10 +138,18 @@ class Plan:
         by chunk (no per-row tuple to flatten again)."""
         step, convert = self.chunk, self.convert
         out: list[tuple[str, list[Any]]] = []
+        if len(items) < _EXACT_BELOW and len(items) <= step:
+            bounds = [(0, len(items))]
+        else:
+            bounds = []
+            j = 0
+            for size in chunk_sizes(len(items), step, self.preferred):
+                bounds.append((j, j + size))
+                j += size
         if convert is None:  # a named table: the row's values in key order (then the submit time)
             add_ts = self.add_ts
-            for j in range(0, len(items), step):
-                part = items[j:j + step]
+            for j, k in bounds:
+                part = items[j:k]
                 flat: list[Any] = []
                 extend = flat.extend
                 if add_ts:
@@ -121,8 +166,8 @@ class Plan:
         assert fill is not None
         good: list[Item] = []
         bad: list[tuple[Item, BaseException]] = []
-        for j in range(0, len(items), step):
-            part = items[j:j + step]
+        for j, k in bounds:
+            part = items[j:k]
             flat = []
             try:
                 fill(part, flat)  # the whole chunk in one generated loop
@@ -181,13 +226,30 @@ class RowPlanner:
     """Plans batches; caches one :class:`Plan` per (table, keys) and named tables' columns."""
 
     def __init__(self, ts_column: str | None, *, param: str = "?", max_variables: int = MAX_VARIABLES,
-                 max_rows: int = _MAX_ROWS_PER_STATEMENT) -> None:
+                 max_rows: int = _MAX_ROWS_PER_STATEMENT, preferred: int = 0) -> None:
         """``param`` is the driver's placeholder; ``max_variables`` / ``max_rows`` bound one
-        multi-row statement (SQLite: 999 parameters, 100 rows; see ``accounting.dialect``)."""
+        multi-row statement until :meth:`set_limits` sizes them to a connection (see
+        ``accounting.dialect``); ``preferred`` is a statement size used beside the full one
+        (``batch_size``: a batch of exactly that many rows is one statement)."""
         self.ts_column = ts_column
         self._param, self._max_variables, self._max_rows = param, max_variables, max_rows
+        self._max_sql_length: int | None = None
+        self._preferred = preferred
         self._plans: dict[tuple[Any, tuple[Any, ...]], Plan | BaseException] = {}
         self._columns: dict[str, frozenset[str]] = {}
+
+    def set_limits(self, max_variables: int, max_sql_length: int | None = None) -> None:
+        """Size the statements to a connection's limits (parameters per statement, and the
+        statement's length in bytes); cached plans are rebuilt when they change."""
+        max_variables = max(1, int(max_variables))
+        if (max_variables, max_sql_length) != (self._max_variables, self._max_sql_length):
+            self._max_variables, self._max_sql_length = max_variables, max_sql_length
+            self._plans.clear()
+
+    @property
+    def max_variables(self) -> int:
+        """Parameters per statement the plans are sized to."""
+        return self._max_variables
 
     def forget(self) -> None:
         """Drop cached plans and columns (after a caller error: the schema may have changed)."""
@@ -253,7 +315,8 @@ class RowPlanner:
         add_ts = ts is not None and ts not in keys and ts in self._columns.get(table, ())
         columns = list(keys) + ([ts] if add_ts else [])
         return Plan(table, quote(table), columns, None, add_ts=add_ts, param=self._param,
-                    max_variables=self._max_variables, max_rows=self._max_rows)
+                    max_variables=self._max_variables, max_rows=self._max_rows, max_sql_length=self._max_sql_length,
+                    preferred=self._preferred)
 
     def _build_model(self, model: Any, keys: tuple[Any, ...]) -> Plan:
         meta = model._meta
@@ -286,7 +349,8 @@ class RowPlanner:
         if meta.schema:
             target = f"{quote(meta.schema)}.{target}"
         return Plan(meta.table_name, target, columns, convert, fill=fill, param=self._param,
-                    max_variables=self._max_variables, max_rows=self._max_rows)
+                    max_variables=self._max_variables, max_rows=self._max_rows, max_sql_length=self._max_sql_length,
+                    preferred=self._preferred)
 
 
 # -- model converters ---------------------------------------------------------------------------

@@ -34,7 +34,13 @@ class Settings:
     block_timeout_s: float = attrs.field(default=1.0, validator=_NON_NEGATIVE,
                                          metadata={"help": "on_full=block: longest wait for room before rejecting"})
     batch_size: int = attrs.field(default=500, validator=integer_at_least(1),
-                                  metadata={"help": "rows per batch transaction"})
+                                  metadata={"help": "rows per batch transaction while the queue is under half full"})
+    max_batch_size: int = attrs.field(
+        default=5000, validator=integer_at_least(1),
+        metadata={"help": "rows one batch takes when the queue is half full or more (never fewer than batch_size)"})
+    yield_ms: float = attrs.field(
+        default=5.0, validator=_NON_NEGATIVE,
+        metadata={"help": "longest submit() waits for the writer to take the GIL (once per batch or call; 0: never)"})
     max_latency_ms: float = attrs.field(default=50.0, validator=_NON_NEGATIVE,
                                         metadata={"help": "longest a row waits for its batch to fill (ms)"})
     drain_timeout_s: float = attrs.field(default=5.0, validator=_NON_NEGATIVE,

@@ -60,6 +60,11 @@ __all__ = ["Writer", "BATCHES_TABLE", "CALLER_KINDS", "batch_id_floor"]
 
 logger = logging.getLogger(__name__)
 
+#: Rows a submitter queues before it gives the writer its turn after a short database call
+#: (BEGIN, the batch id, COMMIT): about 10 µs of submit() calls.
+_SHORT_CALL = 16
+_PARAMS_SHIFT = 4
+
 class Writer(Settling):
     """The writer loop of one :class:`~corestore_plugins.accounting.Accounting` (one thread)."""
 
@@ -80,7 +85,8 @@ class Writer(Settling):
         self.tables_stale = tables_stale
         self.tables_seen = tables_seen
         self.dialect = dialect_for(store)  # the SQL of the store's engine (SQLite or PostgreSQL)
-        self.planner = self.dialect.planner(settings.ts_column)
+        self.planner = self.dialect.planner(settings.ts_column, preferred=settings.batch_size)
+        self._sized_for: Any = None  # the connection the planner's statements were sized to
         self.no_copy: set[str] = set()  # PostgreSQL: tables (views) COPY refused
         self.table_ready = False
         self.next_prune = -math.inf
@@ -90,6 +96,7 @@ class Writer(Settling):
         self._id_tag = uuid.uuid4().hex[:12]
         self._id_count = 0
         self._attempt_bad: list[tuple[Item, BaseException, str]] = []
+        self._marked: threading.Lock | None = None  # the ledger's turn lock this thread holds (a marked call)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -280,17 +287,45 @@ class Writer(Settling):
             return Outcome(True, bad)
 
     def _transaction(self, items: list[Item], unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
+        """One attempt: the batch's transaction. Around each database call the writer marks
+        the ledger (``Ledger.hand_over``) so a submitter gives it the GIL back when the call
+        should be over (site/plugins/accounting.md, "Throughput")."""
+        self._marked = self.ledger.hand_over(_SHORT_CALL)  # BEGIN IMMEDIATE
+        try:
+            return self._transaction_body(items, unit_id, isolate)
+        finally:
+            self._take_back()
+
+    def _take_back(self) -> None:
+        """Clear this thread's mark if it holds one (see ``Ledger.hand_over``)."""
+        lock = self._marked
+        if lock is not None:
+            self._marked = None
+            self.ledger.take_back(lock)
+
+    def _transaction_body(self, items: list[Item], unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
         store = self.store
         self._attempt_bad = []
         dialect = self.dialect
+        led = self.ledger
         with store.transaction(name="accounting.batch"):
+            self._take_back()
             conn = store.database.connection()
+            if conn is not self._sized_for:  # a new connection (the first, or after a reopen)
+                limits = dialect.limits(conn)
+                if limits is not None:
+                    self.planner.set_limits(*limits)
+                self._sized_for = conn
             if not self.table_ready:
                 for sql in dialect.create:
                     conn.execute(sql)
             already = False
             try:
-                already = not dialect.record_batch(conn, unit_id, time.time())
+                self._marked = led.hand_over(_SHORT_CALL)
+                try:
+                    already = not dialect.record_batch(conn, unit_id, time.time())
+                finally:
+                    self._take_back()
             except Exception as err:
                 if self._kind(err) is not ErrorKind.CONSTRAINT:
                     raise
@@ -302,7 +337,7 @@ class Writer(Settling):
             bad = self._attempt_bad
             bad.extend((item, err, "invalid") for item, err in planned.bad)
             if not isolate:
-                dialect.write(conn, planned.groups, conn.execute, self.no_copy)
+                dialect.write(conn, planned.groups, self._execute_marked(conn.execute), self.no_copy)
             else:
                 for statements, good in planned.groups.values():
                     for (sql, args), item in zip(statements, good, strict=True):
@@ -319,8 +354,24 @@ class Writer(Settling):
             if now >= self.next_prune:
                 conn.execute(dialect.prune, (batch_id_floor(time.time() - self.settings.batch_retention_s),))
                 self.next_prune = now + _PRUNE_EVERY_S
+            self._marked = led.hand_over(_SHORT_CALL)  # COMMIT
+        self._take_back()
         self.table_ready = True
         return bad
+
+    def _execute_marked(self, execute: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+        """``execute`` with each call marked for the submitters (``Ledger.hand_over``): a
+        statement of n parameters runs about as long as n/16 submit() calls take."""
+        led = self.ledger
+
+        def run(sql: str, args: Any) -> Any:
+            self._marked = led.hand_over(max(_SHORT_CALL, len(args) >> _PARAMS_SHIFT))
+            try:
+                return execute(sql, args)
+            finally:
+                self._take_back()
+
+        return run
 
     def _committed(self, unit_id: str) -> bool:
         """Whether ``unit_id`` is in the bookkeeping table (a read transaction)."""
