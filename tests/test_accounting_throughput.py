@@ -183,6 +183,25 @@ def test_a_stalled_writer_costs_a_submitter_a_bounded_wait(tmp_path: Path) -> No
         s.close()
 
 
+def test_below_half_full_submit_never_waits(tmp_path: Path) -> None:
+    # the writer stuck on a real write lock, the queue kept under half full: no submit() waits
+    # for it (only a producer far ahead of the writer hands it the GIL; incident 004's request
+    # path never waits on SQLite while the writer keeps up)
+    path = tmp_path / "underhalf.db"
+    s = open_acc(path, queue_size=1000, batch_size=10, yield_ms=50)
+    try:
+        acc = s.plugin("accounting")
+        with write_locked(path):
+            for i in range(400):
+                assert acc.submit("usage", {"kind": "k", "n": i}) is True
+            st = acc.stats()
+            assert st["yields"] == 0 and st["turns"] == 0, st
+        assert acc.flush(20) is True
+        assert acc.stats()["written"] == 400
+    finally:
+        s.close()
+
+
 def test_yield_ms_zero_never_waits(tmp_path: Path) -> None:
     path = tmp_path / "noyield.db"
     s = open_acc(path, queue_size=100, batch_size=10, yield_ms=0)

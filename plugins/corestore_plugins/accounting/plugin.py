@@ -191,23 +191,18 @@ class Accounting:
                 i = led.enqueue_n
                 led.enqueue_ns[i & 1023] = _perf_ns() - t0
                 led.enqueue_n = i + 1
-        if seq >= led.turn_mark and self._yield_s:
-            # the writer's database call should be over: let it have the GIL back now
-            led.give_turn(self._yield_s)
-        if n == 0 or n + 1 >= self._batch_size:
-            if not led.wake.is_set():
-                led.wake.set()
-                if n and self._yield_s and led.yield_armed:
-                    # a batch is ready and the writer is waiting for it (or finishing one): let
-                    # it take the GIL and the batch now, not after the switch interval
-                    led.give_way(self._yield_s)
-            elif n >= self._high_water and self._yield_s:
-                # far ahead of the writer: give it its turn now rather than starve it of the GIL
-                # until the interpreter's switch interval (site/plugins/accounting.md)
-                if led.yield_armed:
-                    led.give_way(self._yield_s)
-                elif n >= led.near_full and led.full_armed:
-                    led.give_way(self._yield_s, last_chance=True)
+        if (n == 0 or n + 1 >= self._batch_size) and not led.wake.is_set():
+            led.wake.set()
+        if n >= self._high_water and self._yield_s:
+            # far ahead of the writer (the queue half full: rows would soon be refused): hand it
+            # the GIL now rather than starve it until the interpreter's switch interval. Below
+            # half full submit() never waits (site/plugins/accounting.md)
+            if seq >= led.turn_mark:
+                led.give_turn(self._yield_s)  # its database call should be over
+            if led.yield_armed:
+                led.give_way(self._yield_s)
+            elif n >= led.near_full and led.full_armed:
+                led.give_way(self._yield_s, last_chance=True)
         return True
 
     def _make_room(self, led: Ledger) -> bool:
