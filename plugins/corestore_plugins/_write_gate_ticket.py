@@ -60,7 +60,6 @@ only (the database itself should not be on one either).
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -68,30 +67,26 @@ import time
 from typing import Any
 
 from ._write_gate_table import (
-    _BUSY_ERRNOS,
+    _BUSY,
     _DONE,
     _ENTRY_SIZE,
     _FUTEX,
     _HEADER,
     _HOLDING,
-    _LINGER,
     _META,
     _NEXT,
     _OFD,
-    _OWNER_STATE,
-    _SETLK,
     _SLOT_BYTE,
-    _STATE_PID_UNTIL,
+    _TAKEN,
     _U64,
-    _UNLCK,
+    _UNTIL,
     _WAITING,
-    _WRLCK,
     GATE_SUFFIX,
     LIVENESS_S,
+    MARGIN_S,
     MIN_TURN_TRANSACTIONS,
     SLOTS,
     Outcome,
-    _flock,
     _Thread,
     _try_lock,
     _unlock,
@@ -101,7 +96,7 @@ from ._write_gate_table import (
 from ._write_gate_wait import GateWaits
 
 __all__ = ["Gate", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_for", "gate_path_for", "open_sidecar",
-           "reset_gates_after_fork"]
+           "release_gate", "reset_gates_after_fork"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +122,25 @@ class Gate(GateWaits):
 
     def resume(self, t: _Thread, turn_s: float) -> bool:
         """The common case of :meth:`acquire`, for ``t`` = :meth:`this_thread`: if the thread kept
-        its place (and holds nothing) and its turn lasts or nobody waits, take it back (two
-        fcntl calls, no hand-off) and return True; else False (then call :meth:`acquire`)."""
-        if t.kept and not t.depth and self._resume(t, turn_s):
-            t.depth = 1
-            return True
+        its place (and holds nothing) and its turn lasts or nobody waits, take it back and return
+        True (no hand-off; within the turn no system call at all); else False (then call
+        :meth:`acquire`)."""
+        keep = t.keep
+        if keep and not t.depth:
+            try:
+                keep.pop()  # atomic under the GIL: close() may be giving the place up
+            except IndexError:
+                return False
+            # busy first, then the clock: a successor takes a kept place over only after `until`
+            # (t.safe + MARGIN_S), and only if it then reads busy == 0, so a busy written before a
+            # clock reading below t.safe is seen by every successor that could act (module docs)
+            self._u32[t.busy_i] = 1
+            if time.monotonic() < t.safe:
+                t.depth = 1
+                return True
+            if self._resume_slow(t, turn_s):
+                t.depth = 1
+                return True
         return False
 
     def held_by_this_thread(self) -> bool:
@@ -153,8 +162,7 @@ class Gate(GateWaits):
             return Outcome.REENTERED
         if self._map is None and not self._open():  # (a forked child starts afresh: see the fork hook)
             return Outcome.UNAVAILABLE
-        if t.kept and self._resume(t, turn_s):
-            t.depth = 1
+        if t.keep and self.resume(t, turn_s):
             return Outcome.RESUMED
         deadline = time.monotonic() + max(0.0, timeout_s)
         if not _OFD and not self._proc.acquire(timeout=max(0.0, timeout_s)):
@@ -197,11 +205,10 @@ class Gate(GateWaits):
         finally:
             _unlock(fd, _META)
         t.ticket = ticket
-        t.offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
-        if _OFD:  # the packed lock requests of the own byte, for the resume/release fast path
-            byte = _SLOT_BYTE + ticket % SLOTS
-            t.lk = _WRLCK.get(byte) or _flock(_WRLCK, fcntl.F_WRLCK, byte)
-            t.ulk = _UNLCK.get(byte) or _flock(_UNLCK, fcntl.F_UNLCK, byte)
+        t.offset = offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
+        t.busy_i = (offset + _BUSY) // 4
+        t.until_i = (offset + _UNTIL) // 8
+        t.u32, t.u64 = self._u32, self._u64
         try:
             if pred_done:
                 outcome = Outcome.HELD
@@ -218,41 +225,45 @@ class Gate(GateWaits):
                 waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1
                 turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
             now = time.monotonic()
-            turn_end = now + turn_s
-            t.turn_end = turn_end
+            t.turn_end = now + turn_s
             t.since = now if turn_s > 0 else 0.0
-            self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)
+            self._publish(t, t.turn_end if turn_s > 0 else now)
+            self._set_entry(ticket, _HOLDING, self._u64[t.until_i], busy=1)
         return outcome
 
-    def _resume(self, t: _Thread, turn_s: float) -> bool:
-        """This thread kept its place (``LINGER``, its byte unlocked) and writes again: take its
-        byte back; if nobody took the place over meanwhile and its turn lasts (or nobody waits:
-        then a new turn starts), the gate is its again without a hand-off. Else finish the release
-        (and the caller queues afresh)."""
-        t.kept = False
-        fd = t.fd
-        try:  # _try_lock, inlined: this is every resumed write's path
-            fcntl.fcntl(fd, _SETLK, t.lk)
-        except OSError as err:
-            if err.errno not in _BUSY_ERRNOS:
-                raise
-            self._give_back(fd)  # a successor is taking it over right now (or the slot moved on)
+    def _publish(self, t: _Thread, until: float) -> None:
+        """Publish ``until`` (monotonic seconds): from then on a successor may take the place over
+        while it is kept between transactions; the owner resumes without a system call only
+        until ``MARGIN_S`` before it."""
+        self._u64[t.until_i] = int(until * 1e9)
+        t.safe = until - MARGIN_S
+
+    def _resume_slow(self, t: _Thread, turn_s: float) -> bool:
+        """:meth:`resume` when the clock cannot prove that nobody took the place over (its
+        ``until`` is near or past): decide under ``META``, the lock a successor takes to take a
+        place over. ``busy`` is already 1. True: the place is still ours (a new turn if nobody
+        waits); False: it was taken over, or the turn is over and others wait (then it is handed
+        on now), and the caller queues afresh."""
+        fd, ticket = t.fd, t.ticket
+        if not self._meta_lock(fd, time.monotonic() + 1.0):  # META is held for microseconds only
+            self._finish(ticket, fd, _DONE)  # cannot tell: end the place (a taker ignores it)
             return False
-        m = self._map
-        offset, ticket = t.offset, t.ticket
-        owner, state = _OWNER_STATE.unpack_from(m, offset)  # type: ignore[arg-type]
-        if owner == ticket and state == _LINGER:
-            now = time.monotonic()
-            turn_end = t.turn_end
-            if now < turn_end or _U64.unpack_from(m, _NEXT)[0] <= ticket + 1:  # type: ignore[arg-type]
-                if now >= turn_end:  # nobody waits: a new turn
-                    turn_end = t.turn_end = now + turn_s
-                _STATE_PID_UNTIL.pack_into(m, offset + 8, _HOLDING, self._pid, int(turn_end * 1e9))  # type: ignore[arg-type]
-                return True
-            self._finish(ticket, fd, _DONE)  # the turn is over and others wait: hand it on
-            return False
-        _unlock(fd, _SLOT_BYTE + ticket % SLOTS)  # taken over (DONE) or the slot moved on
-        self._give_back(fd)
+        try:
+            taken = self._u32[(t.offset + _TAKEN) // 4]
+            if not taken:
+                now = time.monotonic()
+                waiting = _U64.unpack_from(self._map, _NEXT)[0] > ticket + 1  # type: ignore[arg-type]
+                if now < t.turn_end or not waiting:
+                    if now >= t.turn_end:  # nobody waits: a new turn
+                        t.turn_end = now + t.turn_max
+                    self._publish(t, t.turn_end)
+                    return True
+        finally:
+            _unlock(fd, _META)
+        if taken:
+            with self._lock:
+                self.counters["places_lost"] += 1
+        self._finish(ticket, fd, _DONE)  # taken over (its taker ignores this entry now), or handed on
         return False
 
     def _finish(self, ticket: int, fd: int, state: int | None) -> None:
@@ -269,25 +280,34 @@ class Gate(GateWaits):
         _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
         self._give_back(fd)
 
+    def _give_up_place(self, t: _Thread) -> bool:
+        """End the place ``t`` keeps, if it still keeps one (from another thread: close, or a
+        thread that has ended); True if it did."""
+        try:
+            t.keep.pop()
+        except IndexError:
+            return False
+        self._finish(t.ticket, t.fd, _DONE)
+        return True
+
     def _sweep_ended_threads(self) -> None:
-        """Give back the descriptors of places kept by threads that have ended (a live thread
-        finishes its own at its next write). The place itself needs nothing: its byte is already
-        unlocked, and a successor takes it over when its linger ends."""
+        """End the places kept by threads that have ended (a live thread ends its own at its next
+        write, or a successor takes it over once its ``until`` has passed) and give their
+        descriptors back."""
         with self._lock:
             ended = [t for t in self._threads if not t.thread.is_alive()]
             if not ended:
                 return
             self._threads = [t for t in self._threads if t.thread.is_alive()]
         for t in ended:
-            if t.kept:
-                t.kept = False
-                self._give_back(t.fd)
+            self._give_up_place(t)
 
     def release(self, *, linger_s: float = 0.0) -> None:
         """Release one level; the last one hands the turn to the next ticket — or, with
-        ``linger_s`` > 0 while the turn lasts (or nobody waits), keeps the place: ``LINGER`` until
-        ``linger_s`` from now, the byte unlocked, so that this thread's next write resumes without
-        a hand-off while a waiter may take the place over once the linger ends."""
+        ``linger_s`` > 0 while the turn lasts (or nobody waits), keeps the place: its byte stays
+        locked and its entry says it is between transactions, so that this thread's next write
+        resumes without a hand-off, while a waiter may take the place over once ``linger_s``
+        has passed (or, when nobody waited, once the turn is over)."""
         t = getattr(self._local, "t", None)
         if t is None or t.depth <= 0:
             raise RuntimeError(f"{self.path}: release() without acquire() on this thread")
@@ -298,28 +318,52 @@ class Gate(GateWaits):
         t.depth -= 1
         if t.depth:
             return
-        ticket, fd = t.ticket, t.fd
-        if linger_s > 0 and _FUTEX is not None:
-            m = self._map
-            now = time.monotonic()
-            if t.since:  # a turn holds at least MIN_TURN_TRANSACTIONS transactions as long as the first,
+        if linger_s > 0 and _FUTEX is not None and not self._closing:
+            since = t.since
+            if since:  # a turn holds at least MIN_TURN_TRANSACTIONS transactions as long as the first,
                 # but never more than turn_s (a first transaction slowed by preemption must not
                 # make a long turn)
-                stretch = min((now - t.since) * MIN_TURN_TRANSACTIONS, t.turn_max)
-                t.turn_end = max(t.turn_end, t.since + stretch)
                 t.since = 0.0
-            if _U64.unpack_from(m, _NEXT)[0] <= ticket + 1:  # type: ignore[arg-type]  # nobody waits
+                stretch = min((time.monotonic() - since) * MIN_TURN_TRANSACTIONS, t.turn_max)
+                if since + stretch > t.turn_end:
+                    t.turn_end = since + stretch
+                    self._publish(t, t.turn_end)
+            if self._u64[1] > t.ticket + 1:  # others wait (the ticket counter is the table's second word)
+                now = time.monotonic()
+                if now >= t.turn_end:
+                    self._finish(t.ticket, t.fd, _DONE)  # the turn is over: hand it on
+                    return
                 until = now + linger_s
-            elif now < t.turn_end:
-                until = min(t.turn_end, now + linger_s)
-            else:
-                until = 0.0
-            if until:
-                _STATE_PID_UNTIL.pack_into(m, t.offset + 8, _LINGER, self._pid, int(until * 1e9))  # type: ignore[arg-type]
-                t.kept = True
-                fcntl.fcntl(fd, _SETLK, t.ulk)  # the own byte unlocked (inlined _unlock): a successor may take over
-                return
-        self._finish(ticket, fd, _DONE)
+                self._publish(t, until if until < t.turn_end else t.turn_end)
+            # (nobody waits: no clock needed; the place is kept, and may be taken over by a
+            # newcomer once the turn's `until` has passed)
+            self._u32[t.busy_i] = 0  # between transactions: a successor may take over after until
+            t.keep.append(1)
+            return
+        self._finish(t.ticket, t.fd, _DONE)
+
+    def close(self) -> None:
+        """The last store using this gate in this process has closed: end the places kept by this
+        process's threads, close every descriptor (those in use when their holders release) and
+        unmap the table. A later :func:`gate_for` of the same file starts a new gate."""
+        with _gates_lock:
+            if _gates.get(self.db_path) is self:
+                del _gates[self.db_path]
+        with self._lock:
+            self._closing = True
+            threads = list(self._threads)
+        for t in threads:
+            self._give_up_place(t)
+        with self._lock:
+            fds, self._fds = self._fds, []
+            helpers, self._helpers = self._helpers, []
+            out = self._out
+        for fd in fds:
+            os.close(fd)
+        for helper in helpers:
+            helper.retire()
+        if out <= 0:
+            self._unmap()
 
     # -- introspection ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -339,8 +383,10 @@ class Gate(GateWaits):
     def _after_fork_in_child(self) -> None:
         fds = self._fds
         old_map = self._map
+        users = self._users  # the stores the child inherited still close
         self._lock = threading.Lock()
         self._reset_process_state()
+        self._users = users
         for fd in fds:  # shared descriptions: closing the child's copies releases nothing
             try:
                 os.close(fd)
@@ -355,13 +401,25 @@ _gates_lock = threading.Lock()
 
 
 def gate_for(db_path: str) -> Gate:
-    """The process-wide :class:`Gate` of ``db_path`` (a real path): one per file per process."""
+    """The process-wide :class:`Gate` of ``db_path`` (a real path): one per file per process,
+    shared by its stores; each user gives it back with :func:`release_gate`."""
     reset_gates_after_fork()  # a no-op unless this is a forked child whose stores all were closed
     with _gates_lock:
         gate = _gates.get(db_path)
         if gate is None:
             gate = _gates[db_path] = Gate(db_path)
+        gate._users += 1
         return gate
+
+
+def release_gate(gate: Gate) -> None:
+    """A store using ``gate`` has closed; the last one closes the gate (:meth:`Gate.close`), so
+    no descriptor of the sidecar stays open in this process once no store uses the file."""
+    with _gates_lock:
+        gate._users -= 1
+        last = gate._users <= 0
+    if last:
+        gate.close()
 
 
 _reset_in_pid = os.getpid()
