@@ -66,9 +66,6 @@ _MAX_IDLE_HELPERS = 8
 #: With futex waits, how often a waiter checks that its predecessor is still alive (a crashed
 #: process wakes nobody; the kernel drops its fcntl lock, which the check sees).
 LIVENESS_S = 0.005
-#: With futex waits, how often a waiter whose predecessor is itself still waiting checks that it
-#: is alive (only the holder's successor needs to notice a death quickly).
-LIVENESS_FAR_S = 0.025
 #: A holder resumes its kept place without a system call only while the clock shows it is at
 #: least this far before the moment a successor may take the place over (see ``Gate.resume``).
 MARGIN_S = 0.00005

@@ -21,7 +21,6 @@ from ._write_gate_table import (
     _TAKEN,
     _U32,
     _WAITING,
-    LIVENESS_FAR_S,
     LIVENESS_S,
     SLOTS,
     GateTable,
@@ -114,9 +113,11 @@ class GateWaits(GateTable):
         (``ABANDONED``) wakes us at once. While it holds the gate we also wake when its ``until``
         passes: if it is then between transactions it kept its place and has not come back, and
         we take the place over (:meth:`_take_over`). After a sleep that changed nothing (every
-        ``LIVENESS_S`` at most behind the holder, ``LIVENESS_FAR_S`` further back) we check that
-        it is still alive, i.e. still holds its byte, so a crashed process is noticed right after
-        the kernel drops its lock."""
+        ``LIVENESS_S`` at most: a waiter does not see its predecessor being admitted, so it also
+        looks every ``LIVENESS_S`` for a place kept by a writer that has stopped writing; 25 ms
+        made the end of a contention run, when writers finish one by one, stall visibly) we
+        check that it is still alive, i.e. still holds its byte, so a crashed process is
+        noticed right after the kernel drops its lock."""
         assert _FUTEX is not None
         futex = _FUTEX
         pred = ticket - 1
@@ -149,7 +150,7 @@ class GateWaits(GateTable):
             remaining = deadline - now
             if remaining <= 0:
                 return self._give_up(fd, ticket)
-            wait = min(remaining, LIVENESS_S if state == _HOLDING else LIVENESS_FAR_S)
+            wait = min(remaining, LIVENESS_S)
             if state == _HOLDING and until / 1e9 > now:  # wake when a kept place may be taken over
                 wait = min(wait, until / 1e9 - now + 0.00002)
             futex.wait(self._state_address(pred), state, max(wait, 0.00002))
