@@ -815,3 +815,21 @@ def test_a_resumed_write_makes_no_gate_system_call(tmp_path: Path) -> None:
     stats = store.plugin("write_gate").stats()
     assert stats["resumed"] >= 50 and stats["waited"] == 0, stats
     store.close()
+
+
+def test_contention_rows_run_alone_from_the_command_line(tmp_path: Path) -> None:
+    """``python -m benchmarks.bench_multiprocess`` runs just the ``contention.*`` rows (the quiet
+    window's command), with write_gate settings for the gated side; a tiny shape as a smoke run."""
+    out = tmp_path / "rows.json"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_multiprocess", "--pairs", "7", "--shape", "2x5",
+                           "--gate", "turn_s=0.001,round_s=0.01", "--json", str(out)],
+                          cwd=root, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+
+    rows = json.loads(out.read_text())
+    assert {r["name"] for r in rows} >= {"contention.normal.2x5.wall_s", "contention.normal.2x5.max_ms",
+                                         "contention.normal.2x5.spread"}
+    assert rows[0]["corestore_retries"] == 0 and "gate_admissions_median" in rows[0]
+    assert "turn_s" in proc.stdout
