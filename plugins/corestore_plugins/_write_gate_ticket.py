@@ -6,12 +6,12 @@ that releases such a lock can take it straight back before any waiter runs. The 
 hands the turn over explicitly, like a CLH queue lock built from fcntl byte-range locks:
 
 * The sidecar ``<db>.corestore-gate`` holds a small table, mapped into every process: a ticket
-  counter ``next`` and one 32-byte entry per slot (``ticket``, ``state``, ``pid``, a time in
-  monotonic nanoseconds: when a kept place's linger or a holder's turn ends). Beside the
-  data, fcntl locks on single bytes far beyond the table are used as signals: byte ``META``
-  guards the counter (held for microseconds), byte ``SLOT + (ticket mod SLOTS)`` is held by the
-  ticket's owner from the moment it takes the ticket until it releases the gate, gives up or
-  keeps its place between transactions (see turns).
+  counter ``next`` and one 32-byte entry per slot (``ticket``, ``state``, ``pid``, ``until`` in
+  monotonic nanoseconds, ``busy``, ``taken``: see turns). Beside the data, fcntl locks on single
+  bytes far beyond the table are used as signals: byte ``META`` guards the counter and
+  takeovers (held for microseconds), byte ``SLOT + (ticket mod SLOTS)`` is held by the
+  ticket's owner from the moment it takes the ticket until its place ends (it releases the
+  gate, gives up, or its kept place is taken over and it notices).
 * **Taking a ticket** (under ``META``): lock the own slot byte, write the entry
   (``ticket, WAITING, pid``), then publish ``next = ticket + 1``. If the predecessor's entry says
   ``DONE`` the gate is ours at once (the uncontended path: three fcntl calls).
@@ -19,22 +19,34 @@ hands the turn over explicitly, like a CLH queue lock built from fcntl byte-rang
   ``ticket - 1`` (a kernel wait, no polling). Its release writes ``DONE`` and wakes exactly this
   waiter: one context switch per hand-off. A crashed process wakes nobody, but the kernel drops
   its fcntl locks: after a sleep that changed nothing (``LIVENESS_S``, 5 ms, at most) the waiter
-  try-locks the predecessor's byte; if that succeeds the predecessor is gone, and its entry says
-  what it was: ``HOLDING`` (died holding: the turn is ours), ``WAITING`` (died waiting) or
+  try-locks the predecessor's byte (a live owner keeps it locked from its ticket until its place
+  ends); if that succeeds the predecessor is gone, and its entry says
+  what it was: ``HOLDING`` (died holding or keeping its place: the turn is ours), ``WAITING`` (died waiting) or
   ``ABANDONED`` (gave up: its wait timed out): the turn passes through it, so wait for *its*
   predecessor instead. A queue never stalls on a crashed holder or waiter and never lets two
   tickets in at once.
 * **Turns.** A hand-off costs a context switch, as much as a whole ``synchronous=NORMAL``
   transaction, so a holder may keep its place between transactions: a release with ``linger_s``
-  writes ``LINGER`` (with the time the linger ends) and unlocks its byte. If the same thread writes
-  again it try-locks its byte back and, if its entry still says ``LINGER``, resumes (``RESUMED``:
-  two fcntl calls, no hand-off) as long as its turn (``turn_s`` from when the gate became its)
-  lasts (at least three transactions like its first), or for ever while nobody waits. A waiter
-  takes a kept place over once its linger ends: it
-  try-locks the byte (so the owner cannot resume meanwhile), writes ``DONE`` and goes in. Every
-  turn ends with a real hand-off when others wait: round-robin, ``turn_s`` at a time.
+  leaves its byte locked (it is still alive) and writes ``busy = 0`` into its entry, publishing
+  ``until``: from then on, if it is still between transactions, its successor may take the place
+  over. ``until`` is ``linger_s`` after the commit while others wait (within the turn: ``turn_s``
+  from when the gate became ours, at least three transactions like its first), the turn's end
+  while nobody waits. If the same thread writes again it resumes (``RESUMED``, no hand-off)
+  **without a system call**: it writes ``busy = 1`` and then reads the clock; at least
+  ``MARGIN_S`` before ``until``, no successor can have acted (one acts only after ``until`` and
+  reads ``busy`` then; the write came first). Otherwise it decides under ``META``: a successor
+  that took the place over marked it ``taken`` (then it ends the place and queues afresh); if
+  not, the place is still its own (a new turn if nobody waits), unless the turn is over and
+  others wait (then it hands on). A successor takes a kept place over only under ``META``, and
+  only if, looked at again there, it is still between transactions, not taken and past
+  ``until``. A holder inside a transaction (``busy = 1``) is never taken over. Every turn ends
+  with a real hand-off when others wait: round-robin, ``turn_s`` at a time. (If the clock
+  argument ever failed, e.g. a write left invisible to another CPU for ``MARGIN_S``, two writers
+  would hold the gate at once and SQLite's lock would order them: never a correctness issue.)
 * **Releasing**: write ``DONE`` into the own entry, wake the successor, unlock the own byte; a
   releaser that wants in again queues behind everybody already waiting.
+* **Closing**: the last store of the process using the file closes its gate
+  (:func:`release_gate`): kept places are ended, descriptors closed, the table unmapped.
 
 Bounded waits: the futex sleep takes a timeout, so every wait ends by its deadline; a waiter that
 gives up marks its entry ``ABANDONED`` and wakes its successor, which skips it. Without futex
