@@ -390,6 +390,7 @@ class WriteGate:
         """The store closes: give the gate back; the last store of this process using the file
         closes it (its kept places ended, its descriptors closed, the table unmapped)."""
         gate, self._gate = self._gate, None
+        self._last = (None, None)
         if gate is not None:
             release_gate(gate)
 
@@ -399,6 +400,7 @@ class WriteGate:
         belong to the parent (reset once per process), and so do this plugin's per-thread holds."""
         reset_gates_after_fork()
         self._local = threading.local()
+        self._last = (None, None)
         self._stats_lock = threading.Lock()
         # the parent's counts carry over, as the rest of its counters do; its threads' states go
         self._counts["resumed"] += sum(st.resumed for st in self._states)
