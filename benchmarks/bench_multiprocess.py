@@ -518,3 +518,54 @@ def run(quick: bool) -> dict[str, Any]:
                                     "contention.*: raw sqlite3 vs the default profile + write_gate; latency per "
                                     "transaction measured inside each worker; spread = (last finish - first "
                                     "finish) / wall time (0: all finish together)"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.bench_multiprocess``: the ``contention.*`` rows alone (issue 19),
+    for a quiet window or to compare write_gate settings, without the rest of ``--only
+    multiprocess`` (which also runs the ``multiprocess.*``, single-writer and serial-floor rows)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_multiprocess", description=main.__doc__)
+    parser.add_argument("--sync", choices=("normal", "full"), action="append",
+                        help="synchronous mode (repeatable; default: normal)")
+    parser.add_argument("--shape", action="append", metavar="PxN",
+                        help="processes x inserts per process (repeatable; default: 20x220)")
+    parser.add_argument("--profile", action="append", choices=("default", "minimal"),
+                        help="the gated side's profile, plus write_gate (repeatable; default: default)")
+    parser.add_argument("--pairs", type=int, default=11, help="alternated pairs per row (at least 7; default 11)")
+    parser.add_argument("--gate", default="", metavar="K=V,...",
+                        help="write_gate settings for the gated side, e.g. turn_s=0.0015,round_s=0.02 (default: the plugin's)")
+    parser.add_argument("--json", metavar="OUT", help="write the rows to OUT")
+    args = parser.parse_args(argv)
+    settings = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.gate.split(",") if kv)}
+    rows: list[dict[str, Any]] = []
+    for sync in args.sync or ["normal"]:
+        for shape in args.shape or ["20x220"]:
+            procs, n = (int(x) for x in shape.lower().split("x"))
+            for name in args.profile or ["default"]:
+                profile = _gated_profile(name, sync)
+                if settings:
+                    profile = attrs.evolve(profile, settings={**profile.settings, "write_gate": settings})
+                prefix = "contention" if name == "default" else f"contention.{name}"
+                got = measure_contention(profile, sync, processes=procs, inserts=n, pairs=args.pairs, prefix=prefix)
+                rows.extend(got)
+                head = got[0]
+                print(f"{prefix}.{sync}.{shape}: load average {head['load_average']}, gate settings {settings or 'defaults'}, "
+                      f"admissions (median per sample) {head['gate_admissions_median']}, corestore retries "
+                      f"{head['corestore_retries']}, raw busy errors {head['raw_busy_errors']}", flush=True)
+                for row in got:
+                    ratio = row.get("ratio")
+                    print(f"  {row['name']:44s} raw {row['baseline_median']:<10.4g} gate {row['corestore_median']:<10.4g} "
+                          f"ratio {ratio if ratio is None else format(ratio, '.3g'):<8} ({row.get('ratio_min', float('nan')):.2g}"
+                          f"-{row.get('ratio_max', float('nan')):.2g}) target {row.get('target')} met {row.get('met')}",
+                          flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

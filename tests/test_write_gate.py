@@ -664,3 +664,172 @@ def test_a_lone_writer_resumes_its_place_and_counts_survive_ended_threads(tmp_pa
     count = store.database.execute_sql("SELECT count(*) FROM t").fetchone()[0]
     assert count == 1 + 20 + 3 * 6 + 1 + 2
     store.close()
+
+
+# -- issue 19, third round: the byte held for the whole turn, descriptors closed with the last store ----
+def _gate_fds(db: str) -> list[str]:
+    """This process's open descriptors on ``db``'s gate sidecar (from /proc)."""
+    target = os.path.realpath(db + ticket_gate.GATE_SUFFIX)
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == target:
+                found.append(fd)
+        except OSError:
+            pass
+    return found
+
+
+def test_the_last_store_to_close_closes_the_gate_descriptors(tmp_path: Path) -> None:
+    """The sidecar's descriptors (the pool, every thread's kept place) stay open while a store
+    uses the gate and are closed with the last one; a store opened afterwards gets a new gate.
+    A place kept by another (still running) thread is ended at the close too."""
+    db = _make_db(tmp_path / "fds.db")
+    first = corestore.open(_profile(db))
+    second = corestore.open(attrs.evolve(_profile(db), settings={"write_gate": {"turn_s": 0.01}}))  # another store, same file
+    gate = first.plugin("write_gate").gate
+    assert gate is not None and second.plugin("write_gate").gate is gate
+    for store in (first, second):
+        store.run(lambda s=store: s.database.execute_sql("INSERT INTO t (who, n) VALUES ('x', 1)"))
+    parked = threading.Event()
+    done = threading.Event()
+
+    def keeper() -> None:  # writes, keeps its place, and stays alive without writing again
+        for _ in range(2):
+            first.run(lambda: first.database.execute_sql("INSERT INTO t (who, n) VALUES ('thread', 1)"))
+        parked.set()
+        done.wait(LIMIT_S)
+
+    t = threading.Thread(target=keeper)
+    t.start()
+    assert parked.wait(LIMIT_S)
+    assert len(_gate_fds(db)) >= 2  # the main thread's and the keeper's places
+    first.close()
+    assert _gate_fds(db), "closed while another store still uses the gate"
+    second.run(lambda: second.database.execute_sql("INSERT INTO t (who, n) VALUES ('y', 1)"))
+    second.close()
+    assert _gate_fds(db) == [], "the gate's descriptors outlived the last store using the file"
+    assert gate.snapshot()["available"] is True and "next_ticket" not in gate.snapshot()  # unmapped
+    done.set()
+    t.join(LIMIT_S)
+    again = corestore.open(_profile(db))
+    assert again.plugin("write_gate").gate is not gate  # a new gate for the file
+    again.run(lambda: again.database.execute_sql("INSERT INTO t (who, n) VALUES ('z', 1)"))
+    assert again.plugin("write_gate").stats()["gated"] == 1
+    again.close()
+    assert _gate_fds(db) == []
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 6
+    conn.close()
+
+
+def _keep_then(db: str, ready: Any, go: Any, out: Any, in_txn_s: float) -> None:
+    """Take the gate with a turn, keep the place; then (on ``go``) either run one long transaction
+    of ``in_txn_s`` seconds through the plugin's fast path, or (0) stay idle for 1 s and write again."""
+    store = corestore.open(_profile(db, turn_s=0.05, round_s=0.05, linger_s=0.02))
+    ex = store.database.execute_sql
+    store.run(lambda: ex("INSERT INTO t (who, n) VALUES ('first', 0)"))  # opens this thread's connection (ungated)
+    store.run(lambda: ex("INSERT INTO t (who, n) VALUES ('first', 1)"))  # takes a ticket, keeps the place
+    ready.put(store.plugin("write_gate").gate.snapshot()["next_ticket"])
+    go.wait(LIMIT_S)
+    if in_txn_s:
+        with store.transaction():  # resumes the kept place (busy) and outlasts the turn
+            ex("INSERT INTO t (who, n) VALUES ('first', 2)")
+            time.sleep(in_txn_s)
+            out.put(("first-commits", time.monotonic()))
+    else:
+        time.sleep(1.0)
+        store.run(lambda: ex("INSERT INTO t (who, n) VALUES ('first', 3)"))
+    stats = store.plugin("write_gate").stats()
+    out.put(("first-stats", stats["resumed"], stats["waited"] + stats["immediate"], stats["gate"]["places_lost"]))
+    store.close()
+
+
+def test_a_holder_inside_its_transaction_is_never_taken_over(tmp_path: Path) -> None:
+    """A kept place whose owner has resumed it (busy) is not taken over when its turn ends, however
+    long the transaction: the waiter gets in only after the COMMIT."""
+    db = _make_db(tmp_path / "busy.db")
+    ready, out, go = CTX.Queue(), CTX.Queue(), CTX.Event()
+    first = _start(_keep_then, db, ready, go, out, 0.4)
+    base = _get(ready, "the first writer")
+    go.set()
+    time.sleep(0.1)  # the first writer is inside its long transaction (its turn of 50 ms is over)
+    waiter = _start(_queue_and_record, db, "waiter", out, 10.0)
+    _wait_for(lambda: _next_ticket(db) == base + 1, "the waiter to queue")
+    results = {r[0]: r[1:] for r in (_get(out, "results") for _ in range(3))}
+    _join(first, waiter)
+    got, outcome = results["waiter"]
+    assert outcome == "waited"
+    assert got >= results["first-commits"][0], "the waiter got in while the holder was inside its transaction"
+    resumed, _queued, lost = results["first-stats"]
+    assert resumed >= 1 and lost == 0, results
+
+
+def test_an_idle_kept_place_is_taken_over_and_its_owner_queues_afresh(tmp_path: Path) -> None:
+    """A writer that keeps its place and stops writing is taken over once its linger has passed
+    (without a system call on its side: its byte stays locked); when it writes again it finds
+    its place taken, queues afresh and is admitted behind the taker."""
+    db = _make_db(tmp_path / "idle.db")
+    ready, out, go = CTX.Queue(), CTX.Queue(), CTX.Event()
+    first = _start(_keep_then, db, ready, go, out, 0.0)
+    base = _get(ready, "the first writer")
+    go.set()
+    started = time.monotonic()
+    waiter = _start(_queue_and_record, db, "waiter", out, 10.0)
+    _wait_for(lambda: _next_ticket(db) == base + 1, "the waiter to queue")
+    results = {r[0]: r[1:] for r in (_get(out, "results") for _ in range(2))}
+    _join(first, waiter)
+    got, outcome = results["waiter"]
+    assert outcome == "waited" and got - started < 0.5, results  # well before the owner's next write (1 s)
+    resumed, queued, lost = results["first-stats"]
+    assert lost == 1 and queued >= 2, results  # its place was taken: it queued again for its last write
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM t WHERE who = 'first'").fetchone()[0] == 3
+    conn.close()
+
+
+def test_a_resumed_write_makes_no_gate_system_call(tmp_path: Path) -> None:
+    """Within a turn a lone writer's writes resume its kept place from memory: no fcntl call per
+    write (only when a turn is renewed), so the gate's kernel cost is per turn, not per write."""
+    db = _make_db(tmp_path / "sys.db")
+    store = corestore.open(_profile(db, turn_s=60.0, round_s=60.0))
+    ex = store.database.execute_sql
+    for i in range(3):
+        store.run(lambda i=i: ex("INSERT INTO t (who, n) VALUES ('warm', ?)", (i,)))
+    import fcntl as fcntl_module
+
+    calls: list[Any] = []
+    real = fcntl_module.fcntl
+
+    def counting(*args: Any) -> Any:  # a counting wrapper around the real call (no fake: it still locks)
+        calls.append(args[1])
+        return real(*args)
+
+    fcntl_module.fcntl = counting  # type: ignore[assignment]
+    try:
+        for i in range(50):
+            store.run(lambda i=i: ex("INSERT INTO t (who, n) VALUES ('w', ?)", (i,)))
+    finally:
+        fcntl_module.fcntl = real  # type: ignore[assignment]
+    assert calls == [], calls
+    stats = store.plugin("write_gate").stats()
+    assert stats["resumed"] >= 50 and stats["waited"] == 0, stats
+    store.close()
+
+
+def test_contention_rows_run_alone_from_the_command_line(tmp_path: Path) -> None:
+    """``python -m benchmarks.bench_multiprocess`` runs just the ``contention.*`` rows (the quiet
+    window's command), with write_gate settings for the gated side; a tiny shape as a smoke run."""
+    out = tmp_path / "rows.json"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_multiprocess", "--pairs", "7", "--shape", "2x5",
+                           "--gate", "turn_s=0.001,round_s=0.01", "--json", str(out)],
+                          cwd=root, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+
+    rows = json.loads(out.read_text())
+    assert {r["name"] for r in rows} >= {"contention.normal.2x5.wall_s", "contention.normal.2x5.max_ms",
+                                         "contention.normal.2x5.spread"}
+    assert rows[0]["corestore_retries"] == 0 and "gate_admissions_median" in rows[0]
+    assert "turn_s" in proc.stdout

@@ -5,6 +5,13 @@ counter and ``SLOTS`` 32-byte entries: ticket, state, pid, a time in monotonic n
 fcntl byte locks used as signals (OFD locks on 64-bit Linux, POSIX record locks elsewhere), the
 futex wait/wake on an entry's state word (Linux), the helper threads that bound a blocking fcntl
 wait where there is no futex, and :class:`GateTable`, one process's view of one sidecar.
+
+An entry is 32 bytes: ``ticket`` (u64), ``state`` (u32: the futex word; it changes only when the
+ticket is queued, admitted, ended or given up), ``pid`` (u32), ``until`` (u64, monotonic ns: for a
+holder, from when a successor may take its place over *if* it is between transactions), ``busy``
+(u32: 1 while the holder is inside a transaction, written by the holder on every one) and
+``taken`` (u32: set, under ``META``, by the successor that took a kept place over; read by the
+holder when it cannot prove by the clock that nobody could have).
 """
 from __future__ import annotations
 
@@ -31,21 +38,24 @@ GATE_SUFFIX = ".corestore-gate"
 #: Slots in the ticket table (the longest queue the gate can hold).
 SLOTS = 4096
 
-_MAGIC = b"CSGATE\x00\x01"
+_MAGIC = b"CSGATE\x00\x02"  # 2: busy/taken words, the holder's byte locked for its whole turn
 _NEXT = 8  # offset of the ticket counter (u64)
 _HEADER = 64
-_ENTRY = struct.Struct("<QIIQ8x")  # ticket, state, pid, linger end (monotonic ns), padding
+_ENTRY = struct.Struct("<QIIQII")  # ticket, state, pid, until (monotonic ns), busy, taken
 _ENTRY_SIZE = _ENTRY.size
 _SIZE = _HEADER + SLOTS * _ENTRY_SIZE
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-_OWNER_STATE = struct.Struct("<QI")  # an entry's ticket and state
-_STATE_PID_UNTIL = struct.Struct("<IIQ")  # an entry after its ticket (offset + 8): state, pid, until
+_UNTIL_BUSY_TAKEN = struct.Struct("<QII")  # an entry after its pid (offset + 16): until, busy, taken
+_STATE = 8  # offsets inside an entry
+_UNTIL = 16
+_BUSY = 24
+_TAKEN = 28
 _LOCK_BASE = 1 << 30  # lock bytes live far beyond the table: they are signals, not data
 _META = _LOCK_BASE
 _SLOT_BYTE = _LOCK_BASE + 1
 
-_WAITING, _HOLDING, _DONE, _ABANDONED, _LINGER = 1, 2, 3, 4, 5
+_WAITING, _HOLDING, _DONE, _ABANDONED = 1, 2, 3, 4
 
 _OFD = (sys.platform.startswith("linux") and hasattr(fcntl, "F_OFD_SETLKW") and struct.calcsize("P") == 8
         and not os.environ.get("CORESTORE_GATE_POSIX_LOCKS"))  # tests run the other platforms' path with it
@@ -56,6 +66,9 @@ _MAX_IDLE_HELPERS = 8
 #: With futex waits, how often a waiter checks that its predecessor is still alive (a crashed
 #: process wakes nobody; the kernel drops its fcntl lock, which the check sees).
 LIVENESS_S = 0.005
+#: A holder resumes its kept place without a system call only while the clock shows it is at
+#: least this far before the moment a successor may take the place over (see ``Gate.resume``).
+MARGIN_S = 0.00005
 #: A turn lasts at least as long as this many transactions like its first one: with slow commits
 #: (``synchronous=FULL``: an fsync each) a hand-off per commit would cost a wake-up each.
 MIN_TURN_TRANSACTIONS = 3
@@ -274,18 +287,30 @@ class _Helper:
 
 class _Thread:
     """One thread's state at one gate: how deep it holds it, its ticket and descriptor, when its
-    turn ends, and whether it keeps its place (``kept``: ``LINGER``, its byte unlocked). Only its
-    own thread changes it while the thread lives."""
+    turn ends, and whether it keeps its place between transactions (``keep``: a one-item list
+    while it does; the thread's byte stays locked). ``keep`` is a list so that taking the place
+    back is one atomic ``pop`` under the GIL: the owner resuming and :meth:`GateTable.close`
+    giving the place up never both win. Otherwise only its own thread changes it."""
 
-    __slots__ = ("depth", "ticket", "fd", "turn_end", "kept", "thread", "since", "turn_max", "offset", "lk", "ulk")
+    __slots__ = ("depth", "ticket", "fd", "turn_end", "keep", "thread", "since", "turn_max", "offset", "safe",
+                 "busy_i", "until_i", "u32", "u64")
 
     def __init__(self) -> None:
-        self.depth, self.ticket, self.fd, self.turn_end, self.kept = 0, 0, -1, 0.0, False
+        self.depth, self.ticket, self.fd, self.turn_end = 0, 0, -1, 0.0
+        self.keep: list[int] = []
         self.since = 0.0  # when the current turn's first transaction began (0: measured already)
         self.turn_max = 0.0  # turn_s: the longest a turn may be stretched to
         self.offset = 0  # the ticket's entry in the table
-        self.lk = self.ulk = b""  # the packed lock / unlock requests of the ticket's byte (OFD locks)
+        self.safe = 0.0  # resume without a system call while time.monotonic() is below this
+        self.busy_i = 0  # the entry's busy word, as an index into the table's u32 view
+        self.until_i = 0  # the entry's until word, as an index into the table's u64 view
+        self.u32: Any = None  # the table's u32 and u64 views (the fast path's handles; see Gate.resume)
+        self.u64: Any = None
         self.thread = threading.current_thread()
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.keep)
 
 
 class GateTable:
@@ -307,7 +332,12 @@ class GateTable:
         self._opened = False
         self.unavailable: str | None = None
         self._map: mmap.mmap | None = None
+        self._u32: Any = None  # memoryview casts of the mapping: a word read or written without struct
+        self._u64: Any = None
         self._anchor: Any = None
+        self._users = 0  # stores using this gate in this process (gate_for / release_gate)
+        self._out = 0  # descriptors taken from the pool and not given back yet
+        self._closing = False
         self._base = 0
         self._fds: list[int] = []  # idle descriptors (OFD: one per participant at a time)
         self._helpers: list[_Helper] = []
@@ -316,7 +346,7 @@ class GateTable:
         self._threads: list[_Thread] = []  # every thread's state here (for places kept by ended threads)
         self._pid = os.getpid()
         self.counters = {"skipped_dead": 0, "skipped_abandoned": 0, "dead_holders": 0, "queue_full": 0,
-                         "orphaned_waits": 0, "taken_over": 0}
+                         "orphaned_waits": 0, "taken_over": 0, "places_lost": 0}
 
     # -- opening -----------------------------------------------------------------------------
     def _open(self) -> bool:
@@ -354,6 +384,8 @@ class GateTable:
             elif size != _SIZE or os.pread(fd, len(_MAGIC), 0) != _MAGIC:
                 return f"{self.path} is not a corestore gate of this version (size {size}); it is left alone"
             self._map = mmap.mmap(fd, _SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._u32 = memoryview(self._map).cast("I")
+            self._u64 = memoryview(self._map).cast("Q")
             if _FUTEX is not None:
                 self._anchor = ctypes.c_char.from_buffer(self._map)  # keeps the mapping's address
                 self._base = ctypes.addressof(self._anchor)
@@ -364,24 +396,56 @@ class GateTable:
     def _take_fd(self) -> int:
         with self._lock:
             if self._fds:
+                self._out += 1
                 return self._fds.pop()
         self._sweep_ended_threads()
         with self._lock:
             if self._fds:
+                self._out += 1
                 return self._fds.pop()
-        return open_sidecar(self.path, self.db_path)
+        fd = open_sidecar(self.path, self.db_path)
+        with self._lock:
+            self._out += 1
+        return fd
 
     def _give_fd(self, fd: int) -> None:
         with self._lock:
-            self._fds.append(fd)
+            self._out -= 1
+            if not self._closing:
+                self._fds.append(fd)
+                return
+            last = self._out <= 0
+        os.close(fd)  # closed: the last store using the gate in this process has closed it
+        if last:
+            self._unmap()
+
+    def _unmap(self) -> None:
+        """Drop the mapping (after :meth:`close`, once no descriptor is out)."""
+        with self._lock:
+            old, u32, u64, self._map, self._u32, self._u64 = self._map, self._u32, self._u64, None, None, None
+            self._anchor = None
+            self._base = 0
+        for view in (u32, u64):
+            if view is not None:
+                view.release()
+        if old is not None:
+            try:
+                old.close()
+            except BufferError:  # a ctypes view still pins it: the garbage collector unmaps it
+                logger.debug("%s: gate mapping still referenced at close", self.path)
 
     # -- the table -------------------------------------------------------------------------------
     def _offset(self, ticket: int) -> int:
         return _HEADER + (ticket % SLOTS) * _ENTRY.size
 
-    def _set_entry(self, ticket: int, state: int, until_ns: int = 0) -> None:
+    def _set_entry(self, ticket: int, state: int, until_ns: int = 0, busy: int = 0) -> None:
+        """Write ``ticket``'s entry; the state word last (it is what waiters act on)."""
         assert self._map is not None
-        _ENTRY.pack_into(self._map, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE, ticket, state, self._pid, until_ns)
+        offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
+        _U64.pack_into(self._map, offset, ticket)
+        _U32.pack_into(self._map, offset + 12, self._pid)
+        _UNTIL_BUSY_TAKEN.pack_into(self._map, offset + _UNTIL, until_ns, busy, 0)
+        _U32.pack_into(self._map, offset + _STATE, state)
 
     def _set_state(self, ticket: int, state: int) -> None:
         assert self._map is not None
@@ -393,8 +457,13 @@ class GateTable:
     def _state(self, ticket: int) -> tuple[int, int, int]:
         """(owner ticket, state, until_ns) of ``ticket``'s slot."""
         assert self._map is not None
-        owner, state, _pid, until = _ENTRY.unpack_from(self._map, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE)
+        owner, state, _pid, until, _busy, _taken = _ENTRY.unpack_from(self._map, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE)
         return owner, state, until
+
+    def _entry(self, ticket: int) -> tuple[int, int, int, int, int, int]:
+        """(owner ticket, state, pid, until_ns, busy, taken) of ``ticket``'s slot."""
+        assert self._map is not None
+        return _ENTRY.unpack_from(self._map, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE)
 
     def _wake(self, ticket: int) -> None:
         if _FUTEX is not None:

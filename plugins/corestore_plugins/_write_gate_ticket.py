@@ -6,12 +6,12 @@ that releases such a lock can take it straight back before any waiter runs. The 
 hands the turn over explicitly, like a CLH queue lock built from fcntl byte-range locks:
 
 * The sidecar ``<db>.corestore-gate`` holds a small table, mapped into every process: a ticket
-  counter ``next`` and one 32-byte entry per slot (``ticket``, ``state``, ``pid``, a time in
-  monotonic nanoseconds: when a kept place's linger or a holder's turn ends). Beside the
-  data, fcntl locks on single bytes far beyond the table are used as signals: byte ``META``
-  guards the counter (held for microseconds), byte ``SLOT + (ticket mod SLOTS)`` is held by the
-  ticket's owner from the moment it takes the ticket until it releases the gate, gives up or
-  keeps its place between transactions (see turns).
+  counter ``next`` and one 32-byte entry per slot (``ticket``, ``state``, ``pid``, ``until`` in
+  monotonic nanoseconds, ``busy``, ``taken``: see turns). Beside the data, fcntl locks on single
+  bytes far beyond the table are used as signals: byte ``META`` guards the counter and
+  takeovers (held for microseconds), byte ``SLOT + (ticket mod SLOTS)`` is held by the
+  ticket's owner from the moment it takes the ticket until its place ends (it releases the
+  gate, gives up, or its kept place is taken over and it notices).
 * **Taking a ticket** (under ``META``): lock the own slot byte, write the entry
   (``ticket, WAITING, pid``), then publish ``next = ticket + 1``. If the predecessor's entry says
   ``DONE`` the gate is ours at once (the uncontended path: three fcntl calls).
@@ -19,22 +19,34 @@ hands the turn over explicitly, like a CLH queue lock built from fcntl byte-rang
   ``ticket - 1`` (a kernel wait, no polling). Its release writes ``DONE`` and wakes exactly this
   waiter: one context switch per hand-off. A crashed process wakes nobody, but the kernel drops
   its fcntl locks: after a sleep that changed nothing (``LIVENESS_S``, 5 ms, at most) the waiter
-  try-locks the predecessor's byte; if that succeeds the predecessor is gone, and its entry says
-  what it was: ``HOLDING`` (died holding: the turn is ours), ``WAITING`` (died waiting) or
+  try-locks the predecessor's byte (a live owner keeps it locked from its ticket until its place
+  ends); if that succeeds the predecessor is gone, and its entry says
+  what it was: ``HOLDING`` (died holding or keeping its place: the turn is ours), ``WAITING`` (died waiting) or
   ``ABANDONED`` (gave up: its wait timed out): the turn passes through it, so wait for *its*
   predecessor instead. A queue never stalls on a crashed holder or waiter and never lets two
   tickets in at once.
 * **Turns.** A hand-off costs a context switch, as much as a whole ``synchronous=NORMAL``
   transaction, so a holder may keep its place between transactions: a release with ``linger_s``
-  writes ``LINGER`` (with the time the linger ends) and unlocks its byte. If the same thread writes
-  again it try-locks its byte back and, if its entry still says ``LINGER``, resumes (``RESUMED``:
-  two fcntl calls, no hand-off) as long as its turn (``turn_s`` from when the gate became its)
-  lasts (at least three transactions like its first), or for ever while nobody waits. A waiter
-  takes a kept place over once its linger ends: it
-  try-locks the byte (so the owner cannot resume meanwhile), writes ``DONE`` and goes in. Every
-  turn ends with a real hand-off when others wait: round-robin, ``turn_s`` at a time.
+  leaves its byte locked (it is still alive) and writes ``busy = 0`` into its entry, publishing
+  ``until``: from then on, if it is still between transactions, its successor may take the place
+  over. ``until`` is ``linger_s`` after the commit while others wait (within the turn: ``turn_s``
+  from when the gate became ours, at least three transactions like its first), the turn's end
+  while nobody waits. If the same thread writes again it resumes (``RESUMED``, no hand-off)
+  **without a system call**: it writes ``busy = 1`` and then reads the clock; at least
+  ``MARGIN_S`` before ``until``, no successor can have acted (one acts only after ``until`` and
+  reads ``busy`` then; the write came first). Otherwise it decides under ``META``: a successor
+  that took the place over marked it ``taken`` (then it ends the place and queues afresh); if
+  not, the place is still its own (a new turn if nobody waits), unless the turn is over and
+  others wait (then it hands on). A successor takes a kept place over only under ``META``, and
+  only if, looked at again there, it is still between transactions, not taken and past
+  ``until``. A holder inside a transaction (``busy = 1``) is never taken over. Every turn ends
+  with a real hand-off when others wait: round-robin, ``turn_s`` at a time. (If the clock
+  argument ever failed, e.g. a write left invisible to another CPU for ``MARGIN_S``, two writers
+  would hold the gate at once and SQLite's lock would order them: never a correctness issue.)
 * **Releasing**: write ``DONE`` into the own entry, wake the successor, unlock the own byte; a
   releaser that wants in again queues behind everybody already waiting.
+* **Closing**: the last store of the process using the file closes its gate
+  (:func:`release_gate`): kept places are ended, descriptors closed, the table unmapped.
 
 Bounded waits: the futex sleep takes a timeout, so every wait ends by its deadline; a waiter that
 gives up marks its entry ``ABANDONED`` and wakes its successor, which skips it. Without futex
@@ -60,7 +72,6 @@ only (the database itself should not be on one either).
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -68,30 +79,26 @@ import time
 from typing import Any
 
 from ._write_gate_table import (
-    _BUSY_ERRNOS,
+    _BUSY,
     _DONE,
     _ENTRY_SIZE,
     _FUTEX,
     _HEADER,
     _HOLDING,
-    _LINGER,
     _META,
     _NEXT,
     _OFD,
-    _OWNER_STATE,
-    _SETLK,
     _SLOT_BYTE,
-    _STATE_PID_UNTIL,
+    _TAKEN,
     _U64,
-    _UNLCK,
+    _UNTIL,
     _WAITING,
-    _WRLCK,
     GATE_SUFFIX,
     LIVENESS_S,
+    MARGIN_S,
     MIN_TURN_TRANSACTIONS,
     SLOTS,
     Outcome,
-    _flock,
     _Thread,
     _try_lock,
     _unlock,
@@ -101,7 +108,7 @@ from ._write_gate_table import (
 from ._write_gate_wait import GateWaits
 
 __all__ = ["Gate", "Outcome", "GATE_SUFFIX", "LIVENESS_S", "SLOTS", "gate_for", "gate_path_for", "open_sidecar",
-           "reset_gates_after_fork"]
+           "release_gate", "reset_gates_after_fork"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +134,25 @@ class Gate(GateWaits):
 
     def resume(self, t: _Thread, turn_s: float) -> bool:
         """The common case of :meth:`acquire`, for ``t`` = :meth:`this_thread`: if the thread kept
-        its place (and holds nothing) and its turn lasts or nobody waits, take it back (two
-        fcntl calls, no hand-off) and return True; else False (then call :meth:`acquire`)."""
-        if t.kept and not t.depth and self._resume(t, turn_s):
-            t.depth = 1
-            return True
+        its place (and holds nothing) and its turn lasts or nobody waits, take it back and return
+        True (no hand-off; within the turn no system call at all); else False (then call
+        :meth:`acquire`)."""
+        keep = t.keep
+        if keep and not t.depth:
+            try:
+                keep.pop()  # atomic under the GIL: close() may be giving the place up
+            except IndexError:
+                return False
+            # busy first, then the clock: a successor takes a kept place over only after `until`
+            # (t.safe + MARGIN_S), and only if it then reads busy == 0, so a busy written before a
+            # clock reading below t.safe is seen by every successor that could act (module docs)
+            self._u32[t.busy_i] = 1
+            if time.monotonic() < t.safe:
+                t.depth = 1
+                return True
+            if self._resume_slow(t, turn_s):
+                t.depth = 1
+                return True
         return False
 
     def held_by_this_thread(self) -> bool:
@@ -153,8 +174,7 @@ class Gate(GateWaits):
             return Outcome.REENTERED
         if self._map is None and not self._open():  # (a forked child starts afresh: see the fork hook)
             return Outcome.UNAVAILABLE
-        if t.kept and self._resume(t, turn_s):
-            t.depth = 1
+        if t.keep and self.resume(t, turn_s):
             return Outcome.RESUMED
         deadline = time.monotonic() + max(0.0, timeout_s)
         if not _OFD and not self._proc.acquire(timeout=max(0.0, timeout_s)):
@@ -197,11 +217,10 @@ class Gate(GateWaits):
         finally:
             _unlock(fd, _META)
         t.ticket = ticket
-        t.offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
-        if _OFD:  # the packed lock requests of the own byte, for the resume/release fast path
-            byte = _SLOT_BYTE + ticket % SLOTS
-            t.lk = _WRLCK.get(byte) or _flock(_WRLCK, fcntl.F_WRLCK, byte)
-            t.ulk = _UNLCK.get(byte) or _flock(_UNLCK, fcntl.F_UNLCK, byte)
+        t.offset = offset = _HEADER + (ticket % SLOTS) * _ENTRY_SIZE
+        t.busy_i = (offset + _BUSY) // 4
+        t.until_i = (offset + _UNTIL) // 8
+        t.u32, t.u64 = self._u32, self._u64
         try:
             if pred_done:
                 outcome = Outcome.HELD
@@ -218,41 +237,45 @@ class Gate(GateWaits):
                 waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1
                 turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
             now = time.monotonic()
-            turn_end = now + turn_s
-            t.turn_end = turn_end
+            t.turn_end = now + turn_s
             t.since = now if turn_s > 0 else 0.0
-            self._set_entry(ticket, _HOLDING, int(turn_end * 1e9) if turn_s > 0 else 0)
+            self._publish(t, t.turn_end if turn_s > 0 else now)
+            self._set_entry(ticket, _HOLDING, self._u64[t.until_i], busy=1)
         return outcome
 
-    def _resume(self, t: _Thread, turn_s: float) -> bool:
-        """This thread kept its place (``LINGER``, its byte unlocked) and writes again: take its
-        byte back; if nobody took the place over meanwhile and its turn lasts (or nobody waits:
-        then a new turn starts), the gate is its again without a hand-off. Else finish the release
-        (and the caller queues afresh)."""
-        t.kept = False
-        fd = t.fd
-        try:  # _try_lock, inlined: this is every resumed write's path
-            fcntl.fcntl(fd, _SETLK, t.lk)
-        except OSError as err:
-            if err.errno not in _BUSY_ERRNOS:
-                raise
-            self._give_back(fd)  # a successor is taking it over right now (or the slot moved on)
+    def _publish(self, t: _Thread, until: float) -> None:
+        """Publish ``until`` (monotonic seconds): from then on a successor may take the place over
+        while it is kept between transactions; the owner resumes without a system call only
+        until ``MARGIN_S`` before it."""
+        self._u64[t.until_i] = int(until * 1e9)
+        t.safe = until - MARGIN_S
+
+    def _resume_slow(self, t: _Thread, turn_s: float) -> bool:
+        """:meth:`resume` when the clock cannot prove that nobody took the place over (its
+        ``until`` is near or past): decide under ``META``, the lock a successor takes to take a
+        place over. ``busy`` is already 1. True: the place is still ours (a new turn if nobody
+        waits); False: it was taken over, or the turn is over and others wait (then it is handed
+        on now), and the caller queues afresh."""
+        fd, ticket = t.fd, t.ticket
+        if not self._meta_lock(fd, time.monotonic() + 1.0):  # META is held for microseconds only
+            self._finish(ticket, fd, _DONE)  # cannot tell: end the place (a taker ignores it)
             return False
-        m = self._map
-        offset, ticket = t.offset, t.ticket
-        owner, state = _OWNER_STATE.unpack_from(m, offset)  # type: ignore[arg-type]
-        if owner == ticket and state == _LINGER:
-            now = time.monotonic()
-            turn_end = t.turn_end
-            if now < turn_end or _U64.unpack_from(m, _NEXT)[0] <= ticket + 1:  # type: ignore[arg-type]
-                if now >= turn_end:  # nobody waits: a new turn
-                    turn_end = t.turn_end = now + turn_s
-                _STATE_PID_UNTIL.pack_into(m, offset + 8, _HOLDING, self._pid, int(turn_end * 1e9))  # type: ignore[arg-type]
-                return True
-            self._finish(ticket, fd, _DONE)  # the turn is over and others wait: hand it on
-            return False
-        _unlock(fd, _SLOT_BYTE + ticket % SLOTS)  # taken over (DONE) or the slot moved on
-        self._give_back(fd)
+        try:
+            taken = self._u32[(t.offset + _TAKEN) // 4]
+            if not taken:
+                now = time.monotonic()
+                waiting = _U64.unpack_from(self._map, _NEXT)[0] > ticket + 1  # type: ignore[arg-type]
+                if now < t.turn_end or not waiting:
+                    if now >= t.turn_end:  # nobody waits: a new turn
+                        t.turn_end = now + t.turn_max
+                    self._publish(t, t.turn_end)
+                    return True
+        finally:
+            _unlock(fd, _META)
+        if taken:
+            with self._lock:
+                self.counters["places_lost"] += 1
+        self._finish(ticket, fd, _DONE)  # taken over (its taker ignores this entry now), or handed on
         return False
 
     def _finish(self, ticket: int, fd: int, state: int | None) -> None:
@@ -269,25 +292,34 @@ class Gate(GateWaits):
         _unlock(fd, _SLOT_BYTE + ticket % SLOTS)
         self._give_back(fd)
 
+    def _give_up_place(self, t: _Thread) -> bool:
+        """End the place ``t`` keeps, if it still keeps one (from another thread: close, or a
+        thread that has ended); True if it did."""
+        try:
+            t.keep.pop()
+        except IndexError:
+            return False
+        self._finish(t.ticket, t.fd, _DONE)
+        return True
+
     def _sweep_ended_threads(self) -> None:
-        """Give back the descriptors of places kept by threads that have ended (a live thread
-        finishes its own at its next write). The place itself needs nothing: its byte is already
-        unlocked, and a successor takes it over when its linger ends."""
+        """End the places kept by threads that have ended (a live thread ends its own at its next
+        write, or a successor takes it over once its ``until`` has passed) and give their
+        descriptors back."""
         with self._lock:
             ended = [t for t in self._threads if not t.thread.is_alive()]
             if not ended:
                 return
             self._threads = [t for t in self._threads if t.thread.is_alive()]
         for t in ended:
-            if t.kept:
-                t.kept = False
-                self._give_back(t.fd)
+            self._give_up_place(t)
 
     def release(self, *, linger_s: float = 0.0) -> None:
         """Release one level; the last one hands the turn to the next ticket — or, with
-        ``linger_s`` > 0 while the turn lasts (or nobody waits), keeps the place: ``LINGER`` until
-        ``linger_s`` from now, the byte unlocked, so that this thread's next write resumes without
-        a hand-off while a waiter may take the place over once the linger ends."""
+        ``linger_s`` > 0 while the turn lasts (or nobody waits), keeps the place: its byte stays
+        locked and its entry says it is between transactions, so that this thread's next write
+        resumes without a hand-off, while a waiter may take the place over once ``linger_s``
+        has passed (or, when nobody waited, once the turn is over)."""
         t = getattr(self._local, "t", None)
         if t is None or t.depth <= 0:
             raise RuntimeError(f"{self.path}: release() without acquire() on this thread")
@@ -298,28 +330,52 @@ class Gate(GateWaits):
         t.depth -= 1
         if t.depth:
             return
-        ticket, fd = t.ticket, t.fd
-        if linger_s > 0 and _FUTEX is not None:
-            m = self._map
-            now = time.monotonic()
-            if t.since:  # a turn holds at least MIN_TURN_TRANSACTIONS transactions as long as the first,
+        if linger_s > 0 and _FUTEX is not None and not self._closing:
+            since = t.since
+            if since:  # a turn holds at least MIN_TURN_TRANSACTIONS transactions as long as the first,
                 # but never more than turn_s (a first transaction slowed by preemption must not
                 # make a long turn)
-                stretch = min((now - t.since) * MIN_TURN_TRANSACTIONS, t.turn_max)
-                t.turn_end = max(t.turn_end, t.since + stretch)
                 t.since = 0.0
-            if _U64.unpack_from(m, _NEXT)[0] <= ticket + 1:  # type: ignore[arg-type]  # nobody waits
+                stretch = min((time.monotonic() - since) * MIN_TURN_TRANSACTIONS, t.turn_max)
+                if since + stretch > t.turn_end:
+                    t.turn_end = since + stretch
+                    self._publish(t, t.turn_end)
+            if self._u64[1] > t.ticket + 1:  # others wait (the ticket counter is the table's second word)
+                now = time.monotonic()
+                if now >= t.turn_end:
+                    self._finish(t.ticket, t.fd, _DONE)  # the turn is over: hand it on
+                    return
                 until = now + linger_s
-            elif now < t.turn_end:
-                until = min(t.turn_end, now + linger_s)
-            else:
-                until = 0.0
-            if until:
-                _STATE_PID_UNTIL.pack_into(m, t.offset + 8, _LINGER, self._pid, int(until * 1e9))  # type: ignore[arg-type]
-                t.kept = True
-                fcntl.fcntl(fd, _SETLK, t.ulk)  # the own byte unlocked (inlined _unlock): a successor may take over
-                return
-        self._finish(ticket, fd, _DONE)
+                self._publish(t, until if until < t.turn_end else t.turn_end)
+            # (nobody waits: no clock needed; the place is kept, and may be taken over by a
+            # newcomer once the turn's `until` has passed)
+            self._u32[t.busy_i] = 0  # between transactions: a successor may take over after until
+            t.keep.append(1)
+            return
+        self._finish(t.ticket, t.fd, _DONE)
+
+    def close(self) -> None:
+        """The last store using this gate in this process has closed: end the places kept by this
+        process's threads, close every descriptor (those in use when their holders release) and
+        unmap the table. A later :func:`gate_for` of the same file starts a new gate."""
+        with _gates_lock:
+            if _gates.get(self.db_path) is self:
+                del _gates[self.db_path]
+        with self._lock:
+            self._closing = True
+            threads = list(self._threads)
+        for t in threads:
+            self._give_up_place(t)
+        with self._lock:
+            fds, self._fds = self._fds, []
+            helpers, self._helpers = self._helpers, []
+            out = self._out
+        for fd in fds:
+            os.close(fd)
+        for helper in helpers:
+            helper.retire()
+        if out <= 0:
+            self._unmap()
 
     # -- introspection ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -339,8 +395,10 @@ class Gate(GateWaits):
     def _after_fork_in_child(self) -> None:
         fds = self._fds
         old_map = self._map
+        users = self._users  # the stores the child inherited still close
         self._lock = threading.Lock()
         self._reset_process_state()
+        self._users = users
         for fd in fds:  # shared descriptions: closing the child's copies releases nothing
             try:
                 os.close(fd)
@@ -355,13 +413,25 @@ _gates_lock = threading.Lock()
 
 
 def gate_for(db_path: str) -> Gate:
-    """The process-wide :class:`Gate` of ``db_path`` (a real path): one per file per process."""
+    """The process-wide :class:`Gate` of ``db_path`` (a real path): one per file per process,
+    shared by its stores; each user gives it back with :func:`release_gate`."""
     reset_gates_after_fork()  # a no-op unless this is a forked child whose stores all were closed
     with _gates_lock:
         gate = _gates.get(db_path)
         if gate is None:
             gate = _gates[db_path] = Gate(db_path)
+        gate._users += 1
         return gate
+
+
+def release_gate(gate: Gate) -> None:
+    """A store using ``gate`` has closed; the last one closes the gate (:meth:`Gate.close`), so
+    no descriptor of the sidecar stays open in this process once no store uses the file."""
+    with _gates_lock:
+        gate._users -= 1
+        last = gate._users <= 0
+    if last:
+        gate.close()
 
 
 _reset_in_pid = os.getpid()

@@ -14,10 +14,12 @@ from ._write_gate_table import (
     _DONE,
     _FUTEX,
     _HOLDING,
-    _LINGER,
     _MAX_IDLE_HELPERS,
+    _META,
     _OFD,
     _SLOT_BYTE,
+    _TAKEN,
+    _U32,
     _WAITING,
     LIVENESS_S,
     SLOTS,
@@ -38,27 +40,43 @@ class GateWaits(GateTable):
 
     def _examine_locked(self, pred: int) -> str:
         """What ``pred``'s entry means for its successor, read while the successor holds
-        ``pred``'s byte (so its owner, if alive, cannot resume meanwhile): ``"ours"`` (released,
-        died holding, a newer ticket in its slot, or a kept place whose linger ended: taken over
-        now), ``"through"`` (it ended without holding, or was never taken: wait for its
-        predecessor) or ``"wait"`` (a kept place still within its linger)."""
+        ``pred``'s byte, i.e. while its owner holds it no longer (a live owner keeps its byte locked
+        from its ticket until its place is ended): ``"ours"`` (released, died holding or keeping
+        its place, or a newer ticket in its slot) or ``"through"`` (it ended without holding, or
+        was never taken: wait for its predecessor)."""
         owner, state, until = self._state(pred)
         if owner < pred or (owner == pred and state in (_WAITING, _ABANDONED)):
             if owner == pred:
                 with self._lock:
                     self.counters["skipped_dead" if state == _WAITING else "skipped_abandoned"] += 1
             return "through"
-        if owner == pred and state == _LINGER:
-            if time.monotonic_ns() < until:
-                return "wait"
-            self._set_state(pred, _DONE)
-            with self._lock:
-                self.counters["taken_over"] += 1
-            return "ours"
         if owner == pred and state == _HOLDING:
             with self._lock:
                 self.counters["dead_holders"] += 1
         return "ours"
+
+    def _take_over(self, fd: int, pred: int, deadline: float) -> bool:
+        """``pred`` holds the gate but is between transactions (``busy`` 0) and past its ``until``:
+        a place kept by a writer that has not come back. Under ``META`` (which the holder takes
+        too when the clock cannot prove nobody took its place), check again and mark it ``taken``:
+        the turn is ours. Its owner finds the mark when it writes again, and queues afresh."""
+        if not self._meta_lock(fd, deadline):
+            return False
+        try:
+            owner, state, _pid, until, busy, taken = self._entry(pred)
+            if owner != pred or state != _HOLDING or busy or taken or time.monotonic_ns() < until:
+                return False
+            _U32.pack_into(self._map, self._offset(pred) + _TAKEN, 1)  # type: ignore[arg-type]
+        finally:
+            _unlock(fd, _META)
+        with self._lock:
+            self.counters["taken_over"] += 1
+        return True
+
+    def _takeable(self, pred: int) -> bool:
+        """``pred`` keeps its place between transactions and its ``until`` has passed."""
+        owner, state, _pid, until, busy, taken = self._entry(pred)
+        return owner == pred and state == _HOLDING and not busy and not taken and time.monotonic_ns() >= until
 
     def _wait_helper(self, fd: int, ticket: int, deadline: float) -> Outcome:
         """Wait for the turn by blocking on the predecessor's byte (in a helper thread)."""
@@ -70,16 +88,10 @@ class GateWaits(GateTable):
                 continue
             if owner > pred or state == _DONE:
                 break
-            if state == _LINGER:  # (a futex-mode process keeps its place): wait for its linger to end
-                pause = min(deadline - time.monotonic(), until / 1e9 - time.monotonic())
-                if pause > 0:
-                    time.sleep(pause)
+            if state == _HOLDING and self._takeable(pred) and self._take_over(fd, pred, deadline):
+                break  # (a futex-mode process kept its place and has not come back)
             byte = _SLOT_BYTE + pred % SLOTS
             if not _try_lock(fd, byte):
-                if state == _LINGER:  # its owner resumed (or a steal is under way): look again
-                    if time.monotonic() >= deadline:
-                        return self._give_up(fd, ticket)
-                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return self._give_up(fd, ticket)
@@ -92,18 +104,20 @@ class GateWaits(GateTable):
             _unlock(fd, byte)
             if verdict == "through":
                 pred -= 1
-            elif verdict == "ours":
+            else:
                 break
-            elif time.monotonic() >= deadline:
-                return self._give_up(fd, ticket)
         return Outcome.WAITED
 
     def _wait_futex(self, fd: int, ticket: int, deadline: float) -> Outcome:
         """Wait for the turn on the predecessor's state word: its release (``DONE``) or give-up
-        (``ABANDONED``) wakes us at once. After a sleep that changed nothing (every
-        ``LIVENESS_S`` at most) we check that it is still alive, i.e. still holds its byte, so a
-        crashed process is noticed right after the kernel drops its lock; a place it keeps
-        (``LINGER``, its byte free) is taken over once its linger ends."""
+        (``ABANDONED``) wakes us at once. While it holds the gate we also wake when its ``until``
+        passes: if it is then between transactions it kept its place and has not come back, and
+        we take the place over (:meth:`_take_over`). After a sleep that changed nothing (every
+        ``LIVENESS_S`` at most: a waiter does not see its predecessor being admitted, so it also
+        looks every ``LIVENESS_S`` for a place kept by a writer that has stopped writing; 25 ms
+        made the end of a contention run, when writers finish one by one, stall visibly) we
+        check that it is still alive, i.e. still holds its byte, so a crashed process is
+        noticed right after the kernel drops its lock."""
         assert _FUTEX is not None
         futex = _FUTEX
         pred = ticket - 1
@@ -120,25 +134,25 @@ class GateWaits(GateTable):
                     self.counters["skipped_abandoned"] += 1
                 pred -= 1
                 continue
-            if check or (state == _LINGER and time.monotonic_ns() >= until):
+            if state == _HOLDING and self._takeable(pred) and self._take_over(fd, pred, deadline):
+                break
+            if check:
                 check = False
                 byte = _SLOT_BYTE + pred % SLOTS
-                if _try_lock(fd, byte):  # nobody holds its byte: gone, or a kept place
+                if _try_lock(fd, byte):  # nobody holds its byte: it is gone (or has just ended)
                     verdict = self._examine_locked(pred)
                     _unlock(fd, byte)
                     if verdict == "ours":
                         break
-                    if verdict == "through":
-                        pred -= 1
-                        continue
-                    owner, state, until = self._state(pred)
+                    pred -= 1
+                    continue
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
                 return self._give_up(fd, ticket)
             wait = min(remaining, LIVENESS_S)
-            if until and until / 1e9 > now:  # LINGER: its end; HOLDING: the end of its turn
-                wait = min(wait, until / 1e9 - now)
+            if state == _HOLDING and until / 1e9 > now:  # wake when a kept place may be taken over
+                wait = min(wait, until / 1e9 - now + 0.00002)
             futex.wait(self._state_address(pred), state, max(wait, 0.00002))
             check = self._state(pred)[:2] == (owner, state)  # unchanged: check it is alive
         return Outcome.WAITED

@@ -41,6 +41,7 @@ import contextlib
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -48,13 +49,21 @@ import attrs
 
 from corestore import HealthComponent, HealthStatus, hookimpl
 from corestore.forking import refusal_for
+from corestore.operation import Operation
 from corestore.settings import boolean, non_negative_seconds, number, optional
 
-from ._write_gate_ticket import Gate, Outcome, gate_for, reset_gates_after_fork
+from ._write_gate_table import _FUTEX
+from ._write_gate_ticket import Gate, Outcome, gate_for, release_gate, reset_gates_after_fork
 
 __all__ = ["WriteGate", "fair_busy_handler"]
 
 logger = logging.getLogger(__name__)
+
+#: The core's Operation keeps its kind in a slot behind a read-only property; the fast path reads
+#: the slot (a property call is ~400 instructions, a sizeable part of the gate's per-write cost)
+#: and falls back to the property if the core ever stores it differently.
+_SLOT_KIND = isinstance(getattr(Operation, "_kind", None), types.MemberDescriptorType)
+_monotonic = time.monotonic
 
 
 
@@ -88,11 +97,12 @@ class _ThreadState:
     """One thread's view of the plugin: its connection, the operations it holds the gate for,
     and a shortened busy wait to undo."""
 
-    __slots__ = ("conn", "ops", "shortened", "deadline", "gt", "resumed", "thread")
+    __slots__ = ("conn", "op", "ops", "shortened", "deadline", "gt", "resumed", "thread")
 
     def __init__(self) -> None:
         self.conn: Any = None
-        self.ops: list[Any] = []
+        self.op: Any = None  # the operation this thread holds the gate for (the outermost one)
+        self.ops: list[Any] = []  # operations that re-entered the gate inside it (held(), nesting)
         self.shortened: Any = None
         self.deadline: float | None = None
         self.gt: Any = None  # this thread's state at the gate (Gate.this_thread()): the fast path's handle
@@ -173,6 +183,9 @@ class WriteGate:
         self.settings = settings if settings is not None else self.Settings()
         self.clock = clock
         self._gate: Gate | None = None
+        self._resume_slow: Any = None  # the gate's methods behind the fast path, bound once
+        self._release_for: Any = None
+        self._last: tuple[Any, Any] = (None, None)  # (operation, thread state) of the last fast resume
         self._store: Any = None
         self._busy_ms = 0
         self._local = threading.local()
@@ -180,6 +193,8 @@ class WriteGate:
         self._turn_s = self.settings.turn_s
         self._round_s = self.settings.round_s
         self._linger_s = self.settings.linger_s
+        #: places are kept between transactions (futex waits: Linux, and linger_s > 0)
+        self._keeps = _FUTEX is not None and self._linger_s > 0
         self._states: list[_ThreadState] = []  # every thread's state (their ``resumed`` counts)
         self._timeout = 0.0  # set at the first connection (the profile's busy_timeout by default)
         self._counts: dict[str, Any] = {o.value: 0 for o in Outcome.ALL}  # by outcome; stats() names them
@@ -238,6 +253,8 @@ class WriteGate:
             self._timeout = self._default_timeout()
             if not store.memory and not store.profile.read_only:
                 self._gate = gate_for(store.path)
+                self._resume_slow = self._gate._resume_slow  # noqa: SLF001 - the fast path's fallback
+                self._release_for = self._gate.release_for
         local = self._state()
         local.conn = connection
         if self.settings.apsw_busy_handler and store.profile.driver == "apsw":
@@ -247,25 +264,53 @@ class WriteGate:
 
     @hookimpl
     def before_operation(self, store: Any, operation: Any) -> None:
-        """Take the gate before ``BEGIN IMMEDIATE`` (bounded; never raises for contention)."""
-        gate = self._gate
-        if gate is None:
-            return
+        """Take the gate before ``BEGIN IMMEDIATE`` (bounded; never raises for contention).
+
+        The common case first, in as few steps as possible (it is every write's path): this
+        thread kept its place at the gate after its last write and takes it back, without a
+        system call while the clock shows its place cannot have been taken over. This is
+        :meth:`Gate.resume <corestore_plugins._write_gate_ticket.Gate.resume>` inlined (a
+        method call is a sizeable part of the cost); the gate's thread handle carries the
+        table's views for it."""
+        try:
+            local = self._local.s
+        except AttributeError:
+            return self._before_first(store, operation)
+        gt = local.gt
+        if (gt is not None and gt.keep and local.op is None
+                and (operation._kind if _SLOT_KIND else operation.kind) == "write"):
+            try:
+                gt.keep.pop()  # atomic: the gate's close() may be ending the place
+            except IndexError:
+                return self._before(store, operation, local)
+            gt.u32[gt.busy_i] = 1  # busy first, then the clock (see Gate.resume)
+            if _monotonic() < gt.safe or self._resume_slow(gt, self._turn_s):
+                gt.depth = 1
+                local.resumed += 1
+                local.op = operation
+                self._last = (operation, local)
+                return None
+        return self._before(store, operation, local)
+
+    def _before_first(self, store: Any, operation: Any) -> None:
+        """``before_operation`` on a thread without state here yet."""
+        if self._gate is not None and self._gated(operation):
+            with self._stats_lock:
+                self._counts["ungated_first"] += 1  # this thread's first operation opens its connection
+        return None
+
+    def _gated(self, operation: Any) -> bool:
         kind = operation.kind
-        if kind != "write" and not (kind == "checkpoint" and self.settings.checkpoints and operation.name != "backup"):
+        return kind == "write" or (kind == "checkpoint" and self.settings.checkpoints and operation.name != "backup")
+
+    def _before(self, store: Any, operation: Any, local: _ThreadState) -> None:
+        gate = self._gate
+        if gate is None or not self._gated(operation):
             return
-        local = getattr(self._local, "s", None)
-        if local is None or local.conn is None:
+        if local.conn is None:
             with self._stats_lock:
                 self._counts["ungated_first"] += 1
             return  # this thread's first operation opens its connection (maybe under the init lock)
-        gt = local.gt
-        if gt is not None and gt.kept and gate.resume(gt, self._turn_s):
-            # the common case under a turn (or with nobody waiting): this thread kept its place
-            # and takes it back, no wait, no hand-off (a forked child starts with no kept place)
-            local.resumed += 1
-            local.ops.append(operation)
-            return
         if refusal_for(store.path) is not None:
             return  # a forked child that may not use this file: the core refuses it at once, no wait
         started = self.clock()
@@ -278,8 +323,11 @@ class WriteGate:
             logger.exception("%s: write gate failed; using SQLite's own lock", store.path)
             outcome = Outcome.UNAVAILABLE
         if outcome.held:
-            local.ops.append(operation)
-            if gt is None:
+            if local.op is None and outcome is not Outcome.REENTERED:
+                local.op = operation
+            else:
+                local.ops.append(operation)
+            if local.gt is None:
                 local.gt = gate.this_thread()
         counts = self._counts
         with self._stats_lock:
@@ -292,42 +340,59 @@ class WriteGate:
         if outcome is Outcome.TIMEOUT:
             self._shorten_busy_wait(store, operation, started + timeout)
 
-    @hookimpl(tryfirst=True)
-    def on_commit_invariant(self, store: Any, connection: Any, operation: Any) -> None:
-        """Right after a successful COMMIT (before any invariant check): SQLite's write lock is
-        already free, so the gate is handed to the next writer now rather than after the
-        post-commit checks and ``on_success``. Never reports a violation."""
-        local = getattr(self._local, "s", None)
-        if local is not None:
-            ops = local.ops
-            if len(ops) == 1 and ops[0] is operation:
-                ops.pop()
-                self._gate.release_for(local.gt, self._linger_s)  # type: ignore[union-attr]
-        return None
-
     @hookimpl
     def after_operation(self, store: Any, operation: Any) -> None:
-        """Release the gate taken for ``operation`` (after COMMIT/ROLLBACK); undo a shortened
-        busy timeout."""
-        local = getattr(self._local, "s", None)
-        if local is None:
-            return
-        ops = local.ops
-        if ops:
+        """Release the gate taken for ``operation`` (after COMMIT/ROLLBACK): keep the place for
+        this thread's next write while its turn lasts (or nobody waits), else hand it on; undo a
+        shortened busy timeout."""
+        last = self._last  # (operation, thread state) of the last resume: spares a thread-local look-up
+        if last[0] is operation:
+            local = last[1]
+        else:
             try:
-                if ops[-1] is operation:
-                    ops.pop()
-                    self._gate.release(linger_s=self._linger_s)  # type: ignore[union-attr]
-                else:
-                    for i in range(len(ops) - 1, -1, -1):
-                        if ops[i] is operation:
-                            del ops[i]
-                            self._gate.release()  # type: ignore[union-attr]
-                            break
-            except RuntimeError:  # an operation begun before a fork: the child holds nothing
-                logger.debug("%s: gate release without a hold on this thread", store.path, exc_info=True)
+                local = self._local.s
+            except AttributeError:
+                return
+        if local.op is operation and not local.ops:  # the common case: the thread's one hold
+            local.op = None
+            gt = local.gt
+            # Gate.release_for's commonest case inlined: a lone writer (nobody queued behind it)
+            # past the first transaction of its turn keeps its place: no clock, no system call
+            if (gt.depth == 1 and not gt.since and gt.u64[1] <= gt.ticket + 1 and self._keeps
+                    and self._gate is not None):
+                gt.depth = 0
+                gt.u32[gt.busy_i] = 0
+                gt.keep.append(1)
+                return
+            self._release_for(gt, self._linger_s)
+            return
+        self._after(store, operation, local)
+
+    def _after(self, store: Any, operation: Any, local: _ThreadState) -> None:
+        try:
+            ops = local.ops
+            if ops and ops[-1] is operation:
+                ops.pop()
+                self._release_for(local.gt, 0.0)
+            elif operation in ops:
+                ops.remove(operation)
+                self._release_for(local.gt, 0.0)
+            elif local.op is operation:
+                local.op = None
+                self._release_for(local.gt, self._linger_s)
+        except RuntimeError:  # an operation begun before a fork: the child holds nothing
+            logger.debug("%s: gate release without a hold on this thread", store.path, exc_info=True)
         if local.shortened is operation:
             self._restore_busy_wait()
+
+    @hookimpl
+    def on_close(self, store: Any) -> None:
+        """The store closes: give the gate back; the last store of this process using the file
+        closes it (its kept places ended, its descriptors closed, the table unmapped)."""
+        gate, self._gate = self._gate, None
+        self._last = (None, None)
+        if gate is not None:
+            release_gate(gate)
 
     @hookimpl
     def on_fork_child(self, store: Any) -> None:
@@ -335,6 +400,7 @@ class WriteGate:
         belong to the parent (reset once per process), and so do this plugin's per-thread holds."""
         reset_gates_after_fork()
         self._local = threading.local()
+        self._last = (None, None)
         self._stats_lock = threading.Lock()
         # the parent's counts carry over, as the rest of its counters do; its threads' states go
         self._counts["resumed"] += sum(st.resumed for st in self._states)
