@@ -71,3 +71,30 @@ def test_wal_guard_reads_back_every_profile_pragma_at_open(tmp_path: Path, insta
                                 pragmas={"foreign_keys": True})
     with pytest.raises(corestore.FatalError, match="PRAGMA foreign_keys reads back 0"):
         corestore.open(profile)
+
+
+def test_a_busy_timeout_the_write_gate_shortened_is_not_drift(tmp_path: Path) -> None:
+    # The gate shortens a connection's busy timeout for one operation when its own wait timed
+    # out; a read-back during that operation must not call it drift. Reaching a commit while the
+    # gate's wait timed out and SQLite's lock was free needs a second process timed to the
+    # microsecond, so the test shortens the wait through the plugin's own method, on a real
+    # connection, and runs the real read-back.
+    store = corestore.open(corestore.Profile(
+        path=str(tmp_path / "app.db"), plugins=("wal_guard", "pragma_guard", "write_gate"),
+        pragmas={"busy_timeout": 5000}, settings={"pragma_guard": {"check_every": 1}}))
+    try:
+        store.database.execute_sql("CREATE TABLE item (id INTEGER PRIMARY KEY)")
+        gate, guard = store.plugin("write_gate"), store.plugin("pragma_guard")
+        operation = object()
+        conn = store.database.connection()
+        gate._state().conn = conn
+        gate._shorten_busy_wait(store, operation, gate.clock() + 0.25)
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] <= 250
+        assert gate.shortened_for(operation) and not gate.shortened_for(object())
+        assert guard.check(store, conn, operation) == []
+        assert [f["pragma"] for f in guard.check(store, conn, object())] == ["busy_timeout"]
+        gate._restore_busy_wait()
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert guard.check(store, conn, operation) == []
+    finally:
+        store.close()

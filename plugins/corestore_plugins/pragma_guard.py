@@ -131,6 +131,5 @@ class PragmaGuard:
 
 def _gate_shortened(store: Any, operation: Any) -> bool:
     """True when the write gate shortened this operation's busy timeout (its gate wait timed out)."""
-    gate = store.plugins.get("write_gate")
-    local = getattr(gate, "_local", None)
-    return operation is not None and local is not None and getattr(local, "shortened", None) is operation
+    shortened_for = getattr(store.plugins.get("write_gate"), "shortened_for", None)
+    return shortened_for is not None and bool(shortened_for(operation))

@@ -439,6 +439,12 @@ class WriteGate:
             return float(self.settings.timeout_s)
         return self._busy_ms / 1000.0
 
+    def shortened_for(self, operation: Any) -> bool:
+        """True while this thread's busy timeout is shortened for ``operation`` (its gate wait
+        timed out): ``pragma_guard`` asks, so that it does not report that as drift."""
+        local = getattr(self._local, "s", None)
+        return operation is not None and local is not None and local.shortened is operation
+
     def _shorten_busy_wait(self, store: Any, operation: Any, budget_end: float) -> None:
         """The gate timed out: SQLite's own wait gets only what is left of the budget, so the
         operation ends on time (a BUSY that ends it is SQLite's, classified as usual)."""
