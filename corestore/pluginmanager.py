@@ -52,7 +52,7 @@ _HOOKABLE = (types.FunctionType, types.MethodType)
 class _Table:
     """One class's (or module's) hook table and the attributes it was computed from."""
 
-    __slots__ = ("not_hooks", "slots", "hooks", "owners", "keys", "values")
+    __slots__ = ("not_hooks", "slots", "hooks", "owners", "keys", "values", "shapes")
 
     def __init__(self, not_hooks: frozenset[str], slots: frozenset[str], hooks: tuple[Any, ...],
                  owners: tuple[Any, ...]) -> None:
@@ -64,6 +64,9 @@ class _Table:
         dicts = [vars(owner) for owner in owners]
         self.keys = tuple(tuple(d) for d in dicts)
         self.values = tuple(tuple(d.values()) for d in dicts)  # held: their ids cannot be reused
+        #: attribute -> (argnames, kwargnames) pluggy's ``varnames`` gave for the first instance
+        #: (the same for every instance: they depend on the class attribute and how it binds)
+        self.shapes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def still_valid(self) -> bool:
         """True while no attribute of any owner was replaced, added or removed (identity)."""
@@ -124,6 +127,39 @@ def _bind(kind: int, attribute: Any, plugin: Any, cls: type) -> Any:
     return attribute  # an already bound method stored on the class
 
 
+#: the attributes :func:`_hookimpl` sets: exactly pluggy's ``HookImpl.__slots__`` (checked; any
+#: other pluggy builds every ``HookImpl`` itself)
+_IMPL_SLOTS = frozenset(("argnames", "function", "hookwrapper", "kwargnames", "optionalhook", "opts", "plugin",
+                         "plugin_name", "tryfirst", "trylast", "wrapper"))
+_FAST_IMPL = frozenset(getattr(pluggy.HookImpl, "__slots__", ())) == _IMPL_SLOTS
+
+
+def _hookimpl(table: _Table, attr: str, plugin: Any, plugin_name: str, function: Any,
+              opts: Any) -> pluggy.HookImpl:
+    """``pluggy.HookImpl(plugin, plugin_name, function, opts)``, without pluggy's ``varnames``
+    (an ``inspect`` walk of the signature, most of a registration's cost) after the class's
+    first instance: the argument names are the ones computed then (:attr:`_Table.shapes`)."""
+    shape = table.shapes.get(attr)
+    if shape is None or not _FAST_IMPL:
+        impl = pluggy.HookImpl(plugin, plugin_name, function, opts)
+        table.shapes[attr] = (impl.argnames, impl.kwargnames)
+        return impl
+    impl = object.__new__(pluggy.HookImpl)
+    set_ = object.__setattr__
+    set_(impl, "function", function)
+    set_(impl, "argnames", shape[0])
+    set_(impl, "kwargnames", shape[1])
+    set_(impl, "plugin", plugin)
+    set_(impl, "opts", opts)
+    set_(impl, "plugin_name", plugin_name)
+    set_(impl, "wrapper", opts["wrapper"])
+    set_(impl, "hookwrapper", opts["hookwrapper"])
+    set_(impl, "optionalhook", opts["optionalhook"])
+    set_(impl, "tryfirst", opts["tryfirst"])
+    set_(impl, "trylast", opts["trylast"])
+    return impl
+
+
 class CorestorePluginManager(pluggy.PluginManager):
     """pluggy's manager for the ``corestore`` project, with per-class hook tables (module doc)."""
 
@@ -151,7 +187,7 @@ class CorestorePluginManager(pluggy.PluginManager):
         for attr, hook_name, kind, attribute, opts in table.hooks:
             if attr in own:
                 continue  # the instance's own value shadows the class's hook (pluggy: not a hook)
-            hookimpl = pluggy.HookImpl(plugin, plugin_name, _bind(kind, attribute, plugin, cls), opts)
+            hookimpl = _hookimpl(table, attr, plugin, plugin_name, _bind(kind, attribute, plugin, cls), opts)
             hook: pluggy.HookCaller | None = getattr(self.hook, hook_name, None)
             verified = False
             if hook is not None and hook.has_spec():
