@@ -52,7 +52,7 @@ _HOOKABLE = (types.FunctionType, types.MethodType)
 class _Table:
     """One class's (or module's) hook table and the attributes it was computed from."""
 
-    __slots__ = ("not_hooks", "slots", "hooks", "owners", "keys", "values", "shapes")
+    __slots__ = ("not_hooks", "slots", "hooks", "owners", "keys", "values", "shapes", "hook_attrs")
 
     def __init__(self, not_hooks: frozenset[str], slots: frozenset[str], hooks: tuple[Any, ...],
                  owners: tuple[Any, ...]) -> None:
@@ -61,6 +61,7 @@ class _Table:
         #: (attribute, hook name, how to bind, the class attribute, the marker's options)
         self.hooks = hooks
         self.owners = owners
+        self.hook_attrs = frozenset(hook[0] for hook in hooks)
         dicts = [vars(owner) for owner in owners]
         self.keys = tuple(tuple(d) for d in dicts)
         self.values = tuple(tuple(d.values()) for d in dicts)  # held: their ids cannot be reused
@@ -85,9 +86,12 @@ _impl_tables: dict[type, _Table] = {}
 _spec_tables: dict[Any, _Table] = {}
 _tables_lock = threading.Lock()
 _MAX_TABLES = 512
+#: per (name, class) sequence of a store's plugins: (tables, each hook's (plugin index, attribute)
+#: order, each hook's specification); see :meth:`CorestorePluginManager.register_planned`
+_plans: dict[tuple[tuple[str, type], ...], Any] = {}
 
 
-def _remember(tables: dict[Any, _Table], key: Any, table: _Table) -> None:
+def _remember(tables: dict[Any, Any], key: Any, table: Any) -> None:
     with _tables_lock:
         if len(tables) >= _MAX_TABLES:
             tables.clear()
@@ -269,6 +273,84 @@ class CorestorePluginManager(pluggy.PluginManager):
                 kind = _FUNCTION
             hooks.append((attr, opts.get("specname") or attr, kind, attribute, opts))
         return _Table(frozenset(not_hooks), frozenset(slots), tuple(hooks), owners)
+
+    # -- a whole store's plugins ----------------------------------------------------------------
+    def register_planned(self, plugins: list[tuple[Any, str]]) -> bool:
+        """Register ``plugins`` (``(instance, name)``, in registration order) from the plan
+        recorded by :meth:`remember_plan` for the same names and classes: each hook's
+        implementations in the order the one-by-one registration gave them, without pluggy's
+        per-implementation validation and ordering (done when the plan was recorded, for the
+        same class attributes and specifications). False, with nothing registered, when there
+        is no plan or any condition of it does not hold (then register one by one)."""
+        if not _FAST or not _FAST_IMPL or self._name2plugin:
+            return False
+        plan = _plans.get(tuple((name, type(plugin)) for plugin, name in plugins))
+        if plan is None:
+            return False
+        tables, layout, specs = plan
+        for (plugin, _name), table in zip(plugins, tables, strict=True):
+            if self._table_for(plugin) is not table:
+                return False  # a class changed since: its table was recomputed
+            own = _instance_names(plugin)
+            if (own & table.hook_attrs) or self._instance_has_hooks(plugin, own | table.slots):
+                return False
+        if len({id(plugin) for plugin, _name in plugins}) != len(plugins):
+            return False
+        callers = []
+        for hook_name, spec in specs:
+            caller = getattr(self.hook, hook_name, None)
+            if caller is None or caller.spec is not spec or caller._hookimpls or caller._call_history:
+                return False
+            callers.append(caller)
+        impls: dict[tuple[int, str], pluggy.HookImpl] = {}
+        for i, ((plugin, name), table) in enumerate(zip(plugins, tables, strict=True)):
+            cls = type(plugin)
+            for attr, _hook, kind, attribute, opts in table.hooks:
+                impls[i, attr] = _hookimpl(table, attr, plugin, name, _bind(kind, attribute, plugin, cls), opts)
+            self._name2plugin[name] = plugin
+        for caller, order in zip(callers, layout, strict=True):
+            caller._hookimpls[:] = [impls[key] for key in order]
+        return True
+
+    def remember_plan(self, plugins: list[tuple[Any, str]]) -> None:
+        """Record how ``plugins`` (just registered one by one, in this order, into this fresh
+        manager) were laid out, for :meth:`register_planned`. Nothing is recorded unless every
+        plugin went through a class table, each hook of each class is one attribute, and every
+        hook implemented has a specification (a plan replays validated layouts only)."""
+        if not _FAST or not _FAST_IMPL:
+            return
+        tables = []
+        for plugin, name in plugins:
+            table = _impl_tables.get(type(plugin))
+            if (table is None or not table.still_valid() or self._name2plugin.get(name) is not plugin
+                    or _instance_names(plugin) & table.hook_attrs):
+                return
+            if len({hook for _attr, hook, *_rest in table.hooks}) != len(table.hooks):
+                return  # two attributes implementing one hook (specname): not planned
+            tables.append(table)
+        index = {id(plugin): i for i, (plugin, _name) in enumerate(plugins)}
+        specs, layout, placed = [], [], 0
+        for hook_name, caller in sorted(vars(self.hook).items()):
+            if not isinstance(caller, pluggy.HookCaller) or not caller._hookimpls:
+                continue
+            if caller.spec is None or caller._call_history:
+                return
+            order = []
+            for impl in caller._hookimpls:
+                i = index.get(id(impl.plugin))
+                if i is None:
+                    return
+                attrs_ = [attr for attr, hook, *_rest in tables[i].hooks if hook == hook_name]
+                if len(attrs_) != 1:
+                    return
+                order.append((i, attrs_[0]))
+            specs.append((hook_name, caller.spec))
+            layout.append(tuple(order))
+            placed += len(order)
+        if placed != sum(len(t.hooks) for t in tables):
+            return
+        _remember(_plans, tuple((name, type(plugin)) for plugin, name in plugins),
+                  (tuple(tables), tuple(layout), tuple(specs)))
 
     # -- specifications --------------------------------------------------------------------
     def add_hookspecs(self, module_or_class: Any) -> None:

@@ -292,14 +292,20 @@ def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[H
                 raise ConfigError(f"{where}: {err}") from None
         instances[name] = instance
     pm = new_plugin_manager()
-    pm.register(CoreClassifier(), name="core")
-    for name in reversed(names):  # pluggy calls the last registered first
-        try:
-            pm.register(instances[name], name=name)
-        except (ValueError, pluggy.PluginValidationError) as err:
-            detail = " ".join(str(err).split())
-            raise PluginError(f"{where}: plugin {name!r} does not fit the corestore hooks: {detail}") from err
-    _check_pending(pm, where)
+    # pluggy calls the last registered first; the same names and classes as an earlier store:
+    # registered from that store's validated layout (corestore.pluginmanager.register_planned)
+    order = [(CoreClassifier(), "core")] + [(instances[name], name) for name in reversed(names)]
+    if not pm.register_planned(order):
+        for plugin, name in order:
+            try:
+                pm.register(plugin, name=name)
+            except (ValueError, pluggy.PluginValidationError) as err:
+                detail = " ".join(str(err).split())
+                raise PluginError(f"{where}: plugin {name!r} does not fit the corestore hooks: {detail}") from err
+        _check_pending(pm, where)
+        pm.remember_plan(order)
+    else:
+        _check_pending(pm, where)
     return HookCaller(pm), instances
 
 

@@ -45,17 +45,19 @@ _lock = threading.Lock()
 _cond = threading.Condition(_lock)
 _watched: dict[Any, tuple[float, float]] = {}  # governor -> (interval_s, next check, monotonic)
 _thread: threading.Thread | None = None
+_wakes_at = 0.0  # when the pacer's current wait ends (monotonic): a later first check needs no notify
 
 
 def watch(governor: _Paced, interval_s: float) -> None:
     """Check ``governor`` every ``interval_s`` (> 0) from the pacer thread until :func:`unwatch`."""
     global _thread
     with _cond:
-        _watched[governor] = (interval_s, time.monotonic() + interval_s)
+        first = time.monotonic() + interval_s
+        _watched[governor] = (interval_s, first)
         if _thread is None:
             _thread = threading.Thread(target=_loop, name="corestore-governor-pacer", daemon=True)
             _thread.start()
-        else:
+        elif first < _wakes_at:  # due before the pacer wakes: wake it (else no thread switch per open)
             _cond.notify()
 
 
@@ -72,6 +74,7 @@ def watching(governor: _Paced) -> bool:
 
 
 def _loop() -> None:
+    global _wakes_at
     while True:
         with _cond:
             now = time.monotonic()
@@ -81,7 +84,10 @@ def _loop() -> None:
                 _watched[g] = (interval, now + interval)
             if not due:
                 soonest = min((at for _interval, at in _watched.values()), default=now + _IDLE_S)
-                _cond.wait(min(max(soonest - now, 0.0), _IDLE_S))
+                timeout = min(max(soonest - now, 0.0), _IDLE_S)
+                _wakes_at = now + timeout
+                _cond.wait(timeout)
+                _wakes_at = 0.0  # awake: a watch() now is seen at the top of the loop
                 continue
         for governor in due:
             try:
@@ -91,7 +97,8 @@ def _loop() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _cond, _thread
+    global _lock, _cond, _thread, _wakes_at
+    _wakes_at = 0.0
     _lock = threading.Lock()
     _cond = threading.Condition(_lock)
     _watched.clear()
