@@ -138,6 +138,9 @@ _IMPL_SLOTS = frozenset(("argnames", "function", "hookwrapper", "kwargnames", "o
 _FAST_IMPL = frozenset(getattr(pluggy.HookImpl, "__slots__", ())) == _IMPL_SLOTS
 
 
+_new_impl = object.__new__
+
+
 def _hookimpl(table: _Table, attr: str, plugin: Any, plugin_name: str, function: Any,
               opts: Any) -> pluggy.HookImpl:
     """``pluggy.HookImpl(plugin, plugin_name, function, opts)``, without pluggy's ``varnames``
@@ -148,19 +151,17 @@ def _hookimpl(table: _Table, attr: str, plugin: Any, plugin_name: str, function:
         impl = pluggy.HookImpl(plugin, plugin_name, function, opts)
         table.shapes[attr] = (impl.argnames, impl.kwargnames)
         return impl
-    impl = object.__new__(pluggy.HookImpl)
-    set_ = object.__setattr__
-    set_(impl, "function", function)
-    set_(impl, "argnames", shape[0])
-    set_(impl, "kwargnames", shape[1])
-    set_(impl, "plugin", plugin)
-    set_(impl, "opts", opts)
-    set_(impl, "plugin_name", plugin_name)
-    set_(impl, "wrapper", opts["wrapper"])
-    set_(impl, "hookwrapper", opts["hookwrapper"])
-    set_(impl, "optionalhook", opts["optionalhook"])
-    set_(impl, "tryfirst", opts["tryfirst"])
-    set_(impl, "trylast", opts["trylast"])
+    impl = _new_impl(pluggy.HookImpl)
+    impl.function = function  # type: ignore[misc]  # pluggy's Final is for its users; the slots are plain
+    impl.argnames, impl.kwargnames = shape  # type: ignore[misc]
+    impl.plugin = plugin  # type: ignore[misc]
+    impl.opts = opts  # type: ignore[misc]
+    impl.plugin_name = plugin_name  # type: ignore[misc]
+    impl.wrapper = opts["wrapper"]  # type: ignore[misc]
+    impl.hookwrapper = opts["hookwrapper"]  # type: ignore[misc]
+    impl.optionalhook = opts["optionalhook"]  # type: ignore[misc]
+    impl.tryfirst = opts["tryfirst"]  # type: ignore[misc]
+    impl.trylast = opts["trylast"]  # type: ignore[misc]
     return impl
 
 
