@@ -292,8 +292,7 @@ class CorestorePluginManager(pluggy.PluginManager):
         for (plugin, _name), table in zip(plugins, tables, strict=True):
             if self._table_for(plugin) is not table:
                 return False  # a class changed since: its table was recomputed
-            own = _instance_names(plugin)
-            if (own & table.hook_attrs) or self._instance_has_hooks(plugin, own | table.slots):
+            if self._instance_differs(plugin, table):
                 return False
         if len({id(plugin) for plugin, _name in plugins}) != len(plugins):
             return False
@@ -312,6 +311,22 @@ class CorestorePluginManager(pluggy.PluginManager):
         for caller, order in zip(callers, layout, strict=True):
             caller._hookimpls[:] = [impls[key] for key in order]
         return True
+
+    def _instance_differs(self, plugin: Any, table: _Table) -> bool:
+        """Whether the instance's own attributes change what its class table says (one of them
+        shadows a hook, or is a hook itself): :meth:`_instance_has_hooks` in one pass."""
+        parse = super().parse_hookimpl_opts
+        try:
+            own = object.__getattribute__(plugin, "__dict__")
+        except AttributeError:
+            own = {}
+        if not isinstance(own, dict):
+            return True
+        hook_attrs = table.hook_attrs
+        for name, value in own.items():
+            if name in hook_attrs or (isinstance(value, _HOOKABLE) and parse(plugin, name) is not None):
+                return True
+        return any(parse(plugin, name) is not None for name in table.slots if name not in own)
 
     def remember_plan(self, plugins: list[tuple[Any, str]]) -> None:
         """Record how ``plugins`` (just registered one by one, in this order, into this fresh
