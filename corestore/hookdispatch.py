@@ -88,12 +88,12 @@ def _factory(hook: str, params: Sequence[str], argnames: tuple[tuple[str, ...], 
     lines.append("    return (violations, raise_requested)" if mode == "collect" else "    return None")
     lines.append(f"  return {hook}")
     exec("\n".join(lines), env)  # noqa: S102 - names come from the hookspec and pluggy, not input
-    factory = env["_make"]
+    made: Callable[..., Callable[..., Any]] = env["_make"]
     with _factories_lock:
         if len(_factories) >= _MAX_FACTORIES:
             _factories.clear()
-        _factories[key] = factory
-    return factory
+        _factories[key] = made
+    return made
 
 
 def generate(hook: str, params: Sequence[str], impls: Sequence[pluggy.HookImpl], mode: str,

@@ -15,6 +15,18 @@ of them being a hook, a class with its own ``__dir__``, a class or module regist
 or a pluggy without the internals used here, sends the registration through pluggy's
 ``register()`` unchanged. The hookspec module's table is kept the same way.
 
+A whole store's registration can go further (:meth:`CorestorePluginManager.register_planned`):
+once a store's plugins were registered one by one and passed ``check_pending()``, the layout is
+recorded per sequence of (name, class) — for each hook, which plugin's which attribute comes in
+which position, and the specification it was validated against. A later store with the same
+names and classes gets each hook's ``HookImpl`` list set in that order directly (fresh
+``HookImpl``s bound to its own instances, argument names from the class table), with no
+``_verify_hook``/``_add_hookimpl`` per implementation. The plan is refused (and the plugins
+registered one by one) when any class table was recomputed since, when an instance's own
+attribute shadows or adds a hook, when a specification object differs, or on a pluggy whose
+``HookImpl`` slots are not the ones set here. The tests compare the result with pluggy's own
+registration attribute by attribute.
+
 A table is trusted only while the class is unchanged: it keeps the attributes of every class in
 the MRO as they were when it was computed and is recomputed when any of them was replaced, added
 or removed (a test that monkeypatches a hook onto a plugin class sees it registered).
@@ -290,7 +302,7 @@ class CorestorePluginManager(pluggy.PluginManager):
             return False
         tables, layout, specs = plan
         for (plugin, _name), table in zip(plugins, tables, strict=True):
-            if self._table_for(plugin) is not table:
+            if self._table_for(plugin) is not table or table is None:
                 return False  # a class changed since: its table was recomputed
             if self._instance_differs(plugin, table):
                 return False

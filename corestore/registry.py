@@ -241,10 +241,10 @@ def _remember_settings(settings_cls: type, raw: Mapping[str, Any], built: Any) -
 
 def _is_frozen(cls: type) -> bool:
     """Whether instances of the attrs class ``cls`` refuse attribute assignment (``frozen``)."""
-    probe = object.__new__(cls)
+    probe: Any = object.__new__(cls)
     name = attrs.fields(cls)[0].name if attrs.fields(cls) else "_corestore_probe"
     try:
-        cls.__setattr__(probe, name, None)
+        setattr(probe, name, None)
     except attrs.exceptions.FrozenInstanceError:
         return True
     except Exception:  # noqa: BLE001 - anything else: not known to be frozen, not shared

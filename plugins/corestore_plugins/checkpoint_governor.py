@@ -18,7 +18,10 @@ What it does (``mode = "governed"``, the default):
   they run after a commit *without* the writer lock) and ``journal_size_limit`` = the target
   unless the profile sets one; ``mmap_size`` on an affected SQLite is refused.
 * A counter on the commit path (``on_success``; no system call) wakes the governor's thread every
-  ``check_every`` operations; the thread also wakes every ``interval_s``. It ``stat``s ``-wal``;
+  ``check_every`` operations; the thread also wakes every ``interval_s``. The thread starts lazily (issue 18:
+  no thread start in a fresh open): at the ``check_every``-th operation, or when the process-wide
+  pacer (:mod:`corestore_plugins._governor_pacer`), which ``stat``s ``-wal`` every ``interval_s``
+  until then, finds the WAL over its target. It ``stat``s ``-wal``;
   above ``target_wal_bytes`` it looks for readers pinning WAL frames in ``/proc/locks``
   (:mod:`corestore_plugins._wal_readers`, never by opening ``-shm``), inside the write gate when
   there is one (so this process's own read marks are readers', not its writers'). With such a reader the
