@@ -34,7 +34,6 @@ or removed (a test that monkeypatches a hook onto a plugin class sees it registe
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 import types
 from typing import Any
@@ -82,12 +81,17 @@ class _Table:
         self.shapes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def still_valid(self) -> bool:
-        """True while no attribute of any owner was replaced, added or removed (identity)."""
-        is_ = operator.is_
-        for owner, keys, values in zip(self.owners, self.keys, self.values, strict=True):
-            d = vars(owner)
-            if len(d) != len(keys) or not all(map(is_, d, keys)) or not all(map(is_, d.values(), values)):
-                return False
+        """True while no attribute of any owner was replaced, added or removed. Compared as
+        tuples (C-level; each element is tested for identity first): an attribute replaced by a
+        different object compares unequal (functions, descriptors and classes compare by
+        identity); one whose ``__eq__`` cannot answer counts as changed."""
+        try:
+            for owner, keys, values in zip(self.owners, self.keys, self.values, strict=True):
+                d = vars(owner)
+                if len(d) != len(keys) or tuple(d) != keys or tuple(d.values()) != values:
+                    return False
+        except Exception:  # noqa: BLE001 - an attribute whose comparison raised: recompute the table
+            return False
         return True
 
 
