@@ -58,6 +58,7 @@ _FAST = (_normalize is not None and hasattr(pluggy.PluginManager, "_verify_hook"
 _FUNCTION, _STATIC, _CLASS, _BOUND = range(4)
 #: what pluggy takes for a hook among an instance's own attributes
 _HOOKABLE = (types.FunctionType, types.MethodType)
+_HOOKABLE_SET = frozenset(_HOOKABLE)
 
 
 class _Table:
@@ -338,10 +339,12 @@ class CorestorePluginManager(pluggy.PluginManager):
             own = {}
         if not isinstance(own, dict):
             return True
-        hook_attrs = table.hook_attrs
-        for name, value in own.items():
-            if name in hook_attrs or (isinstance(value, _HOOKABLE) and parse(plugin, name) is not None):
-                return True
+        if not table.hook_attrs.isdisjoint(own):
+            return True  # an instance value shadows a class hook
+        if not _HOOKABLE_SET.isdisjoint(map(type, own.values())):  # (both types are final: exact = isinstance)
+            for name, value in own.items():
+                if isinstance(value, _HOOKABLE) and parse(plugin, name) is not None:
+                    return True
         return any(parse(plugin, name) is not None for name in table.slots if name not in own)
 
     def remember_plan(self, plugins: list[tuple[Any, str]]) -> None:

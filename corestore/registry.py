@@ -220,7 +220,10 @@ def _shareable(value: Any) -> bool:
 
 def _settings_key(settings_cls: type, raw: Mapping[str, Any]) -> tuple[Any, ...]:
     """The cache key: the value types too (``1``, ``1.0`` and ``True`` are equal keys of a dict,
-    but a validator may accept one and refuse another)."""
+    but a validator may accept one and refuse another). An empty table (no settings: the
+    common case) is the class alone."""
+    if not raw:
+        return (settings_cls,)
     return settings_cls, raw, tuple((k, type(v)) for k, v in raw.items())
 
 
