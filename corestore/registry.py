@@ -363,8 +363,7 @@ def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[H
                 raise PluginError(f"{where}: plugin {name!r} does not fit the corestore hooks: {detail}") from err
         _check_pending(pm, where)
         pm.remember_plan(order)
-    else:
-        _check_pending(pm, where)
+    # else: nothing pending (a plan holds only hooks that have a specification)
     return HookCaller(pm), instances
 
 
