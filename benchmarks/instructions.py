@@ -17,6 +17,13 @@ carries the WAL-reset mitigation), and on ``minimal`` plus each of the default's
 transaction then a read transaction per iteration (a read that follows a write pays for
 switching ``PRAGMA query_only`` on, and the next write for switching it off).
 
+``*.open`` (issue 18's ``open.fresh``, counted): per open, (run of 60 - run of 10) / 50, each
+open a WAL database (made with plain ``sqlite3``) this process has not opened before, after 5
+such opens warmed it up, then closed: a peewee connect + the default profile's pragmas + the
+schema's ``CREATE ... IF NOT EXISTS`` (``peewee.open``) against ``corestore.open(setup=)`` on
+``minimal`` (no plugins) and ``default``. Closing is counted on both sides; ``--dumps`` does not
+apply (two runs as usual).
+
 System calls per transaction are counted the same way with ``strace -c -f`` (every thread:
 the checkpoint governor's included) when strace is installed: (calls in the run of 1200 - calls
 in the run of 200) / 1000. callgrind counts user-space instructions only; the system calls show
@@ -58,14 +65,22 @@ CASES: dict[str, str] = {
     "peewee.mixed": 'bare peewee: a write transaction, then a read transaction (per pair)',
     "minimal.mixed": "store.transaction() then store.read() (per pair), minimal profile",
     "default.mixed": "store.transaction() then store.read() (per pair), default profile (synchronous=NORMAL)",
+    **{f"{who}.open": f"{what}, then close it (per open)" for who, what in (
+        ("peewee", "peewee connect + the default profile's pragmas + the schema's CREATE ... IF NOT EXISTS"),
+        ("minimal", "corestore.open(setup=) of a database this process has not opened, minimal profile"),
+        ("default", "corestore.open(setup=) of a database this process has not opened, default profile"),
+    )},
 }
 SMALL, LARGE = 200, 1200
+#: ``*.open`` cases: fewer, costlier units (per open = (run of 60 - run of 10) / 50)
+OPEN_SMALL, OPEN_LARGE = 10, 60
 PRAGMAS: dict[str, Any] = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal", "wal_autocheckpoint": 1000}
 SCHEMA = "CREATE TABLE IF NOT EXISTS event (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, n INTEGER NOT NULL, payload TEXT)"
 INSERT = "INSERT INTO event (kind, n, payload) VALUES (?, ?, ?)"
 SELECT = "SELECT kind, n FROM event WHERE id = ?"
 PAYLOAD = "x" * 64
 _WARMUP = 50
+_OPEN_WARMUP = 5
 
 
 def _child(case: str, n: int, directory: str) -> None:
@@ -78,6 +93,9 @@ def _child(case: str, n: int, directory: str) -> None:
     from corestore.profiles import resolve_profile
 
     who, what = case.split(".")
+    if what == "open":
+        _child_open(who, n, directory)
+        return
     path = os.path.join(directory, f"{who}.db")
     if who == "peewee":
         ordered = sorted(PRAGMAS.items(), key=lambda kv: kv[0] != "busy_timeout")
@@ -121,6 +139,58 @@ def _child(case: str, n: int, directory: str) -> None:
         return
     _loop(what, n, write_cm, read_cm, execute, store)
     close()
+
+
+def _child_open(who: str, n: int, directory: str) -> None:
+    """``*.open``: ``n`` opens (and closes) of databases this process has not opened before, after
+    ``_OPEN_WARMUP`` of the same (imports, entry points, hook tables warm: the ``open.fresh``
+    situation of ``benchmarks.bench_open``). Every run makes the same ``OPEN_LARGE + _OPEN_WARMUP``
+    WAL databases with plain ``sqlite3`` first, so making them cancels out of the difference.
+    The default profile's pragmas (``synchronous=FULL``) for all three; the schema is
+    ``bench_open.DDL``, run by ``setup=`` (corestore) or after connecting (peewee)."""
+    import sqlite3
+
+    import attrs
+    import peewee
+
+    import corestore
+    from corestore.profiles import resolve_profile
+
+    from .bench_open import DDL, create_schema
+
+    paths = []
+    for i in range(OPEN_LARGE + _OPEN_WARMUP):
+        path = os.path.join(directory, f"open-{i}.db")
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = wal")
+            for statement in DDL:
+                conn.execute(statement)
+        finally:
+            conn.close()
+        paths.append(path)
+    default = resolve_profile("default", config=None, path=paths[0])
+    if who == "peewee":
+        ordered = sorted(default.pragmas.items(), key=lambda kv: kv[0] != "busy_timeout")
+
+        def open_close(path: str) -> None:
+            db = peewee.SqliteDatabase(path, pragmas=ordered)
+            db.connect()
+            for statement in DDL:
+                db.execute_sql(statement)
+            db.close()
+    else:
+        profile = resolve_profile(who, config=None, path=paths[0])
+        # one profile per path, made beforehand for every path (the same work in every run):
+        # what is counted is open() and close(), as bench_open times open() alone
+        profiles = {path: attrs.evolve(profile, path=path) for path in paths}
+
+        def open_close(path: str) -> None:
+            corestore.open(profiles[path], setup=create_schema).close()
+    for path in paths[:_OPEN_WARMUP]:
+        open_close(path)
+    for path in paths[_OPEN_WARMUP:_OPEN_WARMUP + n]:
+        open_close(path)
 
 
 def _loop(what: str, n: int, write_cm: Any, read_cm: Any, execute: Any, store: Any) -> None:
@@ -167,9 +237,15 @@ def _run_once(case: str, n: int, directory: str) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _sizes(case: str) -> tuple[int, int]:
+    return (OPEN_SMALL, OPEN_LARGE) if case.endswith(".open") else (SMALL, LARGE)
+
+
 def measure(case: str, directory: str = "/dev/shm") -> float:
-    """Instructions per transaction of ``case``: (run of 1200 - run of 200) / 1000."""
-    return (_run_once(case, LARGE, directory) - _run_once(case, SMALL, directory)) / (LARGE - SMALL)
+    """Instructions per transaction of ``case``: (run of 1200 - run of 200) / 1000 (``*.open``:
+    per open, (run of 60 - run of 10) / 50)."""
+    small, large = _sizes(case)
+    return (_run_once(case, large, directory) - _run_once(case, small, directory)) / (large - small)
 
 
 def measure_dumps(case: str, directory: str = "/dev/shm") -> float:
@@ -213,8 +289,10 @@ def _syscalls_once(case: str, n: int, directory: str) -> int:
 
 
 def measure_syscalls(case: str, directory: str = "/dev/shm") -> float:
-    """System calls per transaction of ``case`` (every thread): (run of 1200 - run of 200) / 1000."""
-    return (_syscalls_once(case, LARGE, directory) - _syscalls_once(case, SMALL, directory)) / (LARGE - SMALL)
+    """System calls per transaction of ``case`` (every thread): (run of 1200 - run of 200) / 1000
+    (``*.open``: per open, as :func:`measure`)."""
+    small, large = _sizes(case)
+    return (_syscalls_once(case, large, directory) - _syscalls_once(case, small, directory)) / (large - small)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = args.only or list(CASES)
 
     def both(case: str) -> tuple[float, float | None]:
-        count = measure_dumps(case, args.dir) if args.dumps else measure(case, args.dir)
+        count = measure_dumps(case, args.dir) if args.dumps and not case.endswith(".open") else measure(case, args.dir)
         calls = measure_syscalls(case, args.dir) if strace else None
         print(f"  measured {case}: {count:,.0f} instructions, {calls} system calls per transaction", file=sys.stderr,
               flush=True)

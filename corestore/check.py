@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -42,14 +43,21 @@ def check_path(profile: Profile) -> Profile:
     if path == ":memory:":
         return profile
     path = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
-    parent = os.path.dirname(path)
-    if os.path.isdir(path):
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError:  # what os.path.isdir / os.path.exists answer False for
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
         raise ConfigError(f"{path}: is a directory; give the path of a database file inside it")
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{path}: parent directory {parent} does not exist; corestore does not create directories")
-    if profile.read_only and not os.path.exists(path):
-        raise ConfigError(f"{path}: read-only profile {profile.name!r}, but the file does not exist")
-    return attrs.evolve(profile, path=path)
+    if mode is None:  # an existing file's parent directory exists: asked only when the file does not
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise ConfigError(f"{path}: parent directory {parent} does not exist; corestore does not create directories")
+        if profile.read_only:
+            raise ConfigError(f"{path}: read-only profile {profile.name!r}, but the file does not exist")
+    # the same profile when its path is already the real one (evolve re-runs every converter and
+    # validator of the profile: most of a cached open's cost)
+    return profile if path == profile.path else attrs.evolve(profile, path=path)
 
 
 def check_profile(profile: Profile, *, extra: Iterable[str] | None = None) -> tuple[Profile, HookCaller, dict[str, Any]]:

@@ -17,6 +17,7 @@ other exception into a violation. Measured with callgrind: about 1,000 instructi
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,21 +50,33 @@ def _invariant_failure(plugin: str, err: Exception, violations: list[Violation])
     return False
 
 
-def generate(hook: str, params: Sequence[str], impls: Sequence[pluggy.HookImpl], mode: str,
-             defaults: str = "") -> Callable[..., Any]:
-    """A function ``hook(*params)`` calling each of ``impls`` with the arguments it names.
-    ``mode``: ``"plain"`` (first exception propagates), ``"isolated"`` (logged, the rest run),
-    ``"collect"`` (``on_commit_invariant``), ``"after"`` (isolated; nothing when the operation
-    is None). ``defaults`` is appended to the parameter list (``", error=None"``)."""
+#: generated source compiled once per shape: (hook, params, each implementation's argument
+#: names, mode, defaults) -> a factory taking ``f0, p0, f1, p1, ...`` (the functions and the
+#: plugin names) and returning the dispatch function. Bounded: forgotten all at once past
+#: :data:`_MAX_FACTORIES` (shapes are few: one per profile's set of implementations).
+_factories: dict[tuple[Any, ...], Callable[..., Callable[..., Any]]] = {}
+_factories_lock = threading.Lock()
+_MAX_FACTORIES = 256
+
+
+def _factory(hook: str, params: Sequence[str], argnames: tuple[tuple[str, ...], ...], mode: str,
+             defaults: str) -> Callable[..., Callable[..., Any]]:
+    """The compiled factory for one shape (:data:`_factories`); ``exec`` runs once per shape
+    and process, not once per store: compiling the source was most of a fresh open's dispatch
+    cost."""
+    key = (hook, tuple(params), argnames, mode, defaults)
+    factory = _factories.get(key)
+    if factory is not None:
+        return factory
     env: dict[str, Any] = {"_isolated_failure": _isolated_failure, "_invariant_failure": _invariant_failure}
-    lines = [f"def {hook}({', '.join(params)}{defaults}):"]
+    free = ", ".join(f"f{i}, p{i}" for i in range(len(argnames)))
+    lines = [f"def _make({free}):", f"  def {hook}({', '.join(params)}{defaults}):"]
     if mode == "after":
         lines.append("    if operation is None:\n        return")
     if mode == "collect":
         lines.append("    violations = []\n    raise_requested = False")
-    for i, impl in enumerate(impls):
-        env[f"f{i}"], env[f"p{i}"] = impl.function, impl.plugin_name
-        call = f"f{i}({', '.join(impl.argnames)})"
+    for i, names in enumerate(argnames):
+        call = f"f{i}({', '.join(names)})"
         if mode == "plain":
             lines.append(f"    {call}")
         elif mode == "collect":
@@ -73,8 +86,29 @@ def generate(hook: str, params: Sequence[str], impls: Sequence[pluggy.HookImpl],
         else:
             lines.append(f"    try:\n        {call}\n    except Exception:\n        _isolated_failure({hook!r}, p{i})")
     lines.append("    return (violations, raise_requested)" if mode == "collect" else "    return None")
+    lines.append(f"  return {hook}")
     exec("\n".join(lines), env)  # noqa: S102 - names come from the hookspec and pluggy, not input
-    fn: Callable[..., Any] = env[hook]
+    made: Callable[..., Callable[..., Any]] = env["_make"]
+    with _factories_lock:
+        if len(_factories) >= _MAX_FACTORIES:
+            _factories.clear()
+        _factories[key] = made
+    return made
+
+
+def generate(hook: str, params: Sequence[str], impls: Sequence[pluggy.HookImpl], mode: str,
+             defaults: str = "") -> Callable[..., Any]:
+    """A function ``hook(*params)`` calling each of ``impls`` with the arguments it names.
+    ``mode``: ``"plain"`` (first exception propagates), ``"isolated"`` (logged, the rest run),
+    ``"collect"`` (``on_commit_invariant``), ``"after"`` (isolated; nothing when the operation
+    is None). ``defaults`` is appended to the parameter list (``", error=None"``). The source is
+    compiled once per shape (:func:`_factory`); each store's function closes over its own
+    implementations."""
+    factory = _factory(hook, params, tuple(tuple(impl.argnames) for impl in impls), mode, defaults)
+    bound: list[Any] = []
+    for impl in impls:
+        bound += (impl.function, impl.plugin_name)
+    fn: Callable[..., Any] = factory(*bound)
     return fn
 
 

@@ -181,6 +181,12 @@ def build_settings(cls: type, raw: Mapping[str, Any], *, where: str) -> Any:
         if raw:
             raise ConfigError(f"{where} settings.{plugin}: plugin {plugin!r} takes no settings; got {', '.join(raw)}")
         return None
+    try:
+        cached = _settings_cache.get(_settings_key(settings_cls, raw))
+    except TypeError:  # an unhashable raw table (a plain dict holding lists): built every time
+        cached = None
+    if cached is not None:
+        return cached
     fields = attrs.fields_dict(settings_cls)
     for key in raw:
         if key not in fields:
@@ -189,11 +195,64 @@ def build_settings(cls: type, raw: Mapping[str, Any], *, where: str) -> Any:
             )
     values = {k: (v.thaw() if hasattr(v, "thaw") else v) for k, v in raw.items()}
     try:
-        return settings_cls(**values)
+        built = settings_cls(**values)
     except ConfigError as err:
         raise ConfigError(f"{where} settings.{plugin}: {err}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where} settings.{plugin}: {readable_validation_error(err)}") from None
+    _remember_settings(settings_cls, raw, built)
+    return built
+
+
+#: (Settings class, raw table) -> the built settings, for every later store of the process with
+#: the same table (validating them again is most of a plugin's share of a fresh open). Only
+#: values nobody can change are shared: a frozen attrs class whose every field holds an immutable
+#: scalar (or a tuple/frozenset of them). Bounded: forgotten all at once past 256.
+_settings_cache: dict[tuple[type, Any], Any] = {}
+_IMMUTABLE = (str, int, float, bool, bytes, type(None))
+
+
+def _shareable(value: Any) -> bool:
+    if isinstance(value, (tuple, frozenset)):
+        return all(_shareable(v) for v in value)
+    return isinstance(value, _IMMUTABLE)
+
+
+def _settings_key(settings_cls: type, raw: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The cache key: the value types too (``1``, ``1.0`` and ``True`` are equal keys of a dict,
+    but a validator may accept one and refuse another). An empty table (no settings: the
+    common case) is the class alone."""
+    if not raw:
+        return (settings_cls,)
+    return settings_cls, raw, tuple((k, type(v)) for k, v in raw.items())
+
+
+def _remember_settings(settings_cls: type, raw: Mapping[str, Any], built: Any) -> None:
+    try:
+        key = _settings_key(settings_cls, raw)
+        hash(key)
+    except TypeError:
+        return
+    if not attrs.has(settings_cls) or not _is_frozen(settings_cls):
+        return
+    if not all(_shareable(getattr(built, f.name)) for f in attrs.fields(settings_cls)):
+        return
+    if len(_settings_cache) >= 256:
+        _settings_cache.clear()
+    _settings_cache[key] = built
+
+
+def _is_frozen(cls: type) -> bool:
+    """Whether instances of the attrs class ``cls`` refuse attribute assignment (``frozen``)."""
+    probe: Any = object.__new__(cls)
+    name = attrs.fields(cls)[0].name if attrs.fields(cls) else "_corestore_probe"
+    try:
+        setattr(probe, name, None)
+    except attrs.exceptions.FrozenInstanceError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else: not known to be frozen, not shared
+        return False
+    return False
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
@@ -292,14 +351,19 @@ def build_hook_caller(profile: Profile, *, extra: Iterable[str] = ()) -> tuple[H
                 raise ConfigError(f"{where}: {err}") from None
         instances[name] = instance
     pm = new_plugin_manager()
-    pm.register(CoreClassifier(), name="core")
-    for name in reversed(names):  # pluggy calls the last registered first
-        try:
-            pm.register(instances[name], name=name)
-        except (ValueError, pluggy.PluginValidationError) as err:
-            detail = " ".join(str(err).split())
-            raise PluginError(f"{where}: plugin {name!r} does not fit the corestore hooks: {detail}") from err
-    _check_pending(pm, where)
+    # pluggy calls the last registered first; the same names and classes as an earlier store:
+    # registered from that store's validated layout (corestore.pluginmanager.register_planned)
+    order = [(CoreClassifier(), "core")] + [(instances[name], name) for name in reversed(names)]
+    if not pm.register_planned(order):
+        for plugin, name in order:
+            try:
+                pm.register(plugin, name=name)
+            except (ValueError, pluggy.PluginValidationError) as err:
+                detail = " ".join(str(err).split())
+                raise PluginError(f"{where}: plugin {name!r} does not fit the corestore hooks: {detail}") from err
+        _check_pending(pm, where)
+        pm.remember_plan(order)
+    # else: nothing pending (a plan holds only hooks that have a specification)
     return HookCaller(pm), instances
 
 

@@ -21,6 +21,7 @@ held out (site/plugins/checkpoint_governor.md explains why, from ``wal.c``).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Mapping
@@ -128,8 +129,14 @@ def linked_version(driver: str) -> str:
 def affecting(driver_or_version: str) -> list[KnownBug]:
     """The known bugs of the SQLite linked by a driver (or of an explicit version ``"3.40.1"``)."""
     text = driver_or_version if driver_or_version[:1].isdigit() else linked_version(driver_or_version)
+    return list(_affecting(text))
+
+
+@functools.lru_cache(maxsize=32)
+def _affecting(text: str) -> tuple[KnownBug, ...]:
+    """:func:`affecting` for one version text, computed once per process (every open asks)."""
     version = parse_version(text)
-    return [bug for bug in KNOWN_BUGS if bug.affects(version)]
+    return tuple(bug for bug in KNOWN_BUGS if bug.affects(version))
 
 
 def _mitigation_state(store: Any, bug: KnownBug) -> tuple[bool, str]:

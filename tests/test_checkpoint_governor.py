@@ -366,3 +366,75 @@ def test_mitigation_without_write_gate_holds_the_writer_lock_for_every_checkpoin
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         conn.close()
+
+
+# -- the lazily started thread (issue 18: no thread start in a fresh open) --------------------------
+def _governor_threads(path: Path) -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == f"corestore-governor:{path.name}"]
+
+
+def test_no_governor_thread_at_open_the_pacer_checks_meanwhile(tmp_path: Path) -> None:
+    from corestore_plugins import _governor_pacer
+
+    path = tmp_path / "lazy.db"
+    store = _governed(path, check_every=1000)
+    try:
+        gov = store.plugin("checkpoint_governor")
+        assert _governor_threads(path) == [] and not gov.thread_started
+        assert _governor_pacer.watching(gov)
+        wait_until(lambda: gov.stats()["checks"] >= 2, "two paced size checks (interval_s = 0.05)")
+        assert _governor_threads(path) == []  # under target: still no thread of its own
+    finally:
+        store.close()
+    assert not _governor_pacer.watching(gov) and _governor_threads(path) == []
+
+
+def test_a_wal_over_target_starts_the_thread_and_gets_its_round_without_an_operation(tmp_path: Path) -> None:
+    """Another connection (outside corestore, automatic checkpoints off) grows the WAL while the
+    store runs no operation: within interval_s the pacer finds it over target, the governor's
+    thread starts and its round checkpoints it (the promise of the thread that used to start at open)."""
+    from corestore_plugins import _governor_pacer
+
+    path = tmp_path / "grown.db"
+    store = _governed(path, check_every=1000)
+    try:
+        gov = store.plugin("checkpoint_governor")
+        other = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            other.execute("PRAGMA wal_autocheckpoint = 0")
+            other.execute("CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, body BLOB)")
+            for _ in range(30):
+                other.execute("INSERT INTO item (body) VALUES (randomblob(100000))")
+            assert os.path.getsize(str(path) + "-wal") > MiB
+            # kept open (idle, no transaction) until the round: its close could checkpoint the file itself
+            wait_until(lambda: gov.stats()["checkpoints"] >= 1, "the governor's first checkpoint round", timeout_s=20)
+        finally:
+            other.close()
+        assert gov.thread_started and _governor_threads(path) == [f"corestore-governor:{path.name}"]
+        assert not _governor_pacer.watching(gov)
+    finally:
+        store.close()
+    assert _governor_threads(path) == []
+
+
+def test_the_check_every_th_operation_starts_the_thread_once(tmp_path: Path) -> None:
+    from corestore_plugins import _governor_pacer
+
+    path = tmp_path / "ops.db"
+    store = _governed(path, check_every=3, interval_s=0)  # interval 0: nothing paced, the counter only
+    try:
+        gov = store.plugin("checkpoint_governor")
+        assert not _governor_pacer.watching(gov)
+        store.database.execute_sql("CREATE TABLE t (x)")
+        store.database.execute_sql("INSERT INTO t VALUES (1)")
+        assert not gov.thread_started
+        store.database.execute_sql("INSERT INTO t VALUES (2)")  # the third operation
+        wait_until(lambda: gov.stats()["checks"] >= 1, "the new thread's first round")
+        for i in range(10):
+            store.database.execute_sql("INSERT INTO t VALUES (?)", (i,))
+        assert _governor_threads(path) == [f"corestore-governor:{path.name}"]
+    finally:
+        store.close()
+    assert _governor_threads(path) == []

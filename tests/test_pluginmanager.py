@@ -139,3 +139,76 @@ def test_entry_points_read_once_and_again_when_sys_path_changes(tmp_path: Path,
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(site)])
     assert "acme_once" not in registry.discover()
     registry.clear_cache()
+
+
+# -- a whole store's registration from a recorded plan (issue 18: a fresh open's registration) ------
+def _order(tmp_path: Path) -> list[tuple[Any, str]]:
+    from corestore.registry import CoreClassifier
+
+    return [(CoreClassifier(), "core")] + [(plugin, name) for name, plugin in reversed(_default_instances(tmp_path))]
+
+
+def test_a_planned_registration_lays_out_what_pluggy_does(tmp_path: Path) -> None:
+    first = new_plugin_manager()
+    order = _order(tmp_path)
+    for plugin, name in order:
+        first.register(plugin, name=name)
+    first.remember_plan(order)
+    for _round in range(2):
+        order = _order(tmp_path)  # new instances, same names and classes
+        ours, theirs = new_plugin_manager(), _pluggy_pm()
+        assert ours.register_planned(order)
+        for plugin, name in order:
+            theirs.register(plugin, name=name)
+        assert _table(ours) == _table(theirs)
+        assert {n: p for n, p in ours.list_name_plugin()} == {n: p for n, p in theirs.list_name_plugin()}
+        for name in hookspecs.HOOK_NAMES:
+            for mine, pluggys in zip(getattr(ours.hook, name).get_hookimpls(), getattr(theirs.hook, name).get_hookimpls(),
+                                     strict=True):
+                assert {a: getattr(mine, a) for a in pluggy.HookImpl.__slots__} == \
+                    {a: getattr(pluggys, a) for a in pluggy.HookImpl.__slots__}
+        ours.check_pending()
+
+
+def test_no_plan_is_used_when_a_class_or_an_instance_differs() -> None:
+    class Planned(_Plain):
+        pass
+
+    def register_all(order: list[tuple[Any, str]]) -> CorestorePluginManager:
+        pm = new_plugin_manager()
+        for plugin, name in order:
+            pm.register(plugin, name=name)
+        pm.remember_plan(order)
+        return pm
+
+    register_all([(Planned(), "p")])
+    assert new_plugin_manager().register_planned([(Planned(), "p")])
+    assert not new_plugin_manager().register_planned([(Planned(), "other-name")])
+    assert not new_plugin_manager().register_planned([(_Plain(), "p")])  # another class
+    shadowed = Planned()
+    shadowed.on_open = 42  # type: ignore[assignment,method-assign]  # the instance shadows a hook
+    assert not new_plugin_manager().register_planned([(shadowed, "p")])
+
+    def on_health(self: Any, store: Any) -> None:
+        return None
+
+    Planned.on_health = hookimpl(on_health)  # type: ignore[attr-defined]
+    pm = new_plugin_manager()
+    assert not pm.register_planned([(Planned(), "p")])  # the class changed since the plan
+    assert pm.list_name_plugin() == []  # nothing registered by a refused plan
+    register_all([(Planned(), "p")])
+    pm = new_plugin_manager()
+    assert pm.register_planned([(Planned(), "p")])
+    assert [i.plugin_name for i in pm.hook.on_health.get_hookimpls()] == ["p"]
+
+
+def test_stores_after_the_first_are_registered_from_the_plan(tmp_path: Path) -> None:
+    profile = resolve_profile("default", config=None, path=str(tmp_path / "x.db"))
+    first, _ = registry.build_hook_caller(profile)
+    second, _ = registry.build_hook_caller(profile)
+    key = tuple((name, type(plugin)) for name, plugin in second.pm.list_name_plugin())
+    from corestore import pluginmanager
+
+    assert any(set(k) == set(key) for k in pluginmanager._plans)
+    for hook in hookspecs.HOOK_NAMES:
+        assert first.implementers(hook) == second.implementers(hook)

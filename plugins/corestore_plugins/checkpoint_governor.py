@@ -18,7 +18,10 @@ What it does (``mode = "governed"``, the default):
   they run after a commit *without* the writer lock) and ``journal_size_limit`` = the target
   unless the profile sets one; ``mmap_size`` on an affected SQLite is refused.
 * A counter on the commit path (``on_success``; no system call) wakes the governor's thread every
-  ``check_every`` operations; the thread also wakes every ``interval_s``. It ``stat``s ``-wal``;
+  ``check_every`` operations; the thread also wakes every ``interval_s``. The thread starts lazily (issue 18:
+  no thread start in a fresh open): at the ``check_every``-th operation, or when the process-wide
+  pacer (:mod:`corestore_plugins._governor_pacer`), which ``stat``s ``-wal`` every ``interval_s``
+  until then, finds the WAL over its target. It ``stat``s ``-wal``;
   above ``target_wal_bytes`` it looks for readers pinning WAL frames in ``/proc/locks``
   (:mod:`corestore_plugins._wal_readers`, never by opening ``-shm``), inside the write gate when
   there is one (so this process's own read marks are readers', not its writers'). With such a reader the
@@ -62,6 +65,7 @@ from corestore.settings import boolean, integer_at_least, non_negative_seconds, 
 from corestore.sqlitebugs import affecting, linked_version
 from corestore.sqlitefile import file_size, read_header
 
+from . import _governor_pacer
 from ._wal_readers import process_name, wal_readers
 from ._writer_lock import WriterLock
 
@@ -126,7 +130,7 @@ class CheckpointGovernor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._restart = False  # set in a forked child: start a thread of its own on first use
+        self._restart = False  # start the thread of its own at the check_every-th operation (lazy; a forked child)
         self._ops = 0  # the commit-path counter (approximate across threads: it only paces checks)
         self._affected = False
         self._counts = {"checks": 0, "checkpoints": 0, "completed": 0, "busy": 0, "breaches": 0, "errors": 0,
@@ -211,15 +215,49 @@ class CheckpointGovernor:
 
     @hookimpl
     def on_store_open(self, store: Any) -> None:
-        """Start the governor thread (governed mode, a writable file, ``interval_s`` > 0)."""
+        """Arm the governor (governed mode, a writable file): its thread starts at the
+        ``check_every``-th operation, or sooner when the process-wide pacer
+        (:mod:`corestore_plugins._governor_pacer`), which ``stat``s ``-wal`` every ``interval_s``
+        meanwhile, finds the WAL over its target. No thread is started at open."""
         self._store = store
-        self._start(store)
+        if self._governs(store):
+            self._restart = True
+            if self.settings.interval_s:
+                _governor_pacer.watch(self, self.settings.interval_s)
+
+    def _governs(self, store: Any) -> bool:
+        return self.settings.mode == "governed" and not store.memory and not store.profile.read_only
 
     def _start(self, store: Any) -> None:
-        if (self.settings.mode == "governed" and not store.memory and not store.profile.read_only):
+        """Start the governor thread (once; never after ``on_close``) and wake it for a round."""
+        with self._lock:
+            if self._thread is not None or self._stop.is_set() or not self._governs(store):
+                return
+            self._restart = False
+            _governor_pacer.unwatch(self)
             self._thread = threading.Thread(target=self._loop, name=f"corestore-governor:{os.path.basename(store.path)}",
                                             daemon=True)
+            self._wake.set()  # the first round runs at once
             self._thread.start()
+
+    def paced_check(self) -> None:
+        """The pacer's check while this governor has no thread (every ``interval_s``): one
+        ``stat`` of ``-wal``, counted in ``checks``; over the target, the thread starts and runs
+        the round (:mod:`corestore_plugins._governor_pacer`)."""
+        store = self._store
+        if store is None or store.closed or self._stop.is_set():
+            _governor_pacer.unwatch(self)
+            return
+        with self._lock:
+            self._counts["checks"] += 1
+        if (self._wal_bytes(store) or 0) > self.settings.target_wal_bytes:
+            self._start(store)
+
+    @property
+    def thread_started(self) -> bool:
+        """Whether this governor's own thread is running (it starts lazily, see ``on_store_open``)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     @hookimpl
     def on_fork_child(self, store: Any) -> None:
@@ -230,7 +268,7 @@ class CheckpointGovernor:
         self._round_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._restart = self._thread is not None and not store.closed
+        self._restart = (self._thread is not None or self._restart) and not store.closed
         self._thread = None
         self._readers = {}
         self._starving = []
@@ -244,8 +282,7 @@ class CheckpointGovernor:
         self._ops += 1
         if self._ops >= self.settings.check_every:
             self._ops = 0
-            if self._restart:  # a forked child that uses the store: its own governor thread, started here
-                self._restart = False
+            if self._restart:  # the first check_every operations (or a forked child's): its thread starts here
                 self._start(store)
             self._wake.set()
 
@@ -254,7 +291,9 @@ class CheckpointGovernor:
         """Stop the governor thread (bounded wait: one checkpoint's busy timeout plus the gate's)."""
         self._stop.set()
         self._wake.set()
-        thread = self._thread
+        _governor_pacer.unwatch(self)
+        with self._lock:
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.settings.gate_timeout_s + self.settings.checkpoint_busy_ms / 1000 + 5)
             if thread.is_alive():
