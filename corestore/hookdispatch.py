@@ -9,7 +9,7 @@ With an implementation that names ``outcome``, ``after_operation`` is generated 
 ``"outcome"``): the :class:`~corestore.Outcome` is built in the generated function (every
 success shares :data:`~corestore.operation.SUCCEEDED`) and each implementation is called
 directly; before issue 21's cost work it went through the general loop and an adapter per
-implementation, about 1,500 instructions more per operation with ``telemetry`` beside the
+implementation, about 1,300 instructions more per operation with ``telemetry`` beside the
 ``default`` profile's circuit breaker.
 
 **Why.** The general methods loop over ``(plugin, callable)`` pairs and call an adapter lambda
