@@ -146,6 +146,10 @@ CASES: dict[str, tuple[dict[str, Any] | None, bool, str, str]] = {
                        "the plugin's after_operation alone, called directly (no transaction, no dispatch)"),
     "telemetry.sync.exemplars_off": ({"buffer_size": 0}, True, "caller",
                                      "+ telemetry, buffer_size = 0, MeterProvider(exemplar_filter=AlwaysOff)"),
+    "minimal.plain": (None, True, "caller", "minimal profile (no plugin), SDK installed, no telemetry"),
+    "minimal.telemetry.path": ({"buffer_size": 1_000_000}, False, "caller",
+                               "minimal + telemetry, no sample recorded during the run: the path when telemetry is "
+                               "the only plugin (the core builds an Operation for it)"),
 }
 _WARMUP = 1100  # past one buffer_size, so the telemetry thread has started and drained once
 _NO_TIMEOUT_MS = 3_600_000  # a collection under valgrind on a loaded machine outlasts the SDK's default 10 s
@@ -171,7 +175,8 @@ def _child(case: str, n: int, directory: str) -> None:
         kwargs["exemplar_filter"] = AlwaysOffExemplarFilter()
     provider = MeterProvider(metric_readers=[periodic], **kwargs)  # one reader: each reader is a second aggregation
     telemetry.use_meter_provider(provider)
-    profile = resolve_profile("default", config=None, path=os.path.join(directory, "t.db"))
+    name = "minimal" if case.startswith("minimal.") else "default"
+    profile = resolve_profile(name, config=None, path=os.path.join(directory, "t.db"))
     profile = attrs.evolve(profile, pragmas={**profile.pragmas, **counted.PRAGMAS})
     if settings is not None:
         profile = attrs.evolve(profile, plugins=profile.plugins + ("telemetry",),
@@ -246,14 +251,171 @@ def instructions(cases: list[str], directory: str = "/dev/shm", repeat: int = 1)
             for case in cases}
 
 
+# -- timed, in one process (the conversion from instructions to time) ---------------------------
+def timed(pairs: int = 15, n: int = 2000, calls: int = 20_000, directory: str = "/dev/shm") -> dict[str, Any]:
+    """The caller's path timed: ``plain`` against ``telemetry.path`` (the instruction cases'
+    setup: ``default`` profile, the SDK's ``MeterProvider`` with one periodic reader) in one
+    process, ``pairs`` alternated pairs of ``n`` write transactions each (the samples recorded
+    into the SDK between pairs, untimed); best of the pairs per side and the median of the
+    per-pair differences. Then the plugin's ``after_operation`` alone (best of 7 x ``calls``)
+    and the same loop of ``plain`` transactions: with the instruction counts of the same cases
+    they give this machine's nanoseconds per instruction. Then the plugin as shipped, with an
+    in-memory reader: every attempt of a run is in the histogram's count, none dropped."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from corestore.operation import SUCCEEDED, new_operation
+    from corestore_plugins import telemetry
+
+    from . import instructions as counted
+
+    load_before = os.getloadavg()
+    work = tempfile.mkdtemp(prefix="corestore-tel-timed-", dir=directory)
+    periodic = PeriodicExportingMetricReader(_drop_exporter(), export_interval_millis=_NO_TIMEOUT_MS)
+    provider = MeterProvider(metric_readers=[periodic])
+    telemetry.use_meter_provider(provider)
+    out: dict[str, Any] = {}
+    stores: list[corestore.Store] = []
+    try:
+        def open_case(name: str, settings: dict[str, Any] | None) -> corestore.Store:
+            profile = resolve_profile("default", config=None, path=os.path.join(work, f"{name}.db"))
+            profile = attrs.evolve(profile, pragmas={**profile.pragmas, **counted.PRAGMAS})
+            if settings is not None:
+                profile = attrs.evolve(profile, plugins=profile.plugins + ("telemetry",),
+                                       settings={**profile.settings, "telemetry": settings})
+            store = corestore.open(profile)
+            stores.append(store)
+            store.database.execute_sql(counted.SCHEMA)
+            return store
+
+        plain, path = open_case("plain", None), open_case("path", {"buffer_size": 1_000_000})
+
+        def loop(store: corestore.Store) -> float:
+            store.checkpoint("TRUNCATE")
+            if "telemetry" in store.plugins:
+                store.plugin("telemetry").flush()  # the previous sample's, outside the timed loop
+            transaction, execute = store.transaction, store.database.execute_sql
+            start = time.perf_counter()
+            for i in range(n):
+                with transaction():
+                    execute(counted.INSERT, ("hot", i, counted.PAYLOAD))
+            return (time.perf_counter() - start) / n
+
+        for store in (plain, path):  # warm-up, as the instruction cases
+            loop(store)
+        samples = measure_pairs(lambda: loop(plain), lambda: loop(path), pairs=pairs)
+        out["plain_us_per_tx_best"] = min(samples.baseline) * 1e6
+        out["path_us_per_tx_best"] = min(samples.corestore) * 1e6
+        out["added_us_best_minus_best"] = out["path_us_per_tx_best"] - out["plain_us_per_tx_best"]
+        out["added_us_median_of_pairs"] = statistics.median(
+            (c - b) * 1e6 for b, c in zip(samples.baseline, samples.corestore, strict=True))
+        plugin = path.plugin("telemetry")
+        hook, operation = plugin.after_operation, new_operation("write", None)
+        best = float("inf")
+        for _ in range(7):
+            plugin.flush()
+            start = time.perf_counter()
+            for _ in range(calls):
+                hook(path, operation, SUCCEEDED)
+            best = min(best, (time.perf_counter() - start) / calls)
+        plugin.flush()
+        out["hook_ns_per_call_best"] = best * 1e9
+    finally:
+        for store in stores:
+            store.close()
+        provider.shutdown()
+        telemetry.use_meter_provider(None)
+    out["load_average_before"] = load_before
+    out["load_average_after"] = os.getloadavg()
+    out["shipped"] = _shipped_check(work)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _write_count(reader: Any, namespace: str) -> tuple[int, Any]:
+    """A collection now: the duration histogram's count of ``write`` attempts of ``namespace``
+    and the ``corestore.telemetry.dropped`` value."""
+    count, dropped = 0, None
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    attributes = point.attributes
+                    if metric.name == "db.client.operation.duration" and attributes.get("db.namespace") == namespace \
+                            and attributes.get("db.operation.name") == "write":
+                        count += point.count
+                    elif metric.name == "corestore.telemetry.dropped" and attributes.get("db.namespace") == namespace:
+                        dropped = point.value
+    return count, dropped
+
+
+def _shipped_check(work: str, runs: int = 5000, threads: int = 4) -> dict[str, Any]:
+    """The plugin as shipped (``buffer_size`` 1024, its thread recording) under ``threads``
+    threads of ``store.run()``: the histogram's count of ``write`` attempts after one collection
+    equals the attempts made (every ``run()`` retry is an attempt, so the count is taken from
+    the store's own counters), and nothing was dropped."""
+    import threading
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from corestore_plugins import telemetry
+
+    from . import instructions as counted
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry.use_meter_provider(provider)
+    profile = resolve_profile("default", config=None, path=os.path.join(work, "shipped.db"))
+    profile = attrs.evolve(profile, plugins=profile.plugins + ("telemetry",),
+                           pragmas={**profile.pragmas, **counted.PRAGMAS})
+    store = corestore.open(profile)
+    try:
+        store.database.execute_sql(counted.SCHEMA)
+        before = store.stats()
+        recorded_before, _ = _write_count(reader, str(store.path))  # the schema's statement: a write too
+
+        def worker(t: int) -> None:
+            for i in range(runs):
+                store.run(lambda i=i: store.database.execute_sql(counted.INSERT, (f"t{t}", i, counted.PAYLOAD)))
+
+        start = time.perf_counter()
+        workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(600)
+            if w.is_alive():
+                raise RuntimeError(f"a writer thread did not finish its {runs} runs within 600 s")
+        elapsed = time.perf_counter() - start
+        waiting = store.plugin("telemetry").stats()["buffered"]  # not yet recorded by its thread
+        after = store.stats()
+        attempts = (after["transactions"] - before["transactions"]) + (after["retries"] - before["retries"])
+        count, dropped = _write_count(reader, str(store.path))
+        count -= recorded_before
+        return {"threads": threads, "runs_per_thread": runs, "attempts": attempts, "write_samples_recorded": count,
+                "waiting_before_collection": waiting, "dropped": dropped, "seconds": round(elapsed, 3)}
+    finally:
+        store.close()
+        provider.shutdown()
+        telemetry.use_meter_provider(None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_telemetry")
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
     parser.add_argument("--only", action="append", choices=sorted(CASES), help="only this case (repeatable)")
     parser.add_argument("--dir", default="/dev/shm")
     parser.add_argument("--repeat", type=int, default=1, help="measure each case this many times (median shown)")
+    parser.add_argument("--timed", action="store_true",
+                        help="time plain against telemetry.path in one process (alternated pairs), the hook alone, "
+                             "and check the shipped plugin records every attempt")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.timed:
+        for key, value in timed(directory=args.dir).items():
+            print(f"{key:<28} {value}", flush=True)
+        return 0
     if args.child:
         case, n, directory = args.child
         _child(case, int(n), directory)

@@ -279,6 +279,18 @@ class OutcomeRecorder:
             fn(outcome)
 
 
+class OutcomeRaiser:
+    """``after_operation`` with ``outcome`` that raises: the implementations after it still run
+    (isolated, in the generated dispatch as in the general one)."""
+
+    name = "t_outcome_raiser"
+
+    @hookimpl(tryfirst=True)
+    def after_operation(self, store: Any, operation: Any, outcome: Any) -> None:
+        record(self.name, "after_operation", operation.name, outcome.ok)
+        raise RuntimeError("t_outcome_raiser after_operation")
+
+
 class PgChecker:
     """``t_checker`` for a PostgreSQL store: counts the tables of the connection's schema."""
 

@@ -214,6 +214,33 @@ def test_hook_after_operation_outcome(tmp_path: Path, plugins, install_plugins) 
     store.close()
 
 
+def test_hook_after_operation_outcome_isolated(tmp_path: Path, plugins, install_plugins,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """With an implementation that names ``outcome``, the dispatch is generated for the store's
+    implementations (no general loop): an implementation that raises is logged, the others still
+    run with the same outcome, and the plugin without the argument is called without it."""
+    install_plugins("corestore-test-outcome", t_outcome="plugin_fixtures:OutcomeRecorder",
+                    t_outcome_raiser="plugin_fixtures:OutcomeRaiser")
+    store = open_with(tmp_path / "a.db", "t_recorder", "t_outcome_raiser", "t_outcome")
+    assert store.hooks.wants_outcome
+    assert store.hooks.after_operation.__name__ == "after_operation"  # the generated function
+    assert store.hooks.implementers("after_operation")[0] == "t_outcome_raiser"  # tryfirst
+    store.database.execute_sql("create table t(x unique)")
+    with store.transaction(name="ok"):
+        store.database.execute_sql("insert into t values (1)")
+    with pytest.raises(corestore.ConstraintError):
+        with store.transaction(name="dup"):
+            store.database.execute_sql("insert into t values (1)")
+    assert [e[2:] for e in EVENTS if e[0] == "t_outcome_raiser" and e[2] in ("ok", "dup")] == [
+        ("ok", True), ("dup", False)]
+    assert [e[2:5] for e in EVENTS if e[0] == "t_outcome" and e[2] in ("ok", "dup")] == [
+        ("ok", 1, True), ("dup", 1, False)]
+    assert [e[2:4] for e in EVENTS if e[0] == "t_recorder" and e[1] == "after_operation"][-2:] == [
+        ("write", "ok"), ("write", "dup")]
+    assert "after_operation of plugin 't_outcome_raiser' raised" in caplog.text
+    store.close()
+
+
 def test_hook_on_fatal(tmp_path: Path, plugins) -> None:
     """Storage faults only: not contention, not caller errors; once per run(), however many attempts."""
     path = tmp_path / "a.db"
