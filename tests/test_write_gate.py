@@ -414,6 +414,49 @@ def test_a_kept_place_is_taken_over_when_its_linger_ends(tmp_path: Path) -> None
     assert results["again"] == ("held",)
 
 
+def _solo_turn_then_keep_writing(db: str, ready: Any, out: Any) -> None:
+    """Take the gate with nobody waiting (a whole turn_s of 30 s), then keep writing: release
+    with a linger and resume, until the turn is handed on."""
+    gate = ticket_gate.Gate(db)
+    assert gate.acquire(5.0, turn_s=30.0, round_s=0.05).value == "held"
+    ready.put("held")
+    deadline = time.monotonic() + LIMIT_S
+    resumed = 0
+    while time.monotonic() < deadline:
+        gate.release(linger_s=0.01)
+        outcome = gate.acquire(20.0, turn_s=30.0, round_s=0.05)
+        if outcome.value != "resumed":
+            out.put(("writer", time.monotonic(), outcome.value, resumed))
+            gate.release()
+            return
+        resumed += 1
+        time.sleep(0.001)  # a transaction's worth of work between two writes
+    out.put(("writer", time.monotonic(), "never handed on", resumed))
+    gate.release()
+
+
+def test_a_turn_begun_alone_is_cut_to_its_share_of_a_round_once_others_queue(tmp_path: Path) -> None:
+    # A writer that found the gate free got a whole turn_s (30 s here). Once another writer
+    # queues, its turn is cut to round_s / (writers waiting) = 50 ms from then, so the newcomer
+    # gets in within about that, not after the 30 s turn (the writer that came first must not
+    # run a whole turn ahead of the queue: the early finishers of a contention run).
+    db = _make_db(tmp_path / "solo.db")
+    ready, out = CTX.Queue(), CTX.Queue()
+    writer = _start(_solo_turn_then_keep_writing, db, ready, out)
+    _get(ready, "the first writer's turn")
+    base = _next_ticket(db)
+    queued_at = time.monotonic()
+    newcomer = _start(_queue_and_record, db, "newcomer", out, 20.0)
+    results = {r[0]: r[1:] for r in (_get(out, "results") for _ in range(2))}
+    _join(writer, newcomer)
+    got, outcome = results["newcomer"]
+    assert outcome == "waited"
+    assert _next_ticket(db) >= base + 1
+    assert got - queued_at < 2.0, f"the newcomer waited {got - queued_at:.2f} s behind a 30 s solo turn"
+    assert results["writer"][1] == "waited", results["writer"]  # it queued afresh, behind the newcomer
+    assert results["writer"][2] > 0  # it did resume within its (cut) turn before handing on
+
+
 @pytest.mark.parametrize("locks", ["ofd", "posix"])
 def test_helper_thread_waits_without_futex(tmp_path: Path, locks: str) -> None:
     """Where futex is not available (macOS) the wait blocks on the predecessor's byte in a helper

@@ -293,7 +293,7 @@ class _Thread:
     giving the place up never both win. Otherwise only its own thread changes it."""
 
     __slots__ = ("depth", "ticket", "fd", "turn_end", "keep", "thread", "since", "turn_max", "offset", "safe",
-                 "busy_i", "until_i", "u32", "u64")
+                 "busy_i", "until_i", "u32", "u64", "round_s", "solo_start")
 
     def __init__(self) -> None:
         self.depth, self.ticket, self.fd, self.turn_end = 0, 0, -1, 0.0
@@ -306,6 +306,10 @@ class _Thread:
         self.until_i = 0  # the entry's until word, as an index into the table's u64 view
         self.u32: Any = None  # the table's u32 and u64 views (the fast path's handles; see Gate.resume)
         self.u64: Any = None
+        self.round_s = 0.0  # round_s: a round of turns is shared among the writers waiting
+        #: when a turn began with nobody waiting (0: it began with others waiting): once others
+        #: queue, it is cut to its share of a round from then (see Gate.release_for)
+        self.solo_start = 0.0
         self.thread = threading.current_thread()
 
     @property

@@ -40,7 +40,10 @@ hands the turn over explicitly, like a CLH queue lock built from fcntl byte-rang
   others wait (then it hands on). A successor takes a kept place over only under ``META``, and
   only if, looked at again there, it is still between transactions, not taken and past
   ``until``. A holder inside a transaction (``busy = 1``) is never taken over. Every turn ends
-  with a real hand-off when others wait: round-robin, ``turn_s`` at a time. (If the clock
+  with a real hand-off when others wait: round-robin, ``turn_s`` at a time, or ``round_s``
+  shared among the writers waiting (a turn begun with nobody waiting is cut to its share of a
+  round as soon as others queue: the first writer of a burst must not run a whole ``turn_s``
+  ahead of everyone). (If the clock
   argument ever failed, e.g. a write left invisible to another CPU for ``MARGIN_S``, two writers
   would hold the gate at once and SQLite's lock would order them: never a correctness issue.)
 * **Releasing**: write ``DONE`` into the own entry, wake the successor, unlock the own byte; a
@@ -232,11 +235,15 @@ class Gate(GateWaits):
             self._give_up(fd, ticket)
             raise
         if outcome.held:
-            t.turn_max = turn_s
+            t.turn_max, t.round_s = turn_s, round_s
+            now = time.monotonic()
+            t.solo_start = 0.0
             if turn_s > 0 and round_s > 0:  # share a round among those waiting behind
                 waiting = _U64.unpack_from(self._map, _NEXT)[0] - ticket - 1
-                turn_s = min(turn_s, round_s / waiting) if waiting > 0 else turn_s
-            now = time.monotonic()
+                if waiting > 0:
+                    turn_s = min(turn_s, round_s / waiting)
+                else:
+                    t.solo_start = now
             t.turn_end = now + turn_s
             t.since = now if turn_s > 0 else 0.0
             self._publish(t, t.turn_end if turn_s > 0 else now)
@@ -268,6 +275,8 @@ class Gate(GateWaits):
                 if now < t.turn_end or not waiting:
                     if now >= t.turn_end:  # nobody waits: a new turn
                         t.turn_end = now + t.turn_max
+                        if t.round_s > 0:
+                            t.solo_start = now
                     self._publish(t, t.turn_end)
                     return True
         finally:
@@ -342,6 +351,15 @@ class Gate(GateWaits):
                     self._publish(t, t.turn_end)
             if self._u64[1] > t.ticket + 1:  # others wait (the ticket counter is the table's second word)
                 now = time.monotonic()
+                if t.solo_start:
+                    # the turn began with nobody waiting (a whole turn_s): now that others queue,
+                    # it is cut to its share of a round, as if they had been waiting at its start
+                    # (a writer that came first must not run a whole turn_s ahead of the queue)
+                    share = t.round_s / (self._u64[1] - t.ticket - 1)
+                    t.solo_start = 0.0
+                    if now + share < t.turn_end:
+                        t.turn_end = now + share
+                        self._publish(t, t.turn_end)
                 if now >= t.turn_end:
                     self._finish(t.ticket, t.fd, _DONE)  # the turn is over: hand it on
                     return

@@ -126,7 +126,9 @@ class WriteGate:
                                         resumes without a hand-off (0: hand off after each one).
     ``round_s``           float 0.005   A turn is at most ``round_s`` divided among the writers
                                         waiting behind, so a round of turns takes about
-                                        ``round_s`` (0: every turn is ``turn_s``).
+                                        ``round_s`` (0: every turn is ``turn_s``); a turn
+                                        begun with nobody waiting is cut to its share once
+                                        others queue.
     ``linger_s``          float 0.0002  How long a kept place waits for its writer to come back
                                         before the next in line may take it over.
     ``apsw_busy_handler`` bool  false   apsw driver: install the fair busy handler.
