@@ -148,7 +148,6 @@ def _child_open(who: str, n: int, directory: str) -> None:
     WAL databases with plain ``sqlite3`` first, so making them cancels out of the difference.
     The default profile's pragmas (``synchronous=FULL``) for all three; the schema is
     ``bench_open.DDL``, run by ``setup=`` (corestore) or after connecting (peewee)."""
-    import sqlite3
 
     import attrs
     import peewee
@@ -156,19 +155,9 @@ def _child_open(who: str, n: int, directory: str) -> None:
     import corestore
     from corestore.profiles import resolve_profile
 
-    from .bench_open import DDL, create_schema
+    from .bench_open import DDL, _existing_databases, create_schema
 
-    paths = []
-    for i in range(OPEN_LARGE + _OPEN_WARMUP):
-        path = os.path.join(directory, f"open-{i}.db")
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode = wal")
-            for statement in DDL:
-                conn.execute(statement)
-        finally:
-            conn.close()
-        paths.append(path)
+    paths = _existing_databases(directory, OPEN_LARGE + _OPEN_WARMUP)
     default = resolve_profile("default", config=None, path=paths[0])
     if who == "peewee":
         ordered = sorted(default.pragmas.items(), key=lambda kv: kv[0] != "busy_timeout")
