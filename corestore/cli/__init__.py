@@ -270,8 +270,9 @@ def _run_demo(args: argparse.Namespace, directory: str) -> int:
             f"pending={acc_stats['pending']} ({usage_rows} rows in the table)"
         )
     lines.append(f"health     {report.status.name}")
+    width = max([len(name) for name in report.components] + [15])
     for name, comp in report.components.items():
-        lines.append(f"  {name:<16} {comp.status.name:<9} {comp.summary}")
+        lines.append(f"  {name:<{width}}  {comp.status.name:<9} {comp.summary}")
     emit(args, data, "\n".join(lines))
     return report.status.exit_code
 
