@@ -46,19 +46,9 @@ __all__ = ["run"]
 
 def _install_sdk() -> Any:
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    class Drop(MetricExporter):
-        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-            return MetricExportResult.SUCCESS
-
-        def force_flush(self, timeout_millis: float = 10_000) -> bool:
-            return True
-
-        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-            return None
-
-    provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(Drop(), export_interval_millis=60_000)])
+    provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(_drop_exporter(), export_interval_millis=60_000)])
     from corestore_plugins import telemetry
 
     telemetry.use_meter_provider(provider)
