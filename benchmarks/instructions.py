@@ -46,9 +46,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CASES", "measure", "main"]
+__all__ = ["CASES", "count_child", "measure", "main"]
 
 #: the default profile's plugins, each measured alone on top of ``minimal`` (``+NAME.write``)
 POLICIES = ("wal_guard", "wal_invariants", "circuit_breaker", "health", "checkpoint_governor")
@@ -211,19 +212,26 @@ def _instructions(outfile: str) -> int:
     raise RuntimeError(f"{outfile}: no instruction total found")
 
 
-def _run_once(case: str, n: int, directory: str) -> int:
-    work = tempfile.mkdtemp(prefix=f"corestore-instr-{case}-", dir=directory)
+def count_child(module: str, what: str, child_args: Callable[[str], list[str]], directory: str | None = None) -> int:
+    """Instructions of ``python -m module --child *child_args(work)`` under callgrind
+    (``PYTHONHASHSEED=0``), ``work`` a fresh directory (under ``directory``) removed afterwards;
+    ``what`` names the run in its temporary directory and in the error of a failed child."""
+    work = tempfile.mkdtemp(prefix=f"corestore-instr-{what}-", dir=directory)
     out = os.path.join(work, "callgrind.out")
     env = dict(os.environ, PYTHONHASHSEED="0")
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-           "benchmarks.instructions", "--child", case, str(n), work]
+           module, "--child", *child_args(work)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
-            raise RuntimeError(f"{case} n={n}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(f"{what}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
         return _instructions(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_once(case: str, n: int, directory: str) -> int:
+    return count_child("benchmarks.instructions", f"{case}-{n}", lambda work: [case, str(n), work], directory)
 
 
 def _sizes(case: str) -> tuple[int, int]:

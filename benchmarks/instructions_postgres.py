@@ -20,9 +20,9 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
+
+from .instructions import count_child
 
 __all__ = ["CASES", "measure", "main"]
 
@@ -68,27 +68,8 @@ def _child(case: str, n: int, schema: str) -> None:
     close()
 
 
-def _instructions(outfile: str) -> int:
-    with open(outfile, encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError(f"{outfile}: no instruction total found")
-
-
 def _run_once(case: str, n: int, schema: str) -> int:
-    work = tempfile.mkdtemp(prefix=f"corestore-instr-pg-{case}-")
-    out = os.path.join(work, "callgrind.out")
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-           "benchmarks.instructions_postgres", "--child", case, str(n), schema]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{case} n={n}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-        return _instructions(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return count_child("benchmarks.instructions_postgres", f"pg-{case}-{n}", lambda _work: [case, str(n), schema])
 
 
 def measure(case: str, schema: str) -> float:
