@@ -5,6 +5,7 @@ for the writer (``yield_ms``) are bounded. Real SQLite files; the writer is held
 write lock taken on another connection."""
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 import time
@@ -244,3 +245,58 @@ def test_a_submitter_waits_for_a_turn_at_most_its_timeout_once() -> None:
     assert second is not None and second is not lock
     led.take_back(second)
     led.take_back(lock)
+
+
+def test_queued_rows_give_the_collector_nothing_to_track(tmp_path: Path) -> None:
+    """A backlog adds no object per row for the cyclic garbage collector (accounting.ledger:
+    three queues, no tuple per row). With a tuple per row, 5,000 queued rows were 5,000 tracked
+    objects, promoted to the oldest generation, and full collections scanned them all."""
+    path = tmp_path / "gc.db"
+    s = open_acc(path, queue_size=20000, batch_size=10000, max_batch_size=10000)
+    try:
+        acc = s.plugin("accounting")
+        acc.submit("usage", {"kind": "k", "n": -1})
+        assert acc.flush(20) is True
+        with write_locked(path):
+            acc.submit("usage", {"kind": "k", "n": -2})  # the writer takes it and waits for the lock
+            wait_until(lambda: acc.stats()["in_flight"] == 1, "the writer to take its batch")
+            gc.collect()
+            before = len(gc.get_objects())
+            for i in range(5000):
+                acc.submit("usage", {"kind": "k", "n": i})
+            after = len(gc.get_objects())
+            assert acc.stats()["queued"] == 5000
+        assert after - before < 500, f"{after - before} tracked objects for 5000 queued rows"
+        assert acc.flush(20) is True
+        assert len(rows_of(path)) == 5002
+    finally:
+        s.close()
+
+
+def test_a_batch_taken_from_a_long_queue_keeps_order_and_numbers() -> None:
+    led = Ledger(100, backlog_limit=30)
+    for i in range(80):
+        led.queue.append({"n": i})
+        led.queue_tables.append("t" if i % 2 else "u")
+        led.queue_times.append(float(i))
+        led.accepted += 1
+    first = led.take(10)  # the queue is past half full: the backlog limit applies
+    assert len(first) == 30 and [item[1]["n"] for item in first] == list(range(30))
+    assert list(first.seqs) == list(range(1, 31)) and first[1] == ("t", {"n": 1}, 1.0, 2)
+    led.settle(first, written=30, dead=0, durable_dead=True)
+    second = led.take(10)
+    assert [item[3] for item in second] == list(range(31, 61)) and second.times[0] == 30.0
+    assert len(led.queue) == len(led.queue_tables) == len(led.queue_times) == 20
+
+
+def test_rows_with_the_same_keys_in_another_order_keep_their_values() -> None:
+    planner = RowPlanner(None)
+    items = [("t", {"a": 1, "b": 2}, 0.0, 1), ("t", {"b": 4, "a": 3}, 0.0, 2), ("t", {"a": 5, "b": 6}, 0.0, 3)]
+    groups = planner.plan(items).groups
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a, b)")
+    for statements, _ in groups.values():
+        for sql, args in statements:
+            conn.execute(sql, args)
+    assert sorted(conn.execute("SELECT a, b FROM t").fetchall()) == [(1, 2), (3, 4), (5, 6)]
+    assert sorted(len(good) for _, good in groups.values()) == [1, 2]

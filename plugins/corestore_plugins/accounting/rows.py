@@ -24,12 +24,13 @@ dead-lettered with the error and the others go on.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import peewee
 
-from .ledger import Item
+from .ledger import Batch, Item
 
 __all__ = ["RowPlanner", "Planned", "Plan", "MAX_VARIABLES", "MAX_ROWS_PER_STATEMENT", "chunk_sizes", "table_label", "quote"]
 
@@ -94,7 +95,8 @@ class Plan:
 
     def __init__(self, table: str, target: str, columns: list[str],
                  convert: Callable[[dict[str, Any], float], tuple[Any, ...]] | None, *, add_ts: bool = False,
-                 fill: Callable[[list[Item], list[Any]], None] | None = None, param: str = "?",
+                 fill: Callable[[Sequence[dict[str, Any]], Sequence[float], list[Any]], None] | None = None,
+                 param: str = "?",
                  max_variables: int = MAX_VARIABLES, max_rows: int = _MAX_ROWS_PER_STATEMENT,
                  max_sql_length: int | None = None, preferred: int = 0) -> None:
         self.table = table
@@ -132,70 +134,71 @@ class Plan:
             sql = self._sql[rows] = self.head + ", ".join([self.one] * rows)
         return sql
 
-    def statements(self, items: list[Item]) -> tuple[list[tuple[str, list[Any]]], list[Item], list[tuple[Item, BaseException]]]:
-        """Multi-row statements for ``items``: ``([(sql, flat parameters)], the items in them,
+    def statements(self, items: Batch) -> tuple[list[tuple[str, list[Any]]], Batch, list[tuple[Item, BaseException]]]:
+        """Multi-row statements for ``items``: ``([(sql, flat parameters)], the rows in them,
         [(item, error)] for the rows that failed to convert)``. Parameters are built flat, chunk
         by chunk (no per-row tuple to flatten again)."""
         step, convert = self.chunk, self.convert
         out: list[tuple[str, list[Any]]] = []
-        if len(items) < _EXACT_BELOW and len(items) <= step:
-            bounds = [(0, len(items))]
+        n = len(items)
+        if n < _EXACT_BELOW and n <= step:
+            bounds = [(0, n)]
         else:
             bounds = []
             j = 0
-            for size in chunk_sizes(len(items), step, self.preferred):
+            for size in chunk_sizes(n, step, self.preferred):
                 bounds.append((j, j + size))
                 j += size
+        rows, times = items.rows, items.times
         if convert is None:  # a named table: the row's values in key order (then the submit time)
-            add_ts = self.add_ts
-            for j, k in bounds:
-                part = items[j:k]
-                flat: list[Any] = []
-                extend = flat.extend
-                if add_ts:
-                    append = flat.append
-                    for _, row, ts, _ in part:
+            if self.add_ts:
+                for j, k in bounds:
+                    flat: list[Any] = []
+                    extend, append = flat.extend, flat.append
+                    for row, ts in zip(rows[j:k], times[j:k], strict=True):
                         extend(row.values())
                         append(ts)
-                else:
-                    for _, row, _, _ in part:
-                        extend(row.values())
-                out.append((self.sql(len(part)), flat))
+                    out.append((self.sql(k - j), flat))
+            else:  # the values of every row, flattened in C
+                values, chain = dict.values, itertools.chain.from_iterable
+                for j, k in bounds:
+                    out.append((self.sql(k - j), list(chain(map(values, rows[j:k])))))
             return out, items, []
         fill = self.fill
         assert fill is not None
-        good: list[Item] = []
         bad: list[tuple[Item, BaseException]] = []
         for j, k in bounds:
-            part = items[j:k]
             flat = []
             try:
-                fill(part, flat)  # the whole chunk in one generated loop
+                fill(rows[j:k], times[j:k], flat)  # the whole chunk in one generated loop
             except Exception:  # noqa: BLE001 - find the rows at fault, one by one
                 flat = []
-                kept = []
-                for item in part:
+                kept = 0
+                for i in range(j, k):
+                    item = items[i]
                     try:
                         flat.extend(convert(item[1], item[2]))
                     except Exception as err:  # noqa: BLE001 - db_value refused a value: this row only
                         bad.append((item, err))
                     else:
-                        kept.append(item)
-                part = kept
-            if part:
-                out.append((self.sql(len(part)), flat))
-                good.extend(part)
-        return out, good, bad
+                        kept += 1
+                if kept:
+                    out.append((self.sql(kept), flat))
+                continue
+            out.append((self.sql(k - j), flat))
+        if not bad:
+            return out, items, bad
+        refused = {item[3] for item, _ in bad}
+        return out, Batch.of(item for item in items if item[3] not in refused), bad
 
-    def singles(self, items: list[Item]
-                ) -> tuple[list[tuple[str, tuple[Any, ...]]], list[Item], list[tuple[Item, BaseException]]]:
+    def singles(self, items: Batch) -> tuple[list[tuple[str, tuple[Any, ...]]], Batch, list[tuple[Item, BaseException]]]:
         """One statement per row (a batch being isolated), same shape as :meth:`statements`."""
         sql = self.sql(1)
         convert = self.convert
         if convert is None:
             if self.add_ts:
-                return [(sql, (*row.values(), ts)) for _, row, ts, _ in items], items, []
-            return [(sql, tuple(row.values())) for _, row, _, _ in items], items, []
+                return [(sql, (*row.values(), ts)) for row, ts in zip(items.rows, items.times, strict=True)], items, []
+            return [(sql, tuple(row.values())) for row in items.rows], items, []
         out: list[tuple[str, tuple[Any, ...]]] = []
         good: list[Item] = []
         bad: list[tuple[Item, BaseException]] = []
@@ -206,7 +209,7 @@ class Plan:
                 bad.append((item, err))
             else:
                 good.append(item)
-        return out, good, bad
+        return out, Batch.of(good), bad
 
 
 class Planned:
@@ -216,8 +219,8 @@ class Planned:
     __slots__ = ("groups", "bad")
 
     def __init__(self) -> None:
-        #: plan -> ([(sql, parameters)], the items they write); one statement per item when isolating
-        self.groups: dict[Plan, tuple[list[tuple[str, Any]], list[Item]]] = {}
+        #: plan -> ([(sql, parameters)], the rows they write); one statement per row when isolating
+        self.groups: dict[Plan, tuple[list[tuple[str, Any]], Batch]] = {}
         #: (item, the error)
         self.bad: list[tuple[Item, BaseException]] = []
 
@@ -257,31 +260,37 @@ class RowPlanner:
         self._columns.clear()
 
     # -- planning ----------------------------------------------------------------------------
-    def plan(self, batch: list[Item], *, isolate: bool = False,
+    def plan(self, batch: Batch | Iterable[Item], *, isolate: bool = False,
              columns_of: Callable[[str], Iterable[str]] | None = None) -> Planned:
         """Group ``batch`` by (table, keys) and build its statements: multi-row, or one per row
         when ``isolate``. ``columns_of(table)`` reads a named table's columns (only needed, once
         per table, when ``ts_column`` is set)."""
+        if not isinstance(batch, Batch):
+            batch = Batch.of(batch)
         out = Planned()
         plans = self._plans
         if len(plans) > _CACHE_LIMIT:
             plans.clear()
-        buckets: dict[tuple[Any, tuple[Any, ...]], list[Item]] = {}
-        last_table: Any = None
-        last_keys: tuple[Any, ...] | None = None
-        current: list[Item] = []
-        for item in batch:  # rows of one batch mostly share table and keys: skip the lookup then
-            table = item[0]
-            keys = tuple(item[1])
-            if keys == last_keys and table is last_table:
-                current.append(item)
-                continue
-            key = (table, keys)
-            found = buckets.get(key)
-            if found is None:
-                found = buckets[key] = []
-            found.append(item)
-            current, last_table, last_keys = found, table, keys
+        buckets: dict[tuple[Any, tuple[Any, ...]], Batch] = {}
+        tables, rows = batch.tables, batch.rows
+        n = len(rows)
+        if n:
+            # one table and one set of keys (the usual batch), checked in C: then the batch is
+            # its own single group, with no list per group to build
+            table = tables[0]
+            keys_of = list(map(tuple, rows))
+            keys = keys_of[0]
+            if keys_of.count(keys) == n and tables.count(table) == n:  # (compared in C)
+                buckets[(table, keys)] = batch
+            else:
+                at: dict[tuple[Any, tuple[Any, ...]], list[int]] = {}
+                for i, key in enumerate(zip(tables, keys_of, strict=True)):
+                    found = at.get(key)
+                    if found is None:
+                        found = at[key] = []
+                    found.append(i)
+                for key, indices in at.items():
+                    buckets[key] = batch.pick(indices)
         for key, items in buckets.items():
             plan = plans.get(key)
             if plan is None:
@@ -379,9 +388,10 @@ def _fast_type(field: peewee.Field) -> Any:
 
 
 def _compile(given: list[tuple[Any, peewee.Field]], defaults: list[peewee.Field], ts_field: peewee.Field | None
-             ) -> tuple[Callable[[dict[str, Any], float], tuple[Any, ...]], Callable[[list[Item], list[Any]], None]]:
-    """Build ``convert(row, ts) -> tuple`` and ``fill(items, flat)`` (the same conversion over a
-    chunk, appending to ``flat``), unrolled for one model and set of keys.
+             ) -> tuple[Callable[[dict[str, Any], float], tuple[Any, ...]],
+                        Callable[[Sequence[dict[str, Any]], Sequence[float], list[Any]], None]]:
+    """Build ``convert(row, ts) -> tuple`` and ``fill(rows, times, flat)`` (the same conversion
+    over a chunk, appending to ``flat``), unrolled for one model and set of keys.
 
     The generated source names only local slots (``k0``, ``c0`` ...); keys, converters and
     defaults are passed in a namespace, never written into the source. A value whose type the
@@ -424,7 +434,7 @@ def _compile(given: list[tuple[Any, peewee.Field]], defaults: list[peewee.Field]
     values = "(" + "".join(f"{name}, " for name in out) + ")"
     source = "\n".join(
         ["def convert(row, ts):"] + [f"    {line}" for line in body] + [f"    return {values}", ""]
-        + ["def fill(items, flat):", "    extend = flat.extend", "    for _, row, ts, _ in items:"]
+        + ["def fill(rows, times, flat):", "    extend = flat.extend", "    for row, ts in zip(rows, times):"]
         + [f"        {line}" for line in body] + [f"        extend({values})"]
     )
     exec(source, env)  # noqa: S102 - a fixed template over local slot names

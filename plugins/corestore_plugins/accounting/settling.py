@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .batches import kind_name, log_letters, message
 from .deadletter import DeadLetter, DeadLetterSink
-from .ledger import Item, Ledger
+from .ledger import Batch, Item, Ledger
 from .rows import table_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,7 @@ class Settling:
                                       kind=kind_name(err, self._kind), error=message(err), batch_id=batch_id))
         return letters
 
-    def _settle(self, batch: list[Item], bad: list[tuple[Item, BaseException, str]]) -> None:
+    def _settle(self, batch: Batch, bad: list[tuple[Item, BaseException, str]]) -> None:
         led = self.ledger
         batch_id = led.in_flight_id
         letters = self._letters(bad, batch_id)
@@ -55,7 +55,7 @@ class Settling:
             logger.warning("accounting: %s: batch %s committed after close() had dead-lettered it (marked uncertain); "
                            "its rows are in the database", self.store.path, batch_id)
 
-    def _settle_head(self, batch: list[Item], item: Item, bad: list[tuple[Item, BaseException, str]]) -> None:
+    def _settle_head(self, batch: Batch, item: Item, bad: list[tuple[Item, BaseException, str]]) -> None:
         """Settle the first row in flight (row-per-transaction mode)."""
         led = self.ledger
         letters = self._letters(bad, None)
@@ -63,9 +63,9 @@ class Settling:
         if letters:
             log_letters(self.store.path, self.sink.path, letters)
         with led.lock:
-            if led.in_flight is not batch or not batch or batch[0] is not item:
+            if led.in_flight is not batch or not batch or batch.seqs[0] != item[3]:
                 return
-            batch.pop(0)
+            batch.drop_head()
             led.written += 1 - len(bad)
             led.dead_lettered += len(bad)
             if led.waiters:

@@ -47,7 +47,7 @@ from .batches import (
 from .deadletter import DeadLetterSink
 from .dialect import dialect_for
 from .escalation import DEGRADED, PERSISTENT, REOPEN, Escalation
-from .ledger import Item, Ledger
+from .ledger import EMPTY, Batch, Item, Ledger
 from .settling import Settling
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,7 +128,7 @@ class Writer(Settling):
             self._log_losses(force=True)
             self._close_connection()
 
-    def _next_batch(self) -> list[Item] | None:
+    def _next_batch(self) -> Batch | None:
         """Wait for work: a full batch, the latency deadline, a flush, a due probe; None: stop."""
         led, s, clock = self.ledger, self.settings, self.clock
         latency = s.max_latency_ms / 1000.0
@@ -162,7 +162,7 @@ class Writer(Settling):
             if self.episode.active:  # an idle queue still needs healthy batches to end the episode
                 probe_at = self.last_attempt + s.probe_interval_s
                 if now >= probe_at:
-                    return []
+                    return EMPTY
                 wake_at = min(wake_at, probe_at)
             clock.sleep(wake_at - now, led.wake)
 
@@ -191,7 +191,7 @@ class Writer(Settling):
         self._id_count += 1
         return f"{time.time_ns():016x}-{kind}-{self._id_tag}-{self._id_count}"
 
-    def _process(self, batch: list[Item], batch_id: str) -> None:
+    def _process(self, batch: Batch, batch_id: str) -> None:
         with self.ledger.lock:
             self.ledger.in_flight_id = batch_id
         outcome = self._attempts(batch, batch_id, isolate=False)
@@ -209,7 +209,7 @@ class Writer(Settling):
             return
         # It failed outside the rows (e.g. a deferred constraint at COMMIT): a transaction per row.
         for item in list(batch):
-            single = self._attempts([item], f"{batch_id}.{item[3]}", isolate=False)
+            single = self._attempts(Batch.of([item]), f"{batch_id}.{item[3]}", isolate=False)
             if single.ok:
                 bad = single.bad
             else:
@@ -219,11 +219,11 @@ class Writer(Settling):
 
     def _probe(self, probe_id: str) -> None:
         """An empty batch (just its id) to learn whether the database writes again."""
-        outcome = self._attempts([], probe_id, isolate=False, probe=True)
+        outcome = self._attempts(EMPTY, probe_id, isolate=False, probe=True)
         if not outcome.ok:  # pragma: no cover - an empty batch has no caller error to make
             logger.warning("accounting: %s: probe refused: %s", self.store.path, describe(outcome.error))
 
-    def _attempts(self, items: list[Item], unit_id: str, *, isolate: bool, probe: bool = False) -> Outcome:
+    def _attempts(self, items: Batch, unit_id: str, *, isolate: bool, probe: bool = False) -> Outcome:
         """Try ``items`` as one transaction until it commits or fails as a caller error."""
         s = self.settings
         backoff = s.backoff_initial_s
@@ -286,7 +286,7 @@ class Writer(Settling):
             self._success(items, probe, started=started)
             return Outcome(True, bad)
 
-    def _transaction(self, items: list[Item], unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
+    def _transaction(self, items: Batch, unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
         """One attempt: the batch's transaction. Around each database call the writer marks
         the ledger (``Ledger.hand_over``) so a submitter gives it the GIL back when the call
         should be over (site/plugins/accounting.md, "Throughput")."""
@@ -303,7 +303,7 @@ class Writer(Settling):
             self._marked = None
             self.ledger.take_back(lock)
 
-    def _transaction_body(self, items: list[Item], unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
+    def _transaction_body(self, items: Batch, unit_id: str, isolate: bool) -> list[tuple[Item, BaseException, str]]:
         store = self.store
         self._attempt_bad = []
         dialect = self.dialect
@@ -387,7 +387,7 @@ class Writer(Settling):
         return row is not None
 
     # -- outcomes ----------------------------------------------------------------------------
-    def _success(self, items: list[Item], probe: bool, *, started: float | None) -> None:
+    def _success(self, items: Batch, probe: bool, *, started: float | None) -> None:
         led = self.ledger
         took = None if started is None else time.perf_counter() - started
         with led.lock:
@@ -397,7 +397,7 @@ class Writer(Settling):
             if took is not None:
                 led.batch_s.append(took)
             if items:
-                led.delay_s.append(max(0.0, time.time() - items[0][2]))
+                led.delay_s.append(max(0.0, time.time() - items.times[0]))
             was = self.episode.tier
             cleared = self.episode.success()
         if cleared:
