@@ -82,8 +82,10 @@ import time
 from typing import Any
 
 from ._write_gate_table import (
+    _ABANDONED,
     _BUSY,
     _DONE,
+    _ENTRY,
     _ENTRY_SIZE,
     _FUTEX,
     _HEADER,
@@ -396,6 +398,38 @@ class Gate(GateWaits):
             self._unmap()
 
     # -- introspection ---------------------------------------------------------------------------
+    def queued(self) -> int:
+        """How many writers wait for their turn right now: the live ``WAITING`` tickets at the end
+        of the queue, read from the shared table without a lock (one memory read per waiter, and a
+        ``kill(pid, 0)`` each to leave out a crashed waiter's entry).
+
+        **When**: the checkpoint governor asks before (and while holding the gate, after) taking
+        the gate for a checkpoint, to defer it while writers queue (issue 19). The answer is a hint
+        (the queue moves while it is read), never a basis for correctness; 0 when the gate is
+        unavailable."""
+        if self._map is None and not self._open():
+            return 0
+        table = self._map
+        if table is None:  # closed meanwhile
+            return 0
+        ticket = _U64.unpack_from(table, _NEXT)[0] - 1
+        count = 0
+        alive: dict[int, bool] = {}
+        for _ in range(SLOTS):
+            if ticket < 1:
+                break
+            owner, state, pid, _until, _busy, _taken = _ENTRY.unpack_from(
+                table, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE)
+            ticket -= 1
+            if owner != ticket + 1 or state == _ABANDONED:
+                continue  # a skipped ticket (its slot holds an older one) or a waiter that gave up
+            if state != _WAITING:
+                break  # the holder (or a finished ticket): the front of the queue
+            if pid not in alive:
+                alive[pid] = _pid_alive(pid)
+            count += alive[pid]
+        return count
+
     def snapshot(self) -> dict[str, Any]:
         """The table's state as this process sees it (no locks taken): for health and tests."""
         out: dict[str, Any] = {"path": self.path, "locks": "ofd" if _OFD else "posix",
@@ -424,6 +458,19 @@ class Gate(GateWaits):
                 pass
         # the old mapping is left to the garbage collector (a ctypes view may still pin it)
         del old_map
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a waiter's entry outlives a crashed waiter)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 _gates: dict[str, Gate] = {}

@@ -226,6 +226,18 @@ class WriteGate:
             if outcome.held:
                 gate.release()
 
+    def queued(self) -> int:
+        """How many writers (of every process using the gate) wait for their turn now; 0 without a
+        gate. A hint read from the shared table without a lock (the queue moves meanwhile): the
+        checkpoint governor defers a checkpoint while it is non-zero (issue 19)."""
+        gate = self._gate
+        if gate is None:
+            return 0
+        try:
+            return gate.queued()
+        except (OSError, ValueError):  # the table was unmapped by a close meanwhile
+            return 0
+
     def stats(self) -> dict[str, Any]:
         """Counters: ``gated`` (operations that held the gate), ``immediate`` (no wait),
         ``resumed`` (a kept place, no hand-off), ``waited``, ``reentered``, ``timeouts`` (went on to
