@@ -115,7 +115,10 @@ class GateWaits(GateTable):
         we take the place over (:meth:`_take_over`). After a sleep that changed nothing (every
         ``LIVENESS_S`` at most: a waiter does not see its predecessor being admitted, so it also
         looks every ``LIVENESS_S`` for a place kept by a writer that has stopped writing; 25 ms
-        made the end of a contention run, when writers finish one by one, stall visibly) we
+        made the end of a contention run, when writers finish one by one, stall visibly; so an
+        admitted waiter wakes its successor once, which then sleeps to the new holder's
+        ``until`` instead, and a writer that stops costs the queue its turn's end, not
+        ``LIVENESS_S``) we
         check that it is still alive, i.e. still holds its byte, so a crashed process is
         noticed right after the kernel drops its lock."""
         assert _FUTEX is not None
