@@ -413,7 +413,8 @@ class Gate(GateWaits):
         **When**: the checkpoint governor asks before (and while holding the gate, after) taking
         the gate for a checkpoint, to defer it while writers queue (issue 19). The answer is a hint
         (the queue moves while it is read), never a basis for correctness; 0 when the gate is
-        unavailable."""
+        unavailable. A waiter whose pid this process cannot see (another PID namespace sharing the
+        file) counts as gone: the governor then checkpoints as it would without a queue."""
         if self._map is None and not self._open():
             return 0
         table = self._map

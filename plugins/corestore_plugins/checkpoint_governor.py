@@ -459,6 +459,7 @@ class CheckpointGovernor:
                 self._deferred_since = now
             since = self._deferred_since
             assert since is not None
+            announced = self._forced is not None
             if wal >= s.target_wal_bytes * s.defer_wal_factor:
                 self._forced = "wal"
             elif now - since >= s.defer_max_s:
@@ -470,6 +471,8 @@ class CheckpointGovernor:
                     logger.debug("%s: checkpoint deferred: WAL %d bytes, %d writer(s) queued at the write gate",
                                  store.path, wal, queued)
                 return True
+            if announced:  # (the round's second look, inside the gate: said already)
+                return False
         logger.info("%s: checkpoint runs although %d writer(s) queue at the write gate: %s", store.path, queued,
                     f"the WAL reached {wal} bytes (ceiling {int(s.target_wal_bytes * s.defer_wal_factor)})"
                     if self._forced == "wal" else f"deferred for {now - since:.1f} s (defer_max_s {s.defer_max_s:g})")
