@@ -496,6 +496,9 @@ class CheckpointGovernor:
             if readers:  # the checkpoint could not complete: escalating would only stall the writers
                 with self._lock:
                     self._counts["skipped_reader"] += 1
+                    # a reader, not the queue, holds it up now: back to rounds every interval_s
+                    # (not every _DEFER_RECHECK_S, each reading /proc/locks inside the gate)
+                    self._deferred_since = self._forced = None
                 return "reader"
             if mitigate:
                 return self._locked_checkpoint(store, bool(held))
