@@ -928,3 +928,25 @@ def test_contention_rows_run_alone_from_the_command_line(tmp_path: Path) -> None
                                          "contention.normal.2x5.spread"}
     assert rows[0]["corestore_retries"] == 0 and "gate_admissions_median" in rows[0]
     assert "turn_s" in proc.stdout
+    # the checkpoint governor's settings reach the gated side too (the default profile carries it)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_multiprocess", "--pairs", "7", "--shape", "2x5",
+                           "--governor", "defer_max_s=0", "--json", str(out)],
+                          cwd=root, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "governor settings {'defer_max_s': 0}" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert rows[0]["corestore_retries"] == 0
+
+
+def test_trace_contention_runs_from_the_command_line(tmp_path: Path) -> None:
+    """``python -m benchmarks.trace_contention`` (the fourth round's traces): a tiny shape, two
+    alternated variants, every transaction traced; a smoke run (it prints, it asserts no time)."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.trace_contention", "--shape", "3x10", "--samples", "1",
+                           "--variant", "a=turn_s=0.001", "--variant", "b=turn_s=0.005,governor.defer_max_s=0"],
+                          cwd=root, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("[a] wall ") for line in lines) == 1
+    assert sum(line.startswith("[b] wall ") for line in lines) == 1
+    assert any(line.startswith("median [b] over 1:") for line in lines)

@@ -406,9 +406,10 @@ class Gate(GateWaits):
 
     # -- introspection ---------------------------------------------------------------------------
     def queued(self) -> int:
-        """How many writers wait for their turn right now: the live ``WAITING`` tickets at the end
-        of the queue, read from the shared table without a lock (one memory read per waiter, and a
-        ``kill(pid, 0)`` each to leave out a crashed waiter's entry).
+        """How many writers wait for their turn right now: the ``WAITING`` tickets at the end of
+        the queue, read from the shared table without a lock (one memory read per waiter), or 0
+        when none of their processes is alive (``kill(pid, 0)`` from the newest back until one
+        is: one system call as a rule), so that a crashed waiter's entry never reads as a queue.
 
         **When**: the checkpoint governor asks before (and while holding the gate, after) taking
         the gate for a checkpoint, to defer it while writers queue (issue 19). The answer is a hint
@@ -421,8 +422,7 @@ class Gate(GateWaits):
         if table is None:  # closed meanwhile
             return 0
         ticket = _U64.unpack_from(table, _NEXT)[0] - 1
-        count = 0
-        alive: dict[int, bool] = {}
+        pids: list[int] = []
         for _ in range(SLOTS):
             if ticket < 1:
                 break
@@ -433,10 +433,14 @@ class Gate(GateWaits):
                 continue  # a skipped ticket (its slot holds an older one) or a waiter that gave up
             if state != _WAITING:
                 break  # the holder (or a finished ticket): the front of the queue
-            if pid not in alive:
-                alive[pid] = _pid_alive(pid)
-            count += alive[pid]
-        return count
+            pids.append(pid)
+        seen: set[int] = set()
+        for pid in pids:
+            if pid not in seen:
+                if _pid_alive(pid):
+                    return len(pids)
+                seen.add(pid)
+        return 0
 
     def snapshot(self) -> dict[str, Any]:
         """The table's state as this process sees it (no locks taken): for health and tests."""
