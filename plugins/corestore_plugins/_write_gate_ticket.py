@@ -82,10 +82,8 @@ import time
 from typing import Any
 
 from ._write_gate_table import (
-    _ABANDONED,
     _BUSY,
     _DONE,
-    _ENTRY,
     _ENTRY_SIZE,
     _FUTEX,
     _HEADER,
@@ -405,43 +403,6 @@ class Gate(GateWaits):
             self._unmap()
 
     # -- introspection ---------------------------------------------------------------------------
-    def queued(self) -> int:
-        """How many writers wait for their turn right now: the ``WAITING`` tickets at the end of
-        the queue, read from the shared table without a lock (one memory read per waiter), or 0
-        when none of their processes is alive (``kill(pid, 0)`` from the newest back until one
-        is: one system call as a rule), so that a crashed waiter's entry never reads as a queue.
-
-        **When**: the checkpoint governor asks before (and while holding the gate, after) taking
-        the gate for a checkpoint, to defer it while writers queue (issue 19). The answer is a hint
-        (the queue moves while it is read), never a basis for correctness; 0 when the gate is
-        unavailable. A waiter whose pid this process cannot see (another PID namespace sharing the
-        file) counts as gone: the governor then checkpoints as it would without a queue."""
-        if self._map is None and not self._open():
-            return 0
-        table = self._map
-        if table is None:  # closed meanwhile
-            return 0
-        ticket = _U64.unpack_from(table, _NEXT)[0] - 1
-        pids: list[int] = []
-        for _ in range(SLOTS):
-            if ticket < 1:
-                break
-            owner, state, pid, _until, _busy, _taken = _ENTRY.unpack_from(
-                table, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE)
-            ticket -= 1
-            if owner != ticket + 1 or state == _ABANDONED:
-                continue  # a skipped ticket (its slot holds an older one) or a waiter that gave up
-            if state != _WAITING:
-                break  # the holder (or a finished ticket): the front of the queue
-            pids.append(pid)
-        seen: set[int] = set()
-        for pid in pids:
-            if pid not in seen:
-                if _pid_alive(pid):
-                    return len(pids)
-                seen.add(pid)
-        return 0
-
     def snapshot(self) -> dict[str, Any]:
         """The table's state as this process sees it (no locks taken): for health and tests."""
         out: dict[str, Any] = {"path": self.path, "locks": "ofd" if _OFD else "posix",
@@ -470,19 +431,6 @@ class Gate(GateWaits):
                 pass
         # the old mapping is left to the garbage collector (a ctypes view may still pin it)
         del old_map
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (a waiter's entry outlives a crashed waiter)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        return True
-    return True
 
 
 _gates: dict[str, Gate] = {}

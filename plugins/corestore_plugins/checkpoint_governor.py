@@ -43,17 +43,9 @@ What it does (``mode = "governed"``, the default):
   result is counted as a *breach* (health DEGRADED). When the writes stopped, the governor's own
   empty commit restarts the WAL so ``-wal`` returns to ``journal_size_limit``. It cannot cover
   checkpoints outside corestore (another program's automatic checkpoints).
-* **Deferral under contention** (issue 19; needs the ``write_gate`` plugin, whose shared table
-  is the signal): a due checkpoint that finds writers queued at the gate (before it takes the gate,
-  or behind it once it holds it) is put off and looked at again every ``_DEFER_RECHECK_S``, so
-  that it lands in a pause of the writes instead of holding a queue of writers out for its whole
-  length (40-60 ms for a 17 MB WAL here, the whole latency tail of a 20-writer sample). It runs
-  anyway, writers queued or not, once the WAL reaches ``target_wal_bytes * defer_wal_factor`` or
-  the deferral has lasted ``defer_max_s`` (``forced`` in its history entry). The mitigation's
-  guarantee is unchanged: a deferred checkpoint is not run at all, and one that runs runs under
-  SQLite's writer lock as before. The price: during sustained contention the WAL grows past its
-  target, up to the ceiling. Without the gate there is no cheap cross-process sign of waiting
-  writers (SQLite's busy handler sleeps invisibly) and checkpoints run when due, as before.
+* **Deferral under contention** (issue 19, with the ``write_gate`` plugin): a due checkpoint is
+  put off while writers are queued at the gate, so that it lands in a pause of the writes, up to
+  a ceiling (``defer_wal_factor``, ``defer_max_s``): :mod:`corestore_plugins._governor_deferral`.
 
 ``mode = "none"``: no checkpoint at all by corestore while the store is open (a replication tool
 such as Litestream owns them). With apsw the connections also set
@@ -79,6 +71,8 @@ from corestore.sqlitebugs import affecting, linked_version
 from corestore.sqlitefile import file_size, read_header
 
 from . import _governor_pacer
+from ._governor_deferral import Deferral
+from ._governor_thread import GovernorThread
 from ._wal_readers import process_name, wal_readers
 from ._writer_lock import WriterLock
 
@@ -88,16 +82,11 @@ logger = logging.getLogger(__name__)
 
 #: Allowed values of ``mode``.
 MODES = ("governed", "none")
-#: While a checkpoint is deferred the governor thread looks again this often (instead of
-#: ``interval_s``): the checkpoint lands within this long of the writes pausing. (Each look is a
-#: few memory reads of the gate's table; twenty processes looking 20 times a second cost nothing
-#: a writer notices.)
-_DEFER_RECHECK_S = 0.05
 _WAL_HEADER = 32
 _FRAME_HEADER = 24
 
 
-class CheckpointGovernor:
+class CheckpointGovernor(GovernorThread):
     """Keeps the WAL near ``target_wal_bytes`` and runs checkpoints that hold the writers out.
 
     Settings (``[profiles.NAME.settings.checkpoint_governor]``):
@@ -161,10 +150,8 @@ class CheckpointGovernor:
         self._ops = 0  # the commit-path counter (approximate across threads: it only paces checks)
         self._affected = False
         self._counts = {"checks": 0, "checkpoints": 0, "completed": 0, "busy": 0, "breaches": 0, "errors": 0,
-                        "skipped_reader": 0, "skipped_gate": 0, "skipped_lock": 0, "wal_restarts": 0,
-                        "deferred": 0, "forced": 0}
-        self._deferred_since: float | None = None  # (clock) a due checkpoint is deferred since then
-        self._forced: str | None = None  # why the coming checkpoint runs although writers queue
+                        "skipped_reader": 0, "skipped_gate": 0, "skipped_lock": 0, "wal_restarts": 0}
+        self._deferral = Deferral(self.settings.defer_wal_factor, self.settings.defer_max_s, clock)
         self._last: dict[str, Any] | None = None
         self._readers: dict[tuple[Any, int], float] = {}  # (pid, slot) -> first seen (monotonic)
         self._starving: list[dict[str, Any]] = []
@@ -210,8 +197,7 @@ class CheckpointGovernor:
             out: dict[str, Any] = dict(self._counts)
             last = dict(self._last) if self._last is not None else None
             starving = [dict(r) for r in self._starving]
-            since = self._deferred_since
-        out["deferring_s"] = None if since is None else round(self.clock() - since, 3)
+        out.update(self._deferral.snapshot())
         out.update(mode=self.settings.mode, target_wal_bytes=self.settings.target_wal_bytes, wal_bytes=wal,
                    wal_frames=self._frames(store, wal), starving_readers=starving)
         if last is not None:
@@ -266,37 +252,6 @@ class CheckpointGovernor:
     def _governs(self, store: Any) -> bool:
         return self.settings.mode == "governed" and not store.memory and not store.profile.read_only
 
-    def _start(self, store: Any) -> None:
-        """Start the governor thread (once; never after ``on_close``) and wake it for a round."""
-        with self._lock:
-            if self._thread is not None or self._stop.is_set() or not self._governs(store):
-                return
-            self._restart = False
-            _governor_pacer.unwatch(self)
-            self._thread = threading.Thread(target=self._loop, name=f"corestore-governor:{os.path.basename(store.path)}",
-                                            daemon=True)
-            self._wake.set()  # the first round runs at once
-            self._thread.start()
-
-    def paced_check(self) -> None:
-        """The pacer's check while this governor has no thread (every ``interval_s``): one
-        ``stat`` of ``-wal``, counted in ``checks``; over the target, the thread starts and runs
-        the round (:mod:`corestore_plugins._governor_pacer`)."""
-        store = self._store
-        if store is None or store.closed or self._stop.is_set():
-            _governor_pacer.unwatch(self)
-            return
-        with self._lock:
-            self._counts["checks"] += 1
-        if (self._wal_bytes(store) or 0) > self.settings.target_wal_bytes:
-            self._start(store)
-
-    @property
-    def thread_started(self) -> bool:
-        """Whether this governor's own thread is running (it starts lazily, see ``on_store_open``)."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
     @hookimpl
     def on_fork_child(self, store: Any) -> None:
         """In a forked child (the core calls it): the governor thread and its locks are the
@@ -311,47 +266,9 @@ class CheckpointGovernor:
         self._thread = None
         self._readers = {}
         self._starving = []
-        self._deferred_since = self._forced = None  # the parent's deferral is the parent's
+        self._deferral.reset()  # the parent's deferral is the parent's
         if self._writer_lock is not None:
             self._writer_lock.forget()
-
-    @hookimpl
-    def on_success(self, store: Any) -> None:
-        """The hot path: one counter; every ``check_every`` operations one ``stat`` of ``-wal``
-        (:meth:`_commit_check`). It does not name ``operation``: alone it costs the core no
-        Operation object."""
-        self._ops += 1
-        if self._ops >= self.settings.check_every:
-            self._ops = 0
-            self._commit_check(store)
-
-    def _commit_check(self, store: Any) -> None:
-        """Every ``check_every`` operations, on the committing thread: ``stat`` ``-wal`` and wake
-        the governor's thread (starting it, the first time) only when a round has work: the WAL
-        over its target, and, while a checkpoint is deferred under contention (the thread looks
-        every ``_DEFER_RECHECK_S`` then), at the deferral's WAL ceiling.
-
-        Why a ``stat`` here rather than waking the thread every time (issue 19): this runs after
-        COMMIT but before the write gate is released (``on_success`` precedes
-        ``after_operation``), so whatever it costs, every writer queued at the gate waits for.
-        A ``stat`` costs 1-2 us; waking the thread cost the queue about 0.1 ms a time (a thread
-        of this process contending for the GIL and a CPU during the writer's turn) and starting
-        it about 0.45 ms: measured, 20 processes x 220 NORMAL inserts with the gate, 133 ms a
-        sample against 122 ms with no governor thread at all."""
-        if not self._governing:
-            return
-        try:
-            wal = self._wal_bytes(store) or 0
-        except Exception:  # (a stat error: the round reports it)
-            wal = -1
-        s = self.settings
-        if 0 <= wal <= s.target_wal_bytes:
-            return
-        if self._deferred_since is not None and 0 <= wal < s.target_wal_bytes * s.defer_wal_factor:
-            return  # deferred under contention: the thread is looking every _DEFER_RECHECK_S
-        if self._restart:  # its first round (or a forked child's): its thread starts here
-            self._start(store)
-        self._wake.set()
 
     @hookimpl
     def on_close(self, store: Any) -> None:
@@ -384,9 +301,7 @@ class CheckpointGovernor:
             status = HealthStatus.DEGRADED
             summary = f"WAL {wal} bytes over target {target}: starved by reader(s) holding a snapshot: {who}"
         elif stats["deferring_s"] is not None and wal is not None and wal > target:
-            summary = (f"WAL {wal} bytes over target {target}: checkpoint deferred for {stats['deferring_s']:.1f} s "
-                       "while writers queue at the write gate (it runs at a pause, or at the ceiling: "
-                       f"{int(target * self.settings.defer_wal_factor)} bytes or {self.settings.defer_max_s:g} s)")
+            summary = self._deferral.summary(wal, target, stats["deferring_s"])
         elif stats["breaches"]:
             status = HealthStatus.DEGRADED
             summary = f"{stats['breaches']} checkpoint(s) returned busy while the WAL-reset mitigation is required"
@@ -396,22 +311,7 @@ class CheckpointGovernor:
             summary = f"WAL {wal} bytes over target {target}; last checkpoint failed: {stats['last_checkpoint']['error']}"
         return HealthComponent(name=self.name, status=status, summary=summary, details=stats)
 
-    # -- the governor ---------------------------------------------------------------------------
-    def _loop(self) -> None:
-        interval = self.settings.interval_s or None
-        while not self._stop.is_set():
-            wait = interval
-            if self._deferred_since is not None and (wait is None or wait > _DEFER_RECHECK_S):
-                wait = _DEFER_RECHECK_S  # a deferred checkpoint: look again soon for a pause of the writes
-            self._wake.wait(wait)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.tick()
-            except Exception:  # the governor must never die silently: log and go on
-                logger.exception("%s: checkpoint governor round failed", getattr(self._store, "path", "?"))
-
+    # -- the governor (its thread and checks: corestore_plugins._governor_thread) -----------------
     def tick(self) -> str:
         """One governor round (the thread calls it; tests may too). Returns what it did:
         ``"none-mode"``, ``"under-target"``, ``"deferred"`` (writers queue at the write gate),
@@ -425,9 +325,7 @@ class CheckpointGovernor:
             wal = self._wal_bytes(store) or 0
             if wal <= self.settings.target_wal_bytes:
                 self._note_readers([])
-                with self._lock:
-                    self._deferred_since = None  # (another process checkpointed it)
-                    self._forced = None
+                self._deferral.reset()  # (another process checkpointed it)
                 return "under-target"
             return self._checkpoint(store, wal)
 
@@ -441,46 +339,10 @@ class CheckpointGovernor:
             readers = [r for r in readers if r["pid"] != me]
         return readers
 
-    def _defer(self, store: Any, gate: Any, wal: int) -> bool:
-        """Whether to put the due checkpoint off: writers queue at the write gate (``gate``, the
-        plugin, or None: then never) and neither ceiling is reached (the WAL at
-        ``target_wal_bytes * defer_wal_factor``, the deferral ``defer_max_s`` old). Past a ceiling
-        the checkpoint runs although writers queue; it is recorded as ``forced``."""
-        s = self.settings
-        if gate is None or s.defer_wal_factor <= 1 or s.defer_max_s <= 0:
-            return False
-        queued = gate.queued()
-        if not queued:
-            return False
-        now = self.clock()
-        with self._lock:
-            first = self._deferred_since is None
-            if first:
-                self._deferred_since = now
-            since = self._deferred_since
-            assert since is not None
-            announced = self._forced is not None
-            if wal >= s.target_wal_bytes * s.defer_wal_factor:
-                self._forced = "wal"
-            elif now - since >= s.defer_max_s:
-                self._forced = "time"
-            else:
-                self._counts["deferred"] += 1
-                self._forced = None
-                if first:
-                    logger.debug("%s: checkpoint deferred: WAL %d bytes, %d writer(s) queued at the write gate",
-                                 store.path, wal, queued)
-                return True
-            if announced:  # (the round's second look, inside the gate: said already)
-                return False
-        logger.info("%s: checkpoint runs although %d writer(s) queue at the write gate: %s", store.path, queued,
-                    f"the WAL reached {wal} bytes (ceiling {int(s.target_wal_bytes * s.defer_wal_factor)})"
-                    if self._forced == "wal" else f"deferred for {now - since:.1f} s (defer_max_s {s.defer_max_s:g})")
-        return False
-
     def _checkpoint(self, store: Any, wal: int) -> str:
         gate = store.plugins.get("write_gate")
-        if self._defer(store, gate, wal):  # writers queue: do not even join the queue
+        target = self.settings.target_wal_bytes
+        if self._deferral.defer(store.path, gate, wal, target):  # writers queue: do not even join the queue
             return "deferred"
         mitigate = self._affected and self.settings.wal_reset_mitigation
         held_cm = gate.held(self.settings.gate_timeout_s) if gate is not None else contextlib.nullcontext(None)
@@ -489,16 +351,16 @@ class CheckpointGovernor:
                 with self._lock:
                     self._counts["skipped_gate"] += 1
                 return "gate"
-            if held and self._defer(store, gate, wal):  # writers queued behind us meanwhile: let them go first
+            if held and self._deferral.defer(store.path, gate, wal, target):  # queued behind us meanwhile: after them
                 return "deferred"
             readers = self._live_readers(store, bool(held))
             self._note_readers(readers)
             if readers:  # the checkpoint could not complete: escalating would only stall the writers
                 with self._lock:
                     self._counts["skipped_reader"] += 1
-                    # a reader, not the queue, holds it up now: back to rounds every interval_s
-                    # (not every _DEFER_RECHECK_S, each reading /proc/locks inside the gate)
-                    self._deferred_since = self._forced = None
+                # a reader, not the queue, holds it up now: back to rounds every interval_s (not
+                # every RECHECK_S, each reading /proc/locks inside the gate)
+                self._deferral.reset()
                 return "reader"
             if mitigate:
                 return self._locked_checkpoint(store, bool(held))
@@ -548,15 +410,11 @@ class CheckpointGovernor:
 
     def _record(self, store: Any, mode: str, result: Any, error: str | None, start: int, end: int,
                 gate_held: bool, lock_held: bool, mitigate: bool) -> str:
+        deferred_s, forced = self._deferral.end()
         with self._lock:
             self._counts["checkpoints"] += 1
-            since, forced = self._deferred_since, self._forced
-            self._deferred_since = self._forced = None
-            if forced is not None:
-                self._counts["forced"] += 1
             entry = {"start_ns": start, "end_ns": end, "mode": mode, "result": result, "gate_held": gate_held,
-                     "writer_lock_held": lock_held, "error": error, "forced": forced,
-                     "deferred_s": None if since is None else round(self.clock() - since, 3)}
+                     "writer_lock_held": lock_held, "error": error, "forced": forced, "deferred_s": deferred_s}
             self._history.append(entry)
             self._last = {"at_monotonic": self.clock(), "result": result, "error": error, "gate_held": gate_held,
                           "writer_lock_held": lock_held}
