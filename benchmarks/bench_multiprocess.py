@@ -537,9 +537,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=11, help="alternated pairs per row (at least 7; default 11)")
     parser.add_argument("--gate", default="", metavar="K=V,...",
                         help="write_gate settings for the gated side, e.g. turn_s=0.0015,round_s=0.02 (default: the plugin's)")
+    parser.add_argument("--governor", default="", metavar="K=V,...",
+                        help="checkpoint_governor settings for the gated side (default profile), e.g. defer_max_s=0 "
+                             "(no deferral under contention) or target_wal_bytes=1073741824 (default: the plugin's)")
     parser.add_argument("--json", metavar="OUT", help="write the rows to OUT")
     args = parser.parse_args(argv)
     settings = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.gate.split(",") if kv)}
+    governor = {k: (int(v) if v.isdigit() else float(v))
+                for k, v in (kv.split("=", 1) for kv in args.governor.split(",") if kv)}
     rows: list[dict[str, Any]] = []
     for sync in args.sync or ["normal"]:
         for shape in args.shape or ["20x220"]:
@@ -548,11 +553,14 @@ def main(argv: list[str] | None = None) -> int:
                 profile = _gated_profile(name, sync)
                 if settings:
                     profile = attrs.evolve(profile, settings={**profile.settings, "write_gate": settings})
+                if governor and "checkpoint_governor" in profile.plugins:
+                    profile = attrs.evolve(profile, settings={**profile.settings, "checkpoint_governor": governor})
                 prefix = "contention" if name == "default" else f"contention.{name}"
                 got = measure_contention(profile, sync, processes=procs, inserts=n, pairs=args.pairs, prefix=prefix)
                 rows.extend(got)
                 head = got[0]
                 print(f"{prefix}.{sync}.{shape}: load average {head['load_average']}, gate settings {settings or 'defaults'}, "
+                      f"governor settings {governor or 'defaults'}, "
                       f"admissions (median per sample) {head['gate_admissions_median']}, corestore retries "
                       f"{head['corestore_retries']}, raw busy errors {head['raw_busy_errors']}", flush=True)
                 for row in got:

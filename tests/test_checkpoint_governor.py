@@ -419,7 +419,10 @@ def test_a_wal_over_target_starts_the_thread_and_gets_its_round_without_an_opera
     assert _governor_threads(path) == []
 
 
-def test_the_check_every_th_operation_starts_the_thread_once(tmp_path: Path) -> None:
+def test_the_check_every_th_operation_starts_the_thread_once_the_wal_is_over_target(tmp_path: Path) -> None:
+    """Issue 19: the commit path's check (a stat every check_every operations) starts the thread,
+    and later wakes it, only when a round has work: under the target no thread starts at all (a
+    wake-up there is paid by every writer queued at the write gate)."""
     from corestore_plugins import _governor_pacer
 
     path = tmp_path / "ops.db"
@@ -428,10 +431,12 @@ def test_the_check_every_th_operation_starts_the_thread_once(tmp_path: Path) -> 
         gov = store.plugin("checkpoint_governor")
         assert not _governor_pacer.watching(gov)
         store.database.execute_sql("CREATE TABLE t (x)")
-        store.database.execute_sql("INSERT INTO t VALUES (1)")
-        assert not gov.thread_started
-        store.database.execute_sql("INSERT INTO t VALUES (2)")  # the third operation
-        wait_until(lambda: gov.stats()["checks"] >= 1, "the new thread's first round")
+        for i in range(12):  # four commit-path checks, all under the target
+            store.database.execute_sql("INSERT INTO t VALUES (?)", (i,))
+        assert not gov.thread_started and _governor_threads(path) == []
+        for _ in range(3):  # 1.5 MB: over the 1 MiB target; the third operation's check sees it
+            store.database.execute_sql("INSERT INTO t VALUES (randomblob(500000))")
+        wait_until(lambda: gov.stats()["checkpoints"] >= 1, "the new thread's first round to checkpoint")
         for i in range(10):
             store.database.execute_sql("INSERT INTO t VALUES (?)", (i,))
         assert _governor_threads(path) == [f"corestore-governor:{path.name}"]

@@ -457,6 +457,58 @@ def test_a_turn_begun_alone_is_cut_to_its_share_of_a_round_once_others_queue(tmp
     assert results["writer"][2] > 0  # it did resume within its (cut) turn before handing on
 
 
+def _slow_liveness() -> None:
+    """Make the waiters' liveness fallback 5 s instead of 5 ms (in this forked child only), so
+    that a waiter that got the gate only through it stands out from one woken in time."""
+    from corestore_plugins import _write_gate_wait
+
+    _write_gate_wait.LIVENESS_S = 5.0  # type: ignore[misc]
+
+
+def _admitted_then_stop_writing(db: str, out: Any, stop: Any) -> None:
+    """Queue; once admitted write once (a 10 ms turn, a 1 ms linger) and stop writing, keeping
+    the place (alive, its byte locked), like a worker whose last transaction that was."""
+    _slow_liveness()
+    gate = ticket_gate.Gate(db)
+    outcome = gate.acquire(20.0, turn_s=0.01, round_s=0.0)
+    gate.release(linger_s=0.001)
+    out.put(("stopped", time.monotonic(), outcome.value))
+    stop.wait(LIMIT_S)
+
+
+def _queue_slow_liveness(db: str, name: str, out: Any, timeout: float) -> None:
+    _slow_liveness()
+    _queue_and_record(db, name, out, timeout)
+
+
+def test_a_waiter_behind_a_writer_that_stops_is_woken_in_time(tmp_path: Path) -> None:
+    # The third in line goes to sleep while the second still waits (no `until` to wake at yet).
+    # When the second is admitted it wakes the third, which then sleeps only to the end of the
+    # second's turn (10 ms) and takes over the place the second kept after its last write. Before,
+    # the third slept to its liveness check (5 ms in production: 5 ms per writer that stopped,
+    # stacked at the end of a contention run; 5 s here, so that a miss cannot pass unseen).
+    if ticket_gate._FUTEX is None:
+        pytest.skip("turns and kept places need futex waits")
+    db = _make_db(tmp_path / "stops.db")
+    ready, out, release, stop = CTX.Queue(), CTX.Queue(), CTX.Event(), CTX.Event()
+    holder = _start(_hold_gate, db, ready, release, out, False)
+    _get(ready, "the holder")
+    base = _next_ticket(db)
+    second = _start(_admitted_then_stop_writing, db, out, stop)
+    _wait_for(lambda: _next_ticket(db) == base + 1, "the second to queue")
+    third = _start(_queue_slow_liveness, db, "third", out, 20.0)
+    _wait_for(lambda: _next_ticket(db) == base + 2, "the third to queue")
+    release.set()
+    results = {r[0]: r[1:] for r in (_get(out, "results") for _ in range(3))}
+    stop.set()
+    _join(holder, second, third)
+    stopped, outcome = results["stopped"]
+    assert outcome == "waited"
+    got, outcome = results["third"]
+    assert outcome == "waited"
+    assert got - stopped < 2.0, f"the third got the gate {got - stopped:.2f} s after the second stopped writing"
+
+
 @pytest.mark.parametrize("locks", ["ofd", "posix"])
 def test_helper_thread_waits_without_futex(tmp_path: Path, locks: str) -> None:
     """Where futex is not available (macOS) the wait blocks on the predecessor's byte in a helper
@@ -876,3 +928,25 @@ def test_contention_rows_run_alone_from_the_command_line(tmp_path: Path) -> None
                                          "contention.normal.2x5.spread"}
     assert rows[0]["corestore_retries"] == 0 and "gate_admissions_median" in rows[0]
     assert "turn_s" in proc.stdout
+    # the checkpoint governor's settings reach the gated side too (the default profile carries it)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_multiprocess", "--pairs", "7", "--shape", "2x5",
+                           "--governor", "defer_max_s=0", "--json", str(out)],
+                          cwd=root, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "governor settings {'defer_max_s': 0}" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert rows[0]["corestore_retries"] == 0
+
+
+def test_trace_contention_runs_from_the_command_line(tmp_path: Path) -> None:
+    """``python -m benchmarks.trace_contention`` (the fourth round's traces): a tiny shape, two
+    alternated variants, every transaction traced; a smoke run (it prints, it asserts no time)."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.trace_contention", "--shape", "3x10", "--samples", "1",
+                           "--variant", "a=turn_s=0.001", "--variant", "b=turn_s=0.005,governor.defer_max_s=0"],
+                          cwd=root, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("[a] wall ") for line in lines) == 1
+    assert sum(line.startswith("[b] wall ") for line in lines) == 1
+    assert any(line.startswith("median [b] over 1:") for line in lines)

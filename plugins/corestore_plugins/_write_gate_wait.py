@@ -1,25 +1,32 @@
 """Waiting for a turn at the write gate (:mod:`corestore_plugins._write_gate_ticket` runs the
 queue): on Linux a futex sleep on the predecessor's state word, elsewhere a blocking fcntl wait on
 its byte in a pooled helper thread; judging a predecessor found gone or keeping its place; giving
-up a ticket. :class:`GateWaits` is the part of :class:`~corestore_plugins._write_gate_ticket.Gate`
-that does it, over :class:`~corestore_plugins._write_gate_table.GateTable`'s table and locks.
+up a ticket; counting who waits (``queued()``). :class:`GateWaits` is the part of
+:class:`~corestore_plugins._write_gate_ticket.Gate` that does it, over
+:class:`~corestore_plugins._write_gate_table.GateTable`'s table and locks.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from ._write_gate_table import (
     _ABANDONED,
     _DONE,
+    _ENTRY,
+    _ENTRY_SIZE,
     _FUTEX,
+    _HEADER,
     _HOLDING,
     _MAX_IDLE_HELPERS,
     _META,
+    _NEXT,
     _OFD,
     _SLOT_BYTE,
     _TAKEN,
     _U32,
+    _U64,
     _WAITING,
     LIVENESS_S,
     SLOTS,
@@ -115,7 +122,10 @@ class GateWaits(GateTable):
         we take the place over (:meth:`_take_over`). After a sleep that changed nothing (every
         ``LIVENESS_S`` at most: a waiter does not see its predecessor being admitted, so it also
         looks every ``LIVENESS_S`` for a place kept by a writer that has stopped writing; 25 ms
-        made the end of a contention run, when writers finish one by one, stall visibly) we
+        made the end of a contention run, when writers finish one by one, stall visibly; so an
+        admitted waiter wakes its successor once, which then sleeps to the new holder's
+        ``until`` instead, and a writer that stops costs the queue its turn's end, not
+        ``LIVENESS_S``) we
         check that it is still alive, i.e. still holds its byte, so a crashed process is
         noticed right after the kernel drops its lock."""
         assert _FUTEX is not None
@@ -157,6 +167,43 @@ class GateWaits(GateTable):
             check = self._state(pred)[:2] == (owner, state)  # unchanged: check it is alive
         return Outcome.WAITED
 
+    def queued(self) -> int:
+        """How many writers wait for their turn right now: the ``WAITING`` tickets at the end of
+        the queue, read from the shared table without a lock (one memory read per waiter), or 0
+        when none of their processes is alive (``kill(pid, 0)`` from the newest back until one
+        is: one system call as a rule), so that a crashed waiter's entry never reads as a queue.
+
+        **When**: the checkpoint governor asks before (and while holding the gate, after) taking
+        the gate for a checkpoint, to defer it while writers queue (issue 19). The answer is a hint
+        (the queue moves while it is read), never a basis for correctness; 0 when the gate is
+        unavailable. A waiter whose pid this process cannot see (another PID namespace sharing the
+        file) counts as gone: the governor then checkpoints as it would without a queue."""
+        if self._map is None and not self._open():
+            return 0
+        table = self._map
+        if table is None:  # closed meanwhile
+            return 0
+        ticket = _U64.unpack_from(table, _NEXT)[0] - 1
+        pids: list[int] = []
+        for _ in range(SLOTS):
+            if ticket < 1:
+                break
+            owner, state, pid, _until, _busy, _taken = _ENTRY.unpack_from(
+                table, _HEADER + (ticket % SLOTS) * _ENTRY_SIZE)
+            ticket -= 1
+            if owner != ticket + 1 or state == _ABANDONED:
+                continue  # a skipped ticket (its slot holds an older one) or a waiter that gave up
+            if state != _WAITING:
+                break  # the holder (or a finished ticket): the front of the queue
+            pids.append(pid)
+        seen: set[int] = set()
+        for pid in pids:
+            if pid not in seen:
+                if _pid_alive(pid):
+                    return len(pids)
+                seen.add(pid)
+        return 0
+
     def _give_up(self, fd: int, ticket: int) -> Outcome:
         self._abandon(ticket, fd)
         self._give_back(fd)
@@ -190,3 +237,16 @@ class GateWaits(GateTable):
         self._give_fd(fd)
         if not _OFD:
             self._proc.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a waiter's entry outlives a crashed waiter)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True

@@ -17,11 +17,13 @@ What it does (``mode = "governed"``, the default):
 * On every connection: ``wal_autocheckpoint = 0`` (SQLite's automatic checkpoints are PASSIVE:
   they run after a commit *without* the writer lock) and ``journal_size_limit`` = the target
   unless the profile sets one; ``mmap_size`` on an affected SQLite is refused.
-* A counter on the commit path (``on_success``; no system call) wakes the governor's thread every
-  ``check_every`` operations; the thread also wakes every ``interval_s``. The thread starts lazily (issue 18:
-  no thread start in a fresh open): at the ``check_every``-th operation, or when the process-wide
+* A counter on the commit path (``on_success``): every ``check_every`` operations one ``stat`` of
+  ``-wal`` there, which wakes the governor's thread only when the WAL is over its target (issue
+  19: a wake-up on the commit path is paid by every writer queued at the write gate); the thread
+  also wakes every ``interval_s``. The thread starts lazily (issue 18: no thread start in a fresh
+  open): at the first such check that finds the WAL over its target, or when the process-wide
   pacer (:mod:`corestore_plugins._governor_pacer`), which ``stat``s ``-wal`` every ``interval_s``
-  until then, finds the WAL over its target. It ``stat``s ``-wal``;
+  until then, does. It ``stat``s ``-wal``;
   above ``target_wal_bytes`` it looks for readers pinning WAL frames in ``/proc/locks``
   (:mod:`corestore_plugins._wal_readers`, never by opening ``-shm``), inside the write gate when
   there is one (so this process's own read marks are readers', not its writers'). With such a reader the
@@ -41,6 +43,9 @@ What it does (``mode = "governed"``, the default):
   result is counted as a *breach* (health DEGRADED). When the writes stopped, the governor's own
   empty commit restarts the WAL so ``-wal`` returns to ``journal_size_limit``. It cannot cover
   checkpoints outside corestore (another program's automatic checkpoints).
+* **Deferral under contention** (issue 19, with the ``write_gate`` plugin): a due checkpoint is
+  put off while writers are queued at the gate, so that it lands in a pause of the writes, up to
+  a ceiling (``defer_wal_factor``, ``defer_max_s``): :mod:`corestore_plugins._governor_deferral`.
 
 ``mode = "none"``: no checkpoint at all by corestore while the store is open (a replication tool
 such as Litestream owns them). With apsw the connections also set
@@ -61,11 +66,13 @@ from typing import Any, ClassVar
 import attrs
 
 from corestore import ConfigError, HealthComponent, HealthStatus, StoreError, hookimpl
-from corestore.settings import boolean, integer_at_least, non_negative_seconds, one_of
+from corestore.settings import boolean, integer_at_least, non_negative_seconds, number, one_of
 from corestore.sqlitebugs import affecting, linked_version
 from corestore.sqlitefile import file_size, read_header
 
 from . import _governor_pacer
+from ._governor_deferral import Deferral
+from ._governor_thread import GovernorThread
 from ._wal_readers import process_name, wal_readers
 from ._writer_lock import WriterLock
 
@@ -79,7 +86,7 @@ _WAL_HEADER = 32
 _FRAME_HEADER = 24
 
 
-class CheckpointGovernor:
+class CheckpointGovernor(GovernorThread):
     """Keeps the WAL near ``target_wal_bytes`` and runs checkpoints that hold the writers out.
 
     Settings (``[profiles.NAME.settings.checkpoint_governor]``):
@@ -88,11 +95,13 @@ class CheckpointGovernor:
     |---|---|---|---|
     | ``mode`` | str | ``"governed"`` | ``"governed"``: the governor checkpoints; ``"none"``: corestore runs no checkpoint (a replication tool owns them) |
     | ``target_wal_bytes`` | int | 16 MiB | WAL size above which a checkpoint is due; also ``journal_size_limit`` unless the profile sets it |
-    | ``check_every`` | int | 64 | operations between two size checks on the commit path (a counter) |
+    | ``check_every`` | int | 64 | operations between two size checks (one ``stat``) on the commit path |
     | ``interval_s`` | float | 1.0 | the governor thread also checks this often (0: only the commit-path counter) |
     | ``checkpoint_busy_ms`` | int | 200 | longest wait of one checkpoint for the writer lock or a reader |
     | ``gate_timeout_s`` | float | 5.0 | longest wait for the write gate, or for SQLite's writer lock under the mitigation, before a round is skipped |
     | ``wal_reset_mitigation`` | bool | true | on a SQLite with the WAL-reset bug, checkpoint only while holding SQLite's writer lock and count busy checkpoints as breaches |
+    | ``defer_wal_factor`` | float | 2.0 | while writers queue at the write gate a due checkpoint waits for a pause, until the WAL reaches ``target_wal_bytes`` times this (1: never defer) |
+    | ``defer_max_s`` | float | 10.0 | longest deferral of a due checkpoint while writers queue at the write gate (0: never defer) |
     """  # noqa: E501 - a markdown table row cannot be wrapped (the settings table above)
 
     name: ClassVar[str] = "checkpoint_governor"
@@ -108,7 +117,7 @@ class CheckpointGovernor:
         target_wal_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=integer_at_least(4096), metadata={
             "help": "WAL size (bytes) above which a checkpoint is due; also journal_size_limit unless the profile sets it"})
         check_every: int = attrs.field(default=64, validator=integer_at_least(1), metadata={
-            "help": "operations between two WAL size checks on the commit path (a counter, no system call)"})
+            "help": "operations between two WAL size checks (one stat) on the commit path"})
         interval_s: float = attrs.field(default=1.0, validator=non_negative_seconds, metadata={
             "help": "the governor thread also checks this often (0: only the commit-path counter)"})
         checkpoint_busy_ms: int = attrs.field(default=200, validator=integer_at_least(0), metadata={
@@ -117,6 +126,12 @@ class CheckpointGovernor:
             "help": "longest wait for the write gate (or SQLite's writer lock under the mitigation) before a round is skipped"})
         wal_reset_mitigation: bool = attrs.field(default=True, validator=boolean, metadata={
             "help": "on a SQLite with the WAL-reset bug: checkpoints only under SQLite's writer lock, busy = breach"})
+        defer_wal_factor: float = attrs.field(default=2.0, validator=number(1.0, unit="times target_wal_bytes"),
+                                              metadata={
+            "help": "while writers queue at the write gate a due checkpoint waits for a pause, until the WAL "
+                    "reaches target_wal_bytes times this (1: never defer)"})
+        defer_max_s: float = attrs.field(default=10.0, validator=non_negative_seconds, metadata={
+            "help": "longest deferral of a due checkpoint while writers queue at the write gate (0: never defer)"})
 
     def __init__(self, settings: CheckpointGovernor.Settings | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -130,11 +145,13 @@ class CheckpointGovernor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._restart = False  # start the thread of its own at the check_every-th operation (lazy; a forked child)
+        self._restart = False  # start the thread of its own at its first round's check (lazy; a forked child)
+        self._governing = False  # governed mode on a writable file (set at on_store_open)
         self._ops = 0  # the commit-path counter (approximate across threads: it only paces checks)
         self._affected = False
         self._counts = {"checks": 0, "checkpoints": 0, "completed": 0, "busy": 0, "breaches": 0, "errors": 0,
                         "skipped_reader": 0, "skipped_gate": 0, "skipped_lock": 0, "wal_restarts": 0}
+        self._deferral = Deferral(self.settings.defer_wal_factor, self.settings.defer_max_s, clock)
         self._last: dict[str, Any] | None = None
         self._readers: dict[tuple[Any, int], float] = {}  # (pid, slot) -> first seen (monotonic)
         self._starving: list[dict[str, Any]] = []
@@ -169,14 +186,18 @@ class CheckpointGovernor:
 
     def stats(self) -> dict[str, Any]:
         """Counters (``checks``, ``checkpoints``, ``completed``, ``busy``, ``breaches``,
-        ``errors``, ``skipped_reader``, ``skipped_gate``), ``wal_bytes``, ``wal_frames``,
-        ``target_wal_bytes``, ``last_checkpoint`` (result and ``age_s``), ``starving_readers``."""
+        ``errors``, ``skipped_reader``, ``skipped_gate``, ``deferred``: rounds that put a due
+        checkpoint off while writers queued at the write gate, ``forced``: checkpoints run past
+        the deferral's ceiling), ``wal_bytes``, ``wal_frames``, ``target_wal_bytes``,
+        ``deferring_s`` (how long the due checkpoint has been deferred, or None),
+        ``last_checkpoint`` (result and ``age_s``), ``starving_readers``."""
         store = self._store
         wal = self._wal_bytes(store) if store is not None else None
         with self._lock:
             out: dict[str, Any] = dict(self._counts)
             last = dict(self._last) if self._last is not None else None
             starving = [dict(r) for r in self._starving]
+        out.update(self._deferral.snapshot())
         out.update(mode=self.settings.mode, target_wal_bytes=self.settings.target_wal_bytes, wal_bytes=wal,
                    wal_frames=self._frames(store, wal), starving_readers=starving)
         if last is not None:
@@ -186,7 +207,9 @@ class CheckpointGovernor:
 
     def history(self) -> list[dict[str, Any]]:
         """The latest checkpoints: ``start_ns``/``end_ns`` (``time.monotonic_ns``, taken inside the
-        write gate when one is held), ``mode``, ``result`` (busy, log, checkpointed), ``gate_held``."""
+        write gate when one is held), ``mode``, ``result`` (busy, log, checkpointed), ``gate_held``,
+        ``deferred_s`` (how long it was put off while writers queued, or None) and ``forced``
+        (``"wal"`` or ``"time"``: it ran past that ceiling with writers queued; else None)."""
         with self._lock:
             return [dict(h) for h in self._history]
 
@@ -215,12 +238,13 @@ class CheckpointGovernor:
 
     @hookimpl
     def on_store_open(self, store: Any) -> None:
-        """Arm the governor (governed mode, a writable file): its thread starts at the
-        ``check_every``-th operation, or sooner when the process-wide pacer
-        (:mod:`corestore_plugins._governor_pacer`), which ``stat``s ``-wal`` every ``interval_s``
-        meanwhile, finds the WAL over its target. No thread is started at open."""
+        """Arm the governor (governed mode, a writable file): its thread starts when the WAL is
+        found over its target, by the commit path's check every ``check_every`` operations or by
+        the process-wide pacer (:mod:`corestore_plugins._governor_pacer`), which ``stat``s
+        ``-wal`` every ``interval_s`` meanwhile. No thread is started at open."""
         self._store = store
-        if self._governs(store):
+        self._governing = self._governs(store)
+        if self._governing:
             self._restart = True
             if self.settings.interval_s:
                 _governor_pacer.watch(self, self.settings.interval_s)
@@ -228,42 +252,12 @@ class CheckpointGovernor:
     def _governs(self, store: Any) -> bool:
         return self.settings.mode == "governed" and not store.memory and not store.profile.read_only
 
-    def _start(self, store: Any) -> None:
-        """Start the governor thread (once; never after ``on_close``) and wake it for a round."""
-        with self._lock:
-            if self._thread is not None or self._stop.is_set() or not self._governs(store):
-                return
-            self._restart = False
-            _governor_pacer.unwatch(self)
-            self._thread = threading.Thread(target=self._loop, name=f"corestore-governor:{os.path.basename(store.path)}",
-                                            daemon=True)
-            self._wake.set()  # the first round runs at once
-            self._thread.start()
-
-    def paced_check(self) -> None:
-        """The pacer's check while this governor has no thread (every ``interval_s``): one
-        ``stat`` of ``-wal``, counted in ``checks``; over the target, the thread starts and runs
-        the round (:mod:`corestore_plugins._governor_pacer`)."""
-        store = self._store
-        if store is None or store.closed or self._stop.is_set():
-            _governor_pacer.unwatch(self)
-            return
-        with self._lock:
-            self._counts["checks"] += 1
-        if (self._wal_bytes(store) or 0) > self.settings.target_wal_bytes:
-            self._start(store)
-
-    @property
-    def thread_started(self) -> bool:
-        """Whether this governor's own thread is running (it starts lazily, see ``on_store_open``)."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
     @hookimpl
     def on_fork_child(self, store: Any) -> None:
         """In a forked child (the core calls it): the governor thread and its locks are the
         parent's. No thread is started here (a fork handler must not); a child that writes gets its
-        own at its ``check_every``-th operation (the parent's keeps governing the file meanwhile)."""
+        own at its first commit-path check that finds the WAL over its target (the parent's keeps
+        governing the file meanwhile)."""
         self._lock = threading.Lock()
         self._round_lock = threading.Lock()
         self._wake = threading.Event()
@@ -272,19 +266,9 @@ class CheckpointGovernor:
         self._thread = None
         self._readers = {}
         self._starving = []
+        self._deferral.reset()  # the parent's deferral is the parent's
         if self._writer_lock is not None:
             self._writer_lock.forget()
-
-    @hookimpl
-    def on_success(self, store: Any) -> None:
-        """The hot path: one counter; every ``check_every`` operations wake the governor thread
-        (it does not name ``operation``: alone it costs the core no Operation object)."""
-        self._ops += 1
-        if self._ops >= self.settings.check_every:
-            self._ops = 0
-            if self._restart:  # the first check_every operations (or a forked child's): its thread starts here
-                self._start(store)
-            self._wake.set()
 
     @hookimpl
     def on_close(self, store: Any) -> None:
@@ -316,6 +300,8 @@ class CheckpointGovernor:
             who = ", ".join(f"pid {r['pid']} ({r['process'] or '?'}) for {r['held_s']:.1f} s" for r in readers)
             status = HealthStatus.DEGRADED
             summary = f"WAL {wal} bytes over target {target}: starved by reader(s) holding a snapshot: {who}"
+        elif stats["deferring_s"] is not None and wal is not None and wal > target:
+            summary = self._deferral.summary(wal, target, stats["deferring_s"])
         elif stats["breaches"]:
             status = HealthStatus.DEGRADED
             summary = f"{stats['breaches']} checkpoint(s) returned busy while the WAL-reset mitigation is required"
@@ -325,22 +311,11 @@ class CheckpointGovernor:
             summary = f"WAL {wal} bytes over target {target}; last checkpoint failed: {stats['last_checkpoint']['error']}"
         return HealthComponent(name=self.name, status=status, summary=summary, details=stats)
 
-    # -- the governor ---------------------------------------------------------------------------
-    def _loop(self) -> None:
-        interval = self.settings.interval_s or None
-        while not self._stop.is_set():
-            self._wake.wait(interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.tick()
-            except Exception:  # the governor must never die silently: log and go on
-                logger.exception("%s: checkpoint governor round failed", getattr(self._store, "path", "?"))
-
+    # -- the governor (its thread and checks: corestore_plugins._governor_thread) -----------------
     def tick(self) -> str:
         """One governor round (the thread calls it; tests may too). Returns what it did:
-        ``"none-mode"``, ``"under-target"``, ``"reader"``, ``"gate"``, ``"checkpoint"``, ``"busy"``, ``"error"``."""
+        ``"none-mode"``, ``"under-target"``, ``"deferred"`` (writers queue at the write gate),
+        ``"reader"``, ``"gate"``, ``"lock"``, ``"checkpoint"``, ``"busy"``, ``"error"``."""
         store = self._store
         if store is None or self.settings.mode == "none" or store.closed:
             return "none-mode"
@@ -350,8 +325,9 @@ class CheckpointGovernor:
             wal = self._wal_bytes(store) or 0
             if wal <= self.settings.target_wal_bytes:
                 self._note_readers([])
+                self._deferral.reset()  # (another process checkpointed it)
                 return "under-target"
-            return self._checkpoint(store)
+            return self._checkpoint(store, wal)
 
     def _live_readers(self, store: Any, gate_held: bool) -> list[dict[str, Any]]:
         """Readers that would make a checkpoint wait. Inside the write gate every read mark is a
@@ -363,8 +339,11 @@ class CheckpointGovernor:
             readers = [r for r in readers if r["pid"] != me]
         return readers
 
-    def _checkpoint(self, store: Any) -> str:
+    def _checkpoint(self, store: Any, wal: int) -> str:
         gate = store.plugins.get("write_gate")
+        target = self.settings.target_wal_bytes
+        if self._deferral.defer(store.path, gate, wal, target):  # writers queue: do not even join the queue
+            return "deferred"
         mitigate = self._affected and self.settings.wal_reset_mitigation
         held_cm = gate.held(self.settings.gate_timeout_s) if gate is not None else contextlib.nullcontext(None)
         with held_cm as held:
@@ -372,11 +351,16 @@ class CheckpointGovernor:
                 with self._lock:
                     self._counts["skipped_gate"] += 1
                 return "gate"
+            if held and self._deferral.defer(store.path, gate, wal, target):  # queued behind us meanwhile: after them
+                return "deferred"
             readers = self._live_readers(store, bool(held))
             self._note_readers(readers)
             if readers:  # the checkpoint could not complete: escalating would only stall the writers
                 with self._lock:
                     self._counts["skipped_reader"] += 1
+                # a reader, not the queue, holds it up now: back to rounds every interval_s (not
+                # every RECHECK_S, each reading /proc/locks inside the gate)
+                self._deferral.reset()
                 return "reader"
             if mitigate:
                 return self._locked_checkpoint(store, bool(held))
@@ -426,10 +410,11 @@ class CheckpointGovernor:
 
     def _record(self, store: Any, mode: str, result: Any, error: str | None, start: int, end: int,
                 gate_held: bool, lock_held: bool, mitigate: bool) -> str:
+        deferred_s, forced = self._deferral.end()
         with self._lock:
             self._counts["checkpoints"] += 1
             entry = {"start_ns": start, "end_ns": end, "mode": mode, "result": result, "gate_held": gate_held,
-                     "writer_lock_held": lock_held, "error": error}
+                     "writer_lock_held": lock_held, "error": error, "forced": forced, "deferred_s": deferred_s}
             self._history.append(entry)
             self._last = {"at_monotonic": self.clock(), "result": result, "error": error, "gate_held": gate_held,
                           "writer_lock_held": lock_held}

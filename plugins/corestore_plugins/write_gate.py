@@ -121,7 +121,7 @@ class WriteGate:
     ``timeout_s``         float none    Longest wait for the gate; none: the profile's
                                         ``busy_timeout``. An operation's deadline shortens it.
     ``checkpoints``       bool  true    ``store.checkpoint()`` takes the gate too.
-    ``turn_s``            float 0.005   The longest turn: while its turn lasts (or while nobody
+    ``turn_s``            float 0.001   The longest turn: while its turn lasts (or while nobody
                                         waits) a writer keeps its place between transactions and
                                         resumes without a hand-off (0: hand off after each one).
     ``round_s``           float 0.005   A turn is at most ``round_s`` divided among the writers
@@ -159,7 +159,7 @@ class WriteGate:
             metadata={"help": "apsw driver: a fair busy handler (short fixed sleeps to the deadline)"},
         )
         turn_s: float = attrs.field(
-            default=0.005, validator=non_negative_seconds,
+            default=0.001, validator=non_negative_seconds,
             metadata={"help": "the longest turn: while its turn lasts (or nobody waits) a writer keeps its place "
                               "between transactions and resumes without a hand-off (0: hand off after each one)"},
         )
@@ -225,6 +225,18 @@ class WriteGate:
         finally:
             if outcome.held:
                 gate.release()
+
+    def queued(self) -> int:
+        """How many writers (of every process using the gate) wait for their turn now; 0 without a
+        gate. A hint read from the shared table without a lock (the queue moves meanwhile): the
+        checkpoint governor defers a checkpoint while it is non-zero (issue 19)."""
+        gate = self._gate
+        if gate is None:
+            return 0
+        try:
+            return gate.queued()
+        except (OSError, ValueError):  # the table was unmapped by a close meanwhile
+            return 0
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``gated`` (operations that held the gate), ``immediate`` (no wait),
