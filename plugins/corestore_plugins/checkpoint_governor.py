@@ -100,7 +100,7 @@ class CheckpointGovernor(GovernorThread):
     | ``checkpoint_busy_ms`` | int | 200 | longest wait of one checkpoint for the writer lock or a reader |
     | ``gate_timeout_s`` | float | 5.0 | longest wait for the write gate, or for SQLite's writer lock under the mitigation, before a round is skipped |
     | ``wal_reset_mitigation`` | bool | true | on a SQLite with the WAL-reset bug, checkpoint only while holding SQLite's writer lock and count busy checkpoints as breaches |
-    | ``defer_wal_factor`` | float | 2.0 | while writers queue at the write gate a due checkpoint waits for a pause, until the WAL reaches ``target_wal_bytes`` times this (1: never defer) |
+    | ``defer_wal_factor`` | float | 1.25 | while writers queue at the write gate a due checkpoint waits for a pause, until the WAL reaches ``target_wal_bytes`` times this (1: never defer) |
     | ``defer_max_s`` | float | 10.0 | longest deferral of a due checkpoint while writers queue at the write gate (0: never defer) |
     """  # noqa: E501 - a markdown table row cannot be wrapped (the settings table above)
 
@@ -126,7 +126,7 @@ class CheckpointGovernor(GovernorThread):
             "help": "longest wait for the write gate (or SQLite's writer lock under the mitigation) before a round is skipped"})
         wal_reset_mitigation: bool = attrs.field(default=True, validator=boolean, metadata={
             "help": "on a SQLite with the WAL-reset bug: checkpoints only under SQLite's writer lock, busy = breach"})
-        defer_wal_factor: float = attrs.field(default=2.0, validator=number(1.0, unit="times target_wal_bytes"),
+        defer_wal_factor: float = attrs.field(default=1.25, validator=number(1.0, unit="times target_wal_bytes"),
                                               metadata={
             "help": "while writers queue at the write gate a due checkpoint waits for a pause, until the WAL "
                     "reaches target_wal_bytes times this (1: never defer)"})

@@ -144,6 +144,8 @@ class Accounting:
         self._on_unknown_table = s.on_unknown_table
         self._yield_s = s.yield_ms / 1000.0
         self._high_water = max(self._ledger.high_water, s.batch_size)  # below batch_size the writer is not taking
+        #: below this queue length (and above 0) submit() neither wakes the writer nor waits for it
+        self._attention = min(s.batch_size - 1, self._high_water)
 
     # -- the caller's side ------------------------------------------------------------------
     def submit(self, table_or_model: Any, row: Mapping[str, Any]) -> bool:
@@ -199,6 +201,8 @@ class Accounting:
                 led.enqueue_n = i + 1
         finally:
             lock.release()
+        if n and n < self._attention:  # the usual call: neither a wake-up nor a wait is due
+            return True
         if (n == 0 or n + 1 >= self._batch_size) and not led.wake.is_set():
             led.wake.set()
         if n >= self._high_water and self._yield_s:
