@@ -76,11 +76,12 @@ class PairSamples:
         return [c / b if b else math.inf for b, c in zip(self.baseline, self.corestore, strict=True)]
 
 
-def _timed(fn: Callable[[], float | None]) -> float:
-    """Run one sample with the garbage collector paused; its value is what ``fn`` returns, or
-    the wall time of the call when it returns None."""
+def _timed(fn: Callable[[], float | None], gc_paused: bool = True) -> float:
+    """Run one sample, with the garbage collector paused unless ``gc_paused`` is False; its
+    value is what ``fn`` returns, or the wall time of the call when it returns None."""
     gc.collect()
-    gc.disable()
+    if gc_paused:
+        gc.disable()
     try:
         start = time.perf_counter()
         value = fn()
@@ -91,27 +92,29 @@ def _timed(fn: Callable[[], float | None]) -> float:
 
 
 def measure_pairs(baseline: Callable[[], float | None], corestore: Callable[[], float | None], *,
-                  pairs: int = MIN_PAIRS, warmup: int = 1) -> PairSamples:
+                  pairs: int = MIN_PAIRS, warmup: int = 1, gc_paused: bool = True) -> PairSamples:
     """Run ``pairs`` baseline/corestore pairs, alternating which side goes first.
 
     Each callable runs one sample and returns its measured value (seconds, or any "lower is
     better" number), or None to be timed as a whole. ``warmup`` unrecorded pairs run first (page
-    cache, imports, first connections).
+    cache, imports, first connections). Samples run with the garbage collector paused (less
+    noise), unless ``gc_paused`` is False: for work whose cost includes what it leaves the
+    collector, such as a queue of rows (``bench_accounting``).
     """
     if pairs < MIN_PAIRS:
         raise ValueError(f"at least {MIN_PAIRS} pairs are needed, got {pairs}")
     for _ in range(warmup):
-        _timed(baseline)
-        _timed(corestore)
+        _timed(baseline, gc_paused)
+        _timed(corestore, gc_paused)
     out = PairSamples()
     for i in range(pairs):
         first_baseline = i % 2 == 0
         if first_baseline:
-            b = _timed(baseline)
-            c = _timed(corestore)
+            b = _timed(baseline, gc_paused)
+            c = _timed(corestore, gc_paused)
         else:
-            c = _timed(corestore)
-            b = _timed(baseline)
+            c = _timed(corestore, gc_paused)
+            b = _timed(baseline, gc_paused)
         out.baseline.append(b)
         out.corestore.append(c)
         out.baseline_first.append(first_baseline)
