@@ -454,7 +454,7 @@ def test_wal_mode_wal_survives_and_later_commits_stay_visible(tmp_path: Path, dr
 
 
 # -- multiprocess bursts (the smoke test of the false-corruption incident) --------------------------------
-def _burst_child(path: str, pragmas: dict[str, Any], n: int, start: Any, out: Any) -> None:
+def _burst_child(path: str, pragmas: dict[str, Any], n: int, start: Any, out: Any, vacuumed: Any = None) -> None:
     try:
         profile = Profile(path=path, name="burst", plugins=("wal_invariants",), pragmas=pragmas,
                           settings={"wal_invariants": {"wal_check_interval_s": 0}},  # check every commit
@@ -464,6 +464,15 @@ def _burst_child(path: str, pragmas: dict[str, Any], n: int, start: Any, out: An
         naive = 0
         start.wait(30)
         for i in range(n):
+            if vacuumed is not None and i == n // 2:
+                # halfway through, until the VACUUMing process has shrunk the file twice: so the
+                # second half of the burst always meets files VACUUMed under it, however the
+                # machine schedules the 21 processes (a loaded machine once let one VACUUM in)
+                deadline = time.monotonic() + 60
+                while vacuumed.value < 2:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"waited 60 s for two VACUUMs of {path}; {vacuumed.value} ran")
+                    time.sleep(0.01)
             store.run(lambda i=i: store.database.execute_sql("INSERT INTO item (pid, i) VALUES (?, ?)", (pid, i)))
             if pragmas["journal_mode"] == "wal":
                 # Upstream's check, for comparison only: the page count SQLite sees (WAL
@@ -476,7 +485,7 @@ def _burst_child(path: str, pragmas: dict[str, Any], n: int, start: Any, out: An
         out.put(("error", f"{type(err).__name__}: {err}", 0, 0))
 
 
-def _vacuum_child(path: str, stop: Any, out: Any) -> None:
+def _vacuum_child(path: str, stop: Any, out: Any, vacuumed: Any) -> None:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute("PRAGMA synchronous = off")
     done = 0
@@ -486,6 +495,7 @@ def _vacuum_child(path: str, stop: Any, out: Any) -> None:
         conn.execute("DELETE FROM scratch")
         conn.execute("VACUUM")
         done += 1
+        vacuumed.value = done
         stop.wait(0.1)
     out.put(("vacuums", done, 0, 0))
 
@@ -511,12 +521,14 @@ def test_multiprocess_burst_has_zero_violations(tmp_path: Path, variant: str) ->
     conn.close()
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     out, start, stop = ctx.Queue(), ctx.Event(), ctx.Event()
-    children = [ctx.Process(target=_burst_child, args=(path, pragmas, rows, start, out)) for _ in range(procs)]
+    vacuumed = ctx.Value("i", 0) if mode == "delete" else None
+    children = [ctx.Process(target=_burst_child, args=(path, pragmas, rows, start, out, vacuumed))
+                for _ in range(procs)]
     for child in children:
         child.start()
     vacuum = None
     if mode == "delete":
-        vacuum = ctx.Process(target=_vacuum_child, args=(path, stop, out))
+        vacuum = ctx.Process(target=_vacuum_child, args=(path, stop, out, vacuumed))
         vacuum.start()
     started = time.monotonic()
     start.set()
