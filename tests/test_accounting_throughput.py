@@ -300,3 +300,18 @@ def test_rows_with_the_same_keys_in_another_order_keep_their_values() -> None:
             conn.execute(sql, args)
     assert sorted(conn.execute("SELECT a, b FROM t").fetchall()) == [(1, 2), (3, 4), (5, 6)]
     assert sorted(len(good) for _, good in groups.values()) == [1, 2]
+
+
+def test_a_submitter_does_not_give_way_once_the_writer_has_taken_the_backlog() -> None:
+    """give_way() is called with the queue length the submitter saw before it waited for the
+    writer's call; if the writer took a batch meanwhile, waiting for its next take would last
+    until yield_ms with the writer waiting for rows (seen in a trace: 5 ms idle on both sides)."""
+    led = Ledger(100)
+    for i in range(10):  # under half full: the writer took the backlog meanwhile
+        led.queue.append({"n": i})
+        led.queue_tables.append("t")
+        led.queue_times.append(0.0)
+        led.accepted += 1
+    led.give_way(30.0)
+    led.give_way(30.0, last_chance=True)
+    assert led.yields == 0 and led.yield_armed and led.full_armed

@@ -278,6 +278,12 @@ class Ledger:
         with self.lock:
             if self.closed:
                 return
+            # the writer may have taken a batch since the caller looked at the queue (its wait
+            # for the writer's call came first): then there is nothing left to give way to, and
+            # waiting would last until yield_ms (measured: 5 ms with the writer waiting for
+            # rows and the producer waiting for the writer)
+            if len(self.queue) < (self.near_full if last_chance else self.high_water):
+                return
             if last_chance:
                 if not self.full_armed:
                     return
