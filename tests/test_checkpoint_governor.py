@@ -17,6 +17,7 @@ import pytest
 import corestore
 from corestore import HealthStatus, registry
 from corestore.sqlitebugs import affecting
+from corestore_contrib.failpoint import integrity_check
 from corestore_contrib.waiting import wait_until
 from corestore_plugins._wal_readers import wal_readers
 
@@ -330,11 +331,7 @@ def test_mitigation_checkpoints_never_run_while_another_process_commits(tmp_path
     assert stats["breaches"] == 0 and all(h["result"][0] == 0 for h in checkpoints)
     overlaps = [(c, h) for h in checkpoints for c in commits if c[0] < h["end_ns"] and h["start_ns"] < c[1]]
     assert overlaps == []
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    finally:
-        conn.close()
+    assert integrity_check(path) == "ok"
 
 
 _WRITER_NO_GATE = _WRITER.replace('enable=["write_gate", "checkpoint_governor"]', 'enable=["checkpoint_governor"]')
@@ -361,11 +358,7 @@ def test_mitigation_without_write_gate_holds_the_writer_lock_for_every_checkpoin
         wait_until(lambda: os.stat(str(path) + "-wal").st_size <= 64 * 1024, "the WAL to return under the target")
     finally:
         store.close()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    finally:
-        conn.close()
+    assert integrity_check(path) == "ok"
 
 
 # -- the lazily started thread (issue 18: no thread start in a fresh open) --------------------------

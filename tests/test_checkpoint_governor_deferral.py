@@ -21,6 +21,7 @@ import pytest
 
 import corestore
 from corestore import ConfigError, Profile, registry
+from corestore_contrib.failpoint import integrity_check
 from corestore_contrib.waiting import wait_until
 from corestore_plugins import _write_gate_ticket as ticket_gate
 
@@ -161,11 +162,7 @@ def test_a_checkpoint_waits_while_a_writer_queues_and_lands_when_the_writes_paus
         if queue is not None:
             queue.close()
         store.close()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    finally:
-        conn.close()
+    assert integrity_check(path) == "ok"
 
 
 @pytest.mark.parametrize("ceiling", ["wal", "time"])
