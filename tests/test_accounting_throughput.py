@@ -164,58 +164,50 @@ def test_chunk_sizes_cover_the_rows_with_few_distinct_statements(n: int, step: i
     assert len([size for size in sizes if size < 64 and size not in (step, preferred)]) <= 1
 
 
-def test_a_stalled_writer_costs_a_submitter_a_bounded_wait(tmp_path: Path) -> None:
-    path = tmp_path / "stalled.db"
-    s = open_acc(path, queue_size=100, batch_size=10, yield_ms=50)
+def submit_while_stuck(tmp_path: Path, name: str, n: int, **settings: Any
+                       ) -> tuple[list[bool], float, dict[str, Any], dict[str, Any]]:
+    """Submit ``n`` rows while the writer is stuck on a real write lock (it takes one batch and
+    waits for the lock): what each ``submit()`` returned, how long they took and the stats then;
+    then let the writer go, ``flush()``, and the stats after it."""
+    path = tmp_path / name
+    s = open_acc(path, **settings)
     try:
         acc = s.plugin("accounting")
-        with write_locked(path):  # the writer takes one batch and waits for the lock
+        with write_locked(path):
             started = time.monotonic()
-            for i in range(100):
-                assert acc.submit("usage", {"kind": "k", "n": i}) is True
+            accepted = [acc.submit("usage", {"kind": "k", "n": i}) for i in range(n)]
             took = time.monotonic() - started
             st = acc.stats()
-            # at most one wait for the take of the first batch, one at half the queue and one at
-            # nine-tenths (both time out: the writer is stuck), then none until it takes again
-            assert st["yields"] <= 3 and took < 2.0, (st["yields"], took)
         assert acc.flush(20) is True
-        assert acc.stats()["written"] == 100
+        return accepted, took, st, acc.stats()
     finally:
         s.close()
+
+
+def test_a_stalled_writer_costs_a_submitter_a_bounded_wait(tmp_path: Path) -> None:
+    accepted, took, st, after = submit_while_stuck(tmp_path, "stalled.db", 100, queue_size=100, batch_size=10,
+                                                   yield_ms=50)
+    assert all(accepted)
+    # at most one wait for the take of the first batch, one at half the queue and one at
+    # nine-tenths (both time out: the writer is stuck), then none until it takes again
+    assert st["yields"] <= 3 and took < 2.0, (st["yields"], took)
+    assert after["written"] == 100
 
 
 def test_below_half_full_submit_never_waits(tmp_path: Path) -> None:
     # the writer stuck on a real write lock, the queue kept under half full: no submit() waits
     # for it (only a producer far ahead of the writer hands it the GIL; incident 004's request
     # path never waits on SQLite while the writer keeps up)
-    path = tmp_path / "underhalf.db"
-    s = open_acc(path, queue_size=1000, batch_size=10, yield_ms=50)
-    try:
-        acc = s.plugin("accounting")
-        with write_locked(path):
-            for i in range(400):
-                assert acc.submit("usage", {"kind": "k", "n": i}) is True
-            st = acc.stats()
-            assert st["yields"] == 0 and st["turns"] == 0, st
-        assert acc.flush(20) is True
-        assert acc.stats()["written"] == 400
-    finally:
-        s.close()
+    accepted, _, st, after = submit_while_stuck(tmp_path, "underhalf.db", 400, queue_size=1000, batch_size=10,
+                                                yield_ms=50)
+    assert all(accepted)
+    assert st["yields"] == 0 and st["turns"] == 0, st
+    assert after["written"] == 400
 
 
 def test_yield_ms_zero_never_waits(tmp_path: Path) -> None:
-    path = tmp_path / "noyield.db"
-    s = open_acc(path, queue_size=100, batch_size=10, yield_ms=0)
-    try:
-        acc = s.plugin("accounting")
-        with write_locked(path):
-            for i in range(100):
-                acc.submit("usage", {"kind": "k", "n": i})
-            st = acc.stats()
-            assert st["yields"] == 0 and st["turns"] == 0
-        assert acc.flush(20) is True
-    finally:
-        s.close()
+    _, _, st, _ = submit_while_stuck(tmp_path, "noyield.db", 100, queue_size=100, batch_size=10, yield_ms=0)
+    assert st["yields"] == 0 and st["turns"] == 0
 
 
 def test_a_submitter_past_the_mark_waits_for_the_writers_call_to_return() -> None:
@@ -273,13 +265,19 @@ def test_queued_rows_give_the_collector_nothing_to_track(tmp_path: Path) -> None
         s.close()
 
 
+def queue_rows(led: Ledger, rows: list[tuple[str, dict[str, Any], float]]) -> None:
+    """Accept ``(table, row, submit time)`` rows into ``led`` as ``submit()`` does (its three
+    queues and the ``accepted`` counter), without a plugin or a writer."""
+    for table, row, ts in rows:
+        led.queue.append(row)
+        led.queue_tables.append(table)
+        led.queue_times.append(ts)
+        led.accepted += 1
+
+
 def test_a_batch_taken_from_a_long_queue_keeps_order_and_numbers() -> None:
     led = Ledger(100, backlog_limit=30)
-    for i in range(80):
-        led.queue.append({"n": i})
-        led.queue_tables.append("t" if i % 2 else "u")
-        led.queue_times.append(float(i))
-        led.accepted += 1
+    queue_rows(led, [("t" if i % 2 else "u", {"n": i}, float(i)) for i in range(80)])
     first = led.take(10)  # the queue is past half full: the backlog limit applies
     assert len(first) == 30 and [item[1]["n"] for item in first] == list(range(30))
     assert list(first.seqs) == list(range(1, 31)) and first[1] == ("t", {"n": 1}, 1.0, 2)
@@ -307,11 +305,7 @@ def test_a_submitter_does_not_give_way_once_the_writer_has_taken_the_backlog() -
     writer's call; if the writer took a batch meanwhile, waiting for its next take would last
     until yield_ms with the writer waiting for rows (seen in a trace: 5 ms idle on both sides)."""
     led = Ledger(100)
-    for i in range(10):  # under half full: the writer took the backlog meanwhile
-        led.queue.append({"n": i})
-        led.queue_tables.append("t")
-        led.queue_times.append(0.0)
-        led.accepted += 1
+    queue_rows(led, [("t", {"n": i}, 0.0) for i in range(10)])  # under half full: the writer took the backlog
     led.give_way(30.0)
     led.give_way(30.0, last_chance=True)
     assert led.yields == 0 and led.yield_armed and led.full_armed

@@ -145,15 +145,21 @@ def test_hook_on_success(tmp_path: Path, plugins, caplog: pytest.LogCaptureFixtu
     store.close()
 
 
-def test_hook_after_operation(tmp_path: Path, plugins) -> None:
-    """Once per operation however it ended (success, caller error, refusal), after the others."""
-    store = open_with(tmp_path / "a.db", "t_gate", "t_recorder")
+def ok_then_duplicate(store: corestore.Store) -> None:
+    """Two write transactions on a fresh table: ``ok`` commits a row, ``dup`` inserts it again
+    and ends in ``ConstraintError``."""
     store.database.execute_sql("create table t(x unique)")
     with store.transaction(name="ok"):
         store.database.execute_sql("insert into t values (1)")
     with pytest.raises(corestore.ConstraintError):
         with store.transaction(name="dup"):
             store.database.execute_sql("insert into t values (1)")
+
+
+def test_hook_after_operation(tmp_path: Path, plugins) -> None:
+    """Once per operation however it ended (success, caller error, refusal), after the others."""
+    store = open_with(tmp_path / "a.db", "t_gate", "t_recorder")
+    ok_then_duplicate(store)
     with pytest.raises(PermissionError):
         with store.transaction(name="forbidden"):
             pass
@@ -178,12 +184,7 @@ def test_hook_after_operation_outcome(tmp_path: Path, plugins, install_plugins) 
     store = open_with(path, "t_gate", "t_recorder", "t_outcome", pragmas={"busy_timeout": 50, "journal_mode": "wal"},
                       retry={"busy_attempts": 50, "base_delay_s": 0.01, "max_delay_s": 0.02})
     assert store.hooks.wants_outcome
-    store.database.execute_sql("create table t(x unique)")
-    with store.transaction(name="ok"):
-        store.database.execute_sql("insert into t values (1)")
-    with pytest.raises(corestore.ConstraintError):
-        with store.transaction(name="dup"):
-            store.database.execute_sql("insert into t values (1)")
+    ok_then_duplicate(store)
     with pytest.raises(ZeroDivisionError):
         with store.transaction(name="mine"):
             1 / 0
@@ -225,12 +226,7 @@ def test_hook_after_operation_outcome_isolated(tmp_path: Path, plugins, install_
     assert store.hooks.wants_outcome
     assert store.hooks.after_operation.__name__ == "after_operation"  # the generated function
     assert store.hooks.implementers("after_operation")[0] == "t_outcome_raiser"  # tryfirst
-    store.database.execute_sql("create table t(x unique)")
-    with store.transaction(name="ok"):
-        store.database.execute_sql("insert into t values (1)")
-    with pytest.raises(corestore.ConstraintError):
-        with store.transaction(name="dup"):
-            store.database.execute_sql("insert into t values (1)")
+    ok_then_duplicate(store)
     assert [e[2:] for e in EVENTS if e[0] == "t_outcome_raiser" and e[2] in ("ok", "dup")] == [
         ("ok", True), ("dup", False)]
     assert [e[2:5] for e in EVENTS if e[0] == "t_outcome" and e[2] in ("ok", "dup")] == [

@@ -96,14 +96,8 @@ class GovernorThread:
 
     def _commit_check(self, store: Any) -> None:
         """Every ``check_every`` operations, on the committing thread: ``stat`` ``-wal`` and wake
-        the governor's thread (starting it, the first time) only when a round has work: the WAL
-        over its target, and, while a checkpoint is deferred under contention (the thread looks
-        every ``RECHECK_S`` then), at the deferral's WAL ceiling.
-
-        Why a ``stat`` rather than a wake-up every time (issue 19): ``on_success`` runs before
-        the write gate is released, so every queued writer waits for what it costs: 1-2 us for a
-        ``stat``, about 0.1 ms for a wake-up (GIL and CPU contention in the writer's turn) and
-        0.45 ms for the thread's start (site/performance.md, the fourth round)."""
+        the governor's thread (starting it, the first time) only when a round has work (the
+        module docs say why, and what a wake-up here cost the writers queued at the gate)."""
         if not self._governing:
             return
         try:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["Item", "Batch", "Ledger", "FlushWaiter", "percentiles", "NEVER"]
+__all__ = ["Item", "Batch", "EMPTY", "Ledger", "FlushWaiter", "percentiles", "NEVER"]
 
 #: A queued row: ``(table_or_model, row, submitted_at, seq)``.
 Item = tuple[Any, dict[str, Any], float, int]
@@ -71,10 +71,6 @@ class Batch:
     def __getitem__(self, i: int) -> Item:
         return (self.tables[i], self.rows[i], self.times[i], self.seqs[i])
 
-    def part(self, start: int, stop: int) -> Batch:
-        """Rows ``start`` to ``stop`` (a statement's share of a group)."""
-        return Batch(self.tables[start:stop], self.rows[start:stop], self.times[start:stop], self.seqs[start:stop])
-
     def pick(self, indices: Sequence[int]) -> Batch:
         """The rows at ``indices`` (one group of a mixed batch), in that order."""
         t, r, ts, sq = self.tables, self.rows, self.times, self.seqs
@@ -86,6 +82,7 @@ class Batch:
         self.tables, self.rows, self.times, self.seqs = self.tables[1:], self.rows[1:], self.times[1:], self.seqs[1:]
 
 
+#: A batch of no rows (the writer's probe during a fault episode).
 EMPTY = Batch((), (), (), ())
 
 _RING = 1024  # latency samples kept (a power of two)

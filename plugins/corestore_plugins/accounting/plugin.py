@@ -189,8 +189,7 @@ class Accounting:
                     led.wake.set()
                 if not room:
                     return False
-                q = led.queue
-                n = len(q)
+                n = len(q)  # (make_room may have dropped the oldest row or waited for room)
             seq = led.accepted = led.accepted + 1
             q.append(row)  # three queues, no tuple per row (accounting.ledger: the collector)
             led.queue_tables.append(table_or_model)
