@@ -9,7 +9,7 @@ from collections.abc import Callable
 from corestore import Classification, ErrorKind
 
 from .deadletter import DeadLetter
-from .ledger import Item
+from .segments import Item
 
 __all__ = ["BATCHES_TABLE", "CALLER_KINDS", "batch_id_floor", "Abandoned", "AlreadyCommitted", "Outcome",
            "describe", "message", "kind_name", "log_letters"]

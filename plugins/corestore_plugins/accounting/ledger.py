@@ -15,75 +15,24 @@ than the oldest unsettled one is settled: that is the watermark :meth:`Ledger.wa
 
 Nothing here does I/O; the lock is never held across I/O.
 
-**Why three queues and no tuple per row.** A queued row is kept as three entries in three deques
-(its table, its copied dict, its submit time), not as one ``(table, row, ts, seq)`` tuple. The
-cyclic garbage collector tracks such a tuple for as long as it lives (it holds a dict), so a
-backlog of 10,000 tuples gets promoted to the oldest generation and pays for full collections
-that scan the whole heap: measured in the end-to-end benchmark, one 15–17 ms collection in every
-other 30,000-row run, 30–40 % of the run. A row's dict of plain values and its float are not
-tracked at all, so the queue adds nothing for the collector to scan. The writer builds the
-entries in the three queues either: what it takes is a :class:`Batch`, the same three lists
-cut from the queues' heads, so no object per row is made for the collector at any point (an
-:data:`Item` tuple is built only for a row that needs one: a dead letter, an isolated retry).
+How the queued rows themselves are kept (segments: no object per row) is
+:mod:`corestore_plugins.accounting.segments`; the ledger keeps the run of segments
+(``segments``, the last one ``tail``) and the count of rows in them (``queued``).
 """
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Item", "Batch", "EMPTY", "Ledger", "FlushWaiter", "percentiles", "NEVER"]
+from .segments import Batch, Item, Part, Segment, Shape
 
-#: A queued row: ``(table_or_model, row, submitted_at, seq)``.
-Item = tuple[Any, dict[str, Any], float, int]
+__all__ = ["Ledger", "FlushWaiter", "percentiles", "NEVER"]
 
-
-
-class Batch:
-    """Rows taken together: their tables, rows, submit times and numbers (``seq``), as four
-    parallel sequences (see the module docs: no tuple per row). Iterating it, or indexing it,
-    gives :data:`Item` tuples, built on demand; ``len()`` and truth are its row count."""
-
-    __slots__ = ("tables", "rows", "times", "seqs")
-
-    def __init__(self, tables: Sequence[Any], rows: Sequence[dict[str, Any]], times: Sequence[float],
-                 seqs: Sequence[int]) -> None:
-        self.tables = tables
-        self.rows = rows
-        self.times = times
-        self.seqs = seqs
-
-    @classmethod
-    def of(cls, items: Iterable[Item]) -> Batch:
-        """A batch of ``items`` (tuples), e.g. one row retried alone."""
-        items = list(items)
-        return cls([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], [i[3] for i in items])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[Item]:
-        return zip(self.tables, self.rows, self.times, self.seqs, strict=True)
-
-    def __getitem__(self, i: int) -> Item:
-        return (self.tables[i], self.rows[i], self.times[i], self.seqs[i])
-
-    def pick(self, indices: Sequence[int]) -> Batch:
-        """The rows at ``indices`` (one group of a mixed batch), in that order."""
-        t, r, ts, sq = self.tables, self.rows, self.times, self.seqs
-        return Batch([t[i] for i in indices], [r[i] for i in indices], [ts[i] for i in indices],
-                     [sq[i] for i in indices])
-
-    def drop_head(self) -> None:
-        """Forget the first row (settled alone, in row-per-transaction mode)."""
-        self.tables, self.rows, self.times, self.seqs = self.tables[1:], self.rows[1:], self.times[1:], self.seqs[1:]
-
-
-#: A batch of no rows (the writer's probe during a fault episode).
-EMPTY = Batch((), (), (), ())
+#: Shapes remembered per ledger (a table and its keys), before the cache starts over.
+_SHAPES = 256
 
 _RING = 1024  # latency samples kept (a power of two)
 #: ``Ledger.turn_mark`` when the writer is not inside a marked database call
@@ -105,6 +54,18 @@ class FlushWaiter:
 
 class Ledger:
     """The queue, the rows in flight and the counters, under one lock (see the module docs)."""
+
+    # slots: submit() reads and writes a dozen of these per row, and an instance with this many
+    # attributes in a dict gets the interpreter's slower attribute access (callgrind: 6,280
+    # instructions per submit() call without slots, 5,971 with)
+    __slots__ = ("_shapes", "_turn_spare", "accepted", "backlog_limit", "batch_s", "batches", "blocked",
+                 "capacity", "closed", "dead_lettered", "delay_s", "dropped", "enqueue_n", "enqueue_ns",
+                 "faulted_batches", "full_armed", "high_water", "in_flight", "in_flight_id",
+                 "in_flight_uncertain", "isolated_batches", "lock", "logged_dropped", "logged_rejected",
+                 "loss_signalled", "near_full", "persistent_signals", "probes", "queued", "rejected",
+                 "rejected_tables", "reopens", "segments", "shape", "space", "tail", "taken", "time_next",
+                 "turn", "turn_mark", "turn_waiting", "turns", "uncertain_commits", "waiters", "wake",
+                 "written", "yield_armed", "yielding", "yields")
 
     def __init__(self, capacity: int, *, backlog_limit: int = 0) -> None:
         """``capacity`` is ``queue_size``; ``backlog_limit`` the most rows one batch takes once
@@ -130,11 +91,16 @@ class Ledger:
         self._turn_spare: threading.Lock = threading.Lock()  # marks alternate between two locks (hand_over)
         self.turn_mark = NEVER
         self.turn_waiting = 0  # submitters inside give_turn (for tests and stats)
-        #: the queued rows (copies), oldest first; ``queue_tables`` and ``queue_times`` run beside
-        #: it (the table or model and the submit time of each); see the module docs
-        self.queue: collections.deque[dict[str, Any]] = collections.deque()
-        self.queue_tables: collections.deque[Any] = collections.deque()
-        self.queue_times: collections.deque[float] = collections.deque()
+        #: the queued rows, oldest first, in segments (accounting.segments); ``tail`` is the last
+        #: one (rows join it), ``queued`` the rows in all of them
+        self.segments: collections.deque[Segment] = collections.deque()
+        self.tail: Segment | None = None
+        self.queued = 0
+        #: the shape of the last flat segment a row went to, unless its table is known to be
+        #: missing: submit()'s fast path tries it first (set by submit(); cleared by take_all()
+        #: and revoke_shape())
+        self.shape: Shape | None = None
+        self._shapes: dict[tuple[str, tuple[str, ...]], Shape] = {}
         self.in_flight: Batch | None = None
         self.in_flight_id: str | None = None
         self.in_flight_uncertain = False
@@ -165,8 +131,67 @@ class Ledger:
         # latency rings: submit() duration (ns), batch transaction (s), oldest row's wait (s)
         self.enqueue_ns = [0] * _RING
         self.enqueue_n = 0
+        #: submit() times a call when ``accepted`` has reached this: every call at first, then
+        #: one in 16 once 1024 were timed (set by submit())
+        self.time_next = 0
         self.batch_s: collections.deque[float] = collections.deque(maxlen=_RING)
         self.delay_s: collections.deque[float] = collections.deque(maxlen=_RING)
+
+    # -- the submitters' side (call with the lock held) --------------------------------------
+    def place(self, table: Any, row: dict[str, Any], values: tuple[Any, ...] | None, shape: Shape | None,
+              ts: float) -> None:
+        """Queue one row at the tail (the caller counts it: ``queued``, ``accepted``). With
+        ``values`` (its values in ``shape``'s key order) ``row`` is the caller's own dict,
+        copied only if it goes to a mixed segment; without, ``row`` is already a copy, and a
+        named table's row of two or more keys gets its shape here. It joins the tail if the
+        tail is of its kind; else a new segment opens (see ``Segment.open_flat_after``)."""
+        own = values is None  # ``row`` is a copy already
+        if own and type(table) is str and len(row) >= 2:
+            keys = tuple(row)
+            shape = self._shapes.get((table, keys))
+            if shape is None and all(type(k) is str for k in keys):
+                if len(self._shapes) >= _SHAPES:
+                    self._shapes.clear()
+                shape = self._shapes[(table, keys)] = Shape(table, keys)
+            if shape is not None:
+                values = shape.get(row)
+        tail = self.tail
+        if values is not None and shape is not None:
+            if tail is None or tail.shape is not shape:
+                if tail is not None and len(tail) and not tail.open_flat_after():
+                    self._mixed(tail if tail.shape is None else self._open(None), table,
+                                row if own else row.copy(), ts)
+                    return
+                tail = self._open(shape)
+            tail.values.extend(values)
+            tail.times.append(ts)
+            return
+        if tail is None or tail.shape is not None:
+            tail = self._open(None)
+        self._mixed(tail, table, row, ts)
+
+    def revoke_shape(self) -> None:
+        """End submit()'s fast path for :attr:`shape` (lock held): a caller that read the shape
+        before this fails its re-check under the lock (the tail is no longer that shape's)."""
+        self.shape = None
+        if self.tail is not None and self.tail.shape is not None:
+            self._open(None)
+
+    def _open(self, shape: Shape | None) -> Segment:
+        seg = Segment(shape)
+        segs = self.segments
+        if self.tail is not None and not len(self.tail):  # emptied by the writer: it goes
+            segs.pop()
+        segs.append(seg)
+        self.tail = seg
+        return seg
+
+    @staticmethod
+    def _mixed(seg: Segment, table: Any, row: dict[str, Any], ts: float) -> None:
+        assert seg.tables is not None
+        seg.tables.append(table)
+        seg.values.append(row)
+        seg.times.append(ts)
 
     # -- the writer's side (call with the lock NOT held) -------------------------------------
     def take(self, limit: int) -> Batch:
@@ -174,21 +199,30 @@ class Ledger:
         ``backlog_limit`` when the queue is at or above :attr:`high_water` (the writer is behind:
         one transaction for more rows means fewer round trips for the same rows)."""
         with self.lock:
-            q = self.queue
-            n = len(q)
+            n = self.queued
             if n >= self.high_water and self.backlog_limit > limit:
                 limit = self.backlog_limit
+            k = min(n, limit)
             first = self.accepted - n + 1  # the head's seq
-            if n <= limit:
-                batch = Batch(list(self.queue_tables), list(q), list(self.queue_times), range(first, first + n))
-                q.clear()
-                self.queue_tables.clear()
-                self.queue_times.clear()
-            else:  # pop the heads off, in C (copying the rest instead costs the whole queue per take)
-                starmap, repeat = itertools.starmap, itertools.repeat
-                batch = Batch(list(starmap(self.queue_tables.popleft, repeat((), limit))),
-                              list(starmap(q.popleft, repeat((), limit))),
-                              list(starmap(self.queue_times.popleft, repeat((), limit))), range(first, first + limit))
+            parts: list[Part] = []
+            left = k
+            segs = self.segments
+            while left:
+                seg = segs[0]
+                m = len(seg)
+                if m > left:
+                    parts.append(seg.cut(left, first))
+                    break
+                if m:
+                    parts.append(seg.cut(m, first))
+                    first += m
+                    left -= m
+                if seg is self.tail:
+                    assert not left, f"accounting ledger: {left} row(s) counted but not queued"
+                    break
+                segs.popleft()
+            self.queued = n - k
+            batch = Batch.cut(parts)
             self.in_flight = batch
             self.in_flight_id = None
             self.in_flight_uncertain = False
@@ -242,12 +276,16 @@ class Ledger:
             return False
         if on_full == "reject":
             return False
-        q = self.queue
         if on_full == "drop_oldest":
-            head = self.accepted - len(q) + 1
-            q.popleft()
-            self.queue_tables.popleft()
-            self.queue_times.popleft()
+            head = self.accepted - self.queued + 1
+            segs = self.segments
+            while not len(segs[0]) and segs[0] is not self.tail:  # an emptied segment before the tail
+                segs.popleft()
+            seg = segs[0]
+            seg.drop_first()
+            if not len(seg) and seg is not self.tail:
+                segs.popleft()
+            self.queued -= 1
             self.dropped += 1
             if self.waiters:
                 self.lose([head])
@@ -256,7 +294,7 @@ class Ledger:
         deadline = time.monotonic() + block_timeout_s
         self.blocked += 1
         try:
-            while len(q) >= self.capacity and not self.closed:
+            while self.queued >= self.capacity and not self.closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -279,7 +317,7 @@ class Ledger:
             # for the writer's call came first): then there is nothing left to give way to, and
             # waiting would last until yield_ms (measured: 5 ms with the writer waiting for
             # rows and the producer waiting for the writer)
-            if len(self.queue) < (self.near_full if last_chance else self.high_water):
+            if self.queued < (self.near_full if last_chance else self.high_water):
                 return
             if last_chance:
                 if not self.full_armed:
@@ -318,12 +356,16 @@ class Ledger:
         with self.lock:
             in_flight = list(self.in_flight or ())
             batch_id, uncertain = self.in_flight_id, self.in_flight_uncertain
-            q = self.queue
-            first = self.accepted - len(q) + 1
-            queued = list(zip(self.queue_tables, q, self.queue_times, range(first, self.accepted + 1), strict=True))
-            q.clear()
-            self.queue_tables.clear()
-            self.queue_times.clear()
+            first = self.accepted - self.queued + 1
+            queued: list[Item] = []
+            for seg in self.segments:
+                if len(seg):
+                    queued.extend(seg.items(first))
+                    first += len(seg)
+            self.segments.clear()
+            self.tail = None
+            self.shape = None  # (the fast path relies on a tail while a shape is set)
+            self.queued = 0
             self.in_flight = None
             self.in_flight_id = None
             self.in_flight_uncertain = False
@@ -349,8 +391,8 @@ class Ledger:
         """Every row with ``seq`` <= this is settled (call with the lock held)."""
         if self.in_flight:
             return self.in_flight.seqs[0] - 1
-        if self.queue:
-            return self.accepted - len(self.queue)
+        if self.queued:
+            return self.accepted - self.queued
         return self.accepted
 
     def wait_settled(self, timeout: float | None) -> bool:
@@ -393,7 +435,7 @@ class Ledger:
         """The counters, ``extra()`` (state the writer mutates under this lock) and copies of
         the latency rings, all under the lock: one consistent view."""
         with self.lock:
-            queued = len(self.queue)
+            queued = self.queued
             in_flight = len(self.in_flight) if self.in_flight else 0
             n = min(self.enqueue_n, _RING)
             out: dict[str, Any] = {

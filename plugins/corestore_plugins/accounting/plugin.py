@@ -24,11 +24,8 @@ import asyncio
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
-
-import peewee
 
 from corestore import ConfigError, HealthComponent, PluginError, UnsavedDataError, hookimpl
 
@@ -42,6 +39,7 @@ from .rows import table_label
 from .settings import ON_FULL, ON_UNKNOWN_TABLE
 from .settings import Settings as _Settings
 from .status import component, log_close
+from .submitting import Submitting
 from .writer import Writer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,15 +51,9 @@ __all__ = ["Accounting", "DeadLetter", "Clock", "SystemClock", "ManualClock", "B
 logger = logging.getLogger(__name__)
 
 _GRACE_S = 2.0  # after drain_timeout_s, how long close() lets a writer stuck inside SQLite finish
-_perf_ns = time.perf_counter_ns
-# submit() latency samples (stats()["enqueue_us"]): every call for the first 1024 rows, then one
-# call in 16 (two clock reads per call cost about a tenth of submit() itself)
-_TIME_ALL = 1024
-_TIME_EVERY_MASK = 15
-_now = time.time
 
 
-class Accounting:
+class Accounting(Submitting):
     """Asynchronous, batched, exactly-once writes with a bounded queue and fault escalation.
 
     Public: :meth:`submit`, :meth:`flush`, :meth:`close`, :meth:`stats`, :meth:`dead_letters`,
@@ -139,132 +131,16 @@ class Accounting:
         self._tables_missing: set[str] = set()
         self._tables_stale = False
         self._acknowledged_dead = 0
-        self._batch_size = s.batch_size
         self._on_full = s.on_full
         self._on_unknown_table = s.on_unknown_table
         self._yield_s = s.yield_ms / 1000.0
         self._high_water = max(self._ledger.high_water, s.batch_size)  # below batch_size the writer is not taking
-        #: below this queue length (and above 0) submit() neither wakes the writer nor waits for it
-        self._attention = min(s.batch_size - 1, self._high_water)
-
-    # -- the caller's side ------------------------------------------------------------------
-    def submit(self, table_or_model: Any, row: Mapping[str, Any]) -> bool:
-        """Queue ``row`` for ``table_or_model`` (a table name or a peewee model); True if accepted.
-
-        O(1), no I/O, no lock held across I/O: safe on an asyncio event loop (except with
-        ``on_full = "block"``, which may wait up to ``block_timeout_s``). The row is copied and
-        stamped with the submit time. False means the row was not accepted (queue full with
-        ``on_full = "reject"`` or after a ``block`` timeout, or accounting closed); every
-        rejection is counted. Raises ``TypeError`` for a table that is neither a name nor a model
-        class, or a row that is not a mapping.
-        """
-        led = self._ledger
-        k = led.accepted  # read without the lock: it only decides whether this call is timed
-        t0 = _perf_ns() if k < _TIME_ALL or not k & _TIME_EVERY_MASK else 0
-        if table_or_model not in self._tables_ok:  # always so until the writer runs (_reset)
-            if self._thread is None:  # the first submit: bind-check and start the writer before counting
-                self._start_writer()
-            if not self._check_table(table_or_model):
-                return False
-        if type(row) is dict:
-            row = row.copy()
-        else:
-            if not isinstance(row, Mapping):
-                raise TypeError(f"accounting.submit(): row must be a mapping, got {type(row).__name__}")
-            row = dict(row)
-        ts = _now()
-        lock = led.lock
-        lock.acquire()  # (not ``with``: half the cost, and this is the producer's hot path)
-        try:
-            q = led.queue
-            n = len(q)
-            if n >= led.capacity or led.closed:
-                room = self._make_room(led)
-                # the first loss since the writer last reported wakes it to log (never logged here)
-                signal = not led.loss_signalled and not led.closed
-                led.loss_signalled = True
-                if not room:
-                    led.rejected += 1  # submitted = accepted + rejected (computed by the ledger)
-                if signal:
-                    led.wake.set()
-                if not room:
-                    return False
-                n = len(q)  # (make_room may have dropped the oldest row or waited for room)
-            seq = led.accepted = led.accepted + 1
-            q.append(row)  # three queues, no tuple per row (accounting.ledger: the collector)
-            led.queue_tables.append(table_or_model)
-            led.queue_times.append(ts)
-            if t0:
-                i = led.enqueue_n
-                led.enqueue_ns[i & 1023] = _perf_ns() - t0
-                led.enqueue_n = i + 1
-        finally:
-            lock.release()
-        if n and n < self._attention:  # the usual call: neither a wake-up nor a wait is due
-            return True
-        if (n == 0 or n + 1 >= self._batch_size) and not led.wake.is_set():
-            led.wake.set()
-        if n >= self._high_water and self._yield_s:
-            # far ahead of the writer (the queue half full: rows would soon be refused): hand it
-            # the GIL now rather than starve it until the interpreter's switch interval. Below
-            # half full submit() never waits (site/plugins/accounting.md)
-            if seq >= led.turn_mark:
-                led.give_turn(self._yield_s)  # its database call should be over
-            if led.yield_armed:
-                led.give_way(self._yield_s)
-            elif n >= led.near_full and led.full_armed:
-                led.give_way(self._yield_s, last_chance=True)
-        return True
-
-    def _make_room(self, led: Ledger) -> bool:
-        """The queue is full or closed (called with the ledger lock held): may the row go in?"""
-        return led.make_room(self._on_full, self.settings.block_timeout_s)
-
-    def _check_table(self, table: Any) -> bool:
-        """A table not seen before (no I/O: the writer thread reads the schema): True to accept
-        the row; False when the writer confirmed the database has no such table (counted as
-        rejected, health DEGRADED naming it; ``on_unknown_table = "raise"`` raises instead)."""
-        if isinstance(table, str):
-            if not table:
-                raise TypeError("accounting.submit(): the table name is empty")
-        elif not (isinstance(table, type) and issubclass(table, peewee.Model)):
-            raise TypeError(f"accounting.submit(): table_or_model must be a table name or a peewee Model class, "
-                            f"got {table!r}")
-        label = table_label(table)
-        name = label.lower()
-        known = self._known_tables
-        if known is None or "." in name:  # not read yet (the writer checks it), or another schema
-            return True
-        if name in known:
-            if len(self._tables_ok) < 10000:
-                self._tables_ok.add(table)
-            return True
-        led = self._ledger
-        if name not in self._tables_missing:  # created since the writer last looked? accept; it looks again
-            if name not in self._tables_unseen:
-                self._tables_unseen.add(name)
-                self._tables_stale = True
-                led.wake.set()
-            return True
-        with led.lock:
-            led.rejected += 1
-            led.rejected_tables[label] = led.rejected_tables.get(label, 0) + 1
-        if self._on_unknown_table == "raise":
-            path = self._store.path if self._store is not None else "?"
-            raise ConfigError(
-                f"accounting.submit(): {path} has no table {label!r} (the row is not accepted); "
-                f"tables: {', '.join(sorted(known)) or '(none)'}"
-            )
-        return False
-
-    def _tables_seen(self, names: frozenset[str]) -> None:
-        """The writer read the schema: ``names`` exist (lowercase). Names submitted since its
-        last look that are still missing are missing for good: later rows for them are refused."""
-        unseen = set(self._tables_unseen)  # a copy: submitters add to it concurrently
-        self._tables_missing = {n for n in self._tables_missing | unseen if n not in names}
-        self._tables_unseen.difference_update(unseen)
-        self._known_tables = names
-        self._tables_stale = False
+        #: the queue length behind which a row makes a batch ready: that submit() wakes the
+        #: writer. The queue grows by one row per accepted submit(), under the lock, so every
+        #: rise to batch_size passes here exactly once; the writer clears its event before it
+        #: looks at the queue, so no wake-up is lost (and none is sent for every row above it)
+        self._wake_at = s.batch_size - 1
+        setattr(self, "submit", self._fast_submit())  # noqa: B010 - shadows the method (see _fast_submit)
 
     def acknowledge_dead_letters(self) -> int:
         """Acknowledge the dead letters so far: the ``accounting`` health component, DEGRADED

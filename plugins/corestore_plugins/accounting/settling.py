@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from .batches import kind_name, log_letters, message
 from .deadletter import DeadLetter, DeadLetterSink
-from .ledger import Batch, Item, Ledger
+from .ledger import Ledger
 from .rows import table_label
+from .segments import Batch, Item
 
 if TYPE_CHECKING:  # pragma: no cover
     from corestore import ErrorKind, Store

@@ -47,7 +47,8 @@ from .batches import (
 from .deadletter import DeadLetterSink
 from .dialect import dialect_for
 from .escalation import DEGRADED, PERSISTENT, REOPEN, Escalation
-from .ledger import EMPTY, Batch, Item, Ledger
+from .ledger import Ledger
+from .segments import EMPTY, Batch, Item
 from .settling import Settling
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -140,7 +141,7 @@ class Writer(Settling):
             if self.tables_stale():
                 self._refresh_tables()
             with led.lock:
-                n = len(led.queue)
+                n = led.queued
                 urgent = bool(led.waiters) or self.closing()
             if n and (n >= s.batch_size or urgent):
                 return led.take(s.batch_size)
