@@ -262,3 +262,20 @@ def test_rows_for_a_missing_table_are_refused_once_the_writer_looked_even_on_the
         assert acc._ledger.shape is None or acc._ledger.shape.table != "usgae"
     finally:
         s.close()
+
+
+def test_rows_isolated_one_by_one_keep_their_values_whatever_their_key_order() -> None:
+    """Isolating a refused batch plans a statement per row: a row that lists its keys in another
+    order must still put each value under its own column (rows are grouped by their keys in
+    order there, not by key set)."""
+    from corestore_plugins.accounting.rows import RowPlanner
+
+    items = [("t", {"a": 1, "b": 2}, 0.0, 1), ("t", {"b": 4, "a": 3}, 0.0, 2)]
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a, b)")
+    for isolate in (False, True):
+        conn.execute("DELETE FROM t")
+        for stmts, _ in RowPlanner(None).plan(items, isolate=isolate).groups.values():
+            for sql, args in stmts:
+                conn.execute(sql, args)
+        assert sorted(conn.execute("SELECT a, b FROM t").fetchall()) == [(1, 2), (3, 4)], isolate

@@ -330,7 +330,9 @@ class RowPlanner:
             # one table and one set of keys (the usual batch), checked in C: then the batch is
             # its own single group, with no list per group to build, and its values are out
             table = tables[0]
-            keys, taken = same_keys(rows) if tables.count(table) == n else (None, None)
+            # (not when isolating: singles() reads each row's values in its own key order, so
+            # rows are grouped by their keys in order there, as in the general case below)
+            keys, taken = same_keys(rows) if not isolate and tables.count(table) == n else (None, None)
             if keys is not None:
                 buckets[(table, keys)] = batch
             else:

@@ -28,10 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Submitting"]
 
 _perf_ns = time.perf_counter_ns
-# submit() latency samples (stats()["enqueue_us"]): every call for the first 1024 rows, then one
-# call in 16 (two clock reads per call cost about a tenth of submit() itself)
-_TIME_ALL = 1024
-_TIME_EVERY = 16
 _now = time.time
 
 
@@ -112,10 +108,7 @@ class Submitting:
                     led.queued = n + 1
                     seq = led.accepted = led.accepted + 1
                     if timed:
-                        i = led.enqueue_n
-                        led.enqueue_ns[i & 1023] = _perf_ns() - t0
-                        led.enqueue_n = i + 1
-                        led.time_next = seq + (0 if i + 1 < _TIME_ALL else _TIME_EVERY - 1)
+                        led.timed(t0, seq)
                 else:
                     seq = 0
             finally:
@@ -178,10 +171,7 @@ class Submitting:
             if shape is not None and shape is not led.shape and shape.table.lower() not in self._tables_missing:
                 led.shape = shape
             if timed:
-                i = led.enqueue_n
-                led.enqueue_ns[i & 1023] = _perf_ns() - t0
-                led.enqueue_n = i + 1
-                led.time_next = seq + (0 if i + 1 < _TIME_ALL else _TIME_EVERY - 1)
+                led.timed(t0, seq)
         finally:
             lock.release()
         if n < self._high_water:
