@@ -24,7 +24,6 @@ dead-lettered with the error and the others go on.
 from __future__ import annotations
 
 import itertools
-import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ import peewee
 from .converters import compile_converters
 from .segments import Batch, Item, Part, Shape
 
-__all__ = ["RowPlanner", "Planned", "Plan", "same_keys",
+__all__ = ["RowPlanner", "Planned", "Plan",
            "MAX_VARIABLES", "MAX_ROWS_PER_STATEMENT", "chunk_sizes", "table_label", "quote"]
 
 #: Parameters per statement when the connection cannot tell its limit: SQLite's historical
@@ -136,47 +135,27 @@ class Plan:
             sql = self._sql[rows] = self.head + ", ".join([self.one] * rows)
         return sql
 
-    def statements(self, items: Batch, values: Sequence[Any] | None = None
-                   ) -> tuple[list[tuple[str, list[Any]]], Batch, list[tuple[Item, BaseException]]]:
+    def statements(self, items: Batch) -> tuple[list[tuple[str, list[Any]]], Batch, list[tuple[Item, BaseException]]]:
         """Multi-row statements for ``items``: ``([(sql, flat parameters)], the rows in them,
         [(item, error)] for the rows that failed to convert)``. Parameters are built flat, chunk
-        by chunk. ``values``: each row's values in this plan's column order, already taken out
-        (:func:`same_keys`: a tuple per row, or the value itself for one column), used by a
-        named table's plan instead of reading the rows again."""
+        by chunk (no per-row tuple to flatten again)."""
         convert = self.convert
         out: list[tuple[str, list[Any]]] = []
         bounds = self._bounds(len(items))
         rows, times = items.rows, items.times
-        if convert is None:  # a named table
-            chain = itertools.chain.from_iterable
-            if values is None:  # rows grouped by their keys in order: each row's values are in column order
-                if self.add_ts:
-                    for j, k in bounds:
-                        flat: list[Any] = []
-                        extend, append = flat.extend, flat.append
-                        for row, ts in zip(rows[j:k], times[j:k], strict=True):
-                            extend(row.values())
-                            append(ts)
-                        out.append((self.sql(k - j), flat))
-                else:  # the values of every row, flattened in C
-                    for j, k in bounds:
-                        out.append((self.sql(k - j), list(chain(map(dict.values, rows[j:k])))))
-            elif self.width - self.add_ts == 1:  # taken out by same_keys, one value per row (not a tuple)
+        if convert is None:  # a named table: the row's values in key order (then the submit time)
+            if self.add_ts:
                 for j, k in bounds:
-                    part = values[j:k]
-                    out.append((self.sql(k - j), list(chain(zip(part, times[j:k], strict=True))) if self.add_ts
-                                else list(part)))
-            else:  # taken out by same_keys in column order (the rows may list their keys in other orders)
-                for j, k in bounds:
-                    if self.add_ts:
-                        flat = []
-                        extend, append = flat.extend, flat.append
-                        for row_values, ts in zip(values[j:k], times[j:k], strict=True):
-                            extend(row_values)
-                            append(ts)
-                    else:
-                        flat = list(chain(values[j:k]))
+                    flat: list[Any] = []
+                    extend, append = flat.extend, flat.append
+                    for row, ts in zip(rows[j:k], times[j:k], strict=True):
+                        extend(row.values())
+                        append(ts)
                     out.append((self.sql(k - j), flat))
+            else:  # the values of every row, flattened in C
+                values, chain = dict.values, itertools.chain.from_iterable
+                for j, k in bounds:
+                    out.append((self.sql(k - j), list(chain(map(values, rows[j:k])))))
             return out, items, []
         fill = self.fill
         assert fill is not None
@@ -325,19 +304,17 @@ class RowPlanner:
         buckets: dict[tuple[Any, tuple[Any, ...]], Batch] = {}
         tables, rows = batch.tables, batch.rows
         n = len(rows)
-        taken: list[Any] | None = None
         if n:
-            # one table and one set of keys (the usual batch), checked in C: then the batch is
-            # its own single group, with no list per group to build, and its values are out
+            # one table and one set of keys in one order (the usual mixed batch), checked in C:
+            # then the batch is its own single group, with no list per group to build
             table = tables[0]
-            # (not when isolating: singles() reads each row's values in its own key order, so
-            # rows are grouped by their keys in order there, as in the general case below)
-            keys, taken = same_keys(rows) if not isolate and tables.count(table) == n else (None, None)
-            if keys is not None:
+            keys_of = list(map(tuple, rows))
+            keys = keys_of[0]
+            if keys_of.count(keys) == n and tables.count(table) == n:  # (compared in C)
                 buckets[(table, keys)] = batch
             else:
                 at: dict[tuple[Any, tuple[Any, ...]], list[int]] = {}
-                for i, key in enumerate(zip(tables, map(tuple, rows), strict=True)):
+                for i, key in enumerate(zip(tables, keys_of, strict=True)):
                     found = at.get(key)
                     if found is None:
                         found = at[key] = []
@@ -355,7 +332,7 @@ class RowPlanner:
             if isinstance(plan, BaseException):
                 out.bad.extend((item, plan) for item in items)
                 continue
-            stmts, good, bad = plan.singles(items) if isolate else plan.statements(items, taken)
+            stmts, good, bad = plan.singles(items) if isolate else plan.statements(items)
             if bad:
                 out.bad.extend(bad)
             if stmts:
@@ -448,23 +425,3 @@ class RowPlanner:
         return Plan(meta.table_name, target, columns, convert, fill=fill, param=self._param,
                     max_variables=self._max_variables, max_rows=self._max_rows, max_sql_length=self._max_sql_length,
                     preferred=self._preferred)
-
-
-def same_keys(rows: Sequence[dict[str, Any]]) -> tuple[tuple[Any, ...], list[Any]] | tuple[None, None]:
-    """``(keys, values)`` if every row has exactly the first row's keys (in any order), else
-    ``(None, None)``; ``values`` holds each row's values in the order of ``keys`` (a tuple per
-    row; the value itself for one key). All in C: a length check, then one ``itemgetter`` over
-    the rows (a missing key ends it), about 120 ns per five-key row against 250 ns for
-    comparing key tuples and flattening ``dict.values`` apart. Rows are ``submit()``'s plain
-    dict copies."""
-    n = len(rows)
-    keys = tuple(rows[0])
-    width = len(keys)
-    if list(map(len, rows)).count(width) != n:
-        return None, None
-    if not width:
-        return keys, [()] * n
-    try:
-        return keys, list(map(operator.itemgetter(*keys), rows))
-    except KeyError:
-        return None, None
