@@ -215,27 +215,7 @@ class Ledger:
             n = self.queued
             if n >= self.high_water and self.backlog_limit > limit:
                 limit = self.backlog_limit
-            k = min(n, limit)
-            first = self.accepted - n + 1  # the head's seq
-            parts: list[Part] = []
-            left = k
-            segs = self.segments
-            while left:
-                seg = segs[0]
-                m = len(seg)
-                if m > left:
-                    parts.append(seg.cut(left, first))
-                    break
-                if m:
-                    parts.append(seg.cut(m, first))
-                    first += m
-                    left -= m
-                if seg is self.tail:
-                    assert not left, f"accounting ledger: {left} row(s) counted but not queued"
-                    break
-                segs.popleft()
-            self.queued = n - k
-            batch = Batch.cut(parts)
+            batch = Batch.cut(self._cut_head(min(n, limit)))
             self.in_flight = batch
             self.in_flight_id = None
             self.in_flight_uncertain = False
@@ -245,6 +225,26 @@ class Ledger:
             if self.yielding:
                 self.taken.notify_all()
         return batch
+
+    def _cut_head(self, k: int) -> list[Part]:
+        """Remove the ``k`` oldest queued rows (lock held), as parts, numbered. Only the tail may
+        be an empty segment (``_open`` drops an emptied tail it replaces), so every segment
+        before it holds rows: a segment used up here is dropped unless it is the tail."""
+        first = self.accepted - self.queued + 1  # the head's seq
+        parts: list[Part] = []
+        left = k
+        segs = self.segments
+        while left:
+            seg = segs[0]
+            m = min(len(seg), left)
+            assert m, f"accounting ledger: {left} row(s) counted but not queued"
+            parts.append(seg.cut(m, first))
+            first += m
+            left -= m
+            if not len(seg) and seg is not self.tail:
+                segs.popleft()
+        self.queued -= k
+        return parts
 
     def hand_over(self, rows: int) -> threading.Lock | None:
         """The writer is about to enter a database call (the GIL is released inside it): after
@@ -292,9 +292,7 @@ class Ledger:
         if on_full == "drop_oldest":
             head = self.accepted - self.queued + 1
             segs = self.segments
-            while not len(segs[0]) and segs[0] is not self.tail:  # an emptied segment before the tail
-                segs.popleft()
-            seg = segs[0]
+            seg = segs[0]  # (holds rows: only the tail may be empty, see _cut_head)
             seg.drop_first()
             if not len(seg) and seg is not self.tail:
                 segs.popleft()
@@ -369,12 +367,7 @@ class Ledger:
         with self.lock:
             in_flight = list(self.in_flight or ())
             batch_id, uncertain = self.in_flight_id, self.in_flight_uncertain
-            first = self.accepted - self.queued + 1
-            queued: list[Item] = []
-            for seg in self.segments:
-                if len(seg):
-                    queued.extend(seg.items(first))
-                    first += len(seg)
+            queued: list[Item] = list(Batch.cut(self._cut_head(self.queued)))
             self.segments.clear()
             self.tail = None
             self.shape = None  # (the fast path relies on a tail while a shape is set)

@@ -101,13 +101,18 @@ class Part:
 
 class Segment:
     """A run of queued rows of one kind (see the module docs); ``start`` rows at its head are
-    already gone (taken or dropped) and are compacted away in bulk."""
+    already gone (taken or dropped) and are compacted away in bulk. ``width``: entries of
+    ``values`` per row (the shape's keys; 1, the dict, in a mixed segment)."""
 
-    __slots__ = ("shape", "tables", "values", "times", "start")
+    __slots__ = ("shape", "width", "tables", "values", "times", "start")
 
     def __init__(self, shape: Shape | None) -> None:
         self.shape = shape
-        self.tables: list[Any] | None = None if shape is not None else []
+        self.width = shape.width if shape is not None else 1
+        self._empty()
+
+    def _empty(self) -> None:
+        self.tables: list[Any] | None = None if self.shape is not None else []
         self.values: list[Any] = []
         self.times: list[float] = []
         self.start = 0
@@ -127,11 +132,9 @@ class Segment:
         times = self.times
         if s == 0 and e == len(times):  # all of it: hand the lists over, keep the segment (it may be the tail)
             part = Part(self.shape, self.tables, self.values, times, first)
-            self.tables = None if self.shape is not None else []
-            self.values = []
-            self.times = []
+            self._empty()
             return part
-        w = self.shape.width if self.shape is not None else 1
+        w = self.width
         tables = self.tables[s:e] if self.tables is not None else None
         part = Part(self.shape, tables, self.values[s * w:e * w], times[s:e], first)
         self.start = e
@@ -147,20 +150,11 @@ class Segment:
         s = self.start
         if s < _COMPACT_AT or s * 2 < len(self.times):
             return
-        w = self.shape.width if self.shape is not None else 1
-        del self.values[:s * w]
+        del self.values[:s * self.width]
         del self.times[:s]
         if self.tables is not None:
             del self.tables[:s]
         self.start = 0
-
-    def items(self, first: int) -> list[Item]:
-        """Its rows as :data:`Item` tuples (close(): everything left), ``first`` the first's seq."""
-        s = self.start
-        w = self.shape.width if self.shape is not None else 1
-        part = Part(self.shape, self.tables[s:] if self.tables is not None else None, self.values[s * w:],
-                    self.times[s:], first)
-        return list(Batch.cut([part]))
 
 
 class Batch:

@@ -115,7 +115,7 @@ class Submitting:
                 lock.release()
             if seq == 0:  # the tail changed, or the queue is full or closed
                 return general(table_or_model, row)
-            if n < high_water:  # the usual call: no wait is due, a wake-up at most
+            if n < high_water:  # the usual call: no wait is due, a wake-up at most (as in _attend)
                 if n == 0 or n == wake_at:
                     wake.set()
                 return True
@@ -174,16 +174,17 @@ class Submitting:
                 led.timed(t0, seq)
         finally:
             lock.release()
-        if n < self._high_water:
-            if n == 0 or n == self._wake_at:
-                led.wake.set()
-            return True
         self._attend(led, n, seq)
         return True
 
     def _attend(self, led: Ledger, n: int, seq: int) -> None:
-        """After queuing row ``seq`` behind ``n`` others, the queue half full or more: make sure
-        the writer is awake, and give it the GIL."""
+        """After queuing row ``seq`` behind ``n`` others: below half full, wake the writer if
+        this row started the queue or made a batch ready (the fast path inlines this part);
+        from half full, make sure the writer is awake and give it the GIL."""
+        if n < self._high_water:
+            if n == 0 or n == self._wake_at:
+                led.wake.set()
+            return
         if not led.wake.is_set():
             led.wake.set()
         if self._yield_s:
